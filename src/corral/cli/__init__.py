@@ -1,0 +1,23 @@
+"""The `corral` command line.  Modules here hold commands and options only; the work
+is done by the core and the store, so the CLI, the daemon and the Python API share it.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from corral.cli import farm_cmds, policy_cmds
+
+app = typer.Typer(
+    name="corral",
+    help="Auto-wrangling for render farms: YAML policies that block, retry and unblock so wranglers can sleep.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+farm_cmds.register(app)
+policy_cmds.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,40 @@
+"""Options and output helpers shared by every command (defined once, reused)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+DEFAULT_DB = "sqlite:///corral.db"
+
+console = Console()
+err_console = Console(stderr=True)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="SQLAlchemy URL of the store (default: $CORRAL_DB, else sqlite:///corral.db in this folder).",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def db_url(db: str | None) -> str:
+    """--db, then $CORRAL_DB, then the embedded SQLite file."""
+    return db or os.environ.get("CORRAL_DB") or DEFAULT_DB
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)

@@ -1,0 +1,193 @@
+"""The farm as plain data: jobs, their frames and instances, workers.
+
+This is the functional core's picture of the world.  The store reads it from SQL,
+a snapshot file parses into it, the fact builder reads it and the planner simulates
+actions on it.  Nothing here does I/O.
+
+Every entity carries the `version` it was read at: the store refuses to write a row
+whose version moved since (compare-and-set), so a supervisor's write is never
+overwritten by a decision taken on stale facts.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from corral.states import (
+    FrameState,
+    Hold,
+    InstanceState,
+    JobState,
+    Kind,
+    WorkerState,
+    derive_job_state,
+)
+
+
+def utcnow() -> datetime:
+    """The one clock the shell reads; the core is always handed `now`."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class FrameRun:
+    """One finished attempt at a frame: where it ran and how it ended.
+
+    Workers' and instances' failure counts come from these, not from the frame's
+    current state, because a retry puts a failed frame back to pending but the host
+    that failed it still failed it.
+    """
+
+    host: str | None
+    instance: str | None
+    state: FrameState
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass
+class Frame:
+    job_id: int
+    number: int
+    state: FrameState = FrameState.PENDING
+    host: str | None = None
+    instance: str | None = None
+    attempts: int = 0
+    retries: int = 0
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    state_since: datetime | None = None
+    depends_on: list[tuple[int, int]] = field(default_factory=list)
+    runs: list[FrameRun] = field(default_factory=list)
+    version: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.job_id}:{self.number}"
+
+
+@dataclass
+class Instance:
+    id: str
+    job_id: int
+    host: str
+    state: InstanceState = InstanceState.PENDING
+    state_since: datetime | None = None
+    version: int = 0
+
+
+@dataclass
+class Job:
+    id: int
+    name: str
+    priority: int = 50
+    state: JobState = JobState.PENDING
+    hold: Hold = Hold.NONE
+    retry_limit: int = 0
+    retries: int = 0
+    depends_on: list[int] = field(default_factory=list)
+    submitted_at: datetime | None = None
+    state_since: datetime | None = None
+    last_retry_at: datetime | None = None
+    frames: dict[int, Frame] = field(default_factory=dict)
+    instances: dict[str, Instance] = field(default_factory=dict)
+    version: int = 0
+
+    @property
+    def retried(self) -> bool:
+        """Retried automatically at least once (the seed's condition for `retrying`)."""
+        return self.retries > 0 or any(f.retries > 0 for f in self.frames.values())
+
+    def derived_state(self) -> JobState:
+        return derive_job_state(
+            self.hold,
+            (f.state for f in self.frames.values()),
+            (i.state for i in self.instances.values()),
+            self.retried,
+        )
+
+
+@dataclass
+class Worker:
+    name: str
+    state: WorkerState = WorkerState.UP
+    state_since: datetime | None = None
+    version: int = 0
+
+
+Entity = Job | Frame | Instance | Worker
+
+
+@dataclass
+class Farm:
+    """A whole farm.  Instances are owned by their job and indexed here by id."""
+
+    jobs: dict[int, Job] = field(default_factory=dict)
+    workers: dict[str, Worker] = field(default_factory=dict)
+    _instances: dict[str, Instance] | None = field(default=None, repr=False, compare=False)
+    _journal: list[tuple[Any, dict[str, Any]]] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def instances(self) -> dict[str, Instance]:
+        if self._instances is None:
+            self._instances = {i.id: i for j in self.jobs.values() for i in j.instances.values()}
+        return self._instances
+
+    def reindex(self) -> None:
+        self._instances = None
+
+    def entity(self, kind: Kind, ident: str) -> Entity:
+        """Look an entity up by the id a plan or a wrangler uses; KeyError names it."""
+        try:
+            if kind is Kind.JOB:
+                return self.jobs[int(ident)]
+            if kind is Kind.FRAME:
+                job, _, number = str(ident).partition(":")
+                return self.jobs[int(job)].frames[int(number)]
+            if kind is Kind.INSTANCE:
+                return self.instances[str(ident)]
+            return self.workers[str(ident)]
+        except (KeyError, ValueError):
+            hint = " (a frame is named JOB:FRAME, e.g. 12:1001)" if kind is Kind.FRAME else ""
+            raise KeyError(f"no {kind} '{ident}' in the farm{hint}") from None
+
+    def touch(self, obj: Any) -> None:
+        """Remember `obj` as it is now, so `scratch()` can put it back."""
+        if self._journal is not None:
+            saved = {k: copy.copy(v) for k, v in vars(obj).items() if k not in ("frames", "instances")}
+            self._journal.append((obj, saved))
+
+    @contextmanager
+    def scratch(self) -> Iterator[Farm]:
+        """Simulate changes and undo them on exit.
+
+        The planner plays a whole plan forward on the real farm (so a later proposal
+        sees the effect of an earlier one) without copying a million frames.
+        """
+        outer, self._journal = self._journal, []
+        try:
+            yield self
+        finally:
+            journal, self._journal = self._journal, outer
+            for obj, saved in reversed(journal):
+                vars(obj).update(saved)
+
+
+def entity_state(entity: Entity) -> str:
+    return str(entity.state)
+
+
+def entity_id(kind: Kind, entity: Entity) -> str:
+    """The id used in plans, the CLI and the transition log."""
+    if isinstance(entity, Frame):
+        return entity.key
+    if isinstance(entity, Worker):
+        return entity.name
+    return str(entity.id)
