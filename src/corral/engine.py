@@ -1,0 +1,205 @@
+"""The durable_rules adapter: the only module that imports durable_rules.
+
+durable_rules is fast to misuse (see shared/reference/durable-rules-notes.md); this
+adapter deals with each hazard in one place:
+
+- *Background threads*: the stock `Host` starts timer threads that have crashed the
+  process on `delete_state`.  `_QuietHost` starts none; we never use timers, and we
+  never call `delete_state`.
+- *Unhandled facts*: a fact no rule matches raises `MessageNotHandledException`, so
+  every ruleset has a catch-all rule on the marker field.  The marker also keeps
+  rules from matching the engine's own session-state object (which loops forever).
+- *Incremental working memory*: one long-lived session per kind.  Each evaluation
+  retracts facts that changed or vanished and asserts the new versions; the engine
+  fires on change only, so this adapter keeps the set of active matches itself.
+- *32-bit fact identity*: a new fact that the engine reports as "already observed"
+  collided with another id's hash.  It is never asserted (nor retracted, which would
+  retract the other fact); the reference evaluator decides it instead, and the
+  collision is counted in `stats`.
+- *Exceptions inside actions* never reach the caller, so the action only records
+  the match in a list: nothing in it can fail.
+- *Thread safety*: one lock per engine.
+- *No unregistering*: a ruleset name lives as long as the Host, so a reload builds
+  a new `RuleEngine` (new Host, new generation in the ruleset names).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from durable import engine as _durable  # the one import of durable_rules in corral
+
+from corral.facts import narrow
+from corral.policy.compiler import MARKER, CompiledKind, compile_kind
+from corral.policy.model import Policy
+from corral.policy.reference import holds
+from corral.states import Kind
+
+log = logging.getLogger(__name__)
+_generation = itertools.count(1)
+
+
+class EngineError(Exception):
+    """The rule engine refused a fact or a ruleset; the cycle that hit it is lost."""
+
+
+class _QuietHost(_durable.Host):  # type: ignore[misc]
+    """A Host without the timer threads (we use neither timers nor queued actions)."""
+
+    def _run(self) -> None:
+        return None
+
+
+@dataclass
+class EngineStats:
+    asserted: int = 0
+    retracted: int = 0
+    unchanged: int = 0
+    collisions: int = 0
+
+
+@dataclass
+class _Memory:
+    """What one kind's session holds: the facts as asserted and the active matches."""
+
+    ruleset: str
+    compiled: CompiledKind
+    facts: dict[Any, dict[str, Any]] = field(default_factory=dict)
+    matches: dict[Any, set[str]] = field(default_factory=dict)
+    fallback: dict[Any, dict[str, Any]] = field(default_factory=dict)
+
+
+def _recorder(sink: list[tuple[str, Any]], rule: str) -> Callable[[Any], None]:
+    """A plain one-argument function per rule (the engine rejects partials and callables)."""
+
+    def on_match(c: Any) -> None:
+        sink.append((rule, c.m["id"]))
+
+    return on_match
+
+
+def _ignore(c: Any) -> None:
+    return None
+
+
+class RuleEngine:
+    """Policies compiled into durable_rules, evaluated incrementally, kind by kind."""
+
+    def __init__(self, policies: Iterable[Policy]) -> None:
+        self.policies = {p.name: p for p in policies}
+        self.generation = next(_generation)
+        self.stats = EngineStats()
+        self._lock = threading.Lock()
+        self._sink: list[tuple[str, Any]] = []
+        self._host = _QuietHost()
+        self._memory: dict[Kind, _Memory] = {}
+        definitions: dict[str, Any] = {}
+        for kind in Kind:
+            mine = [p for p in self.policies.values() if p.kind is kind]
+            if not mine:
+                continue
+            compiled = compile_kind(kind, mine)
+            name = f"corral{self.generation}_{kind}"
+            rules: dict[str, Any] = {
+                f"r{i}": {"all": [{"m": pattern}], "run": _recorder(self._sink, policy)}
+                for i, (policy, pattern) in enumerate(compiled.rules.items())
+            }
+            rules["seen"] = {"all": [{"m": {MARKER: 1}}], "run": _ignore}
+            definitions[name] = rules
+            self._memory[kind] = _Memory(name, compiled)
+        try:
+            self._host.set_rulesets(definitions)
+        except Exception as err:  # the C extension raises its own error type
+            raise EngineError(f"durable_rules refused the compiled rulesets: {err}") from err
+
+    def kinds(self) -> list[Kind]:
+        return list(self._memory)
+
+    def paths(self, kind: Kind) -> set[str]:
+        memory = self._memory.get(kind)
+        return set(memory.compiled.paths) if memory else set()
+
+    def _engine_fact(self, memory: _Memory, fact: dict[str, Any]) -> dict[str, Any]:
+        out = narrow(fact, memory.compiled.paths)
+        for probe in memory.compiled.probes:
+            out[probe.name] = holds(probe.cmp, fact)
+        out[MARKER] = 1
+        out["sid"] = "0"
+        return out
+
+    def evaluate(self, kind: Kind, facts: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
+        """Matching fact ids per policy name, for the full current set of `kind` facts.
+
+        Facts not passed this time are retracted: the caller always passes the whole
+        current picture, and the engine's memory follows it.
+        """
+        memory = self._memory.get(kind)
+        if memory is None:
+            return {}
+        with self._lock:
+            current: dict[Any, dict[str, Any]] = {}
+            for fact in facts:
+                current[fact["id"]] = self._engine_fact(memory, fact)
+            for ident in [i for i in memory.facts if i not in current]:
+                self._retract(memory, ident)
+            for ident in [i for i in memory.fallback if i not in current]:
+                del memory.fallback[ident]
+            for ident, efact in current.items():
+                old = memory.facts.get(ident)
+                if old is not None:
+                    if old == efact:
+                        self.stats.unchanged += 1
+                        continue
+                    self._retract(memory, ident)
+                elif ident in memory.fallback:
+                    memory.fallback[ident] = efact
+                    continue
+                self._assert(memory, ident, efact)
+            result: dict[str, list[Any]] = {name: [] for name in memory.compiled.rules}
+            for ident, names in memory.matches.items():
+                for name in names:
+                    result[name].append(ident)
+            for ident, efact in memory.fallback.items():
+                for name in memory.compiled.rules:
+                    if holds(self.policies[name].when, _restore(efact)):
+                        result[name].append(ident)
+            return result
+
+    def _assert(self, memory: _Memory, ident: Any, efact: dict[str, Any]) -> None:
+        self._sink.clear()
+        try:
+            self._host.assert_fact(memory.ruleset, efact)
+        except _durable.MessageObservedException:
+            # Another id hashed to the same 32-bit identity: decide this one in Python.
+            self.stats.collisions += 1
+            log.warning("rule engine: fact id %r collides with another fact's identity; "
+                        "evaluating it with the reference evaluator", ident)
+            memory.fallback[ident] = efact
+            return
+        except Exception as err:
+            raise EngineError(f"durable_rules refused the {memory.compiled.kind} fact {ident!r}: {err}") from err
+        self.stats.asserted += 1
+        memory.facts[ident] = efact
+        fired = {rule for rule, fid in self._sink if fid == ident}
+        if fired:
+            memory.matches[ident] = fired
+        self._sink.clear()
+
+    def _retract(self, memory: _Memory, ident: Any) -> None:
+        old = memory.facts.pop(ident)
+        memory.matches.pop(ident, None)
+        try:
+            self._host.retract_fact(memory.ruleset, old)
+        except Exception as err:
+            raise EngineError(f"durable_rules could not retract the {memory.compiled.kind} fact {ident!r}: {err}") from err
+        self.stats.retracted += 1
+
+
+def _restore(efact: dict[str, Any]) -> dict[str, Any]:
+    """An engine fact is a narrowed fact plus probes; the conditions read the same paths."""
+    return efact

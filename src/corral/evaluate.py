@@ -1,0 +1,60 @@
+"""Evaluation: which entities does each policy match?  Facts in, matches out.
+
+Two evaluators speak the same language: the durable_rules engine (`corral.engine`,
+the production path) and the reference evaluator (plain Python, the test oracle and
+the fallback).  Both are handed the full facts of a kind and answer with ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from corral.facts import FactBuilder
+from corral.policy.model import Policy
+from corral.policy.reference import matching
+from corral.states import Kind
+
+
+class Evaluator(Protocol):
+    def evaluate(self, kind: Kind, facts: Iterable[dict[str, Any]]) -> dict[str, list[Any]]: ...
+
+
+class ReferenceEvaluator:
+    """The policy language in plain Python."""
+
+    def __init__(self, policies: Iterable[Policy]) -> None:
+        self.policies = list(policies)
+
+    def evaluate(self, kind: Kind, facts: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
+        facts = list(facts)
+        return {p.name: matching(p, facts) for p in self.policies if p.kind is kind}
+
+
+@dataclass(frozen=True)
+class Match:
+    """A policy matched an entity; `fact` is the full fact, for reasons and traces."""
+
+    policy: Policy
+    kind: Kind
+    ident: str
+    fact: dict[str, Any]
+
+
+def find_matches(policies: Sequence[Policy], builder: FactBuilder, evaluator: Evaluator) -> list[Match]:
+    """Every match of every enabled policy, grouped by kind, in policy order."""
+    by_name = {p.name: p for p in policies if p.enabled}
+    out: list[Match] = []
+    for kind in Kind:
+        if not any(p.kind is kind for p in by_name.values()):
+            continue
+        facts = builder.facts(kind)
+        index = {f["id"]: f for f in facts}
+        found = evaluator.evaluate(kind, facts)
+        for name, ids in found.items():
+            policy = by_name.get(name)
+            if policy is None:
+                continue
+            out.extend(Match(policy, kind, str(i), index[i]) for i in ids)
+    return out

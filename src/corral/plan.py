@@ -1,0 +1,233 @@
+"""Planning: matches become an ordered, checked list of transitions.  Pure.
+
+The planner is where a bad policy is kept from wrecking a farm.  In order:
+1. cooldown: an entity a policy acted on recently is left alone;
+2. limits: a policy that matches more than `max_actions` entities, or more than
+   `max_percent` of all entities of its kind, acts on *none* this cycle and says why
+   (a rule that suddenly matches half the farm is far more likely wrong than right);
+3. conflicts: when several enforcing policies match one entity, the highest priority
+   wins and the others are reported (a job is never both blocked and unblocked);
+4. legality: the winners are played forward on the farm (inside `Farm.scratch()`, so
+   nothing changes), and a proposal the state model forbids is dropped with the
+   state model's reason.
+Audit-mode policies go through the same steps but never compete with or change the
+picture for enforcing ones: they report what they would do.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from corral.effects import apply_action
+from corral.evaluate import Match
+from corral.facts import MISSING, get_path
+from corral.farm import Farm
+from corral.policy.loader import TEMPLATE_RE, format_duration
+from corral.policy.model import Policy
+from corral.states import Action, IllegalAction, Kind
+
+KIND_ORDER = {k: i for i, k in enumerate(Kind)}
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One planned change, exactly as it will be applied (or reported, in audit mode)."""
+
+    policy: str
+    priority: int
+    mode: str
+    kind: Kind
+    ident: str
+    action: Action
+    params: tuple[tuple[str, Any], ...]
+    from_state: str
+    to_state: str
+    reason: str
+
+    @property
+    def audit(self) -> bool:
+        return self.mode == "audit"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "kind": str(self.kind),
+            "id": int(self.ident) if self.kind is Kind.JOB else self.ident,
+            "action": str(self.action),
+            "from": self.from_state,
+            "to": self.to_state,
+            "reason": self.reason,
+            "mode": self.mode,
+            **({"params": dict(self.params)} if self.params else {}),
+        }
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A match that will not become a transition, and why."""
+
+    policy: str
+    kind: Kind
+    ident: str
+    action: str
+    category: str  # cooldown | limit | conflict | duplicate | illegal
+    why: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"policy": self.policy, "kind": str(self.kind), "id": self.ident, "action": self.action,
+                "skipped": self.category, "why": self.why}
+
+
+@dataclass
+class Plan:
+    transitions: list[Transition] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
+    matched: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def enforced(self) -> list[Transition]:
+        return [t for t in self.transitions if not t.audit]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [t.to_json() for t in self.transitions]
+
+
+def render_reason(template: str, fact: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+    """Fill `{field}` and `{param}` in a reason; durations read as 1h30m, not seconds."""
+
+    def value(m: Any) -> str:
+        name = m.group(1)
+        got = get_path(dict(fact), name)
+        if got is MISSING:
+            got = params.get(name, "unknown")
+        if isinstance(got, float) and (name.endswith(("time_in_state", "run_time", "age", "since_retry"))):
+            return format_duration(got)
+        if isinstance(got, float):
+            return f"{got:g}"
+        return str(got)
+
+    return TEMPLATE_RE.sub(value, template)
+
+
+def make_plan(
+    farm: Farm,
+    matches: Sequence[Match],
+    *,
+    now: datetime,
+    last_actions: Mapping[tuple[str, str, str], datetime] | None = None,
+    totals: Mapping[Kind, int] | None = None,
+) -> Plan:
+    """Turn matches into a plan (see the module docstring).  Leaves `farm` unchanged."""
+    last_actions = last_actions or {}
+    totals = totals if totals is not None else _totals(farm)
+    plan = Plan()
+    by_policy: dict[str, list[Match]] = defaultdict(list)
+    policies: dict[str, Policy] = {}
+    for m in matches:
+        by_policy[m.policy.name].append(m)
+        policies[m.policy.name] = m.policy
+    survivors: list[Match] = []
+    for name, found in sorted(by_policy.items()):
+        policy = policies[name]
+        plan.matched[name] = len(found)
+        first = str(policy.actions[0].action)
+        kept = []
+        for m in found:
+            at = last_actions.get((name, str(m.kind), m.ident))
+            cooldown = policy.limits.cooldown
+            if cooldown and at is not None and (now - at).total_seconds() < cooldown:
+                waited = format_duration((now - at).total_seconds())
+                plan.skipped.append(Skipped(name, m.kind, m.ident, first, "cooldown",
+                                            f"acted on it {waited} ago; cooldown is {format_duration(cooldown)}"))
+            else:
+                kept.append(m)
+        why = _over_limit(policy, len(kept), totals.get(policy.kind, 0))
+        if why:
+            plan.notes[name] = why
+            plan.skipped.extend(Skipped(name, m.kind, m.ident, first, "limit", why) for m in kept)
+            continue
+        survivors.extend(kept)
+    enforce = _resolve_conflicts([m for m in survivors if not m.policy.audit], plan)
+    audit = [m for m in survivors if m.policy.audit]
+    with farm.scratch():
+        for m in _ordered(enforce):
+            _play(farm, m, now, plan)
+    for m in _ordered(audit):
+        with farm.scratch():
+            _play(farm, m, now, plan)
+    return plan
+
+
+def _totals(farm: Farm) -> dict[Kind, int]:
+    return {
+        Kind.JOB: len(farm.jobs),
+        Kind.FRAME: sum(len(j.frames) for j in farm.jobs.values()),
+        Kind.INSTANCE: len(farm.instances),
+        Kind.WORKER: len(farm.workers),
+    }
+
+
+def _over_limit(policy: Policy, count: int, total: int) -> str | None:
+    lim = policy.limits
+    if lim.max_actions is not None and count > lim.max_actions:
+        return (f"matched {count} {policy.kind}s, more than its max_actions of {lim.max_actions}: "
+                "acting on none this cycle")
+    if lim.max_percent is not None and total and 100.0 * count / total > lim.max_percent:
+        pct = 100.0 * count / total
+        return (f"matched {count} of {total} {policy.kind}s ({pct:.0f}%), more than its max_percent of "
+                f"{lim.max_percent:g}%: acting on none this cycle")
+    return None
+
+
+def _ordered(matches: list[Match]) -> list[Match]:
+    return sorted(matches, key=lambda m: (-m.policy.priority, m.policy.name, KIND_ORDER[m.kind], _id_key(m.ident)))
+
+
+def _id_key(ident: str) -> tuple[Any, ...]:
+    return tuple(int(p) if p.isdigit() else p for p in ident.split(":"))
+
+
+def _resolve_conflicts(matches: list[Match], plan: Plan) -> list[Match]:
+    """One enforcing policy per entity: the highest priority (then the first by name)."""
+    by_entity: dict[tuple[Kind, str], list[Match]] = defaultdict(list)
+    for m in matches:
+        by_entity[(m.kind, m.ident)].append(m)
+    winners = []
+    for (_kind, _ident), group in by_entity.items():
+        group.sort(key=lambda m: (-m.policy.priority, m.policy.name))
+        winner = group[0]
+        winners.append(winner)
+        for loser in group[1:]:
+            same = [a.action for a in loser.policy.actions] == [a.action for a in winner.policy.actions]
+            category = "duplicate" if same else "conflict"
+            tie = " (same priority: the first by name wins)" if loser.policy.priority == winner.policy.priority else ""
+            plan.skipped.append(Skipped(
+                loser.policy.name, loser.kind, loser.ident, str(loser.policy.actions[0].action), category,
+                f"policy '{winner.policy.name}' (priority {winner.policy.priority}) acts on this "
+                f"{loser.kind} this cycle{tie}",
+            ))
+    return winners
+
+
+def _play(farm: Farm, m: Match, now: datetime, plan: Plan) -> None:
+    """Apply a match's actions to the (scratch) farm, recording transitions or refusals."""
+    params = dict(m.policy.params)
+    reason = render_reason(m.policy.reason, m.fact, params)
+    for spec in m.policy.actions:
+        try:
+            out = apply_action(farm, m.kind, m.ident, spec.action, now=now, params=spec.params_dict(), automatic=True)
+        except IllegalAction as err:
+            plan.skipped.append(Skipped(m.policy.name, m.kind, m.ident, str(spec.action), "illegal", str(err)))
+            return
+        except KeyError as err:
+            plan.skipped.append(Skipped(m.policy.name, m.kind, m.ident, str(spec.action), "illegal", str(err)))
+            return
+        plan.transitions.append(Transition(
+            m.policy.name, m.policy.priority, m.policy.mode, m.kind, m.ident, spec.action, spec.params,
+            out.from_state, out.to_state, reason,
+        ))

@@ -1,0 +1,92 @@
+"""The compiled form of a policy: plain frozen data, independent of YAML and of the engine.
+
+The loader produces it (with every `$param` substituted and every duration turned
+into seconds), the reference evaluator and the durable_rules compiler consume it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.states import Action, Kind
+from corral.yamlpos import Pos
+
+
+@dataclass(frozen=True)
+class Cmp:
+    """`path op value`; `pos` points at the condition in its file, for traces."""
+
+    path: str
+    op: str
+    value: Any
+    pos: Pos | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class All:
+    items: tuple[Cond, ...]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    items: tuple[Cond, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    item: Cond
+
+
+Cond = Cmp | All | AnyOf | Not
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    action: Action
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def params_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Brakes on a policy.  None means no limit of that sort."""
+
+    max_actions: int | None = None
+    max_percent: float | None = None
+    cooldown: float | None = None  # seconds
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    kind: Kind
+    when: Cond
+    actions: tuple[ActionSpec, ...]
+    reason: str
+    description: str = ""
+    priority: int = 50
+    enabled: bool = True
+    mode: str = "enforce"  # "enforce" | "audit"
+    limits: Limits = Limits()
+    schedule: str | None = None
+    params: tuple[tuple[str, Any], ...] = ()
+    source: Pos | None = field(default=None, compare=False)
+
+    @property
+    def audit(self) -> bool:
+        return self.mode == "audit"
+
+
+def paths(cond: Cond) -> set[str]:
+    """Every field path a condition reads."""
+    if isinstance(cond, Cmp):
+        return {cond.path}
+    if isinstance(cond, Not):
+        return paths(cond.item)
+    out: set[str] = set()
+    for item in cond.items:
+        out |= paths(item)
+    return out
