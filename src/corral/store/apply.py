@@ -1,0 +1,207 @@
+"""The compare-and-set applier: proposals in, rows written only where nothing moved.
+
+A policy cycle decides on facts read a moment ago; meanwhile the supervisor keeps
+writing (a frame finishes, a host dies).  So every row corral writes is written with
+`UPDATE ... WHERE <key> AND version = <version as read>`; if any row of a proposal
+moved, the whole proposal is refused, its SAVEPOINT rolled back, the in-memory farm
+left as it was, and the next proposal tried.  Anything else that goes wrong raises and
+the caller's transaction rolls the whole batch back: a failed cycle never half-applies.
+
+The farm is changed in memory only after its rows were written, so a refused or
+failed proposal never has to be undone there; a batch that raises undoes the ones
+already applied (`_Undo`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, insert, update
+from sqlalchemy.engine import Connection
+
+from corral.effects import Outcome, apply_action
+from corral.farm import Entity, Farm, Frame, Instance, Job
+from corral.states import Action, IllegalAction, Kind
+from corral.store.rows import TABLES, key_of, values_of
+from corral.store.tables import table
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One action someone wants applied: a policy (`policy` set) or a person (None).
+
+    `automatic` marks a policy's action (it spends the retry limit); `applied=False`
+    makes it an audit row: logged as "would have", nothing changes.
+    """
+
+    kind: Kind
+    ident: str
+    action: Action
+    params: Mapping[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    policy: str | None = None
+    automatic: bool = False
+    applied: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.kind} {self.ident}"
+
+
+@dataclass(frozen=True)
+class Done:
+    """A proposal that was applied (or, for an audit proposal, would have been)."""
+
+    proposal: Proposal
+    entity_id: str
+    from_state: str
+    to_state: str
+    touched: tuple[str, ...]
+    job_change: tuple[int, str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A proposal that changed nothing, and why.  `stale`: a row moved since it was read."""
+
+    proposal: Proposal
+    reason: str
+    stale: bool = False
+
+
+@dataclass
+class ApplyReport:
+    applied: list[Done] = field(default_factory=list)
+    audited: list[Done] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+
+
+class _Stale(Exception):
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} changed since it was read")
+
+
+def _saved(entity: Entity) -> dict[str, Any]:
+    """A shallow copy of an entity's own fields (children stay shared, as in `Farm.touch`)."""
+    return {k: copy.copy(v) for k, v in vars(entity).items() if k not in ("frames", "instances")}
+
+
+def _job_of(entity: Entity) -> int | None:
+    if isinstance(entity, Job):
+        return entity.id
+    if isinstance(entity, Frame | Instance):
+        return entity.job_id
+    return None
+
+
+def _label(kind: Kind, entity: Entity) -> str:
+    key = key_of(kind, entity)
+    return f"{kind} {':'.join(str(v) for v in key.values())}"
+
+
+def _simulate(
+    farm: Farm, p: Proposal, now: datetime, actor: str
+) -> tuple[Outcome, list[tuple[Kind, Entity, int, dict[str, Any]]]]:
+    """Run the action on the farm and undo it at once, keeping the rows as they would be."""
+    with farm.scratch():
+        out = apply_action(farm, p.kind, p.ident, p.action, now=now, params=p.params, automatic=p.automatic, actor=actor)
+        after = [(kind, entity, version, _saved(entity)) for kind, entity, version in out.touched]
+    return out, after
+
+
+def apply_transitions(
+    conn: Connection,
+    farm: Farm,
+    proposals: Iterable[Proposal],
+    *,
+    now: datetime,
+    actor: str,
+    cycle_id: str | None = None,
+) -> ApplyReport:
+    """Apply `proposals` in order on `conn` (already in a transaction) and on `farm`."""
+    report = ApplyReport()
+    undo: list[tuple[Entity, dict[str, Any]]] = []
+    try:
+        for p in proposals:
+            try:
+                out, after = _simulate(farm, p, now, actor)
+            except (IllegalAction, KeyError) as err:
+                report.refused.append(Refusal(p, str(err.args[0]) if isinstance(err, KeyError) else str(err)))
+                continue
+            entity = farm.entity(p.kind, p.ident)
+            done = Done(p, out.ident, out.from_state, out.to_state, tuple(_label(k, e) for k, e, _, _ in after), out.job_change)
+            log = _log_rows(p, done, _job_of(entity), now, actor, cycle_id)
+            if not p.applied:
+                conn.execute(insert(table("transitions")), log)
+                report.audited.append(done)
+                continue
+            savepoint = conn.begin_nested()
+            try:
+                for kind, ent, version, values in after:
+                    _compare_and_set(conn, kind, ent, version, values, now)
+                conn.execute(insert(table("transitions")), log)
+            except _Stale as err:
+                savepoint.rollback()
+                report.refused.append(Refusal(p, f"refused: {err}; the farm moved on, nothing was changed", True))
+                continue
+            savepoint.commit()
+            for _kind, ent, version, values in after:
+                undo.append((ent, _saved(ent)))
+                vars(ent).update(values)
+                ent.version = version + 1
+            report.applied.append(done)
+    except BaseException:
+        for ent, saved in reversed(undo):
+            vars(ent).update(saved)
+        raise
+    return report
+
+
+def _compare_and_set(conn: Connection, kind: Kind, entity: Entity, version: int, values: dict[str, Any], now: datetime) -> None:
+    t = table(TABLES[kind])
+    where = and_(*(t.c[name] == value for name, value in key_of(kind, entity).items()), t.c.version == version)
+    stmt = update(t).where(where).values(**values_of(kind, values), version=t.c.version + 1, updated_at=now)
+    if conn.execute(stmt).rowcount != 1:
+        raise _Stale(_label(kind, entity))
+
+
+def _log_rows(
+    p: Proposal, done: Done, job_id: int | None, now: datetime, actor: str, cycle_id: str | None
+) -> list[dict[str, Any]]:
+    """The transition row of the proposal, and one for the knock-on change of its job."""
+    base = {
+        "at": now,
+        "action": p.action.value,
+        "actor": actor,
+        "policy": p.policy,
+        "cycle_id": cycle_id,
+        "applied": p.applied,
+    }
+    rows = [
+        {
+            **base,
+            "kind": p.kind.value,
+            "entity_id": done.entity_id,
+            "job_id": job_id,
+            "from_state": done.from_state,
+            "to_state": done.to_state,
+            "reason": p.reason,
+        }
+    ]
+    if done.job_change is not None:
+        job, old, new = done.job_change
+        rows.append(
+            {
+                **base,
+                "kind": Kind.JOB.value,
+                "entity_id": str(job),
+                "job_id": job,
+                "from_state": old,
+                "to_state": new,
+                "reason": f"follows {p.kind} {done.entity_id} ({p.action})",
+            }
+        )
+    return rows

@@ -1,0 +1,66 @@
+"""Engines for any SQLAlchemy URL, with the settings corral's writers rely on.
+
+* `postgresql://` means psycopg 3 here (the only PostgreSQL driver corral ships).
+* SQLite runs in WAL mode (readers never block the writer) with a busy timeout, so a
+  second writer (the daemon while a wrangler runs `corral job block`) waits its turn
+  instead of failing at once.  pysqlite's own transaction handling is switched off
+  and we issue BEGIN ourselves: that is what makes SAVEPOINTs work, and it lets a
+  writing transaction take the write lock up front (BEGIN IMMEDIATE) so it never
+  fails half-way with "database is locked" when upgrading from a read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.pool import StaticPool
+
+#: Execution option that marks a connection as about to write (BEGIN IMMEDIATE on SQLite).
+WRITE = "corral_write"
+
+_POSTGRES_NAMES = {"postgres", "postgresql", "postgresql+psycopg2", "postgresql+psycopg"}
+
+
+def normalise_url(url: str | URL) -> URL:
+    """Parse `url` and point PostgreSQL URLs at the psycopg 3 driver."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.drivername in _POSTGRES_NAMES:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def describe(url: URL) -> str:
+    """The URL for messages: never print a password."""
+    return url.render_as_string(hide_password=True)
+
+
+def make_engine(url: str | URL, *, busy_timeout: float = 30.0) -> Engine:
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    memory = parsed.database in (None, "", ":memory:")
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": busy_timeout, "check_same_thread": False}}
+    if memory:
+        kwargs["poolclass"] = StaticPool  # one connection, or every checkout sees an empty database
+    engine = create_engine(parsed, **kwargs)
+    _sqlite_events(engine, wal=not memory, busy_ms=int(busy_timeout * 1000))
+    return engine
+
+
+def _sqlite_events(engine: Engine, *, wal: bool, busy_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # autocommit at the driver: we say BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        if wal:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms:d}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,0 +1,180 @@
+"""Farm <-> rows: the mapping between the dataclasses of `corral.farm` and the tables.
+
+Reading uses Core selects and builds the dataclasses directly (one pass per table, no
+ORM identity map): this is the hot path of every policy cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from corral.farm import Entity, Farm, Frame, FrameRun, Instance, Job, Worker
+from corral.states import FrameState, Hold, InstanceState, JobState, Kind, WorkerState
+from corral.store.tables import table
+
+
+def plain(value: Any) -> Any:
+    """Enums go to the database as their value (psycopg would dump an Enum's *name*)."""
+    return value.value if isinstance(value, Enum) else value
+
+
+#: Columns corral may change on each kind of row (everything but the key and version).
+FIELDS: dict[Kind, tuple[str, ...]] = {
+    Kind.JOB: (
+        "name",
+        "priority",
+        "state",
+        "hold",
+        "blocked_by",
+        "retry_limit",
+        "retries",
+        "submitted_at",
+        "state_since",
+        "last_retry_at",
+    ),
+    Kind.FRAME: (
+        "state",
+        "host",
+        "instance",
+        "attempts",
+        "retries",
+        "exit_code",
+        "started_at",
+        "finished_at",
+        "state_since",
+    ),
+    Kind.INSTANCE: ("job_id", "host", "state", "state_since"),
+    Kind.WORKER: ("state", "state_since"),
+}
+
+TABLES = {Kind.JOB: "jobs", Kind.FRAME: "frames", Kind.INSTANCE: "instances", Kind.WORKER: "workers"}
+
+
+def key_of(kind: Kind, entity: Entity) -> dict[str, Any]:
+    """The primary key of an entity's row."""
+    if isinstance(entity, Frame):
+        return {"job_id": entity.job_id, "number": entity.number}
+    if isinstance(entity, Worker):
+        return {"name": entity.name}
+    return {"id": entity.id}
+
+
+def values_of(kind: Kind, source: Entity | dict[str, Any]) -> dict[str, Any]:
+    """The writable columns of an entity (or of a saved `vars()` of one)."""
+    data = source if isinstance(source, dict) else vars(source)
+    return {name: plain(data[name]) for name in FIELDS[kind]}
+
+
+def read_farm(conn: Connection) -> Farm:
+    """The whole farm as stored, each entity with the version it was read at."""
+    jobs: dict[int, Job] = {}
+    for r in conn.execute(select(table("jobs"))):
+        jobs[r.id] = Job(
+            id=r.id,
+            name=r.name,
+            priority=r.priority,
+            state=JobState(r.state),
+            hold=Hold(r.hold),
+            blocked_by=r.blocked_by,
+            retry_limit=r.retry_limit,
+            retries=r.retries,
+            submitted_at=r.submitted_at,
+            state_since=r.state_since,
+            last_retry_at=r.last_retry_at,
+            version=r.version,
+        )
+    dep = table("job_dependencies")
+    for r in conn.execute(select(dep.c.job_id, dep.c.depends_on).order_by(dep.c.job_id, dep.c.position)):
+        jobs[r.job_id].depends_on.append(r.depends_on)
+    inst = table("instances")
+    for r in conn.execute(select(inst).order_by(inst.c.job_id, inst.c.id)):
+        jobs[r.job_id].instances[r.id] = Instance(
+            id=r.id,
+            job_id=r.job_id,
+            host=r.host,
+            state=InstanceState(r.state),
+            state_since=r.state_since,
+            version=r.version,
+        )
+    fr = table("frames")
+    for r in conn.execute(select(fr).order_by(fr.c.job_id, fr.c.number)):
+        jobs[r.job_id].frames[r.number] = Frame(
+            job_id=r.job_id,
+            number=r.number,
+            state=FrameState(r.state),
+            host=r.host,
+            instance=r.instance,
+            attempts=r.attempts,
+            retries=r.retries,
+            exit_code=r.exit_code,
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+            state_since=r.state_since,
+            version=r.version,
+        )
+    runs = table("frame_runs")
+    for r in conn.execute(select(runs).order_by(runs.c.id)):
+        jobs[r.job_id].frames[r.number].runs.append(
+            FrameRun(
+                host=r.host,
+                instance=r.instance,
+                state=FrameState(r.state),
+                exit_code=r.exit_code,
+                started_at=r.started_at,
+                finished_at=r.finished_at,
+            )
+        )
+    fdep = table("frame_dependencies")
+    for r in conn.execute(select(fdep).order_by(fdep.c.job_id, fdep.c.number, fdep.c.position)):
+        jobs[r.job_id].frames[r.number].depends_on.append((r.depends_job, r.depends_number))
+    workers = {
+        r.name: Worker(name=r.name, state=WorkerState(r.state), state_since=r.state_since, version=r.version)
+        for r in conn.execute(select(table("workers")).order_by(table("workers").c.name))
+    }
+    return Farm(jobs=jobs, workers=workers)
+
+
+def farm_rows(farm: Farm, now: datetime) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Every row of `farm`, table by table, parents first (the order inserts need)."""
+    jobs = list(farm.jobs.values())
+    yield "jobs", [_row(Kind.JOB, j, now) for j in jobs]
+    yield "workers", [_row(Kind.WORKER, w, now) for w in farm.workers.values()]
+    yield "instances", [_row(Kind.INSTANCE, i, now) for j in jobs for i in j.instances.values()]
+    frames = [f for j in jobs for f in j.frames.values()]
+    yield "frames", [_row(Kind.FRAME, f, now) for f in frames]
+    yield (
+        "frame_runs",
+        [
+            {
+                "job_id": f.job_id,
+                "number": f.number,
+                "host": r.host,
+                "instance": r.instance,
+                "state": plain(r.state),
+                "exit_code": r.exit_code,
+                "started_at": r.started_at,
+                "finished_at": r.finished_at,
+            }
+            for f in frames
+            for r in f.runs
+        ],
+    )
+    yield "job_dependencies", [{"job_id": j.id, "depends_on": d, "position": n} for j in jobs for n, d in enumerate(j.depends_on)]
+    yield (
+        "frame_dependencies",
+        [
+            {"job_id": f.job_id, "number": f.number, "depends_job": dj, "depends_number": dn, "position": n}
+            for f in frames
+            for n, (dj, dn) in enumerate(f.depends_on)
+        ],
+    )
+
+
+def _row(kind: Kind, entity: Entity, now: datetime) -> dict[str, Any]:
+    return {**key_of(kind, entity), **values_of(kind, entity), "version": entity.version, "updated_at": now}

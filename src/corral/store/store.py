@@ -1,0 +1,270 @@
+"""The store: the farm, the transition log and settings in any SQLAlchemy database.
+
+The imperative shell around the pure core.  It reads the farm as plain dataclasses,
+writes snapshots whole, applies proposals with compare-and-set (`corral.store.apply`)
+and answers the questions the daemon and the CLI ask of the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, insert, inspect, select, update
+from sqlalchemy.engine import URL, Connection
+
+from corral.farm import Farm, utcnow
+from corral.states import Kind
+from corral.store import migrate
+from corral.store.apply import ApplyReport, Proposal, apply_transitions
+from corral.store.engine import WRITE, describe, make_engine, normalise_url
+from corral.store.rows import farm_rows, read_farm
+from corral.store.tables import TABLE_ORDER, as_utc, table
+
+
+class StoreError(Exception):
+    """Something a user can fix (the message says what); never a bare SQL traceback."""
+
+
+class SchemaMissing(StoreError):
+    """The database has no corral schema, or an older one."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One row of the log, as `corral history` and cooldowns see it."""
+
+    id: int
+    at: datetime
+    kind: Kind
+    entity_id: str
+    job_id: int | None
+    action: str
+    from_state: str
+    to_state: str
+    actor: str
+    policy: str | None
+    reason: str
+    cycle_id: str | None
+    applied: bool
+
+
+#: Farm tables a snapshot load with `replace` empties (the log and settings are kept).
+FARM_TABLES = tuple(t for t in TABLE_ORDER if t not in ("transitions", "settings"))
+
+
+class Store:
+    """One database.  Open with `Store.open(url)`; cheap to keep open for a process."""
+
+    def __init__(self, engine: Engine, url: URL) -> None:
+        self.engine, self.url = engine, url
+        self._checked = False
+
+    @classmethod
+    def open(cls, url: str, *, busy_timeout: float = 30.0) -> Store:
+        """Connects lazily: opening never fails on a missing or empty database."""
+        parsed = normalise_url(url)
+        return cls(make_engine(parsed, busy_timeout=busy_timeout), parsed)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- schema -----------------------------------------------------------------
+
+    def init(self) -> str:
+        """Bring the database to the newest schema; harmless when it is there already."""
+        with self._write() as conn:
+            migrate.upgrade(conn)
+            self._checked = True
+            return migrate.current_revision(conn) or ""
+
+    def check(self) -> None:
+        """Refuse to work on a database `corral db init` has not prepared (once per Store)."""
+        if self._checked:
+            return
+        with self.engine.connect() as conn:
+            current = migrate.current_revision(conn)
+        head = migrate.head_revision()
+        if current is None:
+            raise SchemaMissing(f"{describe(self.url)} has no corral tables yet: run `corral db init` first")
+        if current != head:
+            raise SchemaMissing(
+                f"{describe(self.url)} is at schema revision {current}, this corral needs {head}: "
+                "run `corral db init` to upgrade it"
+            )
+        self._checked = True
+
+    # --- connections --------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A transaction that will write: it takes SQLite's write lock up front."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(**{WRITE: True})
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A consistent snapshot: one transaction, repeatable read on PostgreSQL."""
+        self.check()
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+
+    # --- the farm -----------------------------------------------------------------
+
+    def read_farm(self) -> Farm:
+        """The whole farm with frame runs and dependencies, versions as read."""
+        with self._read() as conn:
+            return read_farm(conn)
+
+    def load_farm(self, farm: Farm, *, replace: bool) -> None:
+        """Write a whole farm (a snapshot) in one transaction.
+
+        `replace` empties the farm tables first (the log and settings stay).  Without
+        it the jobs are added, and a job or instance id already stored is an error
+        (nothing is written); workers already stored keep their state.
+        """
+        self.check()
+        now = utcnow()
+        with self._write() as conn:
+            if replace:
+                for name in reversed(FARM_TABLES):
+                    conn.execute(delete(table(name)))
+            else:
+                self._refuse_clashes(conn, farm)
+                known = set(conn.execute(select(table("workers").c.name)).scalars())
+                farm = Farm(jobs=farm.jobs, workers={n: w for n, w in farm.workers.items() if n not in known})
+            for name, rows in farm_rows(farm, now):
+                if rows:
+                    conn.execute(insert(table(name)), rows)
+
+    @staticmethod
+    def _refuse_clashes(conn: Connection, farm: Farm) -> None:
+        jobs, inst = table("jobs"), table("instances")
+        clashes = [f"job {i}" for i in conn.execute(select(jobs.c.id).where(jobs.c.id.in_(list(farm.jobs)))).scalars()]
+        ids = [i.id for j in farm.jobs.values() for i in j.instances.values()]
+        clashes += [f"instance {i}" for i in conn.execute(select(inst.c.id).where(inst.c.id.in_(ids))).scalars()]
+        if clashes:
+            raise StoreError(f"already in the store: {', '.join(sorted(clashes))}; load with --replace to start over")
+
+    def apply_transitions(
+        self,
+        farm: Farm,
+        proposals: Iterable[Proposal],
+        *,
+        now: datetime,
+        actor: str,
+        cycle_id: str | None = None,
+    ) -> ApplyReport:
+        """Apply proposals with compare-and-set, in one transaction (see `corral.store.apply`).
+
+        `farm` must be the one read from this store: its versions are what the rows
+        are compared with, and it is updated in place for what was applied.
+        """
+        self.check()
+        with self._write() as conn:
+            return apply_transitions(conn, farm, proposals, now=now, actor=actor, cycle_id=cycle_id)
+
+    # --- the log ------------------------------------------------------------------
+
+    def transitions(
+        self,
+        job: int | None = None,
+        policy: str | None = None,
+        actor: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Transition]:
+        """The log, newest first; `job` includes the job's frames and instances."""
+        t = table("transitions")
+        query = select(t).order_by(t.c.id.desc())
+        if job is not None:
+            query = query.where(t.c.job_id == job)
+        if policy is not None:
+            query = query.where(t.c.policy == policy)
+        if actor is not None:
+            query = query.where(t.c.actor == actor)
+        if since is not None:
+            query = query.where(t.c.at >= since)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            return [_transition(r._mapping) for r in conn.execute(query)]
+
+    def last_actions(self, since: datetime, *, include_audit: bool = False) -> dict[tuple[str | None, str, str], datetime]:
+        """When each (policy, kind, entity) last acted since `since`: for per-entity cooldowns.
+
+        Audit rows count only with `include_audit`, so a policy switched from audit to
+        enforce is not held back by what it merely would have done.
+        """
+        t = table("transitions")
+        query = (
+            select(t.c.policy, t.c.kind, t.c.entity_id, func.max(t.c.at).label("last"))
+            .where(t.c.at >= since)
+            .group_by(t.c.policy, t.c.kind, t.c.entity_id)
+        )
+        if not include_audit:
+            query = query.where(t.c.applied.is_(True))
+        with self._read() as conn:
+            out: dict[tuple[str | None, str, str], datetime] = {}
+            for r in conn.execute(query):
+                last = as_utc(r.last)
+                if last is not None:
+                    out[(r.policy, r.kind, r.entity_id)] = last
+            return out
+
+    # --- settings -----------------------------------------------------------------
+
+    def get_setting(self, key: str, default: str | None = None) -> str | None:
+        s = table("settings")
+        with self._read() as conn:
+            value = conn.execute(select(s.c.value).where(s.c.key == key)).scalar_one_or_none()
+        return default if value is None else str(value)
+
+    def set_setting(self, key: str, value: str) -> None:
+        """Upsert written portably (update, then insert if nothing was there)."""
+        s = table("settings")
+        self.check()
+        with self._write() as conn:
+            now = utcnow()
+            if conn.execute(update(s).where(s.c.key == key).values(value=value, updated_at=now)).rowcount == 0:
+                conn.execute(insert(s).values(key=key, value=value, updated_at=now))
+
+    # --- tests and tools ----------------------------------------------------------
+
+    def has_table(self, name: str) -> bool:
+        with self.engine.connect() as conn:
+            return inspect(conn).has_table(name)
+
+
+def _transition(r: Any) -> Transition:
+    at = as_utc(r["at"])
+    assert at is not None
+    return Transition(
+        id=r["id"],
+        at=at,
+        kind=Kind(r["kind"]),
+        entity_id=r["entity_id"],
+        job_id=r["job_id"],
+        action=r["action"],
+        from_state=r["from_state"],
+        to_state=r["to_state"],
+        actor=r["actor"],
+        policy=r["policy"],
+        reason=r["reason"],
+        cycle_id=r["cycle_id"],
+        applied=bool(r["applied"]),
+    )

@@ -1,0 +1,240 @@
+"""The store's tables, declared once with SQLModel.
+
+The Alembic migrations create exactly these tables (a test compares the two), and the
+store reads and writes them through SQLAlchemy Core (`table(...)`), not through ORM
+objects: a policy cycle reads every frame of the farm, and building ORM instances for
+a million rows would cost more than the cycle itself.
+
+Every row the supervisor and corral both write carries a `version`: writers bump it
+and compare-and-set on it, so neither silently overwrites the other.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Dialect,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that always comes back as an aware UTC datetime.
+
+    SQLite drops tzinfo; PostgreSQL returns the session's zone.  Normalising on both
+    sides means the core never compares naive with aware datetimes.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        return as_utc(value)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """Naive means UTC (that is how the store writes it); aware is converted."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+STATE = 16  # longest state name is 9 characters; room to grow
+
+
+class JobRow(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    name: str = Field(sa_type=String(255))
+    priority: int = 50
+    state: str = Field(sa_type=String(STATE), index=True)
+    hold: str = Field(default="none", sa_type=String(STATE))
+    blocked_by: str | None = Field(default=None, sa_type=String(255))
+    retry_limit: int = 0
+    retries: int = 0
+    submitted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    state_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_retry_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    version: int = 0
+    updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class FrameRow(SQLModel, table=True):
+    __tablename__ = "frames"
+    __table_args__ = (
+        ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
+        Index("ix_frames_job_state", "job_id", "state"),
+        Index("ix_frames_updated_at", "updated_at"),
+    )
+
+    job_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    number: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    state: str = Field(sa_type=String(STATE))
+    host: str | None = Field(default=None, sa_type=String(255))
+    instance: str | None = Field(default=None, sa_type=String(255))
+    attempts: int = 0
+    retries: int = 0
+    exit_code: int | None = None
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    state_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    version: int = 0
+    updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class FrameRunRow(SQLModel, table=True):
+    """A finished attempt; `id` keeps the order in which attempts ended."""
+
+    __tablename__ = "frame_runs"
+    __table_args__ = (
+        ForeignKeyConstraint(["job_id", "number"], ["frames.job_id", "frames.number"], ondelete="CASCADE"),
+        Index("ix_frame_runs_host_finished", "host", "finished_at"),
+        Index("ix_frame_runs_job", "job_id", "number"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger().with_variant(Integer(), "sqlite"))
+    job_id: int
+    number: int
+    host: str | None = Field(default=None, sa_type=String(255))
+    instance: str | None = Field(default=None, sa_type=String(255))
+    state: str = Field(sa_type=String(STATE))
+    exit_code: int | None = None
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class InstanceRow(SQLModel, table=True):
+    __tablename__ = "instances"
+    __table_args__ = (
+        ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
+        Index("ix_instances_job", "job_id"),
+    )
+
+    id: str = Field(primary_key=True, sa_type=String(255))
+    job_id: int
+    host: str = Field(sa_type=String(255))
+    state: str = Field(sa_type=String(STATE))
+    state_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    version: int = 0
+    updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class WorkerRow(SQLModel, table=True):
+    __tablename__ = "workers"
+
+    name: str = Field(primary_key=True, sa_type=String(255))
+    state: str = Field(sa_type=String(STATE))
+    state_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    version: int = 0
+    updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class JobDependencyRow(SQLModel, table=True):
+    """`job_id` waits on `depends_on`; `position` keeps the order the user wrote."""
+
+    __tablename__ = "job_dependencies"
+    __table_args__ = (
+        ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
+        ForeignKeyConstraint(["depends_on"], ["jobs.id"], ondelete="CASCADE"),
+    )
+
+    job_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    depends_on: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    position: int = 0
+
+
+class FrameDependencyRow(SQLModel, table=True):
+    """Frame `job_id:number` waits on frame `depends_job:depends_number`."""
+
+    __tablename__ = "frame_dependencies"
+    __table_args__ = (
+        ForeignKeyConstraint(["job_id", "number"], ["frames.job_id", "frames.number"], ondelete="CASCADE"),
+        ForeignKeyConstraint(["depends_job", "depends_number"], ["frames.job_id", "frames.number"], ondelete="CASCADE"),
+    )
+
+    job_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    number: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    depends_job: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    depends_number: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    position: int = 0
+
+
+class TransitionRow(SQLModel, table=True):
+    """The append-only log: every applied change and every audit ("would have") row.
+
+    `job_id` is the job the entity belongs to, so `corral history JOB` finds the
+    changes of its frames and instances too.
+    """
+
+    __tablename__ = "transitions"
+    __table_args__ = (
+        Index("ix_transitions_entity", "kind", "entity_id"),
+        Index("ix_transitions_policy", "policy"),
+        Index("ix_transitions_at", "at"),
+        Index("ix_transitions_cycle", "cycle_id"),
+        Index("ix_transitions_job", "job_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger().with_variant(Integer(), "sqlite"))
+    at: datetime = Field(sa_type=UTCDateTime)
+    kind: str = Field(sa_type=String(STATE))
+    entity_id: str = Field(sa_type=String(255))
+    job_id: int | None = None
+    action: str = Field(sa_type=String(STATE))
+    from_state: str = Field(sa_type=String(STATE))
+    to_state: str = Field(sa_type=String(STATE))
+    actor: str = Field(sa_type=String(255))
+    policy: str | None = Field(default=None, sa_type=String(255))
+    reason: str = Field(default="", sa_type=Text)
+    cycle_id: str | None = Field(default=None, sa_type=String(64))
+    applied: bool = True
+
+
+class SettingRow(SQLModel, table=True):
+    """Small key/value settings (pause/resume of the daemon, and the like)."""
+
+    __tablename__ = "settings"
+
+    key: str = Field(primary_key=True, sa_type=String(255))
+    value: str = Field(sa_type=Text)
+    updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+metadata: MetaData = SQLModel.metadata
+
+#: Tables in the order rows must be inserted (parents first); delete in reverse.
+TABLE_ORDER = (
+    "jobs",
+    "workers",
+    "instances",
+    "frames",
+    "frame_runs",
+    "job_dependencies",
+    "frame_dependencies",
+    "transitions",
+    "settings",
+)
+
+
+def table(name: str) -> Table:
+    """The Core table by name (typed, unlike SQLModel's `__table__`)."""
+    return metadata.tables[name]
