@@ -1,0 +1,305 @@
+"""The store, on every backend (the `store` fixture runs each test on SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from conftest import NOW, later, snap
+from sqlalchemy import text, update
+
+from corral.states import Action, FrameState, JobState, Kind
+from corral.store import Proposal, SchemaMissing, Store, StoreError
+from corral.store.engine import normalise_url
+from corral.store.tables import metadata, table
+
+FARM = """
+jobs:
+  - id: 12
+    name: shot_010
+    retry_limit: 2
+    instances:
+      - {id: i1, host: n1, state: running}
+      - {id: i2, host: n2, state: failed}
+    frames:
+      - {number: 1, state: running, host: n1, instance: i1, started_at: "2024-06-01T11:00:00Z"}
+      - number: 2
+        state: failed
+        host: n2
+        instance: i2
+        exit_code: 1
+        runs: [{host: n2, instance: i2, state: failed, exit_code: 1, finished_at: "2024-06-01T11:30:00+02:00"}]
+      - {number: 3, state: pending, depends_on: ["13:1"]}
+  - id: 13
+    name: comp
+    depends_on: [12]
+    frames: [{range: "1-3", state: complete}]
+workers:
+  - {name: n1, state: up}
+  - {name: n3, state: locked}
+"""
+
+
+def test_a_loaded_farm_reads_back_equal(store: Store) -> None:
+    farm = snap(FARM)
+    store.load_farm(farm, replace=True)
+    assert store.read_farm() == farm
+
+
+def test_timestamps_come_back_as_aware_utc(store: Store) -> None:
+    store.load_farm(snap(FARM), replace=True)
+    run = store.read_farm().jobs[12].frames[2].runs[0]
+    assert run.finished_at is not None and run.finished_at.utcoffset() == timedelta(0)
+    assert run.finished_at.hour == 9
+
+
+def test_load_with_replace_starts_over_but_keeps_the_log(store: Store) -> None:
+    store.load_farm(snap(FARM), replace=True)
+    farm = store.read_farm()
+    store.apply_transitions(farm, [Proposal(Kind.JOB, "12", Action.BLOCK)], now=NOW, actor="user:ann")
+    store.load_farm(snap("jobs: [{id: 1, name: only}]"), replace=True)
+    assert list(store.read_farm().jobs) == [1]
+    assert len(store.transitions()) == 1
+
+
+def test_load_without_replace_refuses_a_job_already_stored_and_writes_nothing(store: Store) -> None:
+    store.load_farm(snap(FARM), replace=True)
+    with pytest.raises(StoreError, match="already in the store: job 12"):
+        store.load_farm(snap("jobs: [{id: 12, name: again}, {id: 14, name: new}]"), replace=False)
+    assert sorted(store.read_farm().jobs) == [12, 13]
+
+
+def test_load_without_replace_adds_jobs_and_keeps_known_workers_as_they_are(store: Store) -> None:
+    store.load_farm(snap(FARM), replace=True)
+    store.load_farm(snap("jobs: [{id: 14, name: new}]\nworkers: [{name: n3, state: up}, {name: n9}]"), replace=False)
+    farm = store.read_farm()
+    assert sorted(farm.jobs) == [12, 13, 14]
+    assert farm.workers["n3"].state == "locked"
+    assert "n9" in farm.workers
+
+
+def test_block_writes_every_touched_row_and_bumps_their_versions(store: Store) -> None:
+    store.load_farm(snap(FARM), replace=True)
+    farm = store.read_farm()
+    report = store.apply_transitions(
+        farm, [Proposal(Kind.JOB, "12", Action.BLOCK, reason="bad textures")], now=NOW, actor="user:ann"
+    )
+    assert [d.to_state for d in report.applied] == ["blocked"]
+    stored = store.read_farm()
+    assert stored == farm  # the in-memory farm followed the database
+    assert stored.jobs[12].frames[1].state == FrameState.PENDING
+    assert stored.jobs[12].version == 1 and stored.jobs[12].frames[1].version == 1
+    assert stored.jobs[12].frames[3].version == 0  # untouched rows keep their version
+    (t,) = store.transitions()
+    assert (t.kind, t.entity_id, t.from_state, t.to_state, t.actor, t.reason, t.applied) == (
+        Kind.JOB,
+        "12",
+        "failing",
+        "blocked",
+        "user:ann",
+        "bad textures",
+        True,
+    )
+
+
+def test_a_frame_action_that_moves_its_job_logs_the_knock_on_change(store: Store) -> None:
+    store.load_farm(snap(FARM), replace=True)
+    farm = store.read_farm()
+    store.apply_transitions(farm, [Proposal(Kind.FRAME, "13:2", Action.RESUBMIT)], now=NOW, actor="user:ann")
+    job_row, frame_row = store.transitions()
+    assert (frame_row.kind, frame_row.entity_id, frame_row.from_state, frame_row.to_state) == (
+        Kind.FRAME,
+        "13:2",
+        "complete",
+        "pending",
+    )
+    assert (job_row.kind, job_row.entity_id, job_row.from_state, job_row.to_state) == (
+        Kind.JOB,
+        "13",
+        "complete",
+        "pending",
+    )
+    assert job_row.reason == "follows frame 13:2 (resubmit)"
+
+
+def test_an_illegal_proposal_is_refused_with_the_state_models_message_and_the_rest_applies(store: Store) -> None:
+    store.load_farm(snap(FARM), replace=True)
+    farm = store.read_farm()
+    report = store.apply_transitions(
+        farm,
+        [Proposal(Kind.JOB, "13", Action.BLOCK), Proposal(Kind.WORKER, "n1", Action.BLOCK)],
+        now=NOW,
+        actor="corral",
+    )
+    assert [r.reason for r in report.refused] == [
+        "cannot block job 13: it is complete; 'block' applies only to a job that is failing, pending, retrying or running"
+    ]
+    assert store.read_farm().workers["n1"].state == "locked"
+
+
+def test_a_proposal_for_an_unknown_entity_is_refused(store: Store) -> None:
+    store.load_farm(snap(FARM), replace=True)
+    report = store.apply_transitions(
+        store.read_farm(), [Proposal(Kind.JOB, "99", Action.KILL)], now=NOW, actor="corral"
+    )
+    assert report.refused[0].reason == "no job '99' in the farm"
+
+
+def test_an_audit_proposal_logs_what_would_have_happened_and_changes_nothing(store: Store) -> None:
+    store.load_farm(snap(FARM), replace=True)
+    farm = store.read_farm()
+    report = store.apply_transitions(
+        farm,
+        [Proposal(Kind.JOB, "12", Action.KILL, policy="kill-failing", automatic=True, applied=False)],
+        now=NOW,
+        actor="corral",
+        cycle_id="c1",
+    )
+    assert [d.to_state for d in report.audited] == ["killed"] and not report.applied
+    assert store.read_farm() == farm == snap(FARM)
+    (t,) = store.transitions()
+    assert (t.applied, t.policy, t.cycle_id, t.to_state) == (False, "kill-failing", "c1", "killed")
+
+
+def test_a_stale_row_refuses_the_proposal_and_keeps_the_farm_as_it_was(store: Store) -> None:
+    store.load_farm(snap(FARM), replace=True)
+    farm = store.read_farm()
+    frames = table("frames")
+    with store.engine.begin() as conn:  # the supervisor finishes frame 12:1 meanwhile
+        conn.execute(
+            update(frames)
+            .where(frames.c.job_id == 12, frames.c.number == 1)
+            .values(state="complete", version=frames.c.version + 1)
+        )
+    report = store.apply_transitions(
+        farm,
+        [Proposal(Kind.JOB, "12", Action.BLOCK), Proposal(Kind.WORKER, "n3", Action.UNBLOCK)],
+        now=NOW,
+        actor="corral",
+    )
+    assert report.refused[0].stale and "frame 12:1 changed since it was read" in report.refused[0].reason
+    assert [d.proposal.ident for d in report.applied] == ["n3"]
+    stored = store.read_farm()
+    assert stored.jobs[12].state == JobState.FAILING and stored.jobs[12].frames[1].state == FrameState.COMPLETE
+    assert farm.jobs[12].state == JobState.FAILING and farm.jobs[12].frames[1].state == FrameState.RUNNING
+    assert [t.entity_id for t in store.transitions()] == ["n3"]
+
+
+def test_a_batch_that_fails_half_way_applies_nothing(store: Store) -> None:
+    store.load_farm(snap(FARM), replace=True)
+    farm = store.read_farm()
+    before = store.read_farm()
+
+    class Boom(Proposal):
+        @property
+        def kind(self) -> Kind:  # type: ignore[override]
+            raise RuntimeError("boom")
+
+    good = Proposal(Kind.WORKER, "n1", Action.BLOCK)
+    with pytest.raises(RuntimeError):
+        store.apply_transitions(
+            farm, [good, object.__new__(Boom)], now=NOW, actor="corral"  # type: ignore[list-item]
+        )
+    assert store.read_farm() == before and farm == before
+    assert store.transitions() == []
+
+
+def test_two_proposals_on_one_job_in_one_batch_see_each_other(store: Store) -> None:
+    store.load_farm(snap(FARM), replace=True)
+    farm = store.read_farm()
+    report = store.apply_transitions(
+        farm,
+        [Proposal(Kind.JOB, "12", Action.BLOCK), Proposal(Kind.JOB, "12", Action.UNBLOCK)],
+        now=NOW,
+        actor="corral",
+    )
+    assert not report.refused
+    assert store.read_farm().jobs[12].version == 2
+
+
+def test_transitions_filter_by_job_policy_actor_and_time_newest_first(store: Store) -> None:
+    store.load_farm(snap(FARM), replace=True)
+    farm = store.read_farm()
+    store.apply_transitions(farm, [Proposal(Kind.FRAME, "13:2", Action.RESUBMIT)], now=NOW, actor="user:ann")
+    store.apply_transitions(
+        farm, [Proposal(Kind.WORKER, "n1", Action.BLOCK, policy="quarantine")], now=later(5), actor="corral"
+    )
+    assert [t.entity_id for t in store.transitions(job=13)] == ["13", "13:2"]
+    assert store.transitions(job=12) == []
+    assert [t.entity_id for t in store.transitions(policy="quarantine")] == ["n1"]
+    assert [t.entity_id for t in store.transitions(actor="user:ann")] == ["13", "13:2"]
+    assert [t.entity_id for t in store.transitions(since=later(1))] == ["n1"]
+    assert [t.entity_id for t in store.transitions(limit=1)] == ["n1"]
+
+
+def test_last_actions_gives_the_latest_time_per_policy_and_entity(store: Store) -> None:
+    store.load_farm(snap(FARM), replace=True)
+    farm = store.read_farm()
+    for minute, action in ((1, Action.BLOCK), (2, Action.UNBLOCK), (3, Action.BLOCK)):
+        store.apply_transitions(
+            farm, [Proposal(Kind.WORKER, "n1", action, policy="q")], now=later(minute), actor="corral"
+        )
+    store.apply_transitions(
+        farm, [Proposal(Kind.WORKER, "n1", Action.UNBLOCK, policy="q", applied=False)], now=later(9), actor="corral"
+    )
+    assert store.last_actions(NOW) == {("q", "worker", "n1"): later(3)}
+    assert store.last_actions(NOW, include_audit=True) == {("q", "worker", "n1"): later(9)}
+    assert store.last_actions(later(4)) == {}
+
+
+def test_settings_are_stored_and_overwritten(store: Store) -> None:
+    assert store.get_setting("paused") is None
+    assert store.get_setting("paused", "no") == "no"
+    store.set_setting("paused", "yes")
+    store.set_setting("paused", "still")
+    assert store.get_setting("paused") == "still"
+
+
+def test_init_twice_is_harmless(store: Store) -> None:
+    store.load_farm(snap(FARM), replace=True)
+    assert store.init() == store.init() == "0001"
+    assert sorted(store.read_farm().jobs) == [12, 13]
+
+
+def test_the_migrations_create_exactly_the_declared_tables(store: Store) -> None:
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+    assert diff == []
+
+
+def test_an_unmigrated_database_says_run_corral_db_init(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path / 'empty.db'}") as store, pytest.raises(SchemaMissing) as err:
+        store.read_farm()
+    assert "run `corral db init`" in str(err.value)
+
+
+def test_an_older_schema_says_to_upgrade(store_url: str) -> None:
+    with Store.open(store_url) as store:
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0000'"))
+        with pytest.raises(SchemaMissing, match="at schema revision 0000.*run `corral db init`"):
+            store.read_farm()
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path / 'x.db'}", busy_timeout=7) as store, store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 7000
+
+
+@pytest.mark.parametrize(
+    ("url", "driver"),
+    [
+        ("postgresql://u@h/db", "postgresql+psycopg"),
+        ("postgres://u@h/db", "postgresql+psycopg"),
+        ("postgresql+psycopg2://u@h/db", "postgresql+psycopg"),
+        ("sqlite:///corral.db", "sqlite"),
+    ],
+)
+def test_postgresql_urls_use_psycopg_3(url: str, driver: str) -> None:
+    assert normalise_url(url).drivername == driver
