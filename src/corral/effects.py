@@ -69,11 +69,14 @@ def apply_action(
     now: datetime,
     params: Mapping[str, Any] | None = None,
     automatic: bool = False,
+    actor: str | None = None,
 ) -> Outcome:
     """Apply `action` to one entity of `farm`, in place, and say what changed.
 
     `automatic` marks a policy's action: only automatic retries spend the retry
-    limit and may not exceed it (a wrangler can always retry by hand).
+    limit and may not exceed it (a wrangler can always retry by hand).  `actor` is
+    remembered as the job's `blocked_by`, so automation can tell a job blocked by a
+    wrangler (never unblocked automatically) from one waiting on its dependencies.
     Raises IllegalAction (nothing changed) when the state model forbids it.
     """
     params = dict(params or {})
@@ -89,7 +92,7 @@ def apply_action(
         raise IllegalAction(kind, ident, state, action, str(err)) from None
     out = Outcome(kind, entity_id(kind, entity), action, state, state)
     if isinstance(entity, Job):
-        _job_action(farm, entity, action, params, automatic, now, out)
+        _job_action(farm, entity, action, params, automatic, now, out, actor)
     elif isinstance(entity, Frame):
         _frame_action(farm, entity, action, automatic, now, out)
     elif isinstance(entity, Instance):
@@ -110,7 +113,14 @@ def _set_state(farm: Farm, out: Outcome, kind: Kind, entity: Entity, state: Any,
 
 
 def _job_action(
-    farm: Farm, job: Job, action: Action, params: dict[str, Any], automatic: bool, now: datetime, out: Outcome
+    farm: Farm,
+    job: Job,
+    action: Action,
+    params: dict[str, Any],
+    automatic: bool,
+    now: datetime,
+    out: Outcome,
+    actor: str | None,
 ) -> None:
     rule = RULES[(Kind.JOB, action)]
     if action is Action.UNBLOCK and job.state == JobState.PENDING and job.hold is not Hold.SUSPENDED:
@@ -136,6 +146,7 @@ def _job_action(
             _set_state(farm, out, Kind.INSTANCE, inst, to, now)
     if rule.hold is not None:
         job.hold = rule.hold
+        job.blocked_by = actor if rule.hold is Hold.BLOCKED else None
     if action is Action.RETRY:
         job.last_retry_at = now
         if automatic:
@@ -167,6 +178,10 @@ def _frame_action(farm: Farm, frame: Frame, action: Action, automatic: bool, now
         raise IllegalAction(
             Kind.FRAME, frame.key, frame.state, action, f"it has used all {job.retry_limit} of its retries"
         )
+    if automatic and action in (Action.RETRY, Action.UNBLOCK) and job.hold in (Hold.BLOCKED, Hold.KILLED):
+        # A held job must not run: automation requeuing its frames would only spend
+        # retries that a wrangler will want once the job is released.
+        raise IllegalAction(Kind.FRAME, frame.key, frame.state, action, f"its job {job.id} is {job.hold}")
     to = FrameState(rule.moves[frame.state])
     _set_state(farm, out, Kind.FRAME, frame, to, now)
     if to == FrameState.PENDING:

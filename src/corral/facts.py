@@ -45,6 +45,10 @@ _JOB: dict[str, FieldSpec] = {
     "priority": FieldSpec("int", "the job's priority (higher runs first)"),
     "state": FieldSpec("state", "the job's state", STATES[Kind.JOB]),
     "suspended": FieldSpec("bool", "true when the job was suspended (it shows as pending)"),
+    "blocked_by": FieldSpec(
+        "str",
+        "who blocked the job: a policy's name or user:NAME (missing when it was submitted blocked)",
+    ),
     "retry_limit": FieldSpec("int", "how many automatic retries the job (and each of its frames) may have"),
     "retries": FieldSpec("int", "automatic retries of the job used so far"),
     "retries_left": FieldSpec("int", "retry_limit minus retries, never below 0"),
@@ -245,6 +249,7 @@ class FactBuilder:
             "priority": job.priority,
             "state": str(job.state),
             "suspended": job.hold is Hold.SUSPENDED,
+            "blocked_by": job.blocked_by if job.hold is Hold.BLOCKED else None,
             "retry_limit": job.retry_limit,
             "retries": job.retries,
             "retries_left": max(0, job.retry_limit - job.retries),

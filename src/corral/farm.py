@@ -96,6 +96,7 @@ class Job:
     submitted_at: datetime | None = None
     state_since: datetime | None = None
     last_retry_at: datetime | None = None
+    blocked_by: str | None = None
     frames: dict[int, Frame] = field(default_factory=dict)
     instances: dict[str, Instance] = field(default_factory=dict)
     version: int = 0

@@ -177,10 +177,12 @@ def _over_limit(policy: Policy, count: int, total: int) -> str | None:
     if lim.max_actions is not None and count > lim.max_actions:
         return (f"matched {count} {policy.kind}s, more than its max_actions of {lim.max_actions}: "
                 "acting on none this cycle")
-    if lim.max_percent is not None and total and 100.0 * count / total > lim.max_percent:
-        pct = 100.0 * count / total
-        return (f"matched {count} of {total} {policy.kind}s ({pct:.0f}%), more than its max_percent of "
-                f"{lim.max_percent:g}%: acting on none this cycle")
+    if lim.max_percent is not None and total:
+        allowed = max(1, int(total * lim.max_percent / 100.0))
+        if count > allowed:
+            pct = 100.0 * count / total
+            return (f"matched {count} of {total} {policy.kind}s ({pct:.0f}%), more than its max_percent of "
+                    f"{lim.max_percent:g}% ({allowed}): acting on none this cycle")
     return None
 
 
@@ -220,7 +222,9 @@ def _play(farm: Farm, m: Match, now: datetime, plan: Plan) -> None:
     reason = render_reason(m.policy.reason, m.fact, params)
     for spec in m.policy.actions:
         try:
-            out = apply_action(farm, m.kind, m.ident, spec.action, now=now, params=spec.params_dict(), automatic=True)
+            out = apply_action(
+                farm, m.kind, m.ident, spec.action, now=now, params=spec.params_dict(), automatic=True, actor=m.policy.name
+            )
         except IllegalAction as err:
             plan.skipped.append(Skipped(m.policy.name, m.kind, m.ident, str(spec.action), "illegal", str(err)))
             return

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from corral.cli import farm_cmds, policy_cmds
+from corral.cli import farm_cmds, policy_cmds, run_cmds
 
 app = typer.Typer(
     name="corral",
@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 farm_cmds.register(app)
 policy_cmds.register(app)
+run_cmds.register(app)
 
 
 def main() -> None:

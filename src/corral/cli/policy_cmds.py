@@ -1,9 +1,219 @@
-"""Commands on policies: check, schema, plan."""
+"""Commands on policies: check, schema, fields, plan (the dry run)."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.table import Table
+
+from corral.cli.common import DbOption, JsonOption, console, db_url, err_console, fail, print_json
+from corral.policy.loader import LoadResult, builtin_dir, load_paths
+from corral.states import Kind
+
+RulesOption = Annotated[
+    list[Path] | None,
+    typer.Option("--rules", "-r", help="Policy file or folder to add (repeatable).", show_default=False),
+]
+OnlyRulesOption = Annotated[
+    bool, typer.Option("--only-rules", help="Use only the --rules given, not the built-in pack.")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a policy parameter: POLICY.PARAM=VALUE (repeatable).", show_default=False),
+]
+
+
+def parse_sets(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """`--set retry-failed-jobs.delay=10m` -> {"retry-failed-jobs": {"delay": "10m"}}; values are YAML scalars."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = defaultdict(dict)
+    for item in items or []:
+        target, eq, raw = item.partition("=")
+        policy, dot, param = target.rpartition(".")
+        if not eq or not dot or not policy or not param:
+            fail(f"--set '{item}': write POLICY.PARAM=VALUE, e.g. --set retry-failed-jobs.delay=10m")
+        out[policy][param] = yaml.safe_load(raw) if raw.strip() else ""
+    return dict(out)
+
+
+def policy_paths(rules: list[Path] | None, only_rules: bool) -> list[Path]:
+    paths = [] if only_rules else [builtin_dir()]
+    paths.extend(rules or [])
+    if not paths:
+        fail("--only-rules needs at least one --rules PATH")
+    return paths
+
+
+def load_or_fail(rules: list[Path] | None, only_rules: bool, sets: list[str] | None) -> LoadResult:
+    result = load_paths(policy_paths(rules, only_rules), parse_sets(sets))
+    if result.errors:
+        for error in result.errors:
+            err_console.print(str(error), highlight=False, markup=False)
+        fail(f"{len(result.errors)} error(s) in policy files; fix them or check with `corral check`")
+    return result
+
+
+def parse_now(now: str | None) -> datetime | None:
+    if now is None:
+        return None
+    try:
+        value = datetime.fromisoformat(now)
+    except ValueError:
+        fail(f"--now '{now}' is not an ISO 8601 time such as 2026-11-28T02:00:00Z")
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def check(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Policy files or folders (default: the built-in pack).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Validate policy files: every error with file:line:column, all at once. Exit 1 on any error."""
+    result = load_paths(paths or [builtin_dir()])
+    if as_json:
+        print_json({
+            "ok": result.ok,
+            "files": result.files,
+            "policies": [p.name for p in result.policies],
+            "errors": [{"file": e.pos.file, "line": e.pos.line, "column": e.pos.column, "message": e.message}
+                       for e in result.errors],
+        })
+    else:
+        for error in result.errors:
+            console.print(str(error), highlight=False, markup=False)
+        if result.ok:
+            console.print(f"ok: {len(result.policies)} policies in {len(result.files)} file(s)")
+        else:
+            console.print(f"{len(result.errors)} error(s) in {len(result.bad_files)} of {len(result.files)} file(s)")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def schema() -> None:
+    """Print the JSON Schema of policy files (for editors such as VS Code's YAML extension)."""
+    from corral.policy.schema import policy_json_schema
+
+    print_json(policy_json_schema())
+
+
+def fields(
+    kind: Annotated[Kind | None, typer.Argument(help="job, frame, instance or worker (default: all).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the fact fields a policy can test, with their types and meanings."""
+    from corral.facts import FIELDS
+
+    kinds = [kind] if kind else list(Kind)
+    if as_json:
+        print_json({str(k): {n: {"type": s.type, "doc": s.doc, **({"states": list(s.states)} if s.states else {})}
+                             for n, s in FIELDS[k].items()} for k in kinds})
+        return
+    for k in kinds:
+        table = Table(title=f"{k} fields", title_justify="left")
+        table.add_column("field", style="cyan")
+        table.add_column("type")
+        table.add_column("meaning")
+        for name, spec in FIELDS[k].items():
+            table.add_row(name, spec.type, spec.doc + (f" ({', '.join(spec.states)})" if spec.states else ""))
+        console.print(table)
+
+
+def plan(
+    rules: RulesOption = None,
+    only_rules: OnlyRulesOption = False,
+    snapshot: Annotated[
+        Path | None, typer.Option("--snapshot", help="Evaluate a snapshot file instead of the store.")
+    ] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    sets: SetOption = None,
+    now: Annotated[str | None, typer.Option("--now", help="Evaluate as of this ISO 8601 time (default: now).")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="durable (default) or reference.")] = "durable",
+    show_skipped: Annotated[bool, typer.Option("--skipped", help="Also list matches that were skipped, and why.")] = False,
+) -> None:
+    """Dry run: show what the policies would do, without doing it.
+
+    Exit status: 0 when the plan is empty, 2 when it holds transitions, 1 on error.
+    """
+    from corral.cycle import PolicySet, plan_farm, run_cycle
+
+    if engine not in ("durable", "reference"):
+        fail(f"--engine must be durable or reference, not '{engine}'")
+    loaded = load_or_fail(rules, only_rules, sets)
+    policy_set = PolicySet(loaded.policies, engine=engine)
+    when = parse_now(now)
+    if snapshot is not None:
+        from corral.snapshot import SnapshotError, load_snapshot_file
+
+        try:
+            farm = load_snapshot_file(snapshot)
+        except SnapshotError as err:
+            for line in err.errors:
+                err_console.print(line, highlight=False, markup=False)
+            fail(f"{snapshot}: not a valid snapshot")
+        except OSError as err:
+            fail(f"cannot read {snapshot}: {err}")
+        result_plan, _ = plan_farm(farm, policy_set, now=when or datetime.now(UTC))
+    else:
+        from corral.store.store import Store, StoreError
+
+        try:
+            with Store.open(db_url(db)) as store:
+                result_plan = run_cycle(store, policy_set, commit=False, now=when).plan
+        except StoreError as err:
+            fail(str(err))
+    if as_json:
+        print_json(result_plan.to_json())
+    else:
+        _print_plan(result_plan, show_skipped)
+    raise typer.Exit(2 if result_plan.transitions else 0)
+
+
+def _print_plan(result: Any, show_skipped: bool) -> None:
+    if not result.transitions:
+        console.print("Nothing to do: no policy would change anything.")
+    else:
+        table = Table(title="Planned transitions (dry run: nothing was changed)", title_justify="left")
+        for col in ("policy", "kind", "id", "action", "from → to", "reason"):
+            table.add_column(col, overflow="fold")
+        last = None
+        for t in sorted(result.transitions, key=lambda t: (t.policy, str(t.kind))):
+            would = "would " if t.audit else ""
+            table.add_row(
+                t.policy if t.policy != last else "", str(t.kind), t.ident, would + str(t.action),
+                f"{t.from_state} → {t.to_state}", t.reason,
+            )
+            last = t.policy
+        console.print(table)
+        audit = sum(1 for t in result.transitions if t.audit)
+        console.print(f"{len(result.transitions)} transition(s)" + (f", {audit} in audit mode (reported only)" if audit else ""))
+    for name, note in sorted(result.notes.items()):
+        console.print(f"[yellow]{name}[/]: {note}", highlight=False)
+    if result.skipped:
+        counts: dict[str, int] = defaultdict(int)
+        for s in result.skipped:
+            counts[s.category] += 1
+        summary = ", ".join(f"{n} {c}" for c, n in sorted(counts.items()))
+        if show_skipped:
+            table = Table(title="Skipped", title_justify="left")
+            for col in ("policy", "kind", "id", "action", "why"):
+                table.add_column(col, overflow="fold")
+            for s in result.skipped:
+                table.add_row(s.policy, str(s.kind), s.ident, s.action, f"{s.category}: {s.why}")
+            console.print(table)
+        else:
+            console.print(f"skipped: {summary} (--skipped lists them)")
 
 
 def register(app: typer.Typer) -> None:
-    """Placeholder until the policy language lands."""
+    app.command()(check)
+    app.command()(schema)
+    app.command()(fields)
+    app.command()(plan)
+
+
+

@@ -41,7 +41,7 @@ POLICY_KEYS: dict[str, str] = {
 }
 LIMIT_KEYS: dict[str, str] = {
     "max_actions": "at most this many entities per cycle; more matches and the policy acts on none that cycle",
-    "max_percent": "at most this percentage of all entities of its kind; more and it acts on none that cycle",
+    "max_percent": "at most this percentage of all entities of its kind (one is always allowed); more and it acts on none that cycle",
     "cooldown": "after acting on an entity, leave that entity alone for this long (e.g. 30m)",
 }
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -1,0 +1,154 @@
+"""One evaluation cycle: read facts, evaluate, plan, and (only if asked) apply.
+
+`corral plan` (the dry run), `corral run` (the daemon) and `corral run --once` all
+come through `run_cycle`; the only difference between a dry run and the real thing
+is `commit`.  Evaluation itself (`plan_farm`) is pure and also serves snapshots.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from corral.evaluate import Evaluator, Match, ReferenceEvaluator, find_matches
+from corral.facts import FactBuilder
+from corral.farm import Farm, utcnow
+from corral.plan import Plan, make_plan
+from corral.policy.model import Policy
+
+if TYPE_CHECKING:
+    from corral.store.apply import ApplyReport
+    from corral.store.store import Store
+
+#: How far back the log is read for cooldowns when no policy sets a longer one.
+MIN_HISTORY = timedelta(hours=1)
+PAUSE_SETTING = "paused"
+
+
+class PolicySet:
+    """The policies in force and the rule engine compiled from them.
+
+    The engine keeps its working memory between cycles (that is what makes a steady
+    cycle cheap), so the daemon holds one PolicySet and replaces it on reload.
+    """
+
+    def __init__(self, policies: Sequence[Policy], *, engine: str = "durable") -> None:
+        self.policies = list(policies)
+        self.engine_name = engine
+        self._evaluator: Evaluator | None = None
+
+    @property
+    def evaluator(self) -> Evaluator:
+        if self._evaluator is None:
+            active = [p for p in self.policies if p.enabled]
+            if self.engine_name == "reference":
+                self._evaluator = ReferenceEvaluator(active)
+            else:
+                from corral.engine import RuleEngine
+
+                self._evaluator = RuleEngine(active)
+        return self._evaluator
+
+    def history_window(self) -> timedelta:
+        longest = max((p.limits.cooldown or 0.0 for p in self.policies), default=0.0)
+        return max(MIN_HISTORY, timedelta(seconds=longest))
+
+
+def plan_farm(
+    farm: Farm,
+    policy_set: PolicySet,
+    *,
+    now: datetime,
+    last_actions: dict[tuple[str, str, str], datetime] | None = None,
+    due: Collection[str] | None = None,
+) -> tuple[Plan, list[Match]]:
+    """Facts in, plan out: the pure heart of a cycle.  `due` limits it to some policies."""
+    builder = FactBuilder(farm, now)
+    matches = find_matches(policy_set.policies, builder, policy_set.evaluator)
+    if due is not None:
+        matches = [m for m in matches if m.policy.name in due]
+    plan = make_plan(farm, matches, now=now, last_actions=last_actions)
+    return plan, matches
+
+
+@dataclass
+class CycleResult:
+    cycle_id: str
+    at: datetime
+    plan: Plan
+    matches: int
+    facts: int
+    committed: bool
+    paused: bool = False
+    report: ApplyReport | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def new_cycle_id(now: datetime) -> str:
+    return f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def run_cycle(
+    store: Store,
+    policy_set: PolicySet,
+    *,
+    commit: bool,
+    now: datetime | None = None,
+    due: Collection[str] | None = None,
+    cycle_id: str | None = None,
+) -> CycleResult:
+    """Read, evaluate, plan; apply with compare-and-set when `commit` and not paused.
+
+    Audit-mode transitions are logged as "would have" rows when committing.  While
+    corral is paused (`corral pause`) the cycle runs and reports but applies nothing.
+    """
+    now = now or utcnow()
+    cycle_id = cycle_id or new_cycle_id(now)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    farm = store.read_farm()
+    raw_last = store.last_actions(now - policy_set.history_window())
+    last = {(p, k, i): at for (p, k, i), at in raw_last.items() if p is not None}
+    t1 = time.perf_counter()
+    timings["read"] = t1 - t0
+    plan, matches = plan_farm(farm, policy_set, now=now, last_actions=last, due=due)
+    t2 = time.perf_counter()
+    timings["evaluate"] = t2 - t1
+    facts = len(farm.jobs) + len(farm.instances) + len(farm.workers) + sum(len(j.frames) for j in farm.jobs.values())
+    result = CycleResult(cycle_id, now, plan, len(matches), facts, committed=False, timings=timings)
+    if not commit:
+        return result
+    result.paused = store.get_setting(PAUSE_SETTING) == "1"
+    proposals = proposals_of(plan, apply=not result.paused)
+    if proposals:
+        result.report = store.apply_transitions(farm, proposals, now=now, actor="corral", cycle_id=cycle_id)
+    result.committed = True
+    timings["apply"] = time.perf_counter() - t2
+    return result
+
+
+def proposals_of(plan: Plan, *, apply: bool = True) -> list[Proposal]:
+    """The plan's transitions as store proposals; audit ones (and all, when paused) log only."""
+    from corral.store.apply import Proposal
+
+    return [
+        Proposal(
+            kind=t.kind,
+            ident=t.ident,
+            action=t.action,
+            params=dict(t.params),
+            reason=t.reason,
+            policy=t.policy,
+            automatic=True,
+            applied=apply and not t.audit,
+        )
+        for t in plan.transitions
+    ]
+
+
+if TYPE_CHECKING:
+    from corral.store.apply import Proposal

@@ -1,0 +1,165 @@
+"""The JSON Schema of policy files, generated from the same tables the loader uses.
+
+Fields come from `corral.facts.FIELDS`, operators from `corral.policy.operators`,
+actions and their parameters from `corral.states`: an editor that uses this schema
+suggests exactly what `corral check` accepts.  (The loader remains the authority: it
+also checks meaning the schema cannot express, such as `$param` references.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corral.facts import FIELDS, FieldSpec
+from corral.policy.loader import LIMIT_KEYS, POLICY_KEYS
+from corral.policy.operators import OPERATORS
+from corral.states import ACTION_PARAMS, Kind, actions_for
+
+_PARAM = {"type": "string", "pattern": r"^\$[A-Za-z0-9][A-Za-z0-9_.-]*$", "description": "a policy parameter"}
+_DURATION = {"type": "string", "pattern": r"^\s*(?:\d+(?:\.\d+)?\s*[dhms]\s*)+$", "description": "e.g. 90s, 10m, 1h30m"}
+
+
+def _value_schema(spec: FieldSpec) -> dict[str, Any]:
+    if spec.type == "duration":
+        return {"anyOf": [{"type": "number", "minimum": 0}, _DURATION, _PARAM]}
+    if spec.type == "int":
+        return {"anyOf": [{"type": "integer"}, _PARAM]}
+    if spec.type == "float":
+        return {"anyOf": [{"type": "number"}, _PARAM]}
+    if spec.type == "bool":
+        return {"anyOf": [{"type": "boolean"}, _PARAM]}
+    if spec.type == "state":
+        return {"anyOf": [{"enum": list(spec.states)}, _PARAM]}
+    return {"anyOf": [{"type": "string"}, _PARAM]}
+
+
+def _field_schema(spec: FieldSpec) -> dict[str, Any]:
+    value = _value_schema(spec)
+    ops: dict[str, Any] = {}
+    for op in OPERATORS.values():
+        if spec.type not in op.types:
+            continue
+        if op.value == "list":
+            schema: dict[str, Any] = {"type": "array", "items": value, "minItems": 1}
+        elif op.value == "pattern":
+            schema = {"anyOf": [{"type": "string"}, _PARAM]}
+        elif op.value == "bool":
+            schema = {"type": "boolean"}
+        else:
+            schema = value
+        for name in (op.name, *op.aliases):
+            ops[name] = {**schema, "description": op.doc}
+    return {
+        "description": spec.doc,
+        "anyOf": [
+            value,
+            {"type": "array", "items": value, "minItems": 1, "description": "one of these values"},
+            {"type": "object", "properties": ops, "additionalProperties": False, "minProperties": 1},
+        ],
+    }
+
+
+def _condition_defs(kind: Kind) -> dict[str, Any]:
+    cond = f"condition_{kind}"
+    props: dict[str, Any] = {name: _field_schema(spec) for name, spec in FIELDS[kind].items()}
+    props["all"] = {"type": "array", "items": {"$ref": f"#/$defs/{cond}"}, "minItems": 1,
+                    "description": "every condition in the list holds"}
+    props["any"] = {"type": "array", "items": {"$ref": f"#/$defs/{cond}"}, "minItems": 1,
+                    "description": "at least one condition in the list holds"}
+    props["not"] = {
+        "$ref": f"#/$defs/{cond}",
+        "description": "the condition does not hold (a missing field counts as not holding)",
+    }
+    return {
+        cond: {
+            "anyOf": [
+                {"type": "object", "properties": props, "additionalProperties": False, "minProperties": 1},
+                {"type": "array", "items": {"$ref": f"#/$defs/{cond}"}, "minItems": 1},
+            ]
+        }
+    }
+
+
+def _action_schema(kind: Kind) -> dict[str, Any]:
+    names = [str(a) for a in actions_for(kind)]
+    with_params = []
+    for action in actions_for(kind):
+        params = {
+            name: {"type": "integer", "minimum": 0} if t is int else {"type": "boolean"}
+            for name, t in ACTION_PARAMS[action].items()
+        }
+        with_params.append({
+            "type": "object",
+            "properties": {str(action): {"type": ["object", "null"], "properties": params, "additionalProperties": False}},
+            "required": [str(action)],
+            "additionalProperties": False,
+        })
+    return {"anyOf": [{"enum": names}, *with_params]}
+
+
+def policy_json_schema() -> dict[str, Any]:
+    """The schema of a policy file: `policies:` with a list, or one policy."""
+    defs: dict[str, Any] = {}
+    variants = []
+    for kind in Kind:
+        defs.update(_condition_defs(kind))
+        action = _action_schema(kind)
+        variants.append({
+            "if": {"properties": {"kind": {"const": str(kind)}}},
+            "then": {
+                "properties": {
+                    "when": {"$ref": f"#/$defs/condition_{kind}"},
+                    "actions": {"anyOf": [action, {"type": "array", "items": action, "minItems": 1}]},
+                }
+            },
+        })
+    policy = {
+        "type": "object",
+        "required": ["name", "kind", "when", "actions", "reason"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", "description": POLICY_KEYS["name"]},
+            "description": {"type": "string", "description": POLICY_KEYS["description"]},
+            "kind": {"enum": [str(k) for k in Kind], "description": POLICY_KEYS["kind"]},
+            "when": {"description": POLICY_KEYS["when"]},
+            "actions": {"description": POLICY_KEYS["actions"]},
+            "reason": {"type": "string", "minLength": 1, "description": POLICY_KEYS["reason"]},
+            "priority": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 50,
+                         "description": POLICY_KEYS["priority"]},
+            "enabled": {"type": "boolean", "default": True, "description": POLICY_KEYS["enabled"]},
+            "mode": {"enum": ["enforce", "audit"], "default": "enforce", "description": POLICY_KEYS["mode"]},
+            "params": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]},
+                       "description": POLICY_KEYS["params"]},
+            "limits": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": POLICY_KEYS["limits"],
+                "properties": {
+                    "max_actions": {"type": "integer", "minimum": 1, "description": LIMIT_KEYS["max_actions"]},
+                    "max_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100,
+                                    "description": LIMIT_KEYS["max_percent"]},
+                    "cooldown": {"anyOf": [{"type": "number", "minimum": 0}, _DURATION, _PARAM],
+                                 "description": LIMIT_KEYS["cooldown"]},
+                },
+            },
+            "schedule": {"type": "string", "description": POLICY_KEYS["schedule"]},
+        },
+        "allOf": variants,
+    }
+    defs["policy"] = policy
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://corral.invalid/schema/policy-file.json",
+        "title": "corral policy file",
+        "description": "Auto-wrangling policies for corral. See docs/policies.md.",
+        "$defs": defs,
+        "anyOf": [
+            {
+                "type": "object",
+                "required": ["policies"],
+                "additionalProperties": False,
+                "properties": {"policies": {"type": "array", "items": {"$ref": "#/$defs/policy"}}},
+            },
+            {"$ref": "#/$defs/policy"},
+        ],
+    }
