@@ -12,8 +12,8 @@ from rich.console import Console
 
 DEFAULT_DB = "sqlite:///corral.db"
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 DbOption = Annotated[
     str | None,

@@ -448,7 +448,7 @@ class _Checker:
             return None if inner is None else Not(inner)
         fields = self._fields()
         if key not in fields:
-            self.error(kpos, f"unknown field '{key}' for a {self.kind}{suggest(key, list(fields) + list(COMBINATORS))}"
+            self.error(kpos, f"unknown field '{key}' for {_a(self.kind)}{suggest(key, list(fields) + list(COMBINATORS))}"
                        f" (see `corral fields {self.kind}` or docs/policies.md)")
             return None
         spec = fields[key]
@@ -587,7 +587,7 @@ class _Checker:
             return None
         action = Action(name)
         if self.kind is not None and (self.kind, action) not in RULES:
-            self.error(pos, f"'{action}' is not an action on a {self.kind}; a {self.kind} can: "
+            self.error(pos, f"'{action}' is not an action on {_a(self.kind)}; {_a(self.kind)} can: "
                        f"{', '.join(actions_for(self.kind))}")
             return None
         if not isinstance(params, dict):
@@ -625,7 +625,7 @@ class _Checker:
         fields = self._fields()
         for name in TEMPLATE_RE.findall(reason):
             if name not in fields and name not in self.params:
-                self.error(pos, f"the reason cites '{{{name}}}', which is neither a field of a {self.kind} nor a "
+                self.error(pos, f"the reason cites '{{{name}}}', which is neither a field of {_a(self.kind)} nor a "
                            f"parameter{suggest(name, list(fields) + list(self.params))}")
         return reason
 
@@ -655,6 +655,11 @@ _BAD: Any = _Bad()
 
 def _all(items: list[Cond]) -> Cond:
     return items[0] if len(items) == 1 else All(tuple(items))
+
+
+def _a(kind: object) -> str:
+    word = str(kind)
+    return ("an " if word[:1] in "aeiou" else "a ") + word
 
 
 def _op_names() -> list[str]:
