@@ -104,9 +104,7 @@ def snap(text: str) -> Farm:
 
 # --- random farms -------------------------------------------------------------------------
 
-stamps = st.none() | st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
-)
+stamps = st.none() | st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
 
 
 @st.composite

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import NOW, snap
 from sqlalchemy import update
 
+from conftest import NOW, snap
 from corral.states import Action, FrameState, JobState, Kind
 from corral.store import ApplyReport, Proposal, Store
 from corral.store.tables import table

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import farms, snap
 from hypothesis import HealthCheck, given, settings
 
+from conftest import farms, snap
 from corral.farm import Farm
 from corral.snapshot import (
     SnapshotError,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import NOW, later, snap
 from sqlalchemy import text, update
 
+from conftest import NOW, later, snap
 from corral.states import Action, FrameState, JobState, Kind
 from corral.store import Proposal, SchemaMissing, Store, StoreError
 from corral.store.engine import normalise_url
@@ -142,9 +142,7 @@ def test_an_illegal_proposal_is_refused_with_the_state_models_message_and_the_re
 
 def test_a_proposal_for_an_unknown_entity_is_refused(store: Store) -> None:
     store.load_farm(snap(FARM), replace=True)
-    report = store.apply_transitions(
-        store.read_farm(), [Proposal(Kind.JOB, "99", Action.KILL)], now=NOW, actor="corral"
-    )
+    report = store.apply_transitions(store.read_farm(), [Proposal(Kind.JOB, "99", Action.KILL)], now=NOW, actor="corral")
     assert report.refused[0].reason == "no job '99' in the farm"
 
 
@@ -201,7 +199,10 @@ def test_a_batch_that_fails_half_way_applies_nothing(store: Store) -> None:
     good = Proposal(Kind.WORKER, "n1", Action.BLOCK)
     with pytest.raises(RuntimeError):
         store.apply_transitions(
-            farm, [good, object.__new__(Boom)], now=NOW, actor="corral"  # type: ignore[list-item]
+            farm,
+            [good, object.__new__(Boom)],
+            now=NOW,
+            actor="corral",  # type: ignore[list-item]
         )
     assert store.read_farm() == before and farm == before
     assert store.transitions() == []
@@ -224,9 +225,7 @@ def test_transitions_filter_by_job_policy_actor_and_time_newest_first(store: Sto
     store.load_farm(snap(FARM), replace=True)
     farm = store.read_farm()
     store.apply_transitions(farm, [Proposal(Kind.FRAME, "13:2", Action.RESUBMIT)], now=NOW, actor="user:ann")
-    store.apply_transitions(
-        farm, [Proposal(Kind.WORKER, "n1", Action.BLOCK, policy="quarantine")], now=later(5), actor="corral"
-    )
+    store.apply_transitions(farm, [Proposal(Kind.WORKER, "n1", Action.BLOCK, policy="quarantine")], now=later(5), actor="corral")
     assert [t.entity_id for t in store.transitions(job=13)] == ["13", "13:2"]
     assert store.transitions(job=12) == []
     assert [t.entity_id for t in store.transitions(policy="quarantine")] == ["n1"]
@@ -239,9 +238,7 @@ def test_last_actions_gives_the_latest_time_per_policy_and_entity(store: Store) 
     store.load_farm(snap(FARM), replace=True)
     farm = store.read_farm()
     for minute, action in ((1, Action.BLOCK), (2, Action.UNBLOCK), (3, Action.BLOCK)):
-        store.apply_transitions(
-            farm, [Proposal(Kind.WORKER, "n1", action, policy="q")], now=later(minute), actor="corral"
-        )
+        store.apply_transitions(farm, [Proposal(Kind.WORKER, "n1", action, policy="q")], now=later(minute), actor="corral")
     store.apply_transitions(
         farm, [Proposal(Kind.WORKER, "n1", Action.UNBLOCK, policy="q", applied=False)], now=later(9), actor="corral"
     )
@@ -280,7 +277,7 @@ def test_an_older_schema_says_to_upgrade(store_url: str) -> None:
     with Store.open(store_url) as store:
         with store.engine.begin() as conn:
             conn.execute(text("UPDATE alembic_version SET version_num = '0000'"))
-        with pytest.raises(SchemaMissing, match="at schema revision 0000.*run `corral db init`"):
+        with pytest.raises(SchemaMissing, match=r"at schema revision 0000.*run `corral db init`"):
             store.read_farm()
         with store.engine.begin() as conn:
             conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))

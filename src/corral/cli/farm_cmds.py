@@ -142,6 +142,17 @@ def job_summaries(farm: Farm) -> list[dict[str, Any]]:
     return out
 
 
+#: Column headings of the frame counts, short enough for an 80-column terminal.
+_SHORT = {
+    FrameState.PENDING: "pend",
+    FrameState.BLOCKED: "blkd",
+    FrameState.RUNNING: "run",
+    FrameState.COMPLETE: "done",
+    FrameState.FAILED: "fail",
+    FrameState.KILLED: "kill",
+}
+
+
 def status(as_json: JsonOption = False, db: DbOption = None) -> None:
     """Jobs with their state, priority and frame counts."""
     with open_store(db) as store:
@@ -149,7 +160,14 @@ def status(as_json: JsonOption = False, db: DbOption = None) -> None:
     if as_json:
         print_json(rows)
         return
-    table = Table("id", "name", "state", "priority", *(s.value for s in FrameState), title="jobs")
+    table = Table(title="jobs", caption="frames: pending, blocked, running, complete, failed, killed")
+    table.add_column("id", justify="right", no_wrap=True, min_width=max((len(str(r["id"])) for r in rows), default=2))
+    widest = max((len(r["name"]) for r in rows), default=4)
+    table.add_column("name", no_wrap=True, min_width=min(widest, 40))
+    table.add_column("state", no_wrap=True, min_width=8)
+    table.add_column("prio", justify="right", no_wrap=True, min_width=4)
+    for state in FrameState:
+        table.add_column(_SHORT[state], justify="right", no_wrap=True, min_width=4)
     for row in rows:
         counts = [str(n) if n else "·" for n in row["frames"].values()]
         table.add_row(str(row["id"]), row["name"], row["state"], str(row["priority"]), *counts)
