@@ -178,8 +178,9 @@ def _print_plan(result: Any, show_skipped: bool) -> None:
         console.print("Nothing to do: no policy would change anything.")
     else:
         table = Table(title="Planned transitions (dry run: nothing was changed)", title_justify="left")
-        for col in ("policy", "kind", "id", "action", "from → to", "reason"):
-            table.add_column(col, overflow="fold")
+        for col in ("policy", "kind", "id", "action", "from → to"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("reason", overflow="fold", ratio=1)
         last = None
         for t in sorted(result.transitions, key=lambda t: (t.policy, str(t.kind))):
             would = "would " if t.audit else ""
