@@ -193,7 +193,7 @@ def test_a_batch_that_fails_half_way_applies_nothing(store: Store) -> None:
 
     class Boom(Proposal):
         @property
-        def kind(self) -> Kind:  # type: ignore[override]
+        def kind(self) -> Kind:
             raise RuntimeError("boom")
 
     good = Proposal(Kind.WORKER, "n1", Action.BLOCK)
@@ -202,7 +202,7 @@ def test_a_batch_that_fails_half_way_applies_nothing(store: Store) -> None:
             farm,
             [good, object.__new__(Boom)],
             now=NOW,
-            actor="corral",  # type: ignore[list-item]
+            actor="corral",
         )
     assert store.read_farm() == before and farm == before
     assert store.transitions() == []
