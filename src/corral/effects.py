@@ -56,7 +56,7 @@ def check_params(action: Action, params: Mapping[str, Any]) -> None:
         want = allowed[name]
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise ValueError(f"'{action}' parameter '{name}' must be {want.__name__}, not {value!r}")
-        if want is int and value < 0:
+        if isinstance(value, int) and value < 0:
             raise ValueError(f"'{action}' parameter '{name}' must be 0 or more, not {value}")
 
 

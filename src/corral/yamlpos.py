@@ -76,7 +76,7 @@ class _PositionLoader(yaml.SafeLoader):
         out.start = _pos(self.filename, node)
         out.key_pos, out.value_pos = {}, {}
         for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=True)
             try:
                 hash(key)
             except TypeError:
@@ -87,13 +87,13 @@ class _PositionLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key '{key}' (it is set twice in this mapping)", key_node.start_mark
                 )
-            out[key] = self.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
+            out[key] = self.construct_object(value_node, deep=True)
             out.key_pos[key] = _pos(self.filename, key_node)
             out.value_pos[key] = _pos(self.filename, value_node)
         return out
 
-    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> PosList:  # type: ignore[override]
-        out = PosList(self.construct_object(child, deep=True) for child in node.value)  # type: ignore[no-untyped-call]
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> PosList:
+        out = PosList(self.construct_object(child, deep=True) for child in node.value)
         out.start = _pos(self.filename, node)
         out.item_pos = [_pos(self.filename, child) for child in node.value]
         return out
@@ -117,7 +117,7 @@ def load_text(text: str, filename: str = "<string>") -> Any:
     except yaml.YAMLError as err:
         raise YamlError(Pos(filename, 1, 1), f"YAML error: {err}") from None
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        loader.dispose()
 
 
 def load_file(path: str | Path) -> Any:

@@ -41,7 +41,9 @@ POLICY_KEYS: dict[str, str] = {
 }
 LIMIT_KEYS: dict[str, str] = {
     "max_actions": "at most this many entities per cycle; more matches and the policy acts on none that cycle",
-    "max_percent": "at most this percentage of all entities of its kind (one is always allowed); more and it acts on none that cycle",
+    "max_percent": (
+        "at most this percentage of all entities of its kind (one is always allowed); more and it acts on none that cycle"
+    ),
     "cooldown": "after acting on an entity, leave that entity alone for this long (e.g. 30m)",
 }
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -284,7 +286,8 @@ class _Checker:
         enabled = self._bool("enabled", True)
         mode = self._text("mode", "enforce")
         if mode not in ("enforce", "audit"):
-            self.error(raw.value_pos_of("mode"), f"mode must be enforce or audit, not '{mode}'{suggest(mode, ['enforce', 'audit'])}")
+            hint = suggest(mode, ["enforce", "audit"])
+            self.error(raw.value_pos_of("mode"), f"mode must be enforce or audit, not '{mode}'{hint}")
         limits = self._limits()
         schedule = self._schedule()
         when: Cond | None = None
@@ -367,13 +370,17 @@ class _Checker:
             return Limits()
         for key in raw:
             if key not in LIMIT_KEYS:
-                self.error(raw.pos_of(key), f"unknown limit '{key}'{suggest(key, LIMIT_KEYS)} (limits are: {', '.join(LIMIT_KEYS)})")
+                hint = suggest(key, LIMIT_KEYS)
+                self.error(raw.pos_of(key), f"unknown limit '{key}'{hint} (limits are: {', '.join(LIMIT_KEYS)})")
         max_actions = self._int("max_actions", 0, 1, 1_000_000, raw) or None
         max_percent = None
         if "max_percent" in raw:
             value = raw["max_percent"]
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 100:
-                self.error(raw.value_pos_of("max_percent"), f"`max_percent` must be a number above 0 and at most 100, not {_what(value)}")
+                self.error(
+                    raw.value_pos_of("max_percent"),
+                    f"`max_percent` must be a number above 0 and at most 100, not {_what(value)}",
+                )
             else:
                 max_percent = float(value)
         cooldown = None
@@ -605,7 +612,7 @@ class _Checker:
             want = allowed[key]
             if value is _BAD:
                 continue
-            if not isinstance(value, want) or (want is int and (isinstance(value, bool) or value < 0)):
+            if not isinstance(value, want) or (isinstance(value, int) and want is int and (isinstance(value, bool) or value < 0)):
                 words = "a whole number of 0 or more" if want is int else "true or false"
                 self.error(kpos, f"'{action}' parameter '{key}' must be {words}, not {_what(value)}")
                 continue

@@ -21,10 +21,10 @@ def holds(cond: Cond, fact: dict[str, Any]) -> bool:
     if isinstance(cond, Cmp):
         actual = get_path(fact, cond.path)
         if cond.op == "exists":
-            return (actual is not MISSING) == cond.value
+            return bool((actual is not MISSING) == cond.value)
         if actual is MISSING:
             return False
-        return OPERATORS[cond.op].test(actual, cond.value)
+        return bool(OPERATORS[cond.op].test(actual, cond.value))
     if isinstance(cond, All):
         return all(holds(c, fact) for c in cond.items)
     if isinstance(cond, AnyOf):
