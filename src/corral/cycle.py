@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -36,16 +36,26 @@ class PolicySet:
     cycle cheap), so the daemon holds one PolicySet and replaces it on reload.
     """
 
-    def __init__(self, policies: Sequence[Policy], *, engine: str = "durable") -> None:
+    def __init__(
+        self,
+        policies: Sequence[Policy],
+        *,
+        engine: str = "durable",
+        evaluator_factory: Callable[[list[Policy]], Evaluator] | None = None,
+    ) -> None:
         self.policies = list(policies)
         self.engine_name = engine
+        self._factory = evaluator_factory
         self._evaluator: Evaluator | None = None
 
     @property
     def evaluator(self) -> Evaluator:
+        """Built on first use; `evaluator_factory` lets the daemon run the engine elsewhere."""
         if self._evaluator is None:
             active = [p for p in self.policies if p.enabled]
-            if self.engine_name == "reference":
+            if self._factory is not None:
+                self._evaluator = self._factory(active)
+            elif self.engine_name == "reference":
                 self._evaluator = ReferenceEvaluator(active)
             else:
                 from corral.engine import RuleEngine

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from corral.cli import farm_cmds, policy_cmds, run_cmds
+from corral.cli import daemon_cmds, demo_cmds, farm_cmds, feed_cmds, policy_cmds, run_cmds, trust_cmds
 
 app = typer.Typer(
     name="corral",
@@ -18,6 +18,10 @@ app = typer.Typer(
 farm_cmds.register(app)
 policy_cmds.register(app)
 run_cmds.register(app)
+daemon_cmds.register(app)
+feed_cmds.register(app)
+trust_cmds.register(app)
+demo_cmds.register(app)
 
 
 def main() -> None:

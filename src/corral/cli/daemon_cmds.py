@@ -1,0 +1,9 @@
+"""Commands: corral history, pause, resume (issue 4)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Adds this module's commands to the app."""
