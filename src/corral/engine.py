@@ -16,6 +16,9 @@ adapter deals with each hazard in one place:
   collided with another id's hash.  It is never asserted (nor retracted, which would
   retract the other fact); the reference evaluator decides it instead, and the
   collision is counted in `stats`.
+- *Numbers the engine cannot read*: its JSON parser refuses 1e-05 (how Python writes
+  0.00001) and inf; a fact holding one is decided by the reference evaluator too
+  (counted in `stats.unreadable`) instead of failing the whole cycle.
 - *Exceptions inside actions* never reach the caller, so the action only records
   the match in a list: nothing in it can fail.
 - *Thread safety*: one lock per engine.
@@ -35,7 +38,7 @@ from typing import Any
 from durable import engine as _durable  # the one import of durable_rules in corral
 
 from corral.facts import narrow
-from corral.policy.compiler import MARKER, CompiledKind, compile_kind
+from corral.policy.compiler import MARKER, CompiledKind, compile_kind, engine_can_read
 from corral.policy.model import Policy
 from corral.policy.reference import holds
 from corral.states import Kind
@@ -61,6 +64,7 @@ class EngineStats:
     retracted: int = 0
     unchanged: int = 0
     collisions: int = 0
+    unreadable: int = 0
 
 
 @dataclass
@@ -127,7 +131,7 @@ class RuleEngine:
     def _engine_fact(self, memory: _Memory, fact: dict[str, Any]) -> dict[str, Any]:
         out = narrow(fact, memory.compiled.paths)
         for probe in memory.compiled.probes:
-            out[probe.name] = holds(probe.cmp, fact)
+            out[probe.name] = holds(probe.cond, fact)
         out[MARKER] = 1
         out["sid"] = "0"
         return out
@@ -157,6 +161,10 @@ class RuleEngine:
                         continue
                     self._retract(memory, ident)
                 elif ident in memory.fallback:
+                    memory.fallback[ident] = efact
+                    continue
+                if not engine_can_read(efact):
+                    self.stats.unreadable += 1
                     memory.fallback[ident] = efact
                     continue
                 self._assert(memory, ident, efact)

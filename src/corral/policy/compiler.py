@@ -10,7 +10,9 @@ hold them to the reference meaning in `corral.policy.operators`:
   (De Morgan), keeping "a missing field fails every comparison" by adding `$nex`;
 - regular expressions: the engine's `$mt` is a Lua pattern, not a regex, so each
   regex (and each negated glob) becomes a *probe*: a boolean field that the adapter
-  computes in Python before asserting the fact, and the rule tests the probe;
+  computes in Python before asserting the fact, and the rule tests the probe; so
+  does a number the engine cannot parse (1e-05, inf), and a whole condition with
+  more `$and`/`$or` groups than the engine accepts in one rule (see MAX_GROUPS);
 - `in` / `not_in`: the engine rejects `$in`, so they become `$or` / `$and` chains.
 Every pattern also tests a marker field: the engine matches rules against its own
 session-state object too, and a rule with no marker would fire on it (and loop).
@@ -18,6 +20,7 @@ session-state object too, and a rule with no marker would fire on it (and loop).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +40,7 @@ class Probe:
     """A condition the adapter evaluates in Python and hands the engine as a boolean."""
 
     name: str
-    cmp: Cmp
+    cond: Cond
 
 
 @dataclass
@@ -51,79 +54,101 @@ class CompiledKind:
 
 
 def glob_to_lua(pattern: str) -> str:
-    """fnmatch syntax to a Lua pattern that must match the whole string."""
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
+    """fnmatch syntax to an engine pattern (`$mt`) that must match the whole string.
+
+    The engine's pattern syntax is Lua-like but not Lua: `%` escapes only its own
+    special characters (`%-`, `%:` and `%é` make the engine refuse the whole ruleset),
+    so every other character is written as itself.  Used only for globs that
+    `_glob_is_simple` accepts; the rest become probes.
+    """
+    out = []
+    for c in pattern:
         if c == "*":
             out.append(".*")
         elif c == "?":
             out.append(".")
-        elif c == "[":
-            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "]") else i + 1)
-            if end == -1:
-                out.append("%[")
-            else:
-                body = pattern[i + 1:end]
-                neg = body.startswith("!")
-                body = body[1:] if neg else body
-                parts = []
-                j = 0
-                while j < len(body):
-                    if j + 2 < len(body) and body[j + 1] == "-":
-                        parts.append(_lua_escape_set(body[j]) + "-" + _lua_escape_set(body[j + 2]))
-                        j += 3
-                    else:
-                        parts.append(_lua_escape_set(body[j]))
-                        j += 1
-                out.append("[" + ("^" if neg else "") + "".join(parts) + "]")
-                i = end
-        elif c.isalnum() or c == "_":
-            out.append(c)
-        else:
+        elif c in ENGINE_SPECIAL:
             out.append("%" + c)
-        i += 1
+        else:
+            out.append(c)
     return "".join(out)
 
 
-def _lua_escape_set(c: str) -> str:
-    return c if c.isalnum() else "%" + c
+#: Characters the engine's `$mt` patterns treat specially (escaped with `%`).
+ENGINE_SPECIAL = frozenset("%().*+?[]{}|")
 
 
 def _needs_probe(cmp: Cmp, negated: bool) -> bool:
     if cmp.op == "regex":
         return True
     if cmp.op == "glob":
-        # $mt has no negation, and Lua patterns cannot express every fnmatch
-        # character class; the probe keeps exact fnmatch semantics in both cases.
+        # $mt has no negation, and the engine's patterns cannot express every fnmatch
+        # feature; the probe keeps exact fnmatch semantics in both cases.
         return negated or not _glob_is_simple(str(cmp.value))
-    return False
+    values = cmp.value if isinstance(cmp.value, tuple) else (cmp.value,)
+    return not all(engine_can_read(v) for v in values)
 
 
 def _glob_is_simple(pattern: str) -> bool:
-    return "[" not in pattern and "]" not in pattern
+    """Globs the engine matches exactly like fnmatch.
+
+    Not: the empty pattern (the engine refuses it), character classes, and `?`: the
+    engine matches patterns against the JSON text of a value, where `"`, `\\` and
+    control characters are two or more characters long, so `.` cannot match them
+    (`.*` can).
+    """
+    return bool(pattern) and not any(c in pattern for c in "[]?")
+
+
+def engine_can_read(value: Any) -> bool:
+    """Whether the engine's JSON parser reads `value` back as the same value.
+
+    It rejects numbers written with an exponent (Python writes 0.00001 as 1e-05 and
+    10**16 as 1e+16; a fact holding 1e-05 cannot be asserted, a rule comparing with
+    1e+16 cannot be created) and infinities/NaN.
+    """
+    if isinstance(value, float):
+        return math.isfinite(value) and "e" not in repr(value)
+    if isinstance(value, dict):
+        return all(engine_can_read(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(engine_can_read(v) for v in value)
+    return True
 
 
 class _Compiler:
     def __init__(self, out: CompiledKind) -> None:
         self.out = out
 
-    def probe(self, cmp: Cmp) -> str:
+    def probe(self, cond: Cond) -> str:
         for p in self.out.probes:
-            if p.cmp == cmp:
+            if p.cond == cond:
                 return p.name
         name = f"{PROBE_PREFIX}{len(self.out.probes)}"
-        self.out.probes.append(Probe(name, cmp))
+        self.out.probes.append(Probe(name, cond))
         return name
 
     def cond(self, cond: Cond, negated: bool = False) -> dict[str, Any]:
         if isinstance(cond, Not):
             return self.cond(cond.item, not negated)
         if isinstance(cond, All | AnyOf):
-            is_and = isinstance(cond, All) != negated
-            parts = [self.cond(c, negated) for c in cond.items]
-            return parts[0] if len(parts) == 1 else {("$and" if is_and else "$or"): parts}
+            op = "$and" if isinstance(cond, All) != negated else "$or"
+            parts: list[dict[str, Any]] = []
+            for item in cond.items:
+                part = self.cond(item, negated)
+                # `$and` inside `$and` (or `$or` in `$or`) is one group: fewer groups, same meaning.
+                parts.extend(part[op] if list(part) == [op] else [part])
+            return parts[0] if len(parts) == 1 else {op: parts}
         return self.cmp(cond, negated)
+
+    def rule(self, when: Cond) -> dict[str, Any]:
+        """A policy's pattern; one probe for the whole condition when the engine would refuse it."""
+        probes = len(self.out.probes)
+        pattern = self.cond(when)
+        if _groups(pattern) > MAX_GROUPS:
+            del self.out.probes[probes:]
+            pattern = {self.probe(when): True}
+        return {"$and": [{MARKER: 1}, pattern]}
 
     def cmp(self, cmp: Cmp, negated: bool) -> dict[str, Any]:
         self.out.paths.add(cmp.path)
@@ -169,9 +194,25 @@ def compile_kind(kind: Kind, policies: list[Policy]) -> CompiledKind:
     for policy in policies:
         if policy.kind is not kind:
             continue
-        pattern = compiler.cond(policy.when)
-        out.rules[policy.name] = {"$and": [{MARKER: 1}, pattern]}
+        out.rules[policy.name] = compiler.rule(policy.when)
     return out
+
+
+#: The engine refuses a rule with more than 15 `$and`/`$or` groups (error 113,
+#: MAX_SEQUENCE_EXPRESSIONS); the marker's `$and` is one of them.  `in`, `not_in` and
+#: every negated comparison cost a group, so long policies do reach it.
+MAX_GROUPS = 14
+
+
+def _groups(pattern: Any) -> int:
+    """How many `$and`/`$or` groups a pattern holds."""
+    if not isinstance(pattern, dict):
+        return 0
+    count = 0
+    for key, value in pattern.items():
+        if key in ("$and", "$or"):
+            count += 1 + sum(_groups(p) for p in value)
+    return count
 
 
 assert set(OPERATORS) == {"eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "regex", "glob", "exists"}, (
