@@ -1,0 +1,124 @@
+"""The durable_rules adapter: the engine's hazards, handled where a user would notice them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from durable import engine as durable
+
+from corral.engine import RuleEngine
+from corral.policy.compiler import MAX_GROUPS, compile_kind
+from corral.policy.model import ActionSpec, All, AnyOf, Cmp, Cond, Not, Policy
+from corral.policy.reference import holds
+from corral.states import Action, Kind
+
+
+def job_policy(name: str, when: Cond, kind: Kind = Kind.JOB) -> Policy:
+    return Policy(name, kind, when, (ActionSpec(Action.KILL if kind is not Kind.WORKER else Action.BLOCK),), "r")
+
+
+FAILED = job_policy("failed", Cmp("state", "eq", "failed"))
+OLD = job_policy("old", Cmp("age", "gt", 3600.0))
+
+
+def job(ident: int, **fields: Any) -> dict[str, Any]:
+    return {"id": ident, "state": "running", **fields}
+
+
+def test_a_fact_that_matches_no_rule_does_not_raise() -> None:
+    engine = RuleEngine([FAILED])
+    assert engine.evaluate(Kind.JOB, [job(1), job(2, state="complete")]) == {"failed": []}
+
+
+def test_a_kind_without_policies_is_answered_with_nothing() -> None:
+    engine = RuleEngine([FAILED])
+    assert engine.evaluate(Kind.WORKER, [{"id": "r01", "state": "up"}]) == {}
+
+
+def test_a_fact_that_changes_between_evaluations_updates_its_matches() -> None:
+    engine = RuleEngine([FAILED, OLD])
+    assert engine.evaluate(Kind.JOB, [job(1), job(2, age=10.0)]) == {"failed": [], "old": []}
+    assert engine.evaluate(Kind.JOB, [job(1, state="failed"), job(2, age=7200.0)]) == {"failed": [1], "old": [2]}
+    # unchanged facts keep their matches (the engine fires on change only)
+    assert engine.evaluate(Kind.JOB, [job(1, state="failed"), job(2, age=7200.0)]) == {"failed": [1], "old": [2]}
+    assert engine.stats.unchanged == 2
+    # and a match goes away when the fact stops meeting the condition
+    assert engine.evaluate(Kind.JOB, [job(1, state="complete"), job(2, age=7200.0)]) == {"failed": [], "old": [2]}
+
+
+def test_a_fact_no_longer_passed_is_retracted_and_drops_out() -> None:
+    engine = RuleEngine([FAILED])
+    assert engine.evaluate(Kind.JOB, [job(1, state="failed"), job(2, state="failed")]) == {"failed": [1, 2]}
+    assert engine.evaluate(Kind.JOB, [job(2, state="failed")]) == {"failed": [2]}
+    assert engine.stats.retracted == 1
+    # and it can come back
+    assert sorted(engine.evaluate(Kind.JOB, [job(1, state="failed"), job(2, state="failed")])["failed"]) == [1, 2]
+
+
+def test_an_id_collision_is_decided_by_the_reference_evaluator_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = RuleEngine([FAILED])
+    real = engine._host.assert_fact
+
+    def colliding(ruleset: str, fact: dict[str, Any]) -> Any:
+        if fact["id"] == 2:
+            raise durable.MessageObservedException("already observed")
+        return real(ruleset, fact)
+
+    monkeypatch.setattr(engine._host, "assert_fact", colliding)
+    assert engine.evaluate(Kind.JOB, [job(1, state="failed"), job(2, state="failed")]) == {"failed": [1, 2]}
+    assert engine.stats.collisions == 1
+    # the colliding fact follows the farm like any other
+    assert engine.evaluate(Kind.JOB, [job(1, state="failed"), job(2, state="complete")]) == {"failed": [1]}
+    assert engine.evaluate(Kind.JOB, [job(1, state="failed"), job(2, state="failed")]) == {"failed": [1, 2]}
+    assert engine.evaluate(Kind.JOB, [job(1, state="failed")]) == {"failed": [1]}
+    assert engine.stats.collisions == 1
+
+
+def test_two_engines_with_the_same_policies_do_not_share_a_ruleset_name() -> None:
+    first, second = RuleEngine([FAILED]), RuleEngine([FAILED])
+    assert first.generation != second.generation
+    assert first.evaluate(Kind.JOB, [job(1, state="failed")]) == {"failed": [1]}
+    assert second.evaluate(Kind.JOB, [job(1, state="failed")]) == {"failed": [1]}
+
+
+def test_policies_of_every_kind_live_side_by_side() -> None:
+    engine = RuleEngine([FAILED, job_policy("locked", Cmp("state", "eq", "locked"), Kind.WORKER)])
+    assert engine.kinds() == [Kind.JOB, Kind.WORKER]
+    assert engine.evaluate(Kind.WORKER, [{"id": "r01", "state": "locked"}]) == {"locked": ["r01"]}
+    assert engine.evaluate(Kind.JOB, [job(1, state="failed")]) == {"failed": [1]}
+
+
+def test_the_engine_is_sent_only_the_fields_its_policies_read() -> None:
+    engine = RuleEngine([FAILED, OLD])
+    assert engine.paths(Kind.JOB) == {"state", "age"}
+    assert engine.paths(Kind.FRAME) == set()
+
+
+def _wide(n: int) -> Cond:
+    """n conditions that each cost the engine an $or group."""
+    return All(tuple(Cmp("state", "in", ("running", "failed")) if i % 2 else Not(Cmp("retries", "eq", i))
+                     for i in range(n)))
+
+
+@pytest.mark.parametrize("n", [MAX_GROUPS - 1, MAX_GROUPS, MAX_GROUPS + 1, 40])
+def test_a_policy_with_many_conditions_still_works(n: int) -> None:
+    policy = job_policy("wide", _wide(n))
+    facts = [job(1, retries=99), job(2, state="complete", retries=99), job(3, retries=0)]
+    engine = RuleEngine([policy])
+    assert engine.evaluate(Kind.JOB, facts) == {"wide": [f["id"] for f in facts if holds(policy.when, f)]} == {"wide": [1]}
+
+
+def test_nested_groups_of_the_same_kind_are_flattened() -> None:
+    nested = All((All((Cmp("retries", "eq", 1), AnyOf((Cmp("state", "eq", "failed"), AnyOf((Cmp("age", "gt", 1.0),)))))),))
+    compiled = compile_kind(Kind.JOB, [job_policy("n", nested)])
+    assert compiled.probes == []
+    pattern = compiled.rules["n"]["$and"][1]
+    assert pattern == {"$and": [{"retries": 1}, {"$or": [{"state": "failed"}, {"$gt": {"age": 1.0}}]}]}
+
+
+def test_regex_conditions_are_probes_computed_before_the_fact_is_asserted() -> None:
+    policy = job_policy("shots", Not(Cmp("name", "regex", r"^shot\d+")))
+    engine = RuleEngine([policy])
+    found = engine.evaluate(Kind.JOB, [job(1, name="shot010"), job(2, name="asset"), job(3)])
+    assert sorted(found["shots"]) == [2, 3]
