@@ -16,6 +16,7 @@ policy needs are built (`needed`), which keeps facts small for the rule engine.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -155,78 +156,136 @@ def frame_runs(frame: Frame) -> list[FrameRun]:
     return []
 
 
+class _Tail:
+    """Finished runs since the last success, in finished order (for "in a row" counts).
+
+    Only the tail after the latest success matters for consecutive failures and for
+    the distinct jobs failed since a success, so older runs are dropped: the memory
+    this keeps is bounded by the failures in a row, not by history.
+    """
+
+    __slots__ = ("horizon", "runs")
+
+    def __init__(self) -> None:
+        self.horizon: tuple[datetime, int] | None = None  # (finished_at, seq) of the latest success
+        self.runs: list[tuple[datetime, int, int]] = []  # (finished_at, seq, job_id) of failures after it
+
+    def add(self, when: datetime, seq: int, ok: bool, job_id: int) -> None:
+        key = (when, seq)
+        if self.horizon is not None and key < self.horizon:
+            return  # happened before the latest success: no longer "in a row"
+        if ok:
+            self.horizon = key
+            self.runs = [r for r in self.runs if (r[0], r[1]) > key]
+        else:
+            insort(self.runs, (when, seq, job_id))
+
+    @property
+    def failures(self) -> int:
+        return len(self.runs)
+
+    def distinct_jobs(self) -> int:
+        return len({r[2] for r in self.runs})
+
+
+class Aggregates:
+    """The counts facts are made of, kept by deltas so a cycle can update them cheaply.
+
+    A full build feeds every frame and run once (`from_farm`); the daemon's live farm
+    then feeds only what changed: `frame_state(old, +/-)` for a frame whose state moved,
+    `run(...)` for each newly recorded run.  Runs are append-only history.
+    """
+
+    def __init__(self, recent: timedelta = DEFAULT_RECENT) -> None:
+        self.recent = recent
+        self.seq = 0
+        self.job_frames: dict[int, Counter[str]] = defaultdict(Counter)
+        self.job_host_fail: Counter[tuple[int, str]] = Counter()
+        self.job_host_ok: Counter[tuple[int, str]] = Counter()
+        self.job_host_refs: dict[int, Counter[str]] = defaultdict(Counter)  # runs + running frames per host
+        self.running_on_host: Counter[str] = Counter()
+        self.host_tail: dict[str, _Tail] = defaultdict(_Tail)
+        self.host_recent: dict[str, list[tuple[datetime, int, bool]]] = defaultdict(list)
+        self.inst_tail: dict[str, _Tail] = defaultdict(_Tail)
+        self.inst_failed: Counter[str] = Counter()
+        self.inst_ok: Counter[str] = Counter()
+
+    @classmethod
+    def from_farm(cls, farm: Farm, recent: timedelta = DEFAULT_RECENT) -> Aggregates:
+        agg = cls(recent)
+        for job in farm.jobs.values():
+            for frame in job.frames.values():
+                agg.frame_state(frame, +1)
+                for run in frame_runs(frame):
+                    agg.run(job.id, run)
+        return agg
+
+    def frame_state(self, frame: Frame, sign: int) -> None:
+        """Count (+1) or uncount (-1) a frame's current state."""
+        self.job_frames[frame.job_id][str(frame.state)] += sign
+        if frame.state == FrameState.RUNNING and frame.host:
+            self.running_on_host[frame.host] += sign
+            self.job_host_refs[frame.job_id][frame.host] += sign
+
+    def run(self, job_id: int, run: FrameRun) -> None:
+        """Record one finished attempt (append-only)."""
+        self.seq += 1
+        ok = run.state == FrameState.COMPLETE
+        failed = run.state == FrameState.FAILED
+        when = _ts(run.finished_at)
+        if run.host:
+            self.job_host_refs[job_id][run.host] += 1
+            if failed:
+                self.job_host_fail[(job_id, run.host)] += 1
+            elif ok:
+                self.job_host_ok[(job_id, run.host)] += 1
+            if ok or failed:
+                self.host_tail[run.host].add(when, self.seq, ok, job_id)
+                insort(self.host_recent[run.host], (when, self.seq, ok))
+        if run.instance and (ok or failed):
+            self.inst_tail[run.instance].add(when, self.seq, ok, job_id)
+            if ok:
+                self.inst_ok[run.instance] += 1
+            else:
+                self.inst_failed[run.instance] += 1
+
+    def job_hosts(self, job_id: int) -> list[str]:
+        refs = self.job_host_refs.get(job_id)
+        return [h for h, n in refs.items() if n > 0] if refs else []
+
+    def recent_counts(self, host: str, now: datetime) -> tuple[int, int]:
+        """(failures, successes) of `host` within the recent window before `now`."""
+        runs = self.host_recent.get(host)
+        if not runs:
+            return 0, 0
+        cutoff = now - self.recent
+        first = bisect_left(runs, (cutoff, -1, False))
+        if first and runs[0][0] < now - 2 * self.recent:
+            del runs[:first]  # older than any window still asked for
+            first = 0
+        ok = sum(1 for r in runs[first:] if r[2])
+        return len(runs) - first - ok, ok
+
+
 class FactBuilder:
     """Builds facts for one farm at one instant.
 
-    Aggregates are computed once per farm (one pass over the frames and their runs)
-    and reused by every kind; `needed` narrows each fact to the fields some policy
-    reads, which is what the rule engine pays for.
+    The counts come from `Aggregates`, built once per farm (one pass over the frames
+    and their runs) or handed over kept current by the daemon's live farm, so a fact
+    costs the same whether the farm was read whole or updated by deltas.
     """
 
-    def __init__(self, farm: Farm, now: datetime, recent: timedelta = DEFAULT_RECENT) -> None:
+    def __init__(
+        self,
+        farm: Farm,
+        now: datetime,
+        recent: timedelta = DEFAULT_RECENT,
+        aggregates: Aggregates | None = None,
+    ) -> None:
         self.farm, self.now, self.recent = farm, now, recent
+        self.agg = aggregates if aggregates is not None else Aggregates.from_farm(farm, recent)
         self._job_cache: dict[int, dict[str, Any]] = {}
         self._worker_cache: dict[str, dict[str, Any]] = {}
-        self._aggregate()
-
-    def _aggregate(self) -> None:
-        # host -> its runs, time ordered; (job, host) -> failed / completed counts; instance -> runs
-        cutoff = self.now - self.recent
-        self.job_host_fail: Counter[tuple[int, str]] = Counter()
-        self.job_host_ok: Counter[tuple[int, str]] = Counter()
-        self.job_hosts: dict[int, set[str]] = defaultdict(set)
-        host_runs: dict[str, list[tuple[int, FrameRun, int]]] = defaultdict(list)
-        inst_runs: dict[str, list[tuple[int, FrameRun]]] = defaultdict(list)
-        self.running_on_host: Counter[str] = Counter()
-        seq = 0
-        for job in self.farm.jobs.values():
-            for frame in job.frames.values():
-                if frame.state == FrameState.RUNNING and frame.host:
-                    self.running_on_host[frame.host] += 1
-                    self.job_hosts[job.id].add(frame.host)
-                for run in frame_runs(frame):
-                    seq += 1
-                    if run.host:
-                        self.job_hosts[job.id].add(run.host)
-                        host_runs[run.host].append((seq, run, job.id))
-                        if run.state == FrameState.FAILED:
-                            self.job_host_fail[(job.id, run.host)] += 1
-                        elif run.state == FrameState.COMPLETE:
-                            self.job_host_ok[(job.id, run.host)] += 1
-                    if run.instance:
-                        inst_runs[run.instance].append((seq, run))
-        self.host_stats: dict[str, dict[str, int]] = {}
-        for host, runs in host_runs.items():
-            runs.sort(key=lambda r: (_ts(r[1].finished_at), r[0]))
-            recent_f = sum(1 for _, r, _ in runs if r.state == FrameState.FAILED and _ts(r.finished_at) >= cutoff)
-            recent_ok = sum(1 for _, r, _ in runs if r.state == FrameState.COMPLETE and _ts(r.finished_at) >= cutoff)
-            consecutive, jobs_failed = 0, set()
-            for _, run, job_id in reversed(runs):
-                if run.state == FrameState.COMPLETE:
-                    break
-                if run.state == FrameState.FAILED:
-                    consecutive += 1
-                    jobs_failed.add(job_id)
-            self.host_stats[host] = {
-                "recent_failures": recent_f,
-                "recent_successes": recent_ok,
-                "consecutive_failures": consecutive,
-                "distinct_jobs_failed": len(jobs_failed),
-            }
-        self.inst_stats: dict[str, dict[str, int]] = {}
-        for inst, iruns in inst_runs.items():
-            iruns.sort(key=lambda r: (_ts(r[1].finished_at), r[0]))
-            consecutive = 0
-            for _, run in reversed(iruns):
-                if run.state == FrameState.COMPLETE:
-                    break
-                if run.state == FrameState.FAILED:
-                    consecutive += 1
-            self.inst_stats[inst] = {
-                "consecutive_failures": consecutive,
-                "frames_failed": sum(1 for _, r in iruns if r.state == FrameState.FAILED),
-                "frames_completed": sum(1 for _, r in iruns if r.state == FrameState.COMPLETE),
-            }
 
     # --- per kind -------------------------------------------------------------------
     def job(self, job: Job) -> dict[str, Any]:
@@ -234,13 +293,12 @@ class FactBuilder:
         if cached is not None:
             return cached
         now = self.now
-        frames = Counter(str(f.state) for f in job.frames.values())
+        agg = self.agg
+        frames = agg.job_frames.get(job.id) or Counter()
         insts = Counter(str(i.state) for i in job.instances.values())
-        hosts = self.job_hosts.get(job.id, set())
-        failing = sum(
-            1 for h in hosts if self.job_host_fail[(job.id, h)] > 0 and self.job_host_ok[(job.id, h)] == 0
-        )
-        succeeding = sum(1 for h in hosts if self.job_host_ok[(job.id, h)] > 0)
+        hosts = agg.job_hosts(job.id)
+        failing = sum(1 for h in hosts if agg.job_host_fail[(job.id, h)] > 0 and agg.job_host_ok[(job.id, h)] == 0)
+        succeeding = sum(1 for h in hosts if agg.job_host_ok[(job.id, h)] > 0)
         deps = [self.farm.jobs[d].state for d in job.depends_on if d in self.farm.jobs]
         total = len(job.frames)
         fact: dict[str, Any] = {
@@ -284,15 +342,16 @@ class FactBuilder:
         if cached is not None:
             return cached
         worker = self.farm.workers.get(name)
-        stats = self.host_stats.get(name, {})
+        tail = self.agg.host_tail.get(name)
+        recent_failed, recent_ok = self.agg.recent_counts(name, self.now)
         fact: dict[str, Any] = {
             "id": name,
             "name": name,
-            "recent_failures": stats.get("recent_failures", 0),
-            "recent_successes": stats.get("recent_successes", 0),
-            "consecutive_failures": stats.get("consecutive_failures", 0),
-            "distinct_jobs_failed": stats.get("distinct_jobs_failed", 0),
-            "frames_running": self.running_on_host.get(name, 0),
+            "recent_failures": recent_failed,
+            "recent_successes": recent_ok,
+            "consecutive_failures": tail.failures if tail else 0,
+            "distinct_jobs_failed": tail.distinct_jobs() if tail else 0,
+            "frames_running": self.agg.running_on_host.get(name, 0),
         }
         if worker is not None:
             fact["state"] = str(worker.state)
@@ -341,22 +400,23 @@ class FactBuilder:
     def instance(self, inst_id: str) -> dict[str, Any]:
         inst = self.farm.instances[inst_id]
         job = self.farm.jobs[inst.job_id]
-        stats = self.inst_stats.get(inst.id, {})
-        hosts = self.job_hosts.get(job.id, set()) - {inst.host}
+        agg = self.agg
+        tail = agg.inst_tail.get(inst.id)
+        hosts = [h for h in agg.job_hosts(job.id) if h != inst.host]
         fact: dict[str, Any] = {
             "id": inst.id,
             "job_id": inst.job_id,
             "host": inst.host,
             "state": str(inst.state),
             "time_in_state": _secs(inst.state_since, self.now),
-            "consecutive_failures": stats.get("consecutive_failures", 0),
-            "frames_failed": stats.get("frames_failed", 0),
-            "frames_completed": stats.get("frames_completed", 0),
-            "host_failures_on_job": self.job_host_fail[(job.id, inst.host)],
-            "host_successes_on_job": self.job_host_ok[(job.id, inst.host)],
-            "other_hosts_succeeding": sum(1 for h in hosts if self.job_host_ok[(job.id, h)] > 0),
+            "consecutive_failures": tail.failures if tail else 0,
+            "frames_failed": agg.inst_failed.get(inst.id, 0),
+            "frames_completed": agg.inst_ok.get(inst.id, 0),
+            "host_failures_on_job": agg.job_host_fail[(job.id, inst.host)],
+            "host_successes_on_job": agg.job_host_ok[(job.id, inst.host)],
+            "other_hosts_succeeding": sum(1 for h in hosts if agg.job_host_ok[(job.id, h)] > 0),
             "other_hosts_failing": sum(
-                1 for h in hosts if self.job_host_fail[(job.id, h)] > 0 and self.job_host_ok[(job.id, h)] == 0
+                1 for h in hosts if agg.job_host_fail[(job.id, h)] > 0 and agg.job_host_ok[(job.id, h)] == 0
             ),
             "job": _without_deps(self.job(job)),
             "worker": self.worker(inst.host),

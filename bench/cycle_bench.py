@@ -1,0 +1,337 @@
+"""Benchmark: the cost of a policy cycle at farm scale, against floors measured in the same run.
+
+    python bench/cycle_bench.py --frames 100000 [--db URL] [--json]
+
+Builds a farm of N frames (about 100 frames per job, 2,000 workers, a realistic mix
+of states with a few percent failing), then, in a fresh process (so peak RSS is the
+daemon's, not the generator's):
+
+- cold cycle: the first evaluation of the built-in pack on a fresh PolicySet (what a
+  daemon does when it starts), timed end to end (read, facts, evaluate, plan);
+- steady cycle: after 1% of the frame rows changed (as a supervisor would change
+  them: pending->running, running->complete/failed with a run recorded), the next
+  cycle on the same PolicySet;
+- floors, measured on the same database in the same run:
+  * io floor: a plain SQL query returning just the rows changed since the previous
+    cycle (frames and runs);
+  * cold floor: plain SQL queries reading every row the cold cycle reads;
+  * python floor: a hand-written plain-Python evaluation of the built-in pack's
+    conditions over the same facts;
+- ratios: ratio_io = steady / io floor, ratio_cold = cold / cold floor,
+  ratio_python = rule-evaluation time of the cold cycle / python floor.
+
+Prints one JSON object with --json, else a table.  Nothing here is a test: it prints
+numbers; docs/benchmarks.md records them with the command that produced them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker  # noqa: E402
+from corral.states import FrameState, Hold, InstanceState, WorkerState  # noqa: E402
+
+NOW = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
+FRAMES_PER_JOB = 100
+WORKERS = 2000
+
+
+def make_farm(frames: int, seed: int) -> Farm:
+    """A seeded farm: most jobs healthy, a few failing, some chains of dependencies."""
+    rnd = random.Random(seed)
+    hosts = [f"r{n:04d}" for n in range(WORKERS)]
+    bad_hosts = set(rnd.sample(hosts, WORKERS // 100))
+    farm = Farm(workers={h: Worker(h, WorkerState.UP, NOW - timedelta(days=1)) for h in hosts})
+    jobs = max(1, frames // FRAMES_PER_JOB)
+    for j in range(1, jobs + 1):
+        job = Job(id=j, name=f"show_sh{j:05d}", priority=rnd.randint(10, 90), retry_limit=rnd.choice([0, 1, 2, 3]),
+                  submitted_at=NOW - timedelta(hours=rnd.uniform(1, 24)))
+        if j > 1 and rnd.random() < 0.2:
+            job.depends_on = [rnd.randint(max(1, j - 50), j - 1)]
+        profile = rnd.random()
+        job_hosts = rnd.sample(hosts, 4)
+        for i, h in enumerate(job_hosts):
+            inst = Instance(f"{j}.{i}", j, h, InstanceState.RUNNING, NOW - timedelta(hours=1))
+            job.instances[inst.id] = inst
+        for n in range(1, FRAMES_PER_JOB + 1):
+            r = rnd.random()
+            if profile < 0.15:
+                state = FrameState.PENDING
+            elif profile < 0.35:
+                state = FrameState.COMPLETE
+            else:
+                state = (FrameState.COMPLETE if r < 0.45 else FrameState.RUNNING if r < 0.60
+                         else FrameState.FAILED if r < 0.63 else FrameState.PENDING)
+            inst = job.instances[f"{j}.{n % 4}"]
+            if inst.host in bad_hosts and state in (FrameState.COMPLETE, FrameState.RUNNING):
+                state = FrameState.FAILED
+            frame = Frame(j, n, state, state_since=NOW - timedelta(minutes=rnd.uniform(0, 120)))
+            if state != FrameState.PENDING:
+                frame.host, frame.instance, frame.attempts = inst.host, inst.id, 1
+                frame.started_at = NOW - timedelta(minutes=rnd.uniform(30, 240))
+            if state in (FrameState.COMPLETE, FrameState.FAILED):
+                frame.finished_at = frame.started_at + timedelta(minutes=rnd.uniform(1, 30))  # type: ignore[operator]
+                frame.exit_code = 0 if state == FrameState.COMPLETE else rnd.choice([1, 2, 137])
+                frame.runs.append(FrameRun(inst.host, inst.id, state, frame.exit_code, frame.started_at, frame.finished_at))
+            job.frames[n] = frame
+        if profile < 0.15 and job.depends_on:
+            job.hold = Hold.BLOCKED
+        job.state = job.derived_state()
+        job.state_since = NOW - timedelta(minutes=rnd.uniform(1, 90))
+        farm.jobs[j] = job
+    return farm
+
+
+def generate(url: str, frames: int, seed: int) -> None:
+    from corral.store.store import Store
+
+    farm = make_farm(frames, seed)
+    with Store.open(url) as store:
+        store.init()
+        store.load_farm(farm, replace=True)
+
+
+def change_one_percent(store: Any, frames: int, seed: int, at: datetime) -> None:
+    """What a supervisor does between two cycles, on 1% of the frame rows."""
+    from sqlalchemy import bindparam, insert, update
+
+    from corral.store.tables import table
+
+    rnd = random.Random(seed + 1)
+    jobs = max(1, frames // FRAMES_PER_JOB)
+    picks = {(rnd.randint(1, jobs), rnd.randint(1, FRAMES_PER_JOB)) for _ in range(frames // 100)}
+    fr, runs = table("frames"), table("frame_runs")
+    with store.engine.begin() as conn:
+        rows = {(r.job_id, r.number): r for r in conn.execute(
+            text("SELECT job_id, number, state, host, instance, started_at FROM frames WHERE job_id <= :j"), {"j": jobs})
+            if (r.job_id, r.number) in picks}
+        updates, new_runs = [], []
+        for (j, n), r in rows.items():
+            host = f"r{rnd.randrange(WORKERS):04d}"
+            inst = f"{j}.{n % 4}"
+            if r.state == "running":
+                state = "complete" if rnd.random() < 0.95 else "failed"
+                code = 0 if state == "complete" else 1
+                new_runs.append({"job_id": j, "number": n, "host": r.host or host, "instance": r.instance or inst,
+                                 "state": state, "exit_code": code, "started_at": at - timedelta(minutes=5),
+                                 "finished_at": at})
+                updates.append({"j": j, "n": n, "state": state, "host": r.host or host, "inst": r.instance or inst,
+                                "code": code})
+            else:
+                updates.append({"j": j, "n": n, "state": "running", "host": host, "inst": inst, "code": None})
+        stmt = (update(fr).where(fr.c.job_id == bindparam("j"), fr.c.number == bindparam("n"))
+                .values(state=bindparam("state"), host=bindparam("host"), instance=bindparam("inst"),
+                        exit_code=bindparam("code"), state_since=at, version=fr.c.version + 1, updated_at=at))
+        conn.execute(stmt, updates)
+        if new_runs:
+            conn.execute(insert(runs), new_runs)
+
+
+def python_floor(facts: dict[str, list[dict[str, Any]]]) -> float:
+    """The built-in pack's conditions written by hand, over the same facts."""
+    t0 = time.perf_counter()
+    hits = 0
+    for f in facts["instance"]:
+        if f["state"] in ("pending", "running", "failed"):
+            if f["consecutive_failures"] >= 5:
+                hits += 1
+            if f["host_failures_on_job"] > 5 and f["host_successes_on_job"] == 0 and f["other_hosts_succeeding"] > 0:
+                hits += 1
+    for f in facts["job"]:
+        s = f["state"]
+        if (s in ("running", "failing", "retrying") and f["failing_hosts"] >= 2 and f["hosts_not_failing"] == 0
+                and f["succeeding_hosts"] == 0 and f["frames_complete"] == 0 and f["frames_failed"] >= 5):
+            hits += 1
+        if s == "failed" and f["retries_left"] > 0 and f.get("time_in_state", -1) >= 300:
+            hits += 1
+        d = f["dependencies"]
+        if s == "blocked" and d["all_complete"] and f.get("blocked_by") in (None, "keep-dependents-blocked"):
+            hits += 1
+        if (s == "pending" and not f["suspended"] and f["frames_running"] == 0 and f["frames_complete"] == 0
+                and (d["failed"] > 0 or d["killed"] > 0)):
+            hits += 1
+    for f in facts["frame"]:
+        if (f["state"] == "failed" and f["retries_left"] > 0 and f.get("time_in_state", -1) >= 120
+                and f["job"]["state"] in ("running", "failing", "retrying")):
+            hits += 1
+    for f in facts["worker"]:
+        if f.get("state") == "up" and f["distinct_jobs_failed"] >= 3 and f["consecutive_failures"] >= 3:
+            hits += 1
+    return time.perf_counter() - t0
+
+
+def measure(url: str, frames: int, seed: int) -> dict[str, Any]:
+    from corral import cycle as cycle_mod
+    from corral.cycle import PolicySet, run_cycle
+    from corral.facts import FactBuilder
+    from corral.policy.loader import builtin_dir, load_paths
+    from corral.states import Kind
+    from corral.store.store import Store
+
+    policies = load_paths([builtin_dir()]).policies
+    store = Store.open(url)
+    # floors for the cold cycle: every row it reads, plain SQL
+    t0 = time.perf_counter()
+    with store.engine.connect() as conn:
+        for name in ("jobs", "job_dependencies", "instances", "frames", "frame_runs", "frame_dependencies", "workers"):
+            conn.exec_driver_sql(f"SELECT * FROM {name}").fetchall()  # noqa: S608 - fixed table names
+    cold_floor = time.perf_counter() - t0
+
+    timing: dict[str, float] = {}
+    original = cycle_mod.plan_farm
+
+    def timed_plan_farm(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        out = original(*args, **kwargs)
+        timing["plan_farm"] = time.perf_counter() - t
+        return out
+
+    cycle_mod.plan_farm = timed_plan_farm  # type: ignore[assignment]
+    eval_time = [0.0]
+    policy_set = PolicySet(policies)
+    evaluator = policy_set.evaluator
+    raw_evaluate = evaluator.evaluate
+
+    def timed_evaluate(kind: Any, facts: Any) -> Any:
+        facts = list(facts)
+        t = time.perf_counter()
+        out = raw_evaluate(kind, facts)
+        eval_time[0] += time.perf_counter() - t
+        return out
+
+    evaluator.evaluate = timed_evaluate  # type: ignore[method-assign]
+
+    t0 = time.perf_counter()
+    cold = run_cycle(store, policy_set, commit=False, now=NOW)
+    cold_s = time.perf_counter() - t0
+    cold_eval = eval_time[0]
+    cold_plan = timing.get("plan_farm", 0.0)
+
+    # python floor over the same facts as the cold cycle evaluated
+    farm = store.read_farm()
+    builder = FactBuilder(farm, NOW)
+    facts = {str(k): builder.facts(k) for k in Kind}
+    py_floor = python_floor(facts)
+    del farm, builder, facts
+
+    mark = NOW
+    with store.engine.connect() as conn:
+        last_run = conn.exec_driver_sql("SELECT COALESCE(MAX(id), 0) FROM frame_runs").scalar()
+    later = NOW + timedelta(seconds=30)
+    change_one_percent(store, frames, seed, later)
+    t0 = time.perf_counter()
+    with store.engine.connect() as conn:
+        conn.execute(text("SELECT * FROM frames WHERE updated_at > :m"), {"m": mark.replace(tzinfo=None) if url.startswith("sqlite") else mark}).fetchall()
+        conn.execute(text("SELECT * FROM frame_runs WHERE id > :i"), {"i": last_run}).fetchall()
+    io_floor = time.perf_counter() - t0
+    eval_time[0] = 0.0
+    t0 = time.perf_counter()
+    steady = run_cycle(store, policy_set, commit=False, now=later)
+    steady_s = time.perf_counter() - t0
+    store.close()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "frames": frames,
+        "jobs": max(1, frames // FRAMES_PER_JOB),
+        "workers": WORKERS,
+        "db": "postgresql" if url.startswith("postgresql") else "sqlite",
+        "cold_cycle_s": round(cold_s, 4),
+        "steady_cycle_s": round(steady_s, 4),
+        "peak_rss_mb": round(rss_mb, 1),
+        "cold_floor_s": round(cold_floor, 4),
+        "io_floor_s": round(io_floor, 4),
+        "python_floor_s": round(py_floor, 4),
+        "rule_eval_cold_s": round(cold_eval, 4),
+        "rule_eval_steady_s": round(eval_time[0], 4),
+        "plan_farm_cold_s": round(cold_plan, 4),
+        "cold_timings": {k: round(v, 4) for k, v in cold.timings.items()},
+        "steady_timings": {k: round(v, 4) for k, v in steady.timings.items()},
+        "cold_transitions": len(cold.plan.transitions),
+        "steady_transitions": len(steady.plan.transitions),
+        "ratio_io": round(steady_s / io_floor, 2) if io_floor else None,
+        "ratio_cold": round(cold_s / cold_floor, 2) if cold_floor else None,
+        "ratio_python": round(cold_eval / py_floor, 2) if py_floor else None,
+    }
+
+
+def _postgres_fresh(url: str) -> tuple[str, str]:
+    """A fresh database for this run, so runs never see each other's rows."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url).set(drivername="postgresql")
+    name = f"corral_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(base.render_as_string(hide_password=False), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return base.set(database=name).render_as_string(hide_password=False), name
+
+
+def _postgres_drop(url: str, name: str) -> None:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url).set(drivername="postgresql")
+    with psycopg.connect(base.render_as_string(hide_password=False), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=10_000)
+    parser.add_argument("--db", help="postgresql://... (a fresh database is created and dropped); default: a temp SQLite file")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    tmp = None
+    pg_name = None
+    if args.db:
+        url, pg_name = _postgres_fresh(args.db)
+    else:
+        tmp = tempfile.mkdtemp(prefix="corral-bench-")
+        url = f"sqlite:///{tmp}/farm.db"
+    try:
+        t0 = time.perf_counter()
+        ctx = mp.get_context("spawn")
+        gen = ctx.Process(target=generate, args=(url, args.frames, args.seed))
+        gen.start()
+        gen.join()
+        if gen.exitcode != 0:
+            raise SystemExit("farm generation failed")
+        gen_s = time.perf_counter() - t0
+        with ctx.Pool(1) as pool:
+            result = pool.apply(measure, (url, args.frames, args.seed))
+        result["generate_s"] = round(gen_s, 2)
+    finally:
+        if pg_name and args.db:
+            _postgres_drop(args.db, pg_name)
+        if tmp:
+            for p in Path(tmp).iterdir():
+                p.unlink()
+            os.rmdir(tmp)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:22} {value}")
+
+
+if __name__ == "__main__":
+    main()
