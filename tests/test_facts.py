@@ -1,0 +1,170 @@
+"""Derived facts on small hand-built farms: the numbers a wrangler would count by hand."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from corral.facts import FIELDS, MISSING, FactBuilder, get_path, narrow
+from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
+from corral.states import FrameState, Hold, InstanceState, JobState, Kind
+from strategies import NOW
+
+F = FrameState
+
+
+def ago(minutes: float) -> object:
+    return NOW - timedelta(minutes=minutes)
+
+
+def run(host: str, state: FrameState, minutes: float, inst: str | None = None) -> FrameRun:
+    return FrameRun(host, inst, state, 0 if state is F.COMPLETE else 1, ago(minutes + 5), ago(minutes))  # type: ignore[arg-type]
+
+
+def lockout_farm() -> Farm:
+    """Job 1 fails on 'bad' (three in a row on instance 1.a) and completes on 'good'."""
+    farm = Farm()
+    job = Job(id=1, name="shot010", retry_limit=3, retries=1, state=JobState.FAILING, state_since=ago(20),
+              submitted_at=ago(120))
+    job.frames = {
+        1: Frame(1, 1, F.COMPLETE, host="bad", instance="1.a", runs=[run("bad", F.COMPLETE, 50, "1.a")]),
+        2: Frame(1, 2, F.FAILED, host="bad", instance="1.a", retries=1, runs=[run("bad", F.FAILED, 40, "1.a")]),
+        3: Frame(1, 3, F.FAILED, host="bad", instance="1.a", runs=[run("bad", F.FAILED, 30, "1.a")]),
+        4: Frame(1, 4, F.FAILED, host="bad", instance="1.a", runs=[run("bad", F.FAILED, 20, "1.a")]),
+        5: Frame(1, 5, F.COMPLETE, host="good", instance="1.b", runs=[run("good", F.COMPLETE, 10, "1.b")]),
+        6: Frame(1, 6, F.RUNNING, host="good", instance="1.b", attempts=1, started_at=ago(7), state_since=ago(7)),
+        7: Frame(1, 7, F.PENDING),
+    }
+    job.instances = {"1.a": Instance("1.a", 1, "bad", InstanceState.RUNNING, ago(60)),
+                     "1.b": Instance("1.b", 1, "good", InstanceState.RUNNING, ago(60))}
+    other = Job(id=2, name="shot020", state=JobState.FAILED)
+    other.frames = {1: Frame(2, 1, F.FAILED, host="bad", runs=[run("bad", F.FAILED, 5)])}
+    farm.jobs = {1: job, 2: other}
+    farm.workers = {"bad": Worker("bad", state_since=ago(600)), "good": Worker("good")}
+    return farm
+
+
+def test_an_instance_counts_its_failures_in_a_row_since_its_last_success() -> None:
+    fact = FactBuilder(lockout_farm(), NOW).fact(Kind.INSTANCE, "1.a")
+    assert fact["consecutive_failures"] == 3
+    assert fact["frames_failed"] == 3 and fact["frames_completed"] == 1
+    assert fact["host_failures_on_job"] == 3 and fact["host_successes_on_job"] == 1
+    assert fact["other_hosts_succeeding"] == 1 and fact["other_hosts_failing"] == 0
+    assert fact["job"]["name"] == "shot010" and "dependencies" not in fact["job"]
+    assert fact["worker"]["consecutive_failures"] == 4
+
+
+def test_a_worker_counts_failures_and_distinct_jobs_since_its_last_success() -> None:
+    builder = FactBuilder(lockout_farm(), NOW)
+    bad = builder.fact(Kind.WORKER, "bad")
+    assert bad["consecutive_failures"] == 4  # frames 2, 3, 4 of job 1 and frame 1 of job 2
+    assert bad["distinct_jobs_failed"] == 2
+    assert bad["recent_failures"] == 4 and bad["recent_successes"] == 1
+    assert bad["time_in_state"] == 36000.0 and bad["state"] == "up"
+    good = builder.fact(Kind.WORKER, "good")
+    assert (good["consecutive_failures"], good["distinct_jobs_failed"], good["frames_running"]) == (0, 0, 1)
+    assert "time_in_state" not in good  # never told when it came up
+
+
+def test_a_success_resets_the_workers_count() -> None:
+    farm = lockout_farm()
+    farm.jobs[2].frames[2] = Frame(2, 2, F.COMPLETE, host="bad", runs=[run("bad", F.COMPLETE, 1)])
+    bad = FactBuilder(farm, NOW).fact(Kind.WORKER, "bad")
+    assert (bad["consecutive_failures"], bad["distinct_jobs_failed"]) == (0, 0)
+
+
+def test_a_job_counts_failing_and_succeeding_hosts() -> None:
+    farm = lockout_farm()
+    farm.jobs[1].frames[8] = Frame(1, 8, F.FAILED, host="worse", runs=[run("worse", F.FAILED, 3)])
+    fact = FactBuilder(farm, NOW).fact(Kind.JOB, "1")
+    assert fact["hosts"] == 3  # bad, good, worse
+    assert fact["failing_hosts"] == 1  # only 'worse': 'bad' also completed a frame
+    assert fact["succeeding_hosts"] == 2
+    assert fact["hosts_not_failing"] == 2
+
+
+def test_a_job_counts_its_frames_instances_retries_and_times() -> None:
+    fact = FactBuilder(lockout_farm(), NOW).fact(Kind.JOB, "1")
+    assert fact["frames_total"] == 7 and fact["frames_failed"] == 3 and fact["frames_complete"] == 2
+    assert fact["frames_done_percent"] == 100 * 2 / 7
+    assert fact["instances_running"] == 2 and fact["instances_total"] == 2
+    assert fact["retries_left"] == 2
+    assert fact["time_in_state"] == 1200.0 and fact["age"] == 7200.0
+    assert "since_retry" not in fact
+    assert fact["suspended"] is False
+
+
+def test_retries_left_never_goes_below_zero() -> None:
+    farm = lockout_farm()
+    farm.jobs[1].retries = 5
+    builder = FactBuilder(farm, NOW)
+    assert builder.fact(Kind.JOB, "1")["retries_left"] == 0
+    assert builder.fact(Kind.FRAME, "1:2")["retries_left"] == 2  # frame: retry_limit 3 minus its own 1
+
+
+def test_dependencies_are_counted_and_all_complete_needs_at_least_one() -> None:
+    farm = Farm()
+    states = {1: JobState.COMPLETE, 2: JobState.FAILED, 3: JobState.KILLED, 4: JobState.RUNNING}
+    for jid, state in states.items():
+        farm.jobs[jid] = Job(id=jid, name=f"j{jid}", state=state)
+    farm.jobs[5] = Job(id=5, name="waits", depends_on=[1, 2, 3, 4], hold=Hold.BLOCKED, state=JobState.BLOCKED)
+    farm.jobs[6] = Job(id=6, name="ready", depends_on=[1])
+    farm.jobs[7] = Job(id=7, name="gone", depends_on=[1, 99])
+    builder = FactBuilder(farm, NOW)
+    assert builder.fact(Kind.JOB, "5")["dependencies"] == {
+        "total": 4, "complete": 1, "failed": 1, "killed": 1, "incomplete": 3, "all_complete": False}
+    assert builder.fact(Kind.JOB, "6")["dependencies"]["all_complete"] is True
+    assert builder.fact(Kind.JOB, "1")["dependencies"]["all_complete"] is False  # no dependencies at all
+    assert builder.fact(Kind.JOB, "7")["dependencies"]["all_complete"] is False  # one is not in the farm
+    assert builder.fact(Kind.JOB, "7")["dependencies"]["incomplete"] == 1
+
+
+def test_frame_dependencies_count_complete_and_incomplete_frames() -> None:
+    farm = lockout_farm()
+    farm.jobs[2].frames[1].depends_on = [(1, 1), (1, 2), (1, 7)]
+    deps = FactBuilder(farm, NOW).fact(Kind.FRAME, "2:1")["dependencies"]
+    assert deps == {"total": 3, "complete": 1, "incomplete": 2}
+
+
+def test_run_time_and_time_in_state_of_frames() -> None:
+    builder = FactBuilder(lockout_farm(), NOW)
+    running = builder.fact(Kind.FRAME, "1:6")
+    assert running["run_time"] == 420.0 and running["time_in_state"] == 420.0
+    assert running["worker"]["name"] == "good" and running["job"]["id"] == 1
+    farm = lockout_farm()
+    done = farm.jobs[1].frames[5]
+    done.started_at, done.finished_at = ago(30), ago(25)
+    assert FactBuilder(farm, NOW).fact(Kind.FRAME, "1:5")["run_time"] == 300.0  # finished: start to finish
+
+
+def test_unknown_values_are_omitted_not_null() -> None:
+    builder = FactBuilder(lockout_farm(), NOW)
+    pending = builder.fact(Kind.FRAME, "1:7")
+    for name in ("host", "instance", "exit_code", "run_time", "time_in_state", "worker"):
+        assert name not in pending, name
+        assert get_path(pending, name) is MISSING
+    assert None not in pending.values()
+    assert get_path(pending, "job.name") == "shot010"
+    assert get_path(pending, "worker.state") is MISSING
+
+
+def test_every_fact_field_is_declared_in_fields() -> None:
+    builder = FactBuilder(lockout_farm(), NOW)
+
+    def leaves(fact: dict[str, object], prefix: str = "") -> set[str]:
+        out: set[str] = set()
+        for key, value in fact.items():
+            if isinstance(value, dict):
+                out |= leaves(value, f"{prefix}{key}.")  # type: ignore[arg-type]
+            else:
+                out.add(prefix + key)
+        return out
+
+    for kind in Kind:
+        for fact in builder.facts(kind):
+            assert leaves(fact) <= set(FIELDS[kind]), (kind, leaves(fact) - set(FIELDS[kind]))
+
+
+def test_narrow_keeps_only_the_paths_asked_for() -> None:
+    fact = FactBuilder(lockout_farm(), NOW).fact(Kind.FRAME, "1:2")
+    assert narrow(fact, ["state", "job.name", "worker.missing", "exit_code"]) == {
+        "id": "1:2", "state": "failed", "job": {"name": "shot010"}}
