@@ -1,9 +1,168 @@
-"""Commands: corral history, pause, resume (issue 4)."""
+"""Commands around the daemon: `history` (the transition log), `pause`, `resume`, `daemon-status`."""
 
 from __future__ import annotations
 
+import getpass
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
 import typer
+from rich.table import Table
+
+from corral.cli.common import DbOption, JsonOption, console, db_url, fail, print_json
+
+PAUSE_KEYS = ("paused", "paused_reason", "paused_by", "paused_at")
+_DURATION = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+$")
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """'2h' (the last two hours), '1d12h', '30m', '2w', or an ISO 8601 time (naive means UTC)."""
+    now = now or datetime.now(UTC)
+    if _DURATION.match(text):
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+        seconds = sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)\s*([smhdw])", text))
+        return now - timedelta(seconds=seconds)
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        fail(f"--since '{text}': write a duration such as 2h, 30m or 1d, or an ISO 8601 time such as 2026-11-28T02:00Z")
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _open(db: str | None) -> Any:
+    from corral.store.store import Store
+
+    return Store.open(db_url(db))
+
+
+def history(
+    db: DbOption = None,
+    job: Annotated[int | None, typer.Option("--job", help="Only this job (with its frames and instances).")] = None,
+    policy: Annotated[str | None, typer.Option("--policy", help="Only transitions of this policy.")] = None,
+    actor: Annotated[str | None, typer.Option("--actor", help="Only this actor (corral, or a person).")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="ISO 8601 time, or a duration such as 2h meaning the last 2 hours.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many rows (newest first).", min=1)] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """The transition log, newest first: what changed, who or which policy did it, and why."""
+    from corral.store.store import StoreError
+
+    after = parse_since(since) if since else None
+    try:
+        with _open(db) as store:
+            rows = store.transitions(job=job, policy=policy, actor=actor, since=after, limit=limit)
+    except StoreError as err:
+        fail(str(err))
+    if as_json:
+        print_json([
+            {
+                "at": r.at.isoformat(), "kind": str(r.kind), "id": r.entity_id, "job": r.job_id, "action": r.action,
+                "from": r.from_state, "to": r.to_state, "policy": r.policy, "actor": r.actor, "reason": r.reason,
+                "cycle": r.cycle_id, "applied": r.applied,
+            }
+            for r in rows
+        ])
+        return
+    if not rows:
+        console.print("no transitions match")
+        return
+    table = Table(title_justify="left")
+    for col in ("at (UTC)", "entity", "action", "from → to", "by", "reason", "cycle"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("at (UTC)", "entity", "action"))
+    for r in rows:
+        by = f"policy {r.policy}" if r.policy else r.actor
+        action = r.action if r.applied else f"would {r.action}"
+        table.add_row(f"{r.at:%Y-%m-%d %H:%M:%S}", f"{r.kind} {r.entity_id}", action, f"{r.from_state} → {r.to_state}",
+                      by, r.reason, r.cycle_id or "")
+    console.print(table)
+
+
+def pause(
+    db: DbOption = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why (shown by daemon-status).")] = "",
+) -> None:
+    """Stop corral applying anything: cycles keep running and reporting, nothing is changed."""
+    from corral.store.store import StoreError
+
+    who, now = getpass.getuser(), datetime.now(UTC).isoformat(timespec="seconds")
+    try:
+        with _open(db) as store:
+            store.set_setting("paused_reason", reason)
+            store.set_setting("paused_by", who)
+            store.set_setting("paused_at", now)
+            store.set_setting("paused", "1")
+    except StoreError as err:
+        fail(str(err))
+    console.print(f"paused by {who} at {now}" + (f": {reason}" if reason else ""), highlight=False, markup=False)
+
+
+def resume(db: DbOption = None) -> None:
+    """Let corral apply its policies again (from its next cycle)."""
+    from corral.store.store import StoreError
+
+    try:
+        with _open(db) as store:
+            was = store.get_setting("paused") == "1"
+            store.set_setting("paused", "0")
+            store.set_setting("paused_by", getpass.getuser())
+            store.set_setting("paused_at", datetime.now(UTC).isoformat(timespec="seconds"))
+            store.set_setting("paused_reason", "")
+    except StoreError as err:
+        fail(str(err))
+    console.print("resumed" if was else "was not paused; nothing to resume")
+
+
+def daemon_status(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Whether corral is paused (by whom, why), which daemon leads, and its last cycle."""
+    from corral.daemon.service import HEARTBEAT_SETTING, LEADER_SETTING
+    from corral.store.store import StoreError
+
+    try:
+        with _open(db) as store:
+            values = {k: store.get_setting(k) for k in (*PAUSE_KEYS, LEADER_SETTING, HEARTBEAT_SETTING)}
+    except StoreError as err:
+        fail(str(err))
+
+    def parsed(key: str) -> dict[str, Any] | None:
+        raw = values.get(key)
+        try:
+            return dict(json.loads(raw)) if raw else None
+        except (ValueError, TypeError):
+            return None
+
+    data = {
+        "paused": values["paused"] == "1",
+        "paused_by": values["paused_by"] if values["paused"] == "1" else None,
+        "paused_at": values["paused_at"] if values["paused"] == "1" else None,
+        "paused_reason": values["paused_reason"] if values["paused"] == "1" else None,
+        "leader": parsed(LEADER_SETTING),
+        "last_cycle": parsed(HEARTBEAT_SETTING),
+    }
+    if as_json:
+        print_json(data)
+        return
+    if data["paused"]:
+        why = f": {data['paused_reason']}" if data["paused_reason"] else ""
+        console.print(f"PAUSED by {data['paused_by']} since {data['paused_at']}{why}", highlight=False, markup=False)
+    else:
+        console.print("active (not paused)")
+    leader, last = data["leader"], data["last_cycle"]
+    console.print(f"leader: {leader['holder']} since {leader['since']}" if leader else "leader: none recorded",
+                  highlight=False, markup=False)
+    if last:
+        console.print(f"last cycle: {last['cycle']} at {last['at']}, {last.get('applied', 0)} applied"
+                      + (" (paused)" if last.get("paused") else ""), highlight=False, markup=False)
+    else:
+        console.print("last cycle: none recorded")
 
 
 def register(app: typer.Typer) -> None:
     """Adds this module's commands to the app."""
+    app.command()(history)
+    app.command()(pause)
+    app.command()(resume)
+    app.command("daemon-status")(daemon_status)

@@ -1,4 +1,4 @@
-"""`corral run`: apply the policies to the store (one cycle with --once)."""
+"""`corral run`: the daemon (every --interval), or one cycle with --once."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import typer
 
 from corral.cli.common import DbOption, JsonOption, console, db_url, err_console, fail, print_json
 from corral.cli.policy_cmds import OnlyRulesOption, RulesOption, SetOption, parse_sets, policy_paths
-from corral.policy.loader import load_paths
 
 
 def run(
@@ -17,28 +16,73 @@ def run(
     db: DbOption = None,
     sets: SetOption = None,
     once: Annotated[bool, typer.Option("--once", help="Run exactly one cycle and exit.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between cycles.", min=0.05)] = 30.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Treat every policy as audit: log, apply nothing.")] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on 127.0.0.1:PORT.", show_default=False)
+    ] = None,
+    log_format: Annotated[str, typer.Option("--log-format", help="human or json (one JSON object per line).")] = "human",
+    log_level: Annotated[
+        str | None, typer.Option("--log-level", help="debug, info, warning or error (default: info; warning with --once).")
+    ] = None,
+    engine: Annotated[str, typer.Option("--engine", help="durable (default) or reference.")] = "durable",
+    isolate: Annotated[
+        bool, typer.Option("--isolate/--no-isolate", help="Run the rule engine in a child process (a crash costs a cycle).")
+    ] = True,
     as_json: JsonOption = False,
 ) -> None:
-    """Evaluate the policies against the store and apply the plan (compare-and-set, logged)."""
-    from corral.cycle import PolicySet, run_cycle
-    from corral.store.store import Store, StoreError
+    """Apply the policies to the store every --interval seconds (compare-and-set, logged), or once.
 
+    One daemon acts per store; a second one waits as a hot standby. SIGTERM or Ctrl-C
+    finishes the current cycle, then exits 0. `corral pause` stops it applying anything.
+    """
+    from pathlib import Path
+
+    from corral.daemon.isolated import EngineCrashed
+    from corral.daemon.logs import setup_logging
+    from corral.daemon.service import AnotherDaemon, Daemon, DaemonConfig
+    from corral.store.store import StoreError
+
+    if engine not in ("durable", "reference"):
+        fail(f"--engine must be durable or reference, not '{engine}'")
+    if log_format not in ("human", "json"):
+        fail(f"--log-format must be human or json, not '{log_format}'")
+    level = (log_level or ("warning" if once else "info")).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        fail(f"--log-level must be debug, info, warning or error, not '{log_level}'")
+    setup_logging(log_format, level)
+    config = DaemonConfig(
+        db_url=db_url(db), paths=[Path(p) for p in policy_paths(rules, only_rules)], overrides=parse_sets(sets),
+        interval=interval, dry_run=dry_run, engine=engine, isolate=isolate,
+    )
+    daemon = Daemon(config)
+    if metrics_port is not None:
+        try:
+            port = daemon.metrics.serve(metrics_port)
+        except OSError as err:
+            daemon.close()
+            fail(f"cannot serve metrics on 127.0.0.1:{metrics_port}: {err}")
+        err_console.print(f"metrics on http://127.0.0.1:{port}/metrics", highlight=False, markup=False)
     if not once:
-        fail("only --once is available in this build; schedule `corral run --once` from cron meanwhile")
-    loaded = load_paths(policy_paths(rules, only_rules), parse_sets(sets))
-    for error in loaded.errors:
-        err_console.print(f"skipped: {error}", highlight=False, markup=False)
-    policies = loaded.policies
-    if dry_run:
-        from dataclasses import replace
-
-        policies = [replace(p, mode="audit") for p in policies]
+        daemon.run_forever()
+        return
     try:
-        with Store.open(db_url(db)) as store:
-            result = run_cycle(store, PolicySet(policies), commit=True)
-    except StoreError as err:
+        result = daemon.run_once()
+    except AnotherDaemon as err:
+        daemon.close()
+        fail(str(err), code=3)
+    except (StoreError, EngineCrashed) as err:
+        daemon.close()
         fail(str(err))
+    except Exception as err:
+        daemon.close()
+        from corral.daemon.logs import mask_secrets
+
+        fail(mask_secrets(f"cycle failed, nothing applied: {type(err).__name__}: {err}"))
+    errors = daemon.watcher.errors
+    daemon.close()
+    for error in errors:
+        err_console.print(f"skipped: {error}", highlight=False, markup=False)
     report = result.report
     applied = len(report.applied) if report else 0
     audited = len(report.audited) if report else 0
@@ -51,7 +95,8 @@ def run(
             "applied": applied,
             "audited": audited,
             "refused": [{"action": str(r.proposal), "reason": r.reason} for r in refused],
-            "skipped_files": loaded.bad_files,
+            "skipped_files": sorted({e.pos.file for e in errors}),
+            "timings": result.timings,
         })
         return
     state = " (paused: nothing applied)" if result.paused else ""

@@ -1,0 +1,189 @@
+"""The rule engine in a child process, so that a crash of durable_rules costs a cycle, not the daemon.
+
+durable_rules is a C extension that has segfaulted and aborted the process it runs
+in (see shared/reference/durable-rules-notes.md).  `IsolatedEvaluator` speaks the
+`Evaluator` protocol in the daemon and forwards every `evaluate(kind, facts)` to a
+`RuleEngine` living in a child started with the *spawn* method (a fresh interpreter:
+no inherited threads, locks or database connections).  If the child dies or stops
+answering, the call raises `EngineCrashed`: the cycle that asked is lost (nothing of
+it was applied, since evaluation comes before apply), and the next `evaluate` starts
+a fresh child.  The engine's working memory is rebuilt from the full picture the
+caller passes, so a new child gives the same answers.
+
+The child ignores SIGINT and SIGTERM (a Ctrl-C or systemd's stop signal goes to the
+whole process group; the daemon finishes its cycle and then closes the child) and
+exits by itself when the daemon's end of the pipe closes, e.g. when the daemon was
+killed.
+
+Test hook: when the file named by $CORRAL_TEST_ENGINE_FAULT exists, the child deletes
+it and kills itself with SIGSEGV on its next evaluation (a one-shot segfault).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Iterable, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from corral.policy.model import Policy
+from corral.states import Kind
+
+log = logging.getLogger(__name__)
+FAULT_ENV = "CORRAL_TEST_ENGINE_FAULT"
+_CTX = multiprocessing.get_context("spawn")
+
+
+class EngineCrashed(Exception):
+    """The engine child died or hung; the cycle that needed it is lost."""
+
+
+def _child_main(conn: Connection, policies: list[Policy], engine: str, fault_file: str | None) -> None:
+    """The child: build the evaluator, then answer (kind, facts) until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from corral.evaluate import Evaluator, ReferenceEvaluator
+
+    evaluator: Evaluator
+    try:
+        if engine == "reference":
+            evaluator = ReferenceEvaluator(policies)
+        else:
+            from corral.engine import RuleEngine
+
+            evaluator = RuleEngine(policies)
+    except Exception as err:
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            kind, facts = conn.recv()
+        except (EOFError, OSError):
+            return  # the daemon went away
+        if fault_file and os.path.exists(fault_file):
+            os.unlink(fault_file)
+            os.kill(os.getpid(), signal.SIGSEGV)
+        try:
+            conn.send(("ok", evaluator.evaluate(kind, facts)))
+        except Exception as err:
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+class IsolatedEvaluator:
+    """An `Evaluator` whose engine runs in a child process (started on first use)."""
+
+    def __init__(
+        self,
+        policies: Sequence[Policy],
+        *,
+        engine: str = "durable",
+        timeout: float = 120.0,
+        start_timeout: float = 60.0,
+        fault_file: str | Path | None = None,
+    ) -> None:
+        self.policies = list(policies)
+        self.engine = engine
+        self.timeout = timeout
+        self.start_timeout = start_timeout
+        env_fault = os.environ.get(FAULT_ENV)
+        self.fault_file = str(fault_file) if fault_file is not None else env_fault
+        self._proc: BaseProcess | None = None
+        self._conn: Connection | None = None
+        self.starts = 0
+        self.crashes = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _start(self) -> Connection:
+        parent, child = _CTX.Pipe()
+        proc = _CTX.Process(
+            target=_child_main, args=(child, self.policies, self.engine, self.fault_file), name="corral-engine", daemon=True
+        )
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+        self.starts += 1
+        status, payload = self._receive(self.start_timeout, "starting")
+        if status != "ready":
+            self.close()
+            raise EngineCrashed(f"the rule engine could not start: {payload}")
+        log.debug("engine child %s started", payload)
+        return parent
+
+    def _receive(self, timeout: float, doing: str) -> tuple[str, Any]:
+        conn, proc = self._conn, self._proc
+        assert conn is not None and proc is not None
+        deadline = time.monotonic() + timeout
+        try:
+            while not conn.poll(min(0.5, max(0.0, deadline - time.monotonic()))):
+                if not proc.is_alive() and not conn.poll(0):
+                    raise EngineCrashed(self._death(doing))
+                if time.monotonic() >= deadline:
+                    self.close()
+                    raise EngineCrashed(f"the rule engine did not answer within {timeout:g}s while {doing}; it was stopped")
+            message: tuple[str, Any] = conn.recv()
+            return message
+        except (EOFError, OSError, BrokenPipeError) as err:
+            raise EngineCrashed(self._death(doing)) from err
+
+    def _death(self, doing: str) -> str:
+        proc = self._proc
+        code = None
+        if proc is not None:
+            proc.join(1.0)
+            code = proc.exitcode
+        self.crashes += 1
+        self._discard()
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"the rule engine process died of {name} while {doing}"
+        return f"the rule engine process exited (code {code}) while {doing}"
+
+    def evaluate(self, kind: Kind, facts: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
+        conn = self._conn if self._conn is not None and self._proc is not None and self._proc.is_alive() else None
+        if conn is None:
+            self._discard()
+            conn = self._start()
+        try:
+            conn.send((kind, list(facts)))
+        except (OSError, BrokenPipeError) as err:
+            raise EngineCrashed(self._death(f"evaluating {kind} facts")) from err
+        status, payload = self._receive(self.timeout, f"evaluating {kind} facts")
+        if status != "ok":
+            self._discard()  # its working memory may be half-updated: the next cycle starts afresh
+            raise EngineCrashed(f"the rule engine failed on {kind} facts: {payload}")
+        result: dict[str, list[Any]] = payload
+        return result
+
+    def _discard(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.is_alive():
+            proc.kill()
+            proc.join(2.0)
+
+    def close(self) -> None:
+        """Stop the child (closing the pipe makes it exit; killed if it lingers)."""
+        conn, proc = self._conn, self._proc
+        self._conn = self._proc = None
+        if conn is not None:
+            conn.close()
+        if proc is not None:
+            proc.join(2.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(2.0)

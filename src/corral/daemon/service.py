@@ -1,0 +1,382 @@
+"""The daemon: ticks on APScheduler, leadership, hot reload, cycles, back-off, metrics, signals.
+
+Every tick (each `interval` seconds, never two at once: an overrunning cycle makes
+the next tick skip, it does not stack) the daemon
+
+1. waits out its back-off if the database was unreachable;
+2. reloads changed policy files (`PolicyWatcher`), building a new PolicySet;
+3. takes or confirms the store's lock (`leader`); without it, it is a hot standby;
+4. runs one cycle through `corral.cycle.run_cycle`, the code `corral plan` and
+   `corral run --once` use, with the policies due now (`ScheduleTracker`).
+
+Any exception costs that tick only.  The store applies a cycle in one transaction,
+so a cycle that fails (or a daemon that is killed) leaves nothing half-applied.
+SIGTERM or SIGINT: the cycle running finishes, then the daemon exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+
+from corral.cycle import CycleResult, PolicySet, run_cycle
+from corral.daemon.backoff import Backoff
+from corral.daemon.isolated import EngineCrashed, IsolatedEvaluator
+from corral.daemon.leader import LeaderError, Leadership, leadership_for
+from corral.daemon.metrics import Metrics
+from corral.daemon.schedule import DEFAULT_GRACE, SETTING_PREFIX, ScheduleTracker
+from corral.daemon.watch import PolicyWatcher
+from corral.evaluate import Evaluator
+from corral.farm import utcnow
+from corral.policy.model import Policy
+from corral.store.engine import describe
+from corral.store.store import Store, StoreError
+
+log = logging.getLogger("corral.daemon")
+HEARTBEAT_SETTING = "daemon:last_cycle"
+LEADER_SETTING = "daemon:leader"
+
+
+class AnotherDaemon(Exception):
+    """Another corral daemon holds this store's lock."""
+
+
+def _db_error(err: BaseException) -> bool:
+    """Is this the database being away (retry later) rather than a bug?"""
+    if isinstance(err, LeaderError | sa_exc.OperationalError | sa_exc.InterfaceError):
+        return True
+    if isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated:
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(err, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+@dataclass
+class DaemonConfig:
+    db_url: str
+    paths: list[Path]
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    interval: float = 30.0
+    dry_run: bool = False
+    engine: str = "durable"  # durable | reference
+    isolate: bool = True  # run the engine in a child process
+    engine_timeout: float = 120.0
+    backoff_cap: float = 300.0
+    schedule_grace: timedelta = DEFAULT_GRACE
+
+
+@dataclass
+class Tick:
+    """What one tick did (for tests and `--once`)."""
+
+    outcome: str
+    result: CycleResult | None = None
+    error: str | None = None
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        metrics: Metrics | None = None,
+        leadership: Leadership | None = None,
+        evaluator_factory: Callable[[list[Policy]], Evaluator] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.store = Store.open(config.db_url)
+        self.leader = leadership or leadership_for(self.store.url)
+        self.watcher = PolicyWatcher(config.paths, config.overrides)
+        self.schedules = ScheduleTracker(config.schedule_grace)
+        self.backoff = Backoff(base=max(config.interval, 0.5), cap=max(config.backoff_cap, config.interval))
+        self.clock = clock
+        self._factory = evaluator_factory
+        self._isolated: list[IsolatedEvaluator] = []
+        self._policies: list[Policy] | None = None
+        self.policy_set: PolicySet | None = None
+        self._schedules_dirty = True
+        self._stop = threading.Event()
+        self._busy = threading.Lock()
+        self._was_standby = False
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.prefix = ("schedule-dry:" if config.dry_run else SETTING_PREFIX)
+
+    # --- policies -----------------------------------------------------------------------
+
+    def _evaluator_factory(self) -> Callable[[list[Policy]], Evaluator] | None:
+        if self._factory is not None:
+            return self._factory
+        if not self.config.isolate:
+            return None
+
+        def make(active: list[Policy]) -> Evaluator:
+            ev = IsolatedEvaluator(active, engine=self.config.engine, timeout=self.config.engine_timeout)
+            self._isolated.append(ev)
+            return ev
+
+        return make
+
+    def reload(self) -> bool:
+        """Reload changed policy files; True when the policies in force changed."""
+        report = self.watcher.poll()
+        if report is None:
+            return False
+        for error in report.errors:
+            log.error("policy error: %s", error, extra={"file": error.pos.file, "line": error.pos.line})
+        for name in report.rejected:
+            kept = "its last good version stays in force" if any(
+                p.source and p.source.file == name for p in self.watcher.policies) else "it contributes no policy"
+            log.error("%s was not loaded (fix it and check with `corral check`): %s", name, kept)
+        self.metrics.policy_errors.set(len(report.errors))
+        policies = self.watcher.policies
+        if self.config.dry_run:
+            policies = [replace(p, mode="audit") for p in policies]
+        if policies == self._policies:
+            return False
+        first = self._policies is None
+        self._policies = policies
+        self._close_evaluators()
+        engine = "reference" if self.config.engine == "reference" else "durable"
+        self.policy_set = PolicySet(policies, engine=engine, evaluator_factory=self._evaluator_factory())
+        self._schedules_dirty = True
+        self.metrics.policies.set(len(policies))
+        if not first:
+            self.metrics.reloads.labels("rejected" if report.rejected else "ok").inc()
+        log.info("%s %d policies from %d file(s)%s", "loaded" if first else "reloaded", len(policies),
+                 len(self.watcher._good), f" (changed: {', '.join(report.changed)})" if not first else "")
+        return True
+
+    def _close_evaluators(self) -> None:
+        for ev in self._isolated:
+            ev.close()
+        self._isolated.clear()
+
+    # --- one tick -------------------------------------------------------------------------
+
+    def tick(self) -> Tick:
+        """One scheduled tick; never raises (that is the daemon's promise)."""
+        if self._stop.is_set():
+            return Tick("stopped")
+        if not self._busy.acquire(blocking=False):
+            self.metrics.cycles.labels("overrun").inc()
+            return Tick("overrun")
+        try:
+            return self._tick()
+        finally:
+            self._busy.release()
+
+    def _tick(self) -> Tick:
+        mono = time.monotonic()
+        if not self.backoff.ready(mono + 0.1 * self.config.interval):
+            return Tick("backoff")
+        started = time.perf_counter()
+        try:
+            self.reload()
+            if not self._lead():
+                self.metrics.cycles.labels("standby").inc()
+                return Tick("standby")
+            result = self.cycle()
+        except EngineCrashed as err:
+            self.metrics.errors.labels("engine_crash").inc()
+            self.metrics.cycles.labels("engine_crash").inc()
+            log.error("cycle lost: %s; nothing was applied, the next cycle starts a fresh engine", err)
+            return Tick("engine_crash", error=str(err))
+        except Exception as err:
+            if _db_error(err):
+                delay = self.backoff.failed(time.monotonic())
+                self.metrics.errors.labels("db_unreachable").inc()
+                self.metrics.cycles.labels("db_unreachable").inc()
+                log.error("database %s unreachable (%s: %s); retrying in %.0fs (attempt %d)",
+                          describe(self.store.url), type(err).__name__, _first_line(err), delay, self.backoff.failures)
+                return Tick("db_unreachable", error=str(err))
+            if isinstance(err, StoreError):
+                delay = self.backoff.failed(time.monotonic())
+                self.metrics.errors.labels("store").inc()
+                self.metrics.cycles.labels("error").inc()
+                log.error("store not usable: %s; retrying in %.0fs", err, delay)
+                return Tick("error", error=str(err))
+            self.metrics.errors.labels(type(err).__name__).inc()
+            self.metrics.cycles.labels("error").inc()
+            log.exception("cycle failed (nothing of it was applied): %s", err)
+            return Tick("error", error=str(err))
+        if self.backoff.failures:
+            log.info("database %s reachable again", describe(self.store.url))
+        self.backoff.reset()
+        outcome = "paused" if result.paused else "ok"
+        self.metrics.cycles.labels(outcome).inc()
+        self.metrics.duration.observe(time.perf_counter() - started)
+        self.metrics.last_success.set(time.time())
+        return Tick(outcome, result)
+
+    def _lead(self) -> bool:
+        if self.leader.held and self.leader.check():
+            return True
+        if not self.leader.acquire():
+            self.metrics.leader.set(0)
+            if not self._was_standby:
+                log.info("standby: another corral daemon holds the lock on %s; taking over when it stops",
+                         describe(self.store.url))
+                self._was_standby = True
+            return False
+        self.metrics.leader.set(1)
+        self._was_standby = False
+        log.info("leader: this daemon (%s) now acts on %s", self.holder, describe(self.store.url))
+        self._schedules_dirty = True  # another daemon may have fired schedules meanwhile
+        self._note(LEADER_SETTING, {"holder": self.holder, "since": utcnow().isoformat()})
+        return True
+
+    def _note(self, key: str, value: dict[str, Any]) -> None:
+        """Best-effort status in settings for `corral daemon-status` (never fails a cycle)."""
+        try:
+            self.store.set_setting(key, json.dumps(value, default=str))
+        except Exception as err:
+            log.debug("could not record %s: %s", key, err)
+
+    def cycle(self) -> CycleResult:
+        """One cycle now, as the leader: due policies, run_cycle, schedule bookkeeping, logs, metrics."""
+        assert self.policy_set is not None, "reload() first"
+        policy_set = self.policy_set
+        now = self.clock()
+        if self._schedules_dirty:
+            self._load_schedules(policy_set.policies, now)
+        scheduled = self.schedules.scheduled()
+        due = {p.name for p in policy_set.policies if p.name not in scheduled} | self.schedules.due(now)
+        log.debug("cycle starting", extra={"due": len(due)})
+        result = run_cycle(self.store, policy_set, commit=True, now=now, due=due)
+        if result.committed and not result.paused:
+            for name, at in self.schedules.fired(due & scheduled, now).items():
+                self.store.set_setting(self.prefix + name, at.isoformat())
+                log.info("scheduled policy %s fired (due %s)", name, at.isoformat(), extra={"cycle": result.cycle_id})
+        self._report(result)
+        self._note(HEARTBEAT_SETTING, {"cycle": result.cycle_id, "at": result.at.isoformat(), "holder": self.holder,
+                                       "paused": result.paused, "applied": len(result.report.applied) if result.report else 0})
+        return result
+
+    def _load_schedules(self, policies: list[Policy], now: datetime) -> None:
+        stored: dict[str, datetime | None] = {}
+        for p in policies:
+            if p.schedule:
+                raw = self.store.get_setting(self.prefix + p.name)
+                stored[p.name] = datetime.fromisoformat(raw) if raw else None
+        self.schedules.update(policies, now, stored)
+        for p in policies:
+            # a cron line seen for the first time is armed from now on, so `--once` from cron fires it too
+            if p.schedule and stored.get(p.name) is None and not p.schedule.strip().startswith("every"):
+                self.store.set_setting(self.prefix + p.name, now.isoformat())
+        self._schedules_dirty = False
+
+    def _report(self, result: CycleResult) -> None:
+        m = self.metrics
+        cid = result.cycle_id
+        m.facts.set(result.facts)
+        m.paused.set(1 if result.paused else 0)
+        for policy, count in result.plan.matched.items():
+            m.matches.labels(policy).inc(count)
+        report = result.report
+        applied = audited = refused = 0
+        if report is not None:
+            for done in report.applied:
+                p = done.proposal
+                m.transitions.labels(p.policy or "", "applied").inc()
+                log.info("%s %s %s (%s -> %s): %s", p.action, p.kind, done.entity_id, done.from_state, done.to_state,
+                         p.reason, extra={"cycle": cid, "policy": p.policy})
+            for done in report.audited:
+                p = done.proposal
+                m.transitions.labels(p.policy or "", "audited").inc()
+                log.info("would %s %s %s (%s -> %s): %s", p.action, p.kind, done.entity_id, done.from_state,
+                         done.to_state, p.reason, extra={"cycle": cid, "policy": p.policy})
+            for r in report.refused:
+                m.transitions.labels(r.proposal.policy or "", "refused").inc()
+                m.refused.labels(r.proposal.policy or "").inc()
+                log.warning("refused %s: %s", r.proposal, r.reason, extra={"cycle": cid, "policy": r.proposal.policy})
+            applied, audited, refused = len(report.applied), len(report.audited), len(report.refused)
+        state = " (paused: nothing applied)" if result.paused else ""
+        total = sum(result.timings.values())
+        log.info("cycle done%s: %d facts, %d matches, %d applied, %d audit-only, %d refused in %.3fs",
+                 state, result.facts, result.matches, applied, audited, refused, total, extra={"cycle": cid})
+
+    # --- running ------------------------------------------------------------------------------
+
+    def run_once(self) -> CycleResult:
+        """`corral run --once`: one cycle as the leader; raises instead of retrying."""
+        self.reload()
+        try:
+            if not self.leader.acquire():
+                raise AnotherDaemon(f"another corral daemon holds the lock on {describe(self.store.url)}; "
+                                    "it is already applying the policies")
+            return self.cycle()
+        finally:
+            self.leader.release()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run_forever(self, *, install_signals: bool = True) -> None:
+        """Tick every interval until stop() or SIGTERM/SIGINT; the cycle running then finishes first."""
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        if install_signals:
+            self._install_signals()
+        log.info("corral daemon %s starting: store %s, every %gs%s", self.holder, describe(self.store.url),
+                 self.config.interval, ", dry run (every policy audit-only)" if self.config.dry_run else "")
+        scheduler = BackgroundScheduler(timezone="UTC")
+
+        def on_overrun(event: JobExecutionEvent) -> None:
+            self.metrics.cycles.labels("overrun").inc()
+            log.warning("previous cycle still running at the next tick: this tick is skipped")
+
+        scheduler.add_listener(on_overrun, EVENT_JOB_MAX_INSTANCES)
+        scheduler.add_job(self.tick, IntervalTrigger(seconds=self.config.interval), id="cycle", max_instances=1,
+                          coalesce=True, misfire_grace_time=None, next_run_time=datetime.now().astimezone())
+        scheduler.start()
+        try:
+            while not self._stop.wait(0.2):
+                pass
+            log.info("stopping: finishing the current cycle")
+        finally:
+            scheduler.shutdown(wait=True)
+            self.close()
+        log.info("corral daemon stopped")
+
+    def _install_signals(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            name = signal.Signals(signum).name
+            if self._stop.is_set():
+                log.warning("%s again: exiting now (the cycle's transaction, if any, rolls back)", name)
+                os._exit(1)
+            log.info("%s received: stopping after the current cycle", name)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def close(self) -> None:
+        self._close_evaluators()
+        self.leader.release()
+        self.metrics.leader.set(0)
+        self.metrics.close()
+        self.store.close()
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
