@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from corral.engine import RuleEngine
@@ -278,3 +278,17 @@ def test_a_fact_the_engine_cannot_read_is_decided_in_python_and_counted() -> Non
 def test_an_infinite_threshold_does_not_stop_the_engine() -> None:
     cond = Cmp("time_in_state", "lt", math.inf)
     assert decide(cond, {"id": 1, "time_in_state": 10.0}, Kind.JOB) is True
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=st.text("ab_", max_size=6), pattern=st.text("ab_*", min_size=1, max_size=6))
+@example(value="aaaa", pattern="*aa")
+@example(value="baa", pattern="*aaab")
+@example(value="abaa", pattern="*ab*a")
+@example(value="aabb", pattern="a*a*b")
+@example(value="bbba", pattern="**bb*")
+@example(value="x__comp", pattern="*_comp")
+def test_glob_stars_anywhere_match_like_fnmatch_on_repetitive_names(value: str, pattern: str) -> None:
+    # The engine's own pattern matcher says '*aa' does not match 'aaaa' and refuses '*aaab'.
+    expected = fnmatch.fnmatchcase(value, pattern)
+    assert decide(Cmp("name", "glob", pattern), {"id": "w", "name": value}, Kind.WORKER) is expected

@@ -61,10 +61,11 @@ def glob_to_lua(pattern: str) -> str:
     so every other character is written as itself.  Used only for globs that
     `_glob_is_simple` accepts; the rest become probes.
     """
-    out = []
+    out: list[str] = []
     for c in pattern:
         if c == "*":
-            out.append(".*")
+            if out[-1:] != [".*"]:
+                out.append(".*")
         elif c == "?":
             out.append(".")
         elif c in ENGINE_SPECIAL:
@@ -90,14 +91,16 @@ def _needs_probe(cmp: Cmp, negated: bool) -> bool:
 
 
 def _glob_is_simple(pattern: str) -> bool:
-    """Globs the engine matches exactly like fnmatch.
+    """Globs the engine matches exactly like fnmatch: text, optionally ending in `*`.
 
-    Not: the empty pattern (the engine refuses it), character classes, and `?`: the
-    engine matches patterns against the JSON text of a value, where `"`, `\\` and
-    control characters are two or more characters long, so `.` cannot match them
-    (`.*` can).
+    The engine's `$mt` is a home-grown automaton that gets other shapes wrong:
+    `.*aa` does not match 'aaaa', `.*aaab` makes it refuse the whole ruleset (error
+    503).  The empty pattern is refused too.  And `?` (`.`) never matches a
+    character the engine stores JSON-escaped (`"`, `\\`, control characters).
+    Everything else (and character classes) becomes a probe.
     """
-    return bool(pattern) and not any(c in pattern for c in "[]?")
+    stem = pattern.rstrip("*")
+    return bool(pattern) and not any(c in stem for c in "[]?*")
 
 
 def engine_can_read(value: Any) -> bool:
