@@ -231,6 +231,11 @@ def make_action_command(kind: Kind, action: Action) -> Callable[..., None]:
     return command
 
 
+#: The `corral job`, `corral frame`, ... groups, by kind, once `register` made them:
+#: other modules add commands to them (feed_cmds adds `corral job submit`).
+GROUPS: dict[Kind, typer.Typer] = {}
+
+
 def register(app: typer.Typer) -> None:
     """Add the store commands and one group per kind of entity with its actions."""
     db = typer.Typer(help="The store's database.", no_args_is_help=True)
@@ -244,3 +249,4 @@ def register(app: typer.Typer) -> None:
         for action in actions_for(kind):
             group.command(action.value)(make_action_command(kind, action))
         app.add_typer(group, name=kind.value)
+        GROUPS[kind] = group

@@ -7,11 +7,11 @@ and answers the questions the daemon and the CLI ask of the log.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, delete, func, insert, inspect, select, update
 from sqlalchemy.engine import URL, Connection
@@ -23,6 +23,10 @@ from corral.store.apply import ApplyReport, Proposal, apply_transitions
 from corral.store.engine import WRITE, describe, make_engine, normalise_url
 from corral.store.rows import farm_rows, read_farm
 from corral.store.tables import TABLE_ORDER, as_utc, table
+
+if TYPE_CHECKING:
+    from corral.ingest import BadLine, Event
+    from corral.store.events import EventResult
 
 
 class StoreError(Exception):
@@ -177,6 +181,25 @@ class Store:
         self.check()
         with self._write() as conn:
             return apply_transitions(conn, farm, proposals, now=now, actor=actor, cycle_id=cycle_id)
+
+    def apply_events(
+        self,
+        events: Sequence[tuple[int, Event]],
+        *,
+        now: Callable[[], datetime] | None = None,
+        actor: str = "supervisor",
+        record: bool = True,
+    ) -> list[EventResult | BadLine]:
+        """Write supervisor events in order, in one transaction, each in a savepoint.
+
+        See `corral.store.events.apply_events`: a rejected event comes back as a BadLine
+        and changes nothing; with `record`, an event id applied before is skipped.
+        """
+        from corral.store.events import apply_events
+
+        self.check()
+        with self._write() as conn:
+            return apply_events(conn, events, now=now, actor=actor, record=record)
 
     # --- the log ------------------------------------------------------------------
 

@@ -219,6 +219,32 @@ class SettingRow(SQLModel, table=True):
     updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+class AppliedEventRow(SQLModel, table=True):
+    """A supervisor event already applied (`corral ingest`), so a replayed stream is skipped.
+
+    Keyed by the event's own id (unique per event, chosen by the feeder).  Emptied with
+    the farm (`corral load --replace`): the events it records no longer describe it.
+    """
+
+    __tablename__ = "applied_events"
+    __table_args__ = (Index("ix_applied_events_applied_at", "applied_at"),)
+
+    id: str = Field(primary_key=True, sa_type=String(255))
+    type: str = Field(sa_type=String(32))
+    at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    applied_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class RevisionRow(SQLModel, table=True):
+    """One row: the SQLite change counter, and the generation bumped when farm rows are deleted."""
+
+    __tablename__ = "revision"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    value: int = Field(sa_type=BigInteger)
+    generation: int = Field(sa_type=BigInteger)
+
+
 metadata: MetaData = SQLModel.metadata
 
 #: Tables in the order rows must be inserted (parents first); delete in reverse.
@@ -230,6 +256,7 @@ TABLE_ORDER = (
     "frame_runs",
     "job_dependencies",
     "frame_dependencies",
+    "applied_events",
     "transitions",
     "settings",
 )
