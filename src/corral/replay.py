@@ -41,7 +41,8 @@ from corral.policy.model import Policy
 from corral.states import Action, FrameState, Hold, InstanceState, JobState, Kind, WorkerState
 
 if TYPE_CHECKING:
-    from corral.store.store import Store, Transition as LogRow
+    from corral.store.store import Store
+    from corral.store.store import Transition as LogRow
 
 Key = tuple[str, str, str, str]  # policy, kind, id, action
 EXAMPLES = 5

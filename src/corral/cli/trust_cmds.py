@@ -65,7 +65,7 @@ def _last_actions(url: str, since: datetime) -> dict[tuple[str, str, str], datet
 
 
 def test(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Test files or folders (default: rules/ of the built-in pack).")] = None,
+    paths: Annotated[list[Path] | None, typer.Argument(help="Test files or folders (default: the built-in pack).")] = None,
     init: Annotated[str | None, typer.Option("--init", help="Write a starter test for this policy.", show_default=False)] = None,
     snapshot: SnapshotOption = None,
     db: DbOption = None,
