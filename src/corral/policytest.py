@@ -590,7 +590,7 @@ class _Reader:
 def read_test_file(path: Path, engine: str = "durable") -> tuple[PolicyTestFile | None, list[PolicyTestError]]:
     reader = _Reader(path, engine)
     test = reader.read()
-    return test, reader.errors
+    return test, sorted(reader.errors, key=lambda e: (e.pos.file != str(path), e.pos.line, e.pos.column))
 
 
 # --- running ------------------------------------------------------------------------------

@@ -146,7 +146,27 @@ def _undo(farm: Farm, row: LogRow, older_into: datetime | None) -> bool:
     else:
         entity.state = WorkerState(row.from_state)
     entity.state_since = since
+    if not _is_knock_on(row) and isinstance(entity, Job | Instance):
+        _undo_children(farm, entity, row.at)
     return since is not None
+
+
+def _undo_children(farm: Farm, entity: Job | Instance, at: datetime) -> None:
+    """Frames an action moved as a side effect (requeued by a retry or a lock-out) are not
+    logged, but they carry the action's time as `state_since`: put back those whose last
+    finished attempt (a frame run) says what they were."""
+    job = entity if isinstance(entity, Job) else farm.jobs[entity.job_id]
+    for frame in job.frames.values():
+        if frame.state_since != at:
+            continue
+        runs = [r for r in frame.runs if r.finished_at is not None and r.finished_at <= at]
+        if isinstance(entity, Instance):
+            runs = [r for r in runs if r.instance == entity.id]
+        if not runs:
+            continue
+        last = runs[-1]
+        frame.state, frame.host, frame.instance = last.state, last.host, last.instance
+        frame.exit_code, frame.finished_at, frame.state_since = last.exit_code, last.finished_at, last.finished_at
 
 
 def _as_of(farm: Farm, at: datetime) -> Farm:
