@@ -81,7 +81,7 @@ def test_schema_is_valid_json_schema_and_accepts_every_builtin_file() -> None:
     schema = json.loads(result.output)
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
-    for path in sorted(builtin_dir().glob("*.yaml")):
+    for path in sorted(p for p in builtin_dir().glob("*.yaml") if not p.name.endswith(".test.yaml")):
         data = json.loads(json.dumps(load_file(path)))
         errors = list(validator.iter_errors(data))
         assert not errors, (path, [e.message for e in errors])

@@ -12,6 +12,10 @@ adapter deals with each hazard in one place:
 - *Incremental working memory*: one long-lived session per kind.  Each evaluation
   retracts facts that changed or vanished and asserts the new versions; the engine
   fires on change only, so this adapter keeps the set of active matches itself.
+  Only *candidates* are sent: facts that pass some policy's gate (its top-level,
+  time-independent comparisons; see `corral.policy.compiler`), and time-based
+  conditions are probes re-checked when due (`due`), so an unchanged entity costs
+  nothing from one cycle to the next.
 - *32-bit fact identity*: a new fact that the engine reports as "already observed"
   collided with another id's hash.  It is never asserted (nor retracted, which would
   retract the other fact); the reference evaluator decides it instead, and the
@@ -28,18 +32,19 @@ adapter deals with each hazard in one place:
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from durable import engine as _durable  # the one import of durable_rules in corral
 
-from corral.facts import narrow
-from corral.policy.compiler import MARKER, CompiledKind, compile_kind, engine_can_read
-from corral.policy.model import Policy
+from corral.facts import get_path, narrow
+from corral.policy.compiler import MARKER, CompiledKind, compile_kind, engine_can_read, next_flip
+from corral.policy.model import Cmp, Policy
 from corral.policy.reference import holds
 from corral.states import Kind
 
@@ -76,6 +81,8 @@ class _Memory:
     facts: dict[Any, dict[str, Any]] = field(default_factory=dict)
     matches: dict[Any, set[str]] = field(default_factory=dict)
     fallback: dict[Any, dict[str, Any]] = field(default_factory=dict)
+    wake: dict[Any, float] = field(default_factory=dict)
+    wakeups: list[tuple[float, int, Any]] = field(default_factory=list)
 
 
 def _recorder(sink: list[tuple[str, Any]], rule: str) -> Callable[[Any], None]:
@@ -100,6 +107,7 @@ class RuleEngine:
         self.stats = EngineStats()
         self._lock = threading.Lock()
         self._sink: list[tuple[str, Any]] = []
+        self._seq = itertools.count()
         self._host = _QuietHost()
         self._memory: dict[Kind, _Memory] = {}
         definitions: dict[str, Any] = {}
@@ -136,47 +144,114 @@ class RuleEngine:
         out["sid"] = "0"
         return out
 
-    def evaluate(self, kind: Kind, facts: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
+    def evaluate(self, kind: Kind, facts: Iterable[dict[str, Any]], now: float | None = None) -> dict[str, list[Any]]:
         """Matching fact ids per policy name, for the full current set of `kind` facts.
 
-        Facts not passed this time are retracted: the caller always passes the whole
-        current picture, and the engine's memory follows it.
+        Facts not passed this time are retracted: the caller passes the whole current
+        picture, and the engine's memory follows it (sending only what changed).
         """
         memory = self._memory.get(kind)
         if memory is None:
             return {}
         with self._lock:
-            current: dict[Any, dict[str, Any]] = {}
-            for fact in facts:
-                current[fact["id"]] = self._engine_fact(memory, fact)
-            for ident in [i for i in memory.facts if i not in current]:
+            current = {fact["id"]: fact for fact in facts}
+            for ident in [i for i in (*memory.facts, *memory.fallback) if i not in current]:
+                self._put(memory, ident, None, now)
+            for ident, fact in current.items():
+                self._put(memory, ident, fact, now)
+            return self._result(memory)
+
+    def update(self, kind: Kind, changed: Mapping[Any, dict[str, Any] | None], now: float | None = None) -> None:
+        """Tell the engine about the entities whose facts may have changed (None: gone).
+
+        The daemon's incremental path: the engine keeps everything else as it was.
+        """
+        memory = self._memory.get(kind)
+        if memory is None:
+            return
+        with self._lock:
+            for ident, fact in changed.items():
+                self._put(memory, ident, fact, now)
+
+    def current(self, kind: Kind) -> dict[str, list[Any]]:
+        """The active matches of `kind`, per policy name."""
+        memory = self._memory.get(kind)
+        if memory is None:
+            return {}
+        with self._lock:
+            return self._result(memory)
+
+    def due(self, kind: Kind, now: float) -> set[Any]:
+        """Entities whose time-based conditions may have changed by `now`: re-send their facts."""
+        memory = self._memory.get(kind)
+        if memory is None:
+            return set()
+        out: set[Any] = set()
+        with self._lock:
+            heap = memory.wakeups
+            while heap and heap[0][0] <= now:
+                at, _, ident = heapq.heappop(heap)
+                if memory.wake.get(ident) == at:
+                    del memory.wake[ident]
+                    out.add(ident)
+        return out
+
+    def candidates(self, kind: Kind) -> int:
+        memory = self._memory.get(kind)
+        return len(memory.facts) + len(memory.fallback) if memory else 0
+
+    def _passes_gate(self, memory: _Memory, fact: dict[str, Any]) -> bool:
+        return any(all(holds(c, fact) for c in gate) for gate in memory.compiled.gates.values())
+
+    def _put(self, memory: _Memory, ident: Any, fact: dict[str, Any] | None, now: float | None) -> None:
+        if fact is None or not self._passes_gate(memory, fact):
+            memory.wake.pop(ident, None)
+            memory.fallback.pop(ident, None)
+            if ident in memory.facts:
                 self._retract(memory, ident)
-            for ident in [i for i in memory.fallback if i not in current]:
-                del memory.fallback[ident]
-            for ident, efact in current.items():
-                old = memory.facts.get(ident)
-                if old is not None:
-                    if old == efact:
-                        self.stats.unchanged += 1
-                        continue
-                    self._retract(memory, ident)
-                elif ident in memory.fallback:
-                    memory.fallback[ident] = efact
-                    continue
-                if not engine_can_read(efact):
-                    self.stats.unreadable += 1
-                    memory.fallback[ident] = efact
-                    continue
-                self._assert(memory, ident, efact)
-            result: dict[str, list[Any]] = {name: [] for name in memory.compiled.rules}
-            for ident, names in memory.matches.items():
-                for name in names:
+            return
+        efact = self._engine_fact(memory, fact)
+        if now is not None:
+            self._schedule(memory, ident, fact, now)
+        old = memory.facts.get(ident)
+        if old is not None:
+            if old == efact:
+                self.stats.unchanged += 1
+                return
+            self._retract(memory, ident)
+        elif ident in memory.fallback:
+            memory.fallback[ident] = efact
+            return
+        if not engine_can_read(efact):
+            self.stats.unreadable += 1
+            memory.fallback[ident] = efact
+            return
+        self._assert(memory, ident, efact)
+
+    def _schedule(self, memory: _Memory, ident: Any, fact: dict[str, Any], now: float) -> None:
+        """Remember when a time-based probe of this fact may flip next."""
+        soonest: float | None = None
+        for probe in memory.compiled.timed:
+            assert isinstance(probe.cond, Cmp)
+            at = next_flip(probe.cond, get_path(fact, probe.cond.path), now)
+            if at is not None and (soonest is None or at < soonest):
+                soonest = at
+        if soonest is None:
+            memory.wake.pop(ident, None)
+        elif memory.wake.get(ident) != soonest:
+            memory.wake[ident] = soonest
+            heapq.heappush(memory.wakeups, (soonest, next(self._seq), ident))
+
+    def _result(self, memory: _Memory) -> dict[str, list[Any]]:
+        result: dict[str, list[Any]] = {name: [] for name in memory.compiled.rules}
+        for ident, names in memory.matches.items():
+            for name in names:
+                result[name].append(ident)
+        for ident, efact in memory.fallback.items():
+            for name in memory.compiled.rules:
+                if holds(self.policies[name].when, efact):
                     result[name].append(ident)
-            for ident, efact in memory.fallback.items():
-                for name in memory.compiled.rules:
-                    if holds(self.policies[name].when, _restore(efact)):
-                        result[name].append(ident)
-            return result
+        return result
 
     def _assert(self, memory: _Memory, ident: Any, efact: dict[str, Any]) -> None:
         self._sink.clear()
@@ -206,8 +281,3 @@ class RuleEngine:
         except Exception as err:
             raise EngineError(f"durable_rules could not retract the {memory.compiled.kind} fact {ident!r}: {err}") from err
         self.stats.retracted += 1
-
-
-def _restore(efact: dict[str, Any]) -> dict[str, Any]:
-    """An engine fact is a narrowed fact plus probes; the conditions read the same paths."""
-    return efact

@@ -13,7 +13,14 @@ hold them to the reference meaning in `corral.policy.operators`:
   computes in Python before asserting the fact, and the rule tests the probe; so
   does a number the engine cannot parse (1e-05, inf), and a whole condition with
   more `$and`/`$or` groups than the engine accepts in one rule (see MAX_GROUPS);
-- `in` / `not_in`: the engine rejects `$in`, so they become `$or` / `$and` chains.
+- `in` / `not_in`: the engine rejects `$in`, so they become `$or` / `$and` chains;
+- durations (`time_in_state >= 10m`): the value changes every second, so a fact
+  holding it would have to be re-asserted every cycle.  Each duration comparison is
+  a probe instead; the adapter re-checks it when it is due to flip (`Probe.wake`),
+  and the fact the engine holds changes only when something really changed.
+Each policy also gets a *gate*: its top-level comparisons that do not depend on
+time.  An entity failing every gate of its kind cannot match, so it is not sent to
+the engine at all (most frames of a farm are not failed, most jobs not blocked).
 Every pattern also tests a marker field: the engine matches rules against its own
 session-state object too, and a rule with no marker would fire on it (and loop).
 """
@@ -24,6 +31,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.facts import FIELDS
 from corral.policy.model import All, AnyOf, Cmp, Cond, Not, Policy
 from corral.policy.operators import OPERATORS
 from corral.states import Kind
@@ -45,12 +53,44 @@ class Probe:
 
 @dataclass
 class CompiledKind:
-    """The ruleset of one kind: rule patterns by policy name, and the probes they use."""
+    """The ruleset of one kind: rule patterns by policy name, the probes they use,
+    and each policy's gate (top-level, time-independent comparisons)."""
 
     kind: Kind
     rules: dict[str, dict[str, Any]] = field(default_factory=dict)
     probes: list[Probe] = field(default_factory=list)
     paths: set[str] = field(default_factory=set)
+    gates: dict[str, tuple[Cmp, ...]] = field(default_factory=dict)
+
+    @property
+    def timed(self) -> list[Probe]:
+        """Probes over durations: they can flip as time passes."""
+        return [p for p in self.probes if isinstance(p.cond, Cmp) and _is_duration(self.kind, p.cond.path)]
+
+
+def _is_duration(kind: Kind, path: str) -> bool:
+    spec = FIELDS[kind].get(path)
+    return spec is not None and spec.type == "duration"
+
+
+def gate_of(kind: Kind, when: Cond) -> tuple[Cmp, ...]:
+    """The top-level comparisons of a condition that do not depend on time: every match passes them."""
+    items = when.items if isinstance(when, All) else (when,)
+    return tuple(c for c in items if isinstance(c, Cmp) and not _is_duration(kind, c.path))
+
+
+def next_flip(cmp: Cmp, value: Any, now: float) -> float | None:
+    """When a duration comparison that reads `value` seconds at `now` may change its
+    answer as time passes (None: never, while the underlying time stays put)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    k = cmp.value
+    if cmp.op in ("gte", "gt", "lt", "lte"):
+        return now + (k - value) + (0.001 if cmp.op in ("gt", "lte") else 0.0) if value <= k else None
+    if cmp.op in ("in", "not_in", "eq", "ne"):
+        targets = [v for v in (k if isinstance(k, tuple) else (k,)) if v >= value]
+        return now + (min(targets) - value) if targets else None
+    return None
 
 
 def glob_to_lua(pattern: str) -> str:
@@ -122,6 +162,7 @@ def engine_can_read(value: Any) -> bool:
 class _Compiler:
     def __init__(self, out: CompiledKind) -> None:
         self.out = out
+        self.kind = out.kind
 
     def probe(self, cond: Cond) -> str:
         for p in self.out.probes:
@@ -156,7 +197,7 @@ class _Compiler:
     def cmp(self, cmp: Cmp, negated: bool) -> dict[str, Any]:
         self.out.paths.add(cmp.path)
         path, value = cmp.path, cmp.value
-        if _needs_probe(cmp, negated):
+        if _needs_probe(cmp, negated) or _is_duration(self.kind, cmp.path):
             return {self.probe(cmp): not negated}
         if cmp.op == "exists":
             return {("$ex" if value != negated else "$nex"): {path: 1}}
@@ -198,6 +239,7 @@ def compile_kind(kind: Kind, policies: list[Policy]) -> CompiledKind:
         if policy.kind is not kind:
             continue
         out.rules[policy.name] = compiler.rule(policy.when)
+        out.gates[policy.name] = gate_of(kind, policy.when)
     return out
 
 
