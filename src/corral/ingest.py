@@ -26,7 +26,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 
 if TYPE_CHECKING:
     from corral.store.events import EventResult
@@ -105,11 +114,15 @@ ExitCode = Annotated[int, Field(ge=-(2**31), le=MAX_INT)]
 FrameList = Annotated[
     list[FrameNo],
     BeforeValidator(_frames),
-    Field(
-        min_length=1,
-        description="frame numbers: a string of ranges and numbers ('1-100', '1-10,20,30-40') or a list of integers",
-        json_schema_extra={"anyOf": [{"type": "string", "pattern": r"^\s*\d+\s*(-\s*\d+\s*)?(,\s*\d+\s*(-\s*\d+\s*)?)*$"},
-                                     {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}]},
+    Field(min_length=1),
+    WithJsonSchema(
+        {
+            "description": "frame numbers: ranges and numbers in a string ('1-100', '1-10,20,30-40') or a list of integers",
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*\d+\s*(-\s*\d+\s*)?(,\s*\d+\s*(-\s*\d+\s*)?)*$"},
+                {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": MAX_INT}, "minItems": 1},
+            ],
+        }
     ),
 ]
 

@@ -82,29 +82,32 @@ def apply_events(
     `applied_events` in the same savepoint, and an id found there is skipped.
     """
     clock = now or utcnow
-    seen = _applied_ids(conn, [e.id for _, e in items]) if record else set()
+    seen = _applied_ids(conn, [e.id for _, e in items]) if record else {}
     out: list[EventResult | BadLine] = []
     for line, event in items:
         if record and event.id in seen:
-            out.append(EventResult(line, event.id, event.type, skipped=True, what="already applied"))
+            out.append(EventResult(line, event.id, event.type, True, seen[event.id], "already applied"))
             continue
         stamp = clock()
         savepoint = conn.begin_nested()
         try:
+            result = apply_event(conn, event, now=stamp, line=line, actor=actor)
             if record:
                 conn.execute(
-                    insert(table("applied_events")).values(id=event.id, type=event.type, at=event.at, applied_at=stamp)
+                    insert(table("applied_events")).values(
+                        id=event.id, type=event.type, job_id=result.job_id, at=event.at, applied_at=stamp
+                    )
                 )
-            result = apply_event(conn, event, now=stamp, line=line, actor=actor)
-        except EventRejected as err:
+        except (EventRejected, IntegrityError) as err:
             savepoint.rollback()
-            out.append(BadLine(line, f"{event.type}: {err}", event.id))
-            continue
-        except IntegrityError as err:
-            savepoint.rollback()
-            if record and _applied_ids(conn, [event.id]):  # a concurrent ingest applied it first
-                seen.add(event.id)
-                out.append(EventResult(line, event.id, event.type, skipped=True, what="already applied"))
+            # A concurrent ingest of the same stream may have applied it first (it held the
+            # rows we waited for): then it is a replay, not a bad line.
+            again = _applied_ids(conn, [event.id]) if record else {}
+            if event.id in again:
+                seen.update(again)
+                out.append(EventResult(line, event.id, event.type, True, again[event.id], "already applied"))
+            elif isinstance(err, EventRejected):
+                out.append(BadLine(line, f"{event.type}: {err}", event.id))
             else:
                 out.append(BadLine(line, f"{event.type}: refused by the database: {err.orig}", event.id))
             continue
@@ -114,17 +117,18 @@ def apply_events(
             continue
         savepoint.commit()
         if record:
-            seen.add(event.id)
+            seen[event.id] = result.job_id
         out.append(result)
     return out
 
 
-def _applied_ids(conn: Connection, ids: list[str]) -> set[str]:
+def _applied_ids(conn: Connection, ids: list[str]) -> dict[str, int | None]:
+    """Which of `ids` were applied before, each with the job it was about."""
     t = table("applied_events")
-    found: set[str] = set()
+    found: dict[str, int | None] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        found.update(conn.execute(select(t.c.id).where(t.c.id.in_(chunk))).scalars())
+        found.update({r.id: r.job_id for r in conn.execute(select(t.c.id, t.c.job_id).where(t.c.id.in_(chunk)))})
     return found
 
 

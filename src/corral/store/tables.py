@@ -231,6 +231,7 @@ class AppliedEventRow(SQLModel, table=True):
 
     id: str = Field(primary_key=True, sa_type=String(255))
     type: str = Field(sa_type=String(32))
+    job_id: int | None = None
     at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     applied_at: datetime = Field(sa_type=UTCDateTime)
 

@@ -23,6 +23,7 @@ def upgrade() -> None:
         "applied_events",
         sa.Column("id", sa.String(255), nullable=False),
         sa.Column("type", sa.String(32), nullable=False),
+        sa.Column("job_id", sa.Integer(), nullable=True),
         sa.Column("at", UTCDateTime(), nullable=True),
         sa.Column("applied_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
