@@ -22,9 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
-from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy import BindParameter, Exists, Select, and_, bindparam, exists, func, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import DataError, IntegrityError
 
@@ -242,6 +243,28 @@ def submit_job(conn: Connection, spec: JobSpec, *, at: datetime, now: datetime, 
 # --- frames, instances, workers ------------------------------------------------------
 
 
+@cache
+def _by_key(name: str) -> Select[Any]:
+    """`SELECT * FROM name WHERE <primary key> = :<column> FOR UPDATE`, built once."""
+    t = table(name)
+    return select(t).where(and_(*(c == bindparam(c.name) for c in t.primary_key.columns))).with_for_update()
+
+
+@cache
+def _states_query() -> Select[Any]:
+    """Which frame and instance states occur in job `:job_id`, and whether a frame was retried.
+
+    Which states occur (not how often) is all `derive_job_state` needs: one EXISTS per
+    state, each an index seek on (job_id, state), whatever the number of frames.
+    """
+    f, i = table("frames"), table("instances")
+    job_id: BindParameter[int] = bindparam("job_id")
+    probes: list[Exists] = [exists().where(and_(f.c.job_id == job_id, f.c.state == s.value)) for s in FrameState]
+    probes += [exists().where(and_(i.c.job_id == job_id, i.c.state == s.value)) for s in InstanceState]
+    probes.append(exists().where(and_(f.c.job_id == job_id, f.c.retries > 0)))
+    return cast("Select[Any]", select(*probes))
+
+
 class _Writer:
     """Row-level reads (locked) and writes (version bumped) for one event."""
 
@@ -250,27 +273,23 @@ class _Writer:
 
     # reading, locked for the rest of the transaction
 
-    def _one(self, name: str, *where: Any) -> RowMapping | None:
-        t = table(name)
-        query = select(t).where(and_(*where)).with_for_update()
-        row = self.conn.execute(query).mappings().first()
-        return row
+    def _one(self, table_name: str, /, **key: Any) -> RowMapping | None:
+        return self.conn.execute(_by_key(table_name), key).mappings().first()
 
     def job(self, job_id: int) -> RowMapping:
-        row = self._one("jobs", table("jobs").c.id == job_id)
+        row = self._one("jobs", id=job_id)
         if row is None:
             raise EventRejected(f"no job {job_id} (submit it first: job_submitted)")
         return row
 
     def frame(self, job_id: int, number: int) -> RowMapping:
-        f = table("frames")
-        row = self._one("frames", f.c.job_id == job_id, f.c.number == number)
+        row = self._one("frames", job_id=job_id, number=number)
         if row is None:
             raise EventRejected(f"job {job_id} has no frame {number}")
         return row
 
     def instance(self, ident: str) -> RowMapping | None:
-        return self._one("instances", table("instances").c.id == ident)
+        return self._one("instances", id=ident)
 
     # writing
 
@@ -290,7 +309,7 @@ class _Writer:
     def ensure_worker(self, host: str, at: datetime, *, up: bool) -> None:
         """A host the supervisor mentions exists; one that runs work is up (a locked one stays locked)."""
         t = table("workers")
-        row = self._one("workers", t.c.name == host)
+        row = self._one("workers", name=host)
         want = WorkerState.UP if up else WorkerState.DOWN
         if row is None:
             self.conn.execute(
@@ -327,13 +346,11 @@ class _Writer:
 
     def rederive(self, job: RowMapping, at: datetime) -> tuple[int, str, str] | None:
         """Set the job's state from its frames and instances (holds win); the change, if any."""
-        f, i = table("frames"), table("instances")
         job_id = job["id"]
-        frame_states = self.conn.execute(select(f.c.state).where(f.c.job_id == job_id).distinct()).scalars().all()
-        inst_states = self.conn.execute(select(i.c.state).where(i.c.job_id == job_id).distinct()).scalars().all()
-        retried = job["retries"] > 0 or bool(
-            self.conn.execute(select(exists().where(and_(f.c.job_id == job_id, f.c.retries > 0)))).scalar()
-        )
+        found = list(self.conn.execute(_states_query(), {"job_id": job_id}).one())
+        frame_states = [s.value for s, hit in zip(FrameState, found, strict=False) if hit]
+        inst_states = [s.value for s, hit in zip(InstanceState, found[len(FrameState) :], strict=False) if hit]
+        retried = job["retries"] > 0 or bool(found[-1])
         new = derive_job_state(Hold(job["hold"]), frame_states, inst_states, retried).value
         if new == job["state"]:
             return None
