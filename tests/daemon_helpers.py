@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -72,8 +73,6 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL, timeout: floa
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
     """Kill a daemon and its engine child (both in its own session)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(10)

@@ -30,7 +30,7 @@ JOBS = 500  # applying 500 blocks takes ~0.25 s on SQLite (PostgreSQL: longer): 
 PG_JOBS = 300
 
 
-def _check_consistent(url: str, jobs: int) -> tuple[int, set[str]]:
+def _check_consistent(url: str, jobs: int) -> tuple[int, set[str | None]]:
     """Each cycle all-or-nothing, states and versions match the log; returns (applied, cycles)."""
     with Store.open(url) as store:
         log = [t for t in store.transitions() if t.actor == "corral"]

@@ -6,11 +6,11 @@ import signal
 from pathlib import Path
 
 import pytest
-from daemon_helpers import corral, kill_group, load, log_has, pending_farm, stop, wait_for, write_rules
 
 from corral.daemon.leader import AdvisoryLock, FileLock, NoLock, leadership_for
 from corral.store import Store
 from corral.store.engine import normalise_url
+from daemon_helpers import corral, kill_group, load, log_has, pending_farm, stop, wait_for, write_rules
 
 
 def test_the_lock_fits_the_store(tmp_path: Path) -> None:

@@ -73,21 +73,29 @@ class ScheduleTracker:
         return self._next.get(name)
 
     def due(self, now: datetime) -> set[str]:
-        """The scheduled policies whose fire time has come (and is not older than the grace)."""
+        """The scheduled policies whose fire time has come (missed fires coalesce into the latest one)."""
         out: set[str] = set()
-        for name, at in self._next.items():
+        for name, at in list(self._next.items()):
             if at is None or at > now:
                 continue
-            if now - at > self.grace:
-                missed = at
+            latest = self._latest(name, at, now)
+            if now - latest > self.grace:
                 self._next[name] = self._advance(name, now)
                 log.warning("policy %s missed its fire time %s by more than %s; next at %s",
-                            name, missed.isoformat(), self.grace, self._next[name])
-                nxt = self._next[name]
-                if nxt is None or nxt > now:
-                    continue
+                            name, latest.isoformat(), self.grace, self._next[name])
+                continue
             out.add(name)
         return out
+
+    def _latest(self, name: str, at: datetime, now: datetime) -> datetime:
+        """The last fire time at or before `now`, starting from the pending one `at`."""
+        trigger = self._triggers[name]
+        for _ in range(100_000):
+            nxt: datetime | None = trigger.get_next_fire_time(at, at + timedelta(microseconds=1))
+            if nxt is None or nxt > now:
+                break
+            at = nxt
+        return at
 
     def fired(self, names: Iterable[str], now: datetime) -> dict[str, datetime]:
         """Mark fires acted on by a good cycle at `now`; returns the fire times to store."""
