@@ -196,6 +196,31 @@ class RuleEngine:
                     out.add(ident)
         return out
 
+    def known(self, kind: Kind) -> set[Any]:
+        """Ids the engine holds for `kind` (to drop the ones that vanished on a full re-read)."""
+        memory = self._memory.get(kind)
+        return set(memory.facts) | set(memory.fallback) if memory else set()
+
+    def state_filter(self, kind: Kind) -> frozenset[str] | None:
+        """The states an entity must be in to pass some gate (None: any state may).
+
+        Lets the caller skip building the facts of, say, every complete frame.
+        """
+        memory = self._memory.get(kind)
+        if memory is None:
+            return frozenset()
+        allowed: set[str] = set()
+        for gate in memory.compiled.gates.values():
+            states = [c for c in gate if c.path == "state" and c.op in ("eq", "in")]
+            if not states:
+                return None
+            found: set[str] | None = None
+            for c in states:
+                values = set(c.value) if c.op == "in" else {c.value}
+                found = values if found is None else found & values
+            allowed |= found or set()
+        return frozenset(allowed)
+
     def candidates(self, kind: Kind) -> int:
         memory = self._memory.get(kind)
         return len(memory.facts) + len(memory.fallback) if memory else 0

@@ -230,6 +230,7 @@ class Aggregates:
     def run(self, job_id: int, run: FrameRun) -> None:
         """Record one finished attempt (append-only)."""
         self.seq += 1
+        seq = run.id if run.id is not None else self.seq
         ok = run.state == FrameState.COMPLETE
         failed = run.state == FrameState.FAILED
         when = _ts(run.finished_at)
@@ -240,10 +241,10 @@ class Aggregates:
             elif ok:
                 self.job_host_ok[(job_id, run.host)] += 1
             if ok or failed:
-                self.host_tail[run.host].add(when, self.seq, ok, job_id)
-                insort(self.host_recent[run.host], (when, self.seq, ok))
+                self.host_tail[run.host].add(when, seq, ok, job_id)
+                insort(self.host_recent[run.host], (when, seq, ok))
         if run.instance and (ok or failed):
-            self.inst_tail[run.instance].add(when, self.seq, ok, job_id)
+            self.inst_tail[run.instance].add(when, seq, ok, job_id)
             if ok:
                 self.inst_ok[run.instance] += 1
             else:

@@ -49,6 +49,9 @@ class FrameRun:
     exit_code: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: The order it was recorded in (the store's row id), which breaks ties between runs
+    #: that finished at the same instant; None for runs written in a snapshot.
+    id: int | None = field(default=None, compare=False)
 
 
 @dataclass

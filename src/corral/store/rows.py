@@ -6,14 +6,15 @@ ORM identity map): this is the hot path of every policy cycle.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from corral.facts import frame_runs
 from corral.farm import Entity, Farm, Frame, FrameRun, Instance, Job, Worker
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind, WorkerState
 from corral.store.tables import table
@@ -71,6 +72,20 @@ def values_of(kind: Kind, source: Entity | dict[str, Any]) -> dict[str, Any]:
     return {name: plain(data[name]) for name in FIELDS[kind]}
 
 
+def timestamp_parser(dialect: str) -> Callable[[Any], datetime | None]:
+    """Raw driver timestamps to aware UTC datetimes (SQLite gives text, PostgreSQL datetimes)."""
+    if dialect == "sqlite":
+        def parse(value: Any) -> datetime | None:
+            return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+    else:
+        def parse(value: Any) -> datetime | None:
+            if value is None:
+                return None
+            stamp: datetime = value
+            return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+    return parse
+
+
 def read_farm(conn: Connection) -> Farm:
     """The whole farm as stored, each entity with the version it was read at."""
     jobs: dict[int, Job] = {}
@@ -102,34 +117,25 @@ def read_farm(conn: Connection) -> Farm:
             state_since=r.state_since,
             version=r.version,
         )
-    fr = table("frames")
-    for r in conn.execute(select(fr).order_by(fr.c.job_id, fr.c.number)):
-        jobs[r.job_id].frames[r.number] = Frame(
-            job_id=r.job_id,
-            number=r.number,
-            state=FrameState(r.state),
-            host=r.host,
-            instance=r.instance,
-            attempts=r.attempts,
-            retries=r.retries,
-            exit_code=r.exit_code,
-            started_at=r.started_at,
-            finished_at=r.finished_at,
-            state_since=r.state_since,
-            version=r.version,
+    # Frames and runs are most of the farm: read them at the driver level, with the
+    # timestamps parsed by one fast function instead of a result processor per value.
+    ts = timestamp_parser(conn.dialect.name)
+    states = {s.value: s for s in FrameState}
+    frames_sql = (
+        "SELECT job_id, number, state, host, instance, attempts, retries, exit_code, started_at, finished_at, "
+        "state_since, version FROM frames ORDER BY job_id, number"
+    )
+    job, job_frames = None, None
+    for j, n, st, host, inst_id, attempts, retries, code, started, finished, since, version in conn.exec_driver_sql(frames_sql):
+        if j != job:
+            job, job_frames = j, jobs[j].frames
+        job_frames[n] = Frame(  # type: ignore[index]
+            j, n, states[st], host, inst_id, attempts, retries, code, ts(started), ts(finished), ts(since),
+            version=version,
         )
-    runs = table("frame_runs")
-    for r in conn.execute(select(runs).order_by(runs.c.id)):
-        jobs[r.job_id].frames[r.number].runs.append(
-            FrameRun(
-                host=r.host,
-                instance=r.instance,
-                state=FrameState(r.state),
-                exit_code=r.exit_code,
-                started_at=r.started_at,
-                finished_at=r.finished_at,
-            )
-        )
+    runs_sql = "SELECT id, job_id, number, host, instance, state, exit_code, started_at, finished_at FROM frame_runs ORDER BY id"
+    for run_id, j, n, host, inst_id, st, code, started, finished in conn.exec_driver_sql(runs_sql):
+        jobs[j].frames[n].runs.append(FrameRun(host, inst_id, states[st], code, ts(started), ts(finished), run_id))
     fdep = table("frame_dependencies")
     for r in conn.execute(select(fdep).order_by(fdep.c.job_id, fdep.c.number, fdep.c.position)):
         jobs[r.job_id].frames[r.number].depends_on.append((r.depends_job, r.depends_number))
@@ -162,7 +168,7 @@ def farm_rows(farm: Farm, now: datetime) -> Iterator[tuple[str, list[dict[str, A
                 "finished_at": r.finished_at,
             }
             for f in frames
-            for r in f.runs
+            for r in frame_runs(f)  # a frame with no history counts its result as its one run: store it
         ],
     )
     yield "job_dependencies", [{"job_id": j.id, "depends_on": d, "position": n} for j in jobs for n, d in enumerate(j.depends_on)]

@@ -18,8 +18,9 @@ from sqlalchemy.engine import URL, Connection
 
 from corral.farm import Farm, utcnow
 from corral.states import Kind
-from corral.store import migrate
+from corral.store import changes, migrate
 from corral.store.apply import ApplyReport, Proposal, apply_transitions
+from corral.store.changes import FarmChanges, Mark
 from corral.store.engine import WRITE, describe, make_engine, normalise_url
 from corral.store.rows import farm_rows, read_farm
 from corral.store.tables import TABLE_ORDER, as_utc, table
@@ -134,6 +135,37 @@ class Store:
         with self._read() as conn:
             return read_farm(conn)
 
+    def read_farm_marked(self) -> tuple[Farm, Mark]:
+        """The whole farm and the mark to read changes since (see `corral.store.changes`)."""
+        with self._marked() as conn:
+            mark = changes.take_mark(conn)
+            farm = read_farm(conn)
+            changes.seal(conn, mark)
+            return farm, mark
+
+    def read_changes(self, since: Mark) -> tuple[FarmChanges | None, Mark]:
+        """Rows changed since `since`, and the next mark; None when farm rows were deleted
+        since (the caller must read the whole farm again)."""
+        with self._marked() as conn:
+            mark = changes.take_mark(conn)
+            if mark.generation != since.generation:
+                return None, mark
+            found = changes.read_changes(conn, since)
+            changes.seal(conn, mark)
+            return found, mark
+
+    @contextmanager
+    def _marked(self) -> Iterator[Connection]:
+        """A snapshot to read changes in: repeatable read on PostgreSQL; on SQLite a
+        transaction holding the write lock, so the counter and the rows agree."""
+        if self.engine.dialect.name == "postgresql":
+            with self._read() as conn:
+                yield conn
+        else:
+            self.check()
+            with self._write() as conn:
+                yield conn
+
     def load_farm(self, farm: Farm, *, replace: bool) -> None:
         """Write a whole farm (a snapshot) in one transaction.
 
@@ -151,8 +183,12 @@ class Store:
                 self._refuse_clashes(conn, farm)
                 known = set(conn.execute(select(table("workers").c.name)).scalars())
                 farm = Farm(jobs=farm.jobs, workers={n: w for n, w in farm.workers.items() if n not in known})
+            stamp = changes.current_stamp(conn)
             for name, rows in farm_rows(farm, now):
                 if rows:
+                    if name in changes.TRACKED:
+                        for row in rows:
+                            row["rev"] = stamp  # stamped here, not later by a reader (see corral.store.changes)
                     conn.execute(insert(table(name)), rows)
 
     @staticmethod

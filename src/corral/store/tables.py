@@ -76,6 +76,7 @@ class JobRow(SQLModel, table=True):
     last_retry_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     version: int = 0
     updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    rev: int | None = Field(default=None, sa_type=BigInteger, index=True)  # stamped by triggers (migration 0003)
 
 
 class FrameRow(SQLModel, table=True):
@@ -99,6 +100,7 @@ class FrameRow(SQLModel, table=True):
     state_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
     version: int = 0
     updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    rev: int | None = Field(default=None, sa_type=BigInteger, index=True)  # stamped by triggers (migration 0003)
 
 
 class FrameRunRow(SQLModel, table=True):
@@ -120,6 +122,7 @@ class FrameRunRow(SQLModel, table=True):
     exit_code: int | None = None
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    rev: int | None = Field(default=None, sa_type=BigInteger, index=True)  # stamped by triggers (migration 0003)
 
 
 class InstanceRow(SQLModel, table=True):
@@ -136,6 +139,7 @@ class InstanceRow(SQLModel, table=True):
     state_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
     version: int = 0
     updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    rev: int | None = Field(default=None, sa_type=BigInteger, index=True)  # stamped by triggers (migration 0003)
 
 
 class WorkerRow(SQLModel, table=True):
@@ -146,6 +150,7 @@ class WorkerRow(SQLModel, table=True):
     state_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
     version: int = 0
     updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    rev: int | None = Field(default=None, sa_type=BigInteger, index=True)  # stamped by triggers (migration 0003)
 
 
 class JobDependencyRow(SQLModel, table=True):
@@ -160,6 +165,7 @@ class JobDependencyRow(SQLModel, table=True):
     job_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     depends_on: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     position: int = 0
+    rev: int | None = Field(default=None, sa_type=BigInteger, index=True)  # stamped by triggers (migration 0003)
 
 
 class FrameDependencyRow(SQLModel, table=True):

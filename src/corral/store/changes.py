@@ -1,0 +1,132 @@
+"""Reading only what changed: the daemon's steady-state read.
+
+Migration 0003 has the database stamp a `rev` on every farm row it inserts or
+updates (see its docstring for why the stamps are safe on both databases).  A reader
+takes a `Mark` with each read; the next read asks for `rev >= mark`.  Rows written by
+transactions that were still open at the last read are read again, which is harmless:
+applying a row twice gives the same farm.  A change of `generation` (farm rows were
+deleted) means the caller must read the whole farm again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import or_, select, text, update
+from sqlalchemy.engine import Connection
+
+from corral.farm import Frame, FrameRun, Instance, Job, Worker
+from corral.states import FrameState, Hold, InstanceState, JobState, WorkerState
+from corral.store.tables import table
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Where the previous read stood: the deletion generation and the change stamp."""
+
+    generation: int
+    value: int
+
+
+@dataclass
+class FarmChanges:
+    """Rows changed since a mark, as entities (frames without runs, jobs without children)."""
+
+    jobs: list[Job] = field(default_factory=list)
+    frames: list[Frame] = field(default_factory=list)
+    instances: list[Instance] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
+    runs: list[tuple[int, int, int, FrameRun]] = field(default_factory=list)  # (run id, job, frame, run)
+    depends_on: dict[int, list[int]] = field(default_factory=dict)  # job -> its whole new list
+
+    def __len__(self) -> int:
+        return (len(self.jobs) + len(self.frames) + len(self.instances) + len(self.workers)
+                + len(self.runs) + len(self.depends_on))
+
+
+def take_mark(conn: Connection) -> Mark:
+    """The mark for a read made in `conn`'s transaction (call it before reading rows).
+
+    PostgreSQL: the oldest transaction still running when our snapshot was taken;
+    everything older is in the snapshot.  SQLite: `conn` holds the write lock (BEGIN
+    IMMEDIATE), so no writer runs during the read; the counter moves on now, so rows
+    written after this read carry a higher stamp than every row it sees.
+    """
+    row = conn.execute(text("SELECT generation, value FROM revision WHERE id = 1")).one()
+    if conn.dialect.name == "postgresql":
+        xmin = conn.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")).scalar_one()
+        return Mark(int(row.generation), int(xmin))
+    return Mark(int(row.generation), int(row.value) + 1)
+
+
+TRACKED = ("jobs", "frames", "instances", "workers", "frame_runs", "job_dependencies")
+
+
+def seal(conn: Connection, mark: Mark) -> None:
+    """SQLite, after reading under the write lock: stamp the rows inserted since the
+    last read (so they are not read again) and move the counter to `mark`."""
+    if conn.dialect.name == "postgresql":
+        return
+    for name in TRACKED:
+        t = table(name)
+        conn.execute(update(t).where(t.c.rev.is_(None)).values(rev=mark.value - 1))
+    rev = table("revision")
+    conn.execute(update(rev).where(rev.c.id == 1).values(value=mark.value))
+
+
+def current_stamp(conn: Connection) -> int:
+    """The stamp a row written now would get (for bulk inserts that stamp themselves)."""
+    return int(conn.execute(text("SELECT value FROM revision WHERE id = 1")).scalar_one())
+
+
+def generation(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT generation FROM revision WHERE id = 1")).scalar_one())
+
+
+def _changed(t: Any, since: Mark) -> Any:
+    return or_(t.c.rev >= since.value, t.c.rev.is_(None))
+
+
+def read_changes(conn: Connection, since: Mark) -> FarmChanges:
+    """Every farm row stamped at or after `since`, or not stamped yet (Core selects on the `rev` indexes)."""
+    out = FarmChanges()
+    jobs, fr, inst, wk, runs, deps = (table(n) for n in (
+        "jobs", "frames", "instances", "workers", "frame_runs", "job_dependencies"))
+    for r in conn.execute(select(jobs).where(_changed(jobs, since))):
+        out.jobs.append(Job(
+            id=r.id, name=r.name, priority=r.priority, state=JobState(r.state), hold=Hold(r.hold),
+            blocked_by=r.blocked_by, retry_limit=r.retry_limit, retries=r.retries, submitted_at=r.submitted_at,
+            state_since=r.state_since, last_retry_at=r.last_retry_at, version=r.version,
+        ))
+    for r in conn.execute(select(fr).where(_changed(fr, since))):
+        out.frames.append(Frame(
+            job_id=r.job_id, number=r.number, state=FrameState(r.state), host=r.host, instance=r.instance,
+            attempts=r.attempts, retries=r.retries, exit_code=r.exit_code, started_at=r.started_at,
+            finished_at=r.finished_at, state_since=r.state_since, version=r.version,
+        ))
+    for r in conn.execute(select(inst).where(_changed(inst, since))):
+        out.instances.append(Instance(
+            id=r.id, job_id=r.job_id, host=r.host, state=InstanceState(r.state), state_since=r.state_since,
+            version=r.version,
+        ))
+    for r in conn.execute(select(wk).where(_changed(wk, since))):
+        out.workers.append(Worker(name=r.name, state=WorkerState(r.state), state_since=r.state_since, version=r.version))
+    for r in conn.execute(select(runs).where(_changed(runs, since)).order_by(runs.c.id)):
+        out.runs.append((r.id, r.job_id, r.number, FrameRun(
+            host=r.host, instance=r.instance, state=FrameState(r.state), exit_code=r.exit_code,
+            started_at=r.started_at, finished_at=r.finished_at, id=r.id,
+        )))
+    changed = sorted({r.job_id for r in conn.execute(select(deps.c.job_id).where(_changed(deps, since)))})
+    if changed:
+        for job_id in changed:
+            out.depends_on[job_id] = []
+        query = select(deps.c.job_id, deps.c.depends_on).where(deps.c.job_id.in_(changed)).order_by(
+            deps.c.job_id, deps.c.position)
+        for r in conn.execute(query):
+            out.depends_on[r.job_id].append(r.depends_on)
+    return out
+
+
+def max_run_id(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM frame_runs")).scalar_one())
