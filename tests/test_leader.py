@@ -36,7 +36,7 @@ def test_an_advisory_lock_excludes_a_second_session_and_dies_with_its_connection
         assert not second.acquire()
         first._conn.close()  # the session ends as if the daemon died: the server releases the lock
         assert not first.check()
-        assert second.acquire()
+        wait_for(second.acquire, 10, what="the server to end the session (asynchronous) and free the lock")
     finally:
         first.release()
         second.release()
