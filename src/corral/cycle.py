@@ -12,9 +12,10 @@ import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from corral.evaluate import Evaluator, Match, ReferenceEvaluator, find_matches
+from corral.evaluate import Evaluator, LazyFact, Match, ReferenceEvaluator, find_matches
 from corral.facts import FactBuilder
 from corral.farm import Farm, utcnow
 from corral.live import Dirty, LiveFarm
@@ -52,11 +53,16 @@ class PolicySet:
         #: The farm kept in memory between cycles (incremental evaluators only).
         self.live: LiveFarm | None = None
         self.cycles_since_full = 0
+        self.engine_starts = 0
 
     @property
     def incremental(self) -> bool:
         """Whether the evaluator keeps its own memory (update/current/due) between cycles."""
-        return all(hasattr(self.evaluator, name) for name in ("update", "current", "due", "known", "state_filter"))
+        evaluator = self.evaluator
+        declared = getattr(evaluator, "incremental", None)
+        if declared is not None:
+            return bool(declared)
+        return all(hasattr(evaluator, name) for name in ("update", "current", "due", "known", "state_filter"))
 
     @property
     def evaluator(self) -> Evaluator:
@@ -134,7 +140,7 @@ def plan_live(
             policy = by_name.get(name)
             if policy is None or (due is not None and name not in due):
                 continue
-            matches.extend(Match(policy, kind, str(i), builder.fact(kind, str(i))) for i in ids)
+            matches.extend(Match(policy, kind, str(i), LazyFact(partial(builder.fact, kind, str(i)))) for i in ids)
     plan = make_plan(farm, matches, now=now, last_actions=last_actions)
     return plan, matches
 
@@ -148,6 +154,11 @@ def refresh(store: Store, policy_set: PolicySet) -> tuple[LiveFarm, Dirty, bool]
     """Bring the policy set's live farm up to date: a whole read the first time (or after
     rows were deleted, or every FULL_READ_EVERY cycles), else only the changed rows."""
     live = policy_set.live
+    engine: Any = policy_set.evaluator
+    engine.known(Kind.JOB)  # an isolated engine (re)starts here if it has to
+    starts = getattr(engine, "starts", 0)
+    if starts != policy_set.engine_starts:
+        live, policy_set.engine_starts = None, starts  # a fresh engine knows nothing: send it everything
     if live is not None and policy_set.cycles_since_full < FULL_READ_EVERY:
         changes, mark = store.read_changes(live.mark)
         if changes is not None:
@@ -156,7 +167,6 @@ def refresh(store: Store, policy_set: PolicySet) -> tuple[LiveFarm, Dirty, bool]
     farm, mark = store.read_farm_marked()
     live = LiveFarm(farm, mark)
     dirty = live.everything()
-    engine: Any = policy_set.evaluator
     for kind in Kind:
         dirty[kind] |= engine.known(kind)
     policy_set.live, policy_set.cycles_since_full = live, 0

@@ -7,7 +7,7 @@ the fallback).  Both are handed the full facts of a kind and answer with ids.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +32,29 @@ class ReferenceEvaluator:
         return {p.name: matching(p, facts) for p in self.policies if p.kind is kind}
 
 
+class LazyFact(Mapping[str, Any]):
+    """A fact built on first use: most matches of a cycle never need theirs (they are
+    skipped by a limit or a cooldown), and building a fact is most of a match's cost."""
+
+    def __init__(self, build: Callable[[], dict[str, Any]]) -> None:
+        self._build: Callable[[], dict[str, Any]] | None = build
+        self._fact: dict[str, Any] = {}
+
+    def _get(self) -> dict[str, Any]:
+        if self._build is not None:
+            self._fact, self._build = self._build(), None
+        return self._fact
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
 @dataclass(frozen=True)
 class Match:
     """A policy matched an entity; `fact` is the full fact, for reasons and traces."""
@@ -39,7 +62,7 @@ class Match:
     policy: Policy
     kind: Kind
     ident: str
-    fact: dict[str, Any]
+    fact: Mapping[str, Any]
 
 
 def find_matches(policies: Sequence[Policy], builder: FactBuilder, evaluator: Evaluator) -> list[Match]:

@@ -64,16 +64,23 @@ def _child_main(conn: Connection, policies: list[Policy], engine: str, fault_fil
     conn.send(("ready", os.getpid()))
     while True:
         try:
-            kind, facts = conn.recv()
+            method, args = conn.recv()
         except (EOFError, OSError):
             return  # the daemon went away
         if fault_file and os.path.exists(fault_file):
             os.unlink(fault_file)
             os.kill(os.getpid(), signal.SIGSEGV)
         try:
-            conn.send(("ok", evaluator.evaluate(kind, facts)))
+            if method not in _METHODS:
+                raise ValueError(f"unknown engine call {method!r}")
+            conn.send(("ok", getattr(evaluator, method)(*args)))
         except Exception as err:
             conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+#: The calls the daemon makes: `evaluate` (the whole picture) and the incremental ones
+#: (`corral.engine.RuleEngine`: the engine keeps its memory, the daemon sends changes).
+_METHODS = frozenset({"evaluate", "update", "current", "due", "known", "state_filter"})
 
 
 class IsolatedEvaluator:
@@ -151,20 +158,50 @@ class IsolatedEvaluator:
             return f"the rule engine process died of {name} while {doing}"
         return f"the rule engine process exited (code {code}) while {doing}"
 
-    def evaluate(self, kind: Kind, facts: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
+    @property
+    def incremental(self) -> bool:
+        """Only the durable_rules engine keeps a working memory between calls."""
+        return self.engine != "reference"
+
+    def _call(self, method: str, *args: Any) -> Any:
         conn = self._conn if self._conn is not None and self._proc is not None and self._proc.is_alive() else None
         if conn is None:
             self._discard()
             conn = self._start()
+        doing = f"{method} {args[0]}" if args else method
         try:
-            conn.send((kind, list(facts)))
+            conn.send((method, args))
         except (OSError, BrokenPipeError) as err:
-            raise EngineCrashed(self._death(f"evaluating {kind} facts")) from err
-        status, payload = self._receive(self.timeout, f"evaluating {kind} facts")
+            raise EngineCrashed(self._death(doing)) from err
+        status, payload = self._receive(self.timeout, doing)
         if status != "ok":
             self._discard()  # its working memory may be half-updated: the next cycle starts afresh
-            raise EngineCrashed(f"the rule engine failed on {kind} facts: {payload}")
-        result: dict[str, list[Any]] = payload
+            raise EngineCrashed(f"the rule engine failed ({doing}): {payload}")
+        return payload
+
+    def evaluate(self, kind: Kind, facts: Iterable[dict[str, Any]], now: float | None = None) -> dict[str, list[Any]]:
+        result: dict[str, list[Any]] = self._call("evaluate", kind, list(facts), now)
+        return result
+
+    # The incremental calls.  A new child starts with an empty memory: `starts` tells
+    # the cycle (corral.cycle.refresh) to send it every fact again.
+    def update(self, kind: Kind, changed: dict[Any, dict[str, Any] | None], now: float | None = None) -> None:
+        self._call("update", kind, changed, now)
+
+    def current(self, kind: Kind) -> dict[str, list[Any]]:
+        result: dict[str, list[Any]] = self._call("current", kind)
+        return result
+
+    def due(self, kind: Kind, now: float) -> set[Any]:
+        result: set[Any] = self._call("due", kind, now)
+        return result
+
+    def known(self, kind: Kind) -> set[Any]:
+        result: set[Any] = self._call("known", kind)
+        return result
+
+    def state_filter(self, kind: Kind) -> frozenset[str] | None:
+        result: frozenset[str] | None = self._call("state_filter", kind)
         return result
 
     def _discard(self) -> None:
