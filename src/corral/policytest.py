@@ -28,7 +28,7 @@ from corral.explain import failing_rows, trace_rows
 from corral.facts import FactBuilder
 from corral.farm import Farm
 from corral.plan import Plan, Transition
-from corral.policy.loader import TEST_SUFFIXES, load_paths, parse_duration
+from corral.policy.loader import TEST_SUFFIXES, describe_value, load_paths, parse_duration
 from corral.policy.model import Policy
 from corral.snapshot import SnapshotError, farm_to_snapshot, load_snapshot_file, parse_snapshot
 from corral.states import RULES, Action, IllegalAction, Kind
@@ -197,16 +197,7 @@ class RunResult:
 # --- reading a test file -------------------------------------------------------------------
 
 
-def _what(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, int | float):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f"the text '{value}'"
-    return "a list" if isinstance(value, list) else "a mapping"
+_what = describe_value
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:

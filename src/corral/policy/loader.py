@@ -231,7 +231,8 @@ def _policy_items(data: Any, filename: str, errors: list[PolicyError]) -> list[P
     return out
 
 
-def _what(value: Any) -> str:
+def describe_value(value: Any) -> str:
+    """A value as an error message names it: 'the text \'x\'', 'a list', 'nothing'."""
     if value is None:
         return "nothing"
     if isinstance(value, bool):
@@ -245,6 +246,9 @@ def _what(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return type(value).__name__
+
+
+_what = describe_value
 
 
 class _Checker:

@@ -17,7 +17,7 @@ from sqlalchemy import or_, select, text, update
 from sqlalchemy.engine import Connection
 
 from corral.farm import Frame, FrameRun, Instance, Job, Worker
-from corral.states import FrameState, Hold, InstanceState, JobState, WorkerState
+from corral.store.rows import frame_from_row, instance_from_row, job_from_row, run_from_row, worker_from_row
 from corral.store.tables import table
 
 
@@ -93,30 +93,12 @@ def read_changes(conn: Connection, since: Mark) -> FarmChanges:
     out = FarmChanges()
     jobs, fr, inst, wk, runs, deps = (table(n) for n in (
         "jobs", "frames", "instances", "workers", "frame_runs", "job_dependencies"))
-    for r in conn.execute(select(jobs).where(_changed(jobs, since))):
-        out.jobs.append(Job(
-            id=r.id, name=r.name, priority=r.priority, state=JobState(r.state), hold=Hold(r.hold),
-            blocked_by=r.blocked_by, retry_limit=r.retry_limit, retries=r.retries, submitted_at=r.submitted_at,
-            state_since=r.state_since, last_retry_at=r.last_retry_at, version=r.version,
-        ))
-    for r in conn.execute(select(fr).where(_changed(fr, since))):
-        out.frames.append(Frame(
-            job_id=r.job_id, number=r.number, state=FrameState(r.state), host=r.host, instance=r.instance,
-            attempts=r.attempts, retries=r.retries, exit_code=r.exit_code, started_at=r.started_at,
-            finished_at=r.finished_at, state_since=r.state_since, version=r.version,
-        ))
-    for r in conn.execute(select(inst).where(_changed(inst, since))):
-        out.instances.append(Instance(
-            id=r.id, job_id=r.job_id, host=r.host, state=InstanceState(r.state), state_since=r.state_since,
-            version=r.version,
-        ))
-    for r in conn.execute(select(wk).where(_changed(wk, since))):
-        out.workers.append(Worker(name=r.name, state=WorkerState(r.state), state_since=r.state_since, version=r.version))
-    for r in conn.execute(select(runs).where(_changed(runs, since)).order_by(runs.c.id)):
-        out.runs.append((r.id, r.job_id, r.number, FrameRun(
-            host=r.host, instance=r.instance, state=FrameState(r.state), exit_code=r.exit_code,
-            started_at=r.started_at, finished_at=r.finished_at, id=r.id,
-        )))
+    out.jobs = [job_from_row(r) for r in conn.execute(select(jobs).where(_changed(jobs, since)))]
+    out.frames = [frame_from_row(r) for r in conn.execute(select(fr).where(_changed(fr, since)))]
+    out.instances = [instance_from_row(r) for r in conn.execute(select(inst).where(_changed(inst, since)))]
+    out.workers = [worker_from_row(r) for r in conn.execute(select(wk).where(_changed(wk, since)))]
+    out.runs = [(r.id, r.job_id, r.number, run_from_row(r))
+                for r in conn.execute(select(runs).where(_changed(runs, since)).order_by(runs.c.id))]
     changed = sorted({r.job_id for r in conn.execute(select(deps.c.job_id).where(_changed(deps, since)))})
     if changed:
         for job_id in changed:

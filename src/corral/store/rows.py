@@ -86,37 +86,47 @@ def timestamp_parser(dialect: str) -> Callable[[Any], datetime | None]:
     return parse
 
 
+def job_from_row(r: Any) -> Job:
+    """A job row as a Job (without frames, instances or dependencies)."""
+    return Job(
+        id=r.id, name=r.name, priority=r.priority, state=JobState(r.state), hold=Hold(r.hold), blocked_by=r.blocked_by,
+        retry_limit=r.retry_limit, retries=r.retries, submitted_at=r.submitted_at, state_since=r.state_since,
+        last_retry_at=r.last_retry_at, version=r.version,
+    )
+
+
+def instance_from_row(r: Any) -> Instance:
+    return Instance(id=r.id, job_id=r.job_id, host=r.host, state=InstanceState(r.state), state_since=r.state_since,
+                    version=r.version)
+
+
+def worker_from_row(r: Any) -> Worker:
+    return Worker(name=r.name, state=WorkerState(r.state), state_since=r.state_since, version=r.version)
+
+
+def frame_from_row(r: Any) -> Frame:
+    """A frame row read through SQLAlchemy (the whole-farm read uses a faster path)."""
+    return Frame(
+        job_id=r.job_id, number=r.number, state=FrameState(r.state), host=r.host, instance=r.instance,
+        attempts=r.attempts, retries=r.retries, exit_code=r.exit_code, started_at=r.started_at,
+        finished_at=r.finished_at, state_since=r.state_since, version=r.version,
+    )
+
+
+def run_from_row(r: Any) -> FrameRun:
+    return FrameRun(host=r.host, instance=r.instance, state=FrameState(r.state), exit_code=r.exit_code,
+                    started_at=r.started_at, finished_at=r.finished_at, id=r.id)
+
+
 def read_farm(conn: Connection) -> Farm:
     """The whole farm as stored, each entity with the version it was read at."""
-    jobs: dict[int, Job] = {}
-    for r in conn.execute(select(table("jobs"))):
-        jobs[r.id] = Job(
-            id=r.id,
-            name=r.name,
-            priority=r.priority,
-            state=JobState(r.state),
-            hold=Hold(r.hold),
-            blocked_by=r.blocked_by,
-            retry_limit=r.retry_limit,
-            retries=r.retries,
-            submitted_at=r.submitted_at,
-            state_since=r.state_since,
-            last_retry_at=r.last_retry_at,
-            version=r.version,
-        )
+    jobs: dict[int, Job] = {r.id: job_from_row(r) for r in conn.execute(select(table("jobs")))}
     dep = table("job_dependencies")
     for r in conn.execute(select(dep.c.job_id, dep.c.depends_on).order_by(dep.c.job_id, dep.c.position)):
         jobs[r.job_id].depends_on.append(r.depends_on)
     inst = table("instances")
     for r in conn.execute(select(inst).order_by(inst.c.job_id, inst.c.id)):
-        jobs[r.job_id].instances[r.id] = Instance(
-            id=r.id,
-            job_id=r.job_id,
-            host=r.host,
-            state=InstanceState(r.state),
-            state_since=r.state_since,
-            version=r.version,
-        )
+        jobs[r.job_id].instances[r.id] = instance_from_row(r)
     # Frames and runs are most of the farm: read them at the driver level, with the
     # timestamps parsed by one fast function instead of a result processor per value.
     ts = timestamp_parser(conn.dialect.name)
@@ -139,10 +149,7 @@ def read_farm(conn: Connection) -> Farm:
     fdep = table("frame_dependencies")
     for r in conn.execute(select(fdep).order_by(fdep.c.job_id, fdep.c.number, fdep.c.position)):
         jobs[r.job_id].frames[r.number].depends_on.append((r.depends_job, r.depends_number))
-    workers = {
-        r.name: Worker(name=r.name, state=WorkerState(r.state), state_since=r.state_since, version=r.version)
-        for r in conn.execute(select(table("workers")).order_by(table("workers").c.name))
-    }
+    workers = {r.name: worker_from_row(r) for r in conn.execute(select(table("workers")).order_by(table("workers").c.name))}
     return Farm(jobs=jobs, workers=workers)
 
 
