@@ -1,9 +1,183 @@
-"""Commands: corral demo (issue 5)."""
+"""Commands: corral demo, a simulated night on a fresh farm, with corral and without it."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Group
+from rich.live import Live
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from corral.cli.common import JsonOption, console, fail, print_json
+from corral.sim import Comparison, Night, RunReport, Sample, Scenario, builtin_policies, draw_night, play
+from corral.sim.plot import FORMATS, write_plot
+
+#: What the report's table shows, in order: (label, field, format).
+_ROWS = [
+    ("jobs completed", "jobs_completed", "{}"),
+    ("frames rendered", "frames_rendered", "{}"),
+    ("failed frame attempts", "failed_attempts", "{}"),
+    ("frames taken off their host", "frames_taken_off_hosts", "{}"),
+    ("core-hours wasted on failures", "wasted_core_hours", "{:.1f}"),
+    ("core-hours rendering", "useful_core_hours", "{:.1f}"),
+    ("dependency chains finished", "chains_finished", "{}"),
+    ("mean time to finish a chain (h)", "mean_chain_hours", "{:.2f}"),
+    ("all chains finished at (h)", "chains_finished_at", "{:.2f}"),
+]
+
+
+def _db_url(db: str | None) -> str | None:
+    """--db takes a file path (an SQLite farm) or any SQLAlchemy URL."""
+    if db is None or "://" in db:
+        return db
+    path = Path(db).expanduser().resolve()
+    if path.exists() and path.stat().st_size > 0:
+        fail(f"{db} exists already: the demo builds a fresh farm; give a new file (or remove it)")
+    return f"sqlite:///{path}"
+
+
+def _cell(value: object, fmt: str, field: str) -> str:
+    if value is None:
+        return "none finished" if field == "mean_chain_hours" else "not all finished"
+    return fmt.format(value)
+
+
+def _report(result: Comparison, wall: float) -> None:
+    w, b = result.with_corral, result.baseline
+    s = result.scenario
+    faults = result.faults
+    console.print(
+        f"[bold]A simulated night[/]: {s['jobs']} jobs in {w.chains_total} dependency chains ({w.frames_total} frames), "
+        f"{s['hosts']} hosts, {s['hours']:g} h, a cycle every {s['cycle_seconds']} s, seed {s['seed']}.",
+        highlight=False,
+    )
+    console.print(
+        f"Faults: bad hosts {', '.join(faults['bad_hosts']) or 'none'}; broken jobs "
+        f"{', '.join(map(str, faults['broken_jobs'])) or 'none'}; {faults['flaky_frames']} flaky frames; hosts dropping "
+        f"offline {', '.join(faults['hosts_dropping']) or 'none'}.",
+        highlight=False,
+    )
+    table = Table(title="with corral and without", title_justify="left")
+    table.add_column("")
+    table.add_column("with corral", justify="right")
+    table.add_column("without", justify="right")
+    for label, field, fmt in _ROWS:
+        table.add_row(label, _cell(getattr(w, field), fmt, field), _cell(getattr(b, field), fmt, field))
+    table.add_row("core-hours wasted, by cause", _causes(w.wasted_by_cause), _causes(b.wasted_by_cause))
+    table.add_row("actions taken", str(sum(w.actions_by_policy.values())), f"{sum(b.actions_by_policy.values())} (wrangler)")
+    console.print(table)
+    if w.actions_by_policy:
+        actions = Table(title="corral's actions, by policy", title_justify="left")
+        actions.add_column("policy")
+        actions.add_column("actions", justify="right")
+        for policy, count in sorted(w.actions_by_policy.items(), key=lambda kv: (-kv[1], kv[0])):
+            actions.add_row(policy, str(count))
+        console.print(actions)
+    if w.hosts_locked:
+        console.print(f"Hosts corral quarantined: {', '.join(w.hosts_locked)}.", highlight=False)
+    cycle = f"; one cycle took {w.cycle_ms_mean} ms on average, {w.cycle_ms_max} ms at most" if w.cycles else ""
+    console.print(f"{w.cycles} cycles{cycle}; the demo took {wall:.1f} s.", highlight=False)
+    if result.db:
+        console.print(
+            f"The farm is kept in {escape(result.db)}: try [bold]corral status --db {escape(result.db)}[/] and "
+            f"[bold]corral history --db {escape(result.db)}[/].",
+            highlight=False,
+        )
+
+
+def _causes(causes: dict[str, float]) -> str:
+    return "\n".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in sorted(causes.items(), key=lambda kv: -kv[1])) or "-"
 
 
 def register(app: typer.Typer) -> None:
     """Adds this module's commands to the app."""
+
+    @app.command("demo")
+    def demo(
+        seed: Annotated[int, typer.Option(help="Seed of the simulated farm: the same seed plays the same night.")] = 1,
+        jobs: Annotated[int, typer.Option(min=1, help="Jobs submitted (in dependency chains).")] = 40,
+        hosts: Annotated[int, typer.Option(min=1, help="Render hosts.")] = 30,
+        hours: Annotated[float, typer.Option(min=0.1, help="Simulated hours.")] = 10.0,
+        cycle: Annotated[int, typer.Option(min=5, help="Simulated seconds between two corral cycles.")] = 60,
+        db: Annotated[
+            str | None,
+            typer.Option(
+                "--db",
+                metavar="PATH",
+                help="Keep the farm (with corral) in this new SQLite file or SQLAlchemy URL, to inspect it "
+                "afterwards with corral status / history (default: a temporary file).",
+                show_default=False,
+            ),
+        ] = None,
+        plot: Annotated[
+            Path | None,
+            typer.Option(help=f"Write a timeline of the night ({', '.join(FORMATS)}).", show_default=False),
+        ] = None,
+        json_out: JsonOption = False,
+    ) -> None:
+        """Simulate a night on a fresh farm with faults, with corral's built-in pack and without it, and compare."""
+        if plot is not None and plot.suffix.lower() not in FORMATS:
+            fail(f"--plot {plot}: use a file ending in {', '.join(FORMATS)}")
+        scenario = Scenario(seed=seed, jobs=jobs, hosts=hosts, hours=hours, cycle_seconds=cycle)
+        url = _db_url(db)
+        night = draw_night(scenario)
+        started = time.perf_counter()
+        live = not json_out and console.is_terminal
+        try:
+            if live:
+                with_corral, baseline = _play_live(night, url)
+            else:
+                with_corral = play(night, url=url, policies=builtin_policies())
+                baseline = play(night, policies=None)
+        except ValueError as err:
+            fail(str(err))
+        result = Comparison(scenario.to_dict(), night.faults(), with_corral, baseline, db=url)
+        wall = time.perf_counter() - started
+        if plot is not None:
+            write_plot(result, plot)
+        if json_out:
+            out = result.to_dict()
+            out["wall_seconds"] = round(wall, 2)
+            out["plot"] = str(plot) if plot is not None else None
+            print_json(out)
+            return
+        _report(result, wall)
+        if plot is not None:
+            console.print(f"Timeline written to {escape(str(plot))}.", highlight=False)
+
+
+def _play_live(night: Night, url: str | None) -> tuple[RunReport, RunReport]:
+    """Both runs with a progress bar each and a live line of figures."""
+    hours = night.scenario.hours
+    progress = Progress(
+        TextColumn("{task.description:<15}"),
+        BarColumn(),
+        TextColumn("{task.fields[hour]:>5.1f}/{task.total:g} h"),
+        TextColumn("{task.fields[figures]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+    def updater(task: TaskID) -> Callable[[Sample], None]:
+        def update(sample: Sample) -> None:
+            figures = (
+                f"{sample.frames_rendered} frames, {sample.failed_attempts} failed, "
+                f"{sample.wasted_core_hours:.0f} core-h wasted, {sample.jobs_completed} jobs done, "
+                f"{sample.actions} actions, {sample.busy_hosts} busy"
+            )
+            progress.update(task, completed=sample.hours, hour=sample.hours, figures=figures)
+
+        return update
+
+    with Live(Group(progress), console=console, transient=False, refresh_per_second=8):
+        first = progress.add_task("with corral", total=hours, hour=0.0, figures="")
+        second = progress.add_task("without corral", total=hours, hour=0.0, figures="")
+        with_corral = play(night, url=url, policies=builtin_policies(), progress=updater(first))
+        baseline = play(night, policies=None, progress=updater(second))
+    return with_corral, baseline
