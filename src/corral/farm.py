@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +34,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a million frames and their runs are most of a farm's memory
 class FrameRun:
     """One finished attempt at a frame: where it ran and how it ended.
 
@@ -54,7 +54,7 @@ class FrameRun:
     id: int | None = field(default=None, compare=False)
 
 
-@dataclass
+@dataclass(slots=True)
 class Frame:
     job_id: int
     number: int
@@ -76,7 +76,7 @@ class Frame:
         return f"{self.job_id}:{self.number}"
 
 
-@dataclass
+@dataclass(slots=True)
 class Instance:
     id: str
     job_id: int
@@ -118,7 +118,7 @@ class Job:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class Worker:
     name: str
     state: WorkerState = WorkerState.UP
@@ -165,8 +165,7 @@ class Farm:
     def touch(self, obj: Any) -> None:
         """Remember `obj` as it is now, so `scratch()` can put it back."""
         if self._journal is not None:
-            saved = {k: copy.copy(v) for k, v in vars(obj).items() if k not in ("frames", "instances")}
-            self._journal.append((obj, saved))
+            self._journal.append((obj, saved_fields(obj)))
 
     @contextmanager
     def scratch(self) -> Iterator[Farm]:
@@ -181,7 +180,17 @@ class Farm:
         finally:
             journal, self._journal = self._journal, outer
             for obj, saved in reversed(journal):
-                vars(obj).update(saved)
+                restore_fields(obj, saved)
+
+
+def saved_fields(obj: Any) -> dict[str, Any]:
+    """An entity's own fields (not its children), to put back with `restore_fields`."""
+    return {f.name: copy.copy(getattr(obj, f.name)) for f in fields(obj) if f.name not in ("frames", "instances")}
+
+
+def restore_fields(obj: Any, saved: dict[str, Any]) -> None:
+    for name, value in saved.items():
+        setattr(obj, name, value)
 
 
 def entity_state(entity: Entity) -> str:

@@ -14,7 +14,6 @@ already applied (`_Undo`).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,7 +23,7 @@ from sqlalchemy import and_, insert, update
 from sqlalchemy.engine import Connection
 
 from corral.effects import Outcome, apply_action
-from corral.farm import Entity, Farm, Frame, Instance, Job
+from corral.farm import Entity, Farm, Frame, Instance, Job, restore_fields, saved_fields
 from corral.states import Action, IllegalAction, Kind
 from corral.store.rows import TABLES, key_of, values_of
 from corral.store.tables import table
@@ -86,7 +85,7 @@ class _Stale(Exception):
 
 def _saved(entity: Entity) -> dict[str, Any]:
     """A shallow copy of an entity's own fields (children stay shared, as in `Farm.touch`)."""
-    return {k: copy.copy(v) for k, v in vars(entity).items() if k not in ("frames", "instances")}
+    return saved_fields(entity)
 
 
 def _job_of(entity: Entity) -> int | None:
@@ -150,12 +149,12 @@ def apply_transitions(
             savepoint.commit()
             for _kind, ent, version, values in after:
                 undo.append((ent, _saved(ent)))
-                vars(ent).update(values)
+                restore_fields(ent, values)
                 ent.version = version + 1
             report.applied.append(done)
     except BaseException:
         for ent, saved in reversed(undo):
-            vars(ent).update(saved)
+            restore_fields(ent, saved)
         raise
     return report
 

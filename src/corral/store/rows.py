@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from corral.facts import frame_runs
-from corral.farm import Entity, Farm, Frame, FrameRun, Instance, Job, Worker
+from corral.farm import Entity, Farm, Frame, FrameRun, Instance, Job, Worker, saved_fields
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind, WorkerState
 from corral.store.tables import table
 
@@ -67,8 +67,8 @@ def key_of(kind: Kind, entity: Entity) -> dict[str, Any]:
 
 
 def values_of(kind: Kind, source: Entity | dict[str, Any]) -> dict[str, Any]:
-    """The writable columns of an entity (or of a saved `vars()` of one)."""
-    data = source if isinstance(source, dict) else vars(source)
+    """The writable columns of an entity (or of its `saved_fields`)."""
+    data = source if isinstance(source, dict) else saved_fields(source)
     return {name: plain(data[name]) for name in FIELDS[kind]}
 
 
