@@ -24,7 +24,7 @@ from corral.policy.model import Policy
 from corral.states import Kind
 
 if TYPE_CHECKING:
-    from corral.store.apply import ApplyReport
+    from corral.store.apply import ApplyReport, Proposal
     from corral.store.store import Store
 
 #: How far back the log is read for cooldowns when no policy sets a longer one.
@@ -150,7 +150,7 @@ def plan_live(
 FULL_READ_EVERY = 60
 
 
-def refresh(store: Store, policy_set: PolicySet) -> tuple[LiveFarm, Dirty, bool]:
+def refresh(store: Store, policy_set: PolicySet) -> tuple[LiveFarm, Dirty]:
     """Bring the policy set's live farm up to date: a whole read the first time (or after
     rows were deleted, or every FULL_READ_EVERY cycles), else only the changed rows."""
     live = policy_set.live
@@ -163,18 +163,20 @@ def refresh(store: Store, policy_set: PolicySet) -> tuple[LiveFarm, Dirty, bool]
         changes, mark = store.read_changes(live.mark)
         if changes is not None:
             policy_set.cycles_since_full += 1
-            return live, live.apply(changes, mark), False
+            return live, live.apply(changes, mark)
     farm, mark = store.read_farm_marked()
     live = LiveFarm(farm, mark)
     dirty = live.everything()
     for kind in Kind:
         dirty[kind] |= engine.known(kind)
     policy_set.live, policy_set.cycles_since_full = live, 0
-    return live, dirty, True
+    return live, dirty
 
 
 @dataclass
 class CycleResult:
+    """What a cycle did.  `facts`: the entities whose facts were (re)built this cycle."""
+
     cycle_id: str
     at: datetime
     plan: Plan
@@ -210,7 +212,7 @@ def run_cycle(
     t0 = time.perf_counter()
     live: LiveFarm | None = None
     if policy_set.incremental:
-        live, dirty, _full = refresh(store, policy_set)
+        live, dirty = refresh(store, policy_set)
         farm = live.farm
         facts = sum(len(ids) for ids in dirty.values())
     else:
@@ -278,6 +280,3 @@ def proposals_of(plan: Plan, *, apply: bool = True) -> list[Proposal]:
         for t in plan.transitions
     ]
 
-
-if TYPE_CHECKING:
-    from corral.store.apply import Proposal
