@@ -1,0 +1,60 @@
+"""Run the cycle benchmark at every size on both databases and print the table for docs/benchmarks.md.
+
+    python bench/table.py [--sizes 10000,100000,1000000] [--postgres URL]
+
+Each run is `python bench/cycle_bench.py --frames N [--db URL] --json` in its own
+process; the table is printed as Markdown, the raw JSON lines to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+COLUMNS = (
+    ("frames", "frames"),
+    ("db", "db"),
+    ("cold_cycle_s", "cold cycle (s)"),
+    ("steady_cycle_s", "steady cycle (s)"),
+    ("peak_rss_mb", "peak RSS (MB)"),
+    ("cold_floor_s", "cold floor (s)"),
+    ("io_floor_s", "io floor (s)"),
+    ("python_floor_s", "python floor (s)"),
+    ("ratio_cold", "ratio_cold"),
+    ("ratio_io", "ratio_io"),
+    ("ratio_python", "ratio_python"),
+)
+
+
+def run(frames: int, db: str | None) -> dict[str, Any]:
+    cmd = [sys.executable, str(HERE / "cycle_bench.py"), "--frames", str(frames), "--json"]
+    if db:
+        cmd += ["--db", db]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(result), file=sys.stderr)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    args = parser.parse_args()
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        for db in (None, args.postgres):
+            rows.append(run(size, db))
+    print("| " + " | ".join(title for _, title in COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for row in rows:
+        print("| " + " | ".join(str(row.get(key, "")) for key, _ in COLUMNS) + " |")
+
+
+if __name__ == "__main__":
+    main()
