@@ -14,7 +14,7 @@ from sqlalchemy import insert, text, update
 
 from conftest import farms
 from corral.cycle import PolicySet, plan_farm, run_cycle
-from corral.facts import FactBuilder
+from corral.facts import Aggregates, FactBuilder, frame_runs
 from corral.farm import Farm
 from corral.plan import Plan
 from corral.policy.loader import builtin_dir, load_paths
@@ -122,3 +122,18 @@ def test_random_farms_and_changes_plan_the_same_both_ways(store: Store, farm: Fa
         assert summary(result.plan) == full_plan(store, now)
         now += timedelta(minutes=rnd.choice([1, 4, 30]))
         supervisor_step(store, rnd, now)
+
+
+@settings(max_examples=40, deadline=None)
+@given(farm=farms(max_jobs=4, max_frames=6))
+def test_counting_a_whole_farm_at_once_equals_counting_it_run_by_run(farm: Farm) -> None:
+    one_by_one = Aggregates()
+    for job in farm.jobs.values():
+        for frame in job.frames.values():
+            one_by_one.frame_state(frame, +1)
+            for run in frame_runs(frame):
+                one_by_one.run(job.id, run)
+    at_once = FactBuilder(farm, NIGHT)
+    stepwise = FactBuilder(farm, NIGHT, aggregates=one_by_one)
+    for kind in Kind:
+        assert at_once.facts(kind) == stepwise.facts(kind)
