@@ -76,7 +76,8 @@ def timestamp_parser(dialect: str) -> Callable[[Any], datetime | None]:
     """Raw driver timestamps to aware UTC datetimes (SQLite gives text, PostgreSQL datetimes)."""
     if dialect == "sqlite":
         def parse(value: Any) -> datetime | None:
-            return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+            # stored naive in UTC; appending the offset is several times faster than .replace()
+            return None if value is None else datetime.fromisoformat(value + "+00:00")
     else:
         def parse(value: Any) -> datetime | None:
             if value is None:
@@ -118,6 +119,19 @@ def run_from_row(r: Any) -> FrameRun:
                     started_at=r.started_at, finished_at=r.finished_at, id=r.id)
 
 
+def _raw_rows(conn: Connection, sql: str) -> Iterator[tuple[Any, ...]]:
+    """Rows straight from the driver's cursor, in batches (no per-row result wrapper)."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor()
+    try:
+        cursor.execute(sql)
+        while batch := cursor.fetchmany(20_000):
+            yield from batch
+    finally:
+        cursor.close()
+
+
 def read_farm(conn: Connection) -> Farm:
     """The whole farm as stored, each entity with the version it was read at."""
     jobs: dict[int, Job] = {r.id: job_from_row(r) for r in conn.execute(select(table("jobs")))}
@@ -136,7 +150,7 @@ def read_farm(conn: Connection) -> Farm:
         "state_since, version FROM frames ORDER BY job_id, number"
     )
     job, job_frames = None, None
-    for j, n, st, host, inst_id, attempts, retries, code, started, finished, since, version in conn.exec_driver_sql(frames_sql):
+    for j, n, st, host, inst_id, attempts, retries, code, started, finished, since, version in _raw_rows(conn, frames_sql):
         if j != job:
             job, job_frames = j, jobs[j].frames
         job_frames[n] = Frame(  # type: ignore[index]
@@ -144,7 +158,7 @@ def read_farm(conn: Connection) -> Farm:
             version=version,
         )
     runs_sql = "SELECT id, job_id, number, host, instance, state, exit_code, started_at, finished_at FROM frame_runs ORDER BY id"
-    for run_id, j, n, host, inst_id, st, code, started, finished in conn.exec_driver_sql(runs_sql):
+    for run_id, j, n, host, inst_id, st, code, started, finished in _raw_rows(conn, runs_sql):
         jobs[j].frames[n].runs.append(FrameRun(host, inst_id, states[st], code, ts(started), ts(finished), run_id))
     fdep = table("frame_dependencies")
     for r in conn.execute(select(fdep).order_by(fdep.c.job_id, fdep.c.number, fdep.c.position)):
