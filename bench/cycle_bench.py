@@ -216,7 +216,7 @@ def measure(url: str, frames: int, seed: int) -> dict[str, Any]:
 
     cycle_mod.plan_farm = timed_plan_farm  # type: ignore[assignment]
     eval_time = [0.0]
-    policy_set = PolicySet(policies)
+    policy_set = PolicySet(policies, keep_live=True)
     evaluator: Any = policy_set.evaluator
     raw_update = evaluator.update
 

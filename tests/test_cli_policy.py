@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import jsonschema
@@ -159,9 +160,12 @@ def test_plan_against_the_store_never_writes(tmp_path: Path, engine: str) -> Non
     assert runner.invoke(app, ["db", "init", "--db", db]).exit_code == 0
     assert runner.invoke(app, ["load", str(EXAMPLE), "--db", db]).exit_code == 0
     before = runner.invoke(app, ["dump", "--db", db, "--format", "json"]).output
+    counter = sqlite3.connect(tmp_path / "farm.db").execute("SELECT value FROM revision").fetchone()
     result = runner.invoke(app, ["plan", "--db", db, "--now", NIGHT, "--json", "--engine", engine])
     assert result.exit_code == 2
     assert runner.invoke(app, ["dump", "--db", db, "--format", "json"]).output == before
+    # not even the change-tracking counter moves
+    assert sqlite3.connect(tmp_path / "farm.db").execute("SELECT value FROM revision").fetchone() == counter
 
 
 def test_run_once_applies_the_plan_and_a_second_cycle_applies_nothing(tmp_path: Path) -> None:

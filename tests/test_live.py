@@ -67,7 +67,7 @@ def supervisor_step(store: Store, rnd: random.Random, at: datetime) -> None:
 def test_incremental_cycles_plan_what_a_full_read_plans(store: Store) -> None:
     store.init()
     store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
-    policy_set = PolicySet(PACK)
+    policy_set = PolicySet(PACK, keep_live=True)
     rnd = random.Random(3)
     now = NIGHT
     for cycle in range(8):
@@ -89,7 +89,7 @@ def test_incremental_cycles_plan_what_a_full_read_plans(store: Store) -> None:
 def test_time_based_conditions_fire_when_due_without_any_change(store: Store) -> None:
     store.init()
     store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
-    policy_set = PolicySet(PACK)
+    policy_set = PolicySet(PACK, keep_live=True)
     early = datetime(2026, 11, 28, 1, 42, tzinfo=UTC)  # job 103 failed at 01:40: its 5m delay is not over
     first = run_cycle(store, policy_set, commit=False, now=early)
     assert not any(t.policy == "retry-failed-jobs" for t in first.plan.transitions)
@@ -101,7 +101,7 @@ def test_time_based_conditions_fire_when_due_without_any_change(store: Store) ->
 def test_deleting_rows_makes_the_next_cycle_read_the_whole_farm(store: Store) -> None:
     store.init()
     store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
-    policy_set = PolicySet(PACK)
+    policy_set = PolicySet(PACK, keep_live=True)
     run_cycle(store, policy_set, commit=False, now=NIGHT)
     store.load_farm(Farm(), replace=True)  # the farm is emptied
     result = run_cycle(store, policy_set, commit=False, now=NIGHT)
@@ -114,7 +114,7 @@ def test_deleting_rows_makes_the_next_cycle_read_the_whole_farm(store: Store) ->
 def test_random_farms_and_changes_plan_the_same_both_ways(store: Store, farm: Farm, seed: int) -> None:
     store.init()
     store.load_farm(farm, replace=True)
-    policy_set = PolicySet(PACK)
+    policy_set = PolicySet(PACK, keep_live=True)
     rnd = random.Random(seed)
     now = NIGHT
     for _ in range(3):

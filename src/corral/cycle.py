@@ -45,7 +45,13 @@ class PolicySet:
         *,
         engine: str = "durable",
         evaluator_factory: Callable[[list[Policy]], Evaluator] | None = None,
+        keep_live: bool = False,
     ) -> None:
+        """`keep_live`: hold the farm in memory from the first cycle on, even a dry one
+        (the daemon and benchmarks); otherwise a dry run reads the store without writing
+        anything, not even the change-tracking counter, and the first committing cycle
+        starts the live farm."""
+        self.keep_live = keep_live
         self.policies = list(policies)
         self.engine_name = engine
         self._factory = evaluator_factory
@@ -211,7 +217,7 @@ def run_cycle(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     live: LiveFarm | None = None
-    if policy_set.incremental:
+    if policy_set.incremental and (commit or policy_set.keep_live or policy_set.live is not None):
         live, dirty = refresh(store, policy_set)
         farm = live.farm
         facts = sum(len(ids) for ids in dirty.values())

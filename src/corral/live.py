@@ -48,7 +48,6 @@ class LiveFarm:
                 self.dependents[dep].add(job.id)
             for inst in job.instances.values():
                 self.host_instances[inst.host].add(inst.id)
-        self._runs_seen: set[int] = set()
 
     def everything(self) -> Dirty:
         """Every entity: what a first cycle evaluates."""
@@ -74,22 +73,19 @@ class LiveFarm:
             self._worker(worker, dirty)
         for frame in changes.frames:
             self._frame(frame, dirty)
-        seen = set()
-        for run_id, job_id, number, run in changes.runs:
-            seen.add(run_id)
-            if run_id in self._runs_seen:
-                continue  # read again in the overlap of two reads
+        for _run_id, job_id, number, run in changes.runs:
             owner = self.farm.jobs.get(job_id)
             ran = owner.frames.get(number) if owner else None
             if owner is None or ran is None:
                 continue
+            if any(r.id == run.id for r in ran.runs):
+                continue  # read again where two reads overlap: history is counted once
             ran.runs.append(run)
             self.agg.run(job_id, run)
             dirty[Kind.JOB].add(job_id)
             dirty[Kind.INSTANCE].update(owner.instances)
             if run.host:
                 dirty[Kind.WORKER].add(run.host)
-        self._runs_seen = seen
         self.mark = mark
         return dirty
 

@@ -155,7 +155,7 @@ class Daemon:
         self._policies = policies
         self._close_evaluators()
         engine = "reference" if self.config.engine == "reference" else "durable"
-        self.policy_set = PolicySet(policies, engine=engine, evaluator_factory=self._evaluator_factory())
+        self.policy_set = PolicySet(policies, engine=engine, evaluator_factory=self._evaluator_factory(), keep_live=True)
         self._schedules_dirty = True
         self.metrics.policies.set(len(policies))
         if not first:

@@ -45,34 +45,36 @@ class FarmChanges:
                 + len(self.runs) + len(self.depends_on))
 
 
-def take_mark(conn: Connection) -> Mark:
-    """The mark for a read made in `conn`'s transaction (call it before reading rows).
+def take_mark(conn: Connection, sqlite_value: int | None = None) -> Mark:
+    """The mark for a read made in `conn`'s snapshot (call it before reading rows).
 
-    PostgreSQL: the oldest transaction still running when our snapshot was taken;
-    everything older is in the snapshot.  SQLite: `conn` holds the write lock (BEGIN
-    IMMEDIATE), so no writer runs during the read; the counter moves on now, so rows
-    written after this read carry a higher stamp than every row it sees.
+    PostgreSQL: the oldest transaction still running when the snapshot was taken;
+    everything older is in it, everything newer is stamped with a higher id.  SQLite:
+    the counter value `advance` moved to just before the snapshot was taken.
     """
-    row = conn.execute(text("SELECT generation, value FROM revision WHERE id = 1")).one()
+    generation_ = generation(conn)
     if conn.dialect.name == "postgresql":
         xmin = conn.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")).scalar_one()
-        return Mark(int(row.generation), int(xmin))
-    return Mark(int(row.generation), int(row.value) + 1)
+        return Mark(generation_, int(xmin))
+    assert sqlite_value is not None, "SQLite reads advance the counter first"
+    return Mark(generation_, sqlite_value)
 
 
 TRACKED = ("jobs", "frames", "instances", "workers", "frame_runs", "job_dependencies")
 
 
-def seal(conn: Connection, mark: Mark) -> None:
-    """SQLite, after reading under the write lock: stamp the rows inserted since the
-    last read (so they are not read again) and move the counter to `mark`."""
-    if conn.dialect.name == "postgresql":
-        return
+def advance(conn: Connection) -> int:
+    """SQLite, in a short write transaction before a read: stamp the rows inserted since
+    the last read (inserts start with no stamp) with the current counter value, then move
+    the counter on.  Every row written before now carries a stamp at most the old value;
+    every row written after, at least the new one, which the next read starts from."""
+    value = current_stamp(conn)
     for name in TRACKED:
         t = table(name)
-        conn.execute(update(t).where(t.c.rev.is_(None)).values(rev=mark.value - 1))
+        conn.execute(update(t).where(t.c.rev.is_(None)).values(rev=value))
     rev = table("revision")
-    conn.execute(update(rev).where(rev.c.id == 1).values(value=mark.value))
+    conn.execute(update(rev).where(rev.c.id == 1).values(value=value + 1))
+    return value + 1
 
 
 def current_stamp(conn: Connection) -> int:
@@ -85,6 +87,7 @@ def generation(conn: Connection) -> int:
 
 
 def _changed(t: Any, since: Mark) -> Any:
+    # Rows inserted after `advance` have no stamp yet on SQLite: they are changes too.
     return or_(t.c.rev >= since.value, t.c.rev.is_(None))
 
 

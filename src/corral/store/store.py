@@ -137,34 +137,29 @@ class Store:
 
     def read_farm_marked(self) -> tuple[Farm, Mark]:
         """The whole farm and the mark to read changes since (see `corral.store.changes`)."""
-        with self._marked() as conn:
-            mark = changes.take_mark(conn)
-            farm = read_farm(conn)
-            changes.seal(conn, mark)
-            return farm, mark
+        with self._marked() as (conn, mark):
+            return read_farm(conn), mark
 
     def read_changes(self, since: Mark) -> tuple[FarmChanges | None, Mark]:
         """Rows changed since `since`, and the next mark; None when farm rows were deleted
         since (the caller must read the whole farm again)."""
-        with self._marked() as conn:
-            mark = changes.take_mark(conn)
+        with self._marked() as (conn, mark):
             if mark.generation != since.generation:
                 return None, mark
-            found = changes.read_changes(conn, since)
-            changes.seal(conn, mark)
-            return found, mark
+            return changes.read_changes(conn, since), mark
 
     @contextmanager
-    def _marked(self) -> Iterator[Connection]:
-        """A snapshot to read changes in: repeatable read on PostgreSQL; on SQLite a
-        transaction holding the write lock, so the counter and the rows agree."""
-        if self.engine.dialect.name == "postgresql":
-            with self._read() as conn:
-                yield conn
-        else:
+    def _marked(self) -> Iterator[tuple[Connection, Mark]]:
+        """A read snapshot and its mark.  Never holds SQLite's write lock while reading
+        (a million-frame read must not stall the supervisor's writes): the counter is
+        moved on in a short write transaction first."""
+        value = None
+        if self.engine.dialect.name != "postgresql":
             self.check()
             with self._write() as conn:
-                yield conn
+                value = changes.advance(conn)
+        with self._read() as conn:
+            yield conn, changes.take_mark(conn, value)
 
     def load_farm(self, farm: Farm, *, replace: bool) -> None:
         """Write a whole farm (a snapshot) in one transaction.
