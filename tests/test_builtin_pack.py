@@ -151,7 +151,7 @@ def test_good_host_is_never_touched(pack: list[Any], engine: str) -> None:
 # --- block-job-when-all-hosts-fail ------------------------------------------------------
 
 
-def all_fail_farm(hosts: list[str], per_host: int = 3, succeeding: str | None = None) -> dict[str, Any]:
+def all_fail_farm(hosts: list[str], per_host: int = 6, succeeding: str | None = None) -> dict[str, Any]:
     frames: list[dict[str, Any]] = []
     n = 0
     for h in hosts:
@@ -171,6 +171,11 @@ def test_job_every_host_fails_is_blocked(pack: list[Any], engine: str) -> None:
     assert ("block-job-when-all-hosts-fail", "job", "7", "block") in acts(plan)
     (t,) = [t for t in plan.transitions if t.kind == "job"]
     assert (t.from_state, t.to_state) == ("failing", "blocked")
+
+
+def test_two_hosts_with_a_few_failures_each_have_not_reached_the_activation_count(pack: list[Any], engine: str) -> None:
+    plan = plan_for(pack, all_fail_farm(["r1", "r2"], per_host=3), engine)
+    assert "job:7" not in touched(plan)
 
 
 def test_job_failing_on_one_host_only_is_not_blocked(pack: list[Any], engine: str) -> None:

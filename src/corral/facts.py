@@ -65,6 +65,9 @@ _JOB: dict[str, FieldSpec] = {
     "failing_hosts": FieldSpec("int", "hosts that failed frames of the job and completed none"),
     "succeeding_hosts": FieldSpec("int", "hosts that completed at least one frame of the job"),
     "hosts_not_failing": FieldSpec("int", "hosts minus failing_hosts: 0 means every host that ran it is failing"),
+    "worst_host_failures": FieldSpec(
+        "int", "the most frames of the job one host failed while completing none (Qube!'s activation count)"
+    ),
     "dependencies.total": FieldSpec("int", "number of jobs this job waits on"),
     "dependencies.complete": FieldSpec("int", "dependencies that are complete"),
     "dependencies.failed": FieldSpec("int", "dependencies that are failed"),
@@ -336,7 +339,8 @@ class FactBuilder:
         frames = agg.job_frames.get(job.id) or Counter()
         insts = Counter(str(i.state) for i in job.instances.values())
         hosts = agg.job_hosts(job.id)
-        failing = sum(1 for h in hosts if agg.job_host_fail[(job.id, h)] > 0 and agg.job_host_ok[(job.id, h)] == 0)
+        failing_counts = [agg.job_host_fail[(job.id, h)] for h in hosts if agg.job_host_ok[(job.id, h)] == 0]
+        failing = sum(1 for n in failing_counts if n > 0)
         succeeding = sum(1 for h in hosts if agg.job_host_ok[(job.id, h)] > 0)
         deps = [self.farm.jobs[d].state for d in job.depends_on if d in self.farm.jobs]
         total = len(job.frames)
@@ -362,6 +366,7 @@ class FactBuilder:
             "failing_hosts": failing,
             "succeeding_hosts": succeeding,
             "hosts_not_failing": len(hosts) - failing,
+            "worst_host_failures": max(failing_counts, default=0),
             "dependencies": {
                 "total": len(job.depends_on),
                 "complete": sum(1 for s in deps if s == JobState.COMPLETE),

@@ -120,7 +120,9 @@ ENGINE_SPECIAL = frozenset("%().*+?[]{}|")
 
 
 def _needs_probe(cmp: Cmp, negated: bool) -> bool:
-    if cmp.op == "regex":
+    if cmp.op == "regex" or cmp.path == "id":
+        # `id` is the engine's fact identity: it does not compare a numeric id as a
+        # number (`id == 6` never matches), so conditions on it are decided in Python.
         return True
     if cmp.op == "glob":
         # $mt has no negation, and the engine's patterns cannot express every fnmatch
