@@ -127,6 +127,9 @@ def _job_action(
         raise IllegalAction(Kind.JOB, str(job.id), job.state, action, "it is pending but neither blocked nor suspended")
     if action is Action.SUSPEND and job.hold is Hold.SUSPENDED:
         raise IllegalAction(Kind.JOB, str(job.id), job.state, action, "it is suspended already")
+    if automatic and action in (Action.RETRY, Action.RESUBMIT) and job.hold is Hold.KILLED:
+        # The seed: "Killed jobs must be manually retried or resubmitted."
+        raise IllegalAction(Kind.JOB, str(job.id), job.state, action, "a killed job is retried or resubmitted by a person")
     if action is Action.RETRY and automatic and job.retries >= job.retry_limit:
         raise IllegalAction(
             Kind.JOB, str(job.id), job.state, action, f"it has used all {job.retry_limit} of its retries"
@@ -138,8 +141,9 @@ def _job_action(
             _set_state(farm, out, Kind.FRAME, frame, to, now)
             if to == FrameState.PENDING:
                 frame.host = frame.instance = None
-            if rule.resets:
-                frame.retries, frame.exit_code = 0, None
+        if rule.resets and (frame.retries or frame.exit_code is not None):
+            _set_state(farm, out, Kind.FRAME, frame, frame.state, now)  # written, even if already pending
+            frame.retries, frame.exit_code = 0, None
     for inst in job.instances.values():
         to = rule.instances.get(inst.state)
         if to is not None and to != inst.state:
@@ -162,6 +166,12 @@ def _job_action(
     out.to_state = str(job.state)
 
 
+def _check_job(farm: Farm, job: Job, now: datetime, out: Outcome) -> None:
+    """A frame's or instance's action depends on its job (its hold, its retry limit):
+    the job row is written too, so compare-and-set refuses the action if the job moved."""
+    _set_state(farm, out, Kind.JOB, job, job.state, now)
+
+
 def _follow(farm: Farm, job: Job, now: datetime, out: Outcome) -> None:
     """After a frame or instance changed, the job's derived state may change too."""
     new = job.derived_state()
@@ -174,6 +184,7 @@ def _follow(farm: Farm, job: Job, now: datetime, out: Outcome) -> None:
 def _frame_action(farm: Farm, frame: Frame, action: Action, automatic: bool, now: datetime, out: Outcome) -> None:
     job = farm.jobs[frame.job_id]
     rule = RULES[(Kind.FRAME, action)]
+    _check_job(farm, job, now, out)
     if action is Action.RETRY and automatic and frame.retries >= job.retry_limit:
         raise IllegalAction(
             Kind.FRAME, frame.key, frame.state, action, f"it has used all {job.retry_limit} of its retries"
@@ -199,6 +210,7 @@ def _instance_action(
 ) -> None:
     job = farm.jobs[inst.job_id]
     rule = RULES[(Kind.INSTANCE, action)]
+    _check_job(farm, job, now, out)
     _set_state(farm, out, Kind.INSTANCE, inst, InstanceState(rule.moves[inst.state]), now)
     requeue = bool(params.get("requeue_failed"))
     for frame in job.frames.values():
