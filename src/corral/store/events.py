@@ -353,6 +353,11 @@ class _Writer:
         retried = job["retries"] > 0 or bool(found[-1])
         new = derive_job_state(Hold(job["hold"]), frame_states, inst_states, retried).value
         if new == job["state"]:
+            # The job's frames or instances moved even if its state did not: bump its
+            # version, so a policy decision taken on the job as it was (kill it, retry a
+            # frame of it) is refused by compare-and-set instead of overwriting this news.
+            t = table("jobs")
+            self.conn.execute(update(t).where(t.c.id == job_id).values(version=t.c.version + 1, updated_at=self.now))
             return None
         self.write("jobs", job, **self.state_values(job, new, at))
         return (job_id, str(job["state"]), new)
