@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert, text, update
@@ -17,7 +18,7 @@ from corral.cycle import PolicySet, plan_farm, run_cycle
 from corral.facts import Aggregates, FactBuilder, frame_runs
 from corral.farm import Farm
 from corral.plan import Plan
-from corral.policy.loader import builtin_dir, load_paths
+from corral.policy.loader import builtin_dir, load_paths, load_texts
 from corral.snapshot import load_snapshot_file
 from corral.states import Kind
 from corral.store import Store
@@ -137,3 +138,91 @@ def test_counting_a_whole_farm_at_once_equals_counting_it_run_by_run(farm: Farm)
     stepwise = FactBuilder(farm, NIGHT, aggregates=one_by_one)
     for kind in Kind:
         assert at_once.facts(kind) == stepwise.facts(kind)
+
+
+KILL_AND_ORPHANS = """
+policies:
+  - name: kill-upstream
+    kind: job
+    when: {name: upstream, state: running}
+    actions: [kill]
+    reason: kill it
+  - name: block-orphans
+    kind: job
+    when: {state: pending, dependencies.killed: {gte: 1}}
+    actions: [block]
+    reason: an upstream job was killed
+  - name: hold-rest-when-job-fails
+    kind: frame
+    when: {state: pending, job.frames_failed: {gte: 1}}
+    actions: [block]
+    reason: a sibling failed
+  - name: hold-frames-on-locked
+    kind: frame
+    when: {state: pending, worker.state: locked}
+    actions: [block]
+    reason: its host is locked
+"""
+
+
+def _two_jobs() -> Farm:
+    from corral.farm import Frame, Instance, Job, Worker
+    from corral.states import FrameState, InstanceState, JobState
+
+    j1 = Job(1, "upstream", state=JobState.RUNNING, submitted_at=NIGHT)
+    j1.frames[1] = Frame(1, 1, FrameState.RUNNING, host="h1", instance="i1", started_at=NIGHT)
+    j1.instances["i1"] = Instance("i1", 1, "h1", InstanceState.RUNNING)
+    j2 = Job(2, "downstream", state=JobState.PENDING, depends_on=[1], submitted_at=NIGHT)
+    j2.frames = {n: Frame(2, n, FrameState.PENDING) for n in (1, 2, 3)}
+    j2.frames[3].host = "h2"
+    return Farm(jobs={1: j1, 2: j2}, workers={"h1": Worker("h1"), "h2": Worker("h2")})
+
+
+def test_what_corral_itself_changed_reaches_the_facts_that_copy_it(store: Store) -> None:
+    """Killing job 1 (corral's own write) must show in job 2's dependencies.* next cycle."""
+    policies = load_texts([("p.yaml", KILL_AND_ORPHANS)]).policies
+    store.init()
+    store.load_farm(_two_jobs(), replace=True)
+    policy_set = PolicySet(policies, keep_live=True)
+    run_cycle(store, policy_set, commit=True, now=NIGHT)
+    later = NIGHT + timedelta(minutes=1)
+    oracle, _ = plan_farm(store.read_farm(), PolicySet(policies, engine="reference"), now=later)
+    assert ("block-orphans", "2") in {(t.policy, t.ident) for t in oracle.transitions}
+    assert summary(run_cycle(store, policy_set, commit=False, now=later).plan) == summary(oracle)
+
+
+def test_a_sibling_failing_and_a_host_locked_reach_the_frames_that_copy_them(store: Store) -> None:
+    policies = load_texts([("p.yaml", KILL_AND_ORPHANS)]).policies[2:]
+    store.init()
+    store.load_farm(_two_jobs(), replace=True)
+    policy_set = PolicySet(policies, keep_live=True)
+    run_cycle(store, policy_set, commit=False, now=NIGHT)
+    fr, wk = table("frames"), table("workers")
+    with store.engine.begin() as conn:  # the supervisor: frame 2:1 fails, host h2 is locked
+        conn.execute(update(fr).where(fr.c.job_id == 2, fr.c.number == 1).values(state="failed", host="h1"))
+        conn.execute(update(wk).where(wk.c.name == "h2").values(state="locked"))
+    later = NIGHT + timedelta(minutes=1)
+    assert summary(run_cycle(store, policy_set, commit=False, now=later).plan) == full_plan_with(store, policies, later)
+
+
+def test_a_cycle_that_fails_after_reading_makes_the_next_one_read_everything(store: Store, monkeypatch: Any) -> None:
+    store.init()
+    store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
+    policy_set = PolicySet(PACK, keep_live=True)
+    run_cycle(store, policy_set, commit=False, now=NIGHT)
+    assert policy_set.live is not None
+
+    def blip(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(store, "last_actions", blip)
+    with pytest.raises(RuntimeError):
+        run_cycle(store, policy_set, commit=False, now=NIGHT)
+    assert policy_set.live is None  # what that cycle read was never evaluated: start over
+    monkeypatch.undo()
+    assert summary(run_cycle(store, policy_set, commit=False, now=NIGHT).plan) == full_plan(store, NIGHT)
+
+
+def full_plan_with(store: Store, policies: list[Any], now: datetime) -> set[tuple[Any, ...]]:
+    plan, _ = plan_farm(store.read_farm(), PolicySet(policies, engine="reference"), now=now)
+    return summary(plan)

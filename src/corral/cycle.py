@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from corral.evaluate import Evaluator, LazyFact, Match, ReferenceEvaluator, find_matches
 from corral.facts import FactBuilder
 from corral.farm import Farm, utcnow
-from corral.live import Dirty, LiveFarm
+from corral.live import Dirty, LiveFarm, Spread
 from corral.plan import Plan, make_plan
 from corral.policy.model import Policy
 from corral.states import Kind
@@ -171,7 +171,7 @@ def refresh(store: Store, policy_set: PolicySet) -> tuple[LiveFarm, Dirty]:
             policy_set.cycles_since_full += 1
             return live, live.apply(changes, mark)
     farm, mark = store.read_farm_marked()
-    live = LiveFarm(farm, mark)
+    live = LiveFarm(farm, mark, spread=Spread.of(p for p in policy_set.policies if p.enabled))
     dirty = live.everything()
     for kind in Kind:
         dirty[kind] |= engine.known(kind)
@@ -214,11 +214,34 @@ def run_cycle(
     """
     now = now or utcnow()
     cycle_id = cycle_id or new_cycle_id(now)
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    live: LiveFarm | None = None
     if policy_set.incremental and (commit or policy_set.keep_live or policy_set.live is not None):
-        live, dirty = refresh(store, policy_set)
+        try:
+            live, dirty = refresh(store, policy_set)
+            return _cycle(store, policy_set, live, dirty, commit=commit, now=now, due=due, cycle_id=cycle_id, t0=t0)
+        except BaseException:
+            # The live farm may now hold what this cycle read but never evaluated, or
+            # changes the database rolled back: start the next cycle from a whole read.
+            policy_set.live = None
+            raise
+    return _cycle(store, policy_set, None, None, commit=commit, now=now, due=due, cycle_id=cycle_id, t0=t0)
+
+
+def _cycle(
+    store: Store,
+    policy_set: PolicySet,
+    live: LiveFarm | None,
+    dirty: Dirty | None,
+    *,
+    commit: bool,
+    now: datetime,
+    due: Collection[str] | None,
+    cycle_id: str,
+    t0: float,
+) -> CycleResult:
+    timings: dict[str, float] = {}
+    if live is not None:
+        assert dirty is not None
         farm = live.farm
         facts = sum(len(ids) for ids in dirty.values())
     else:
@@ -229,6 +252,7 @@ def run_cycle(
     t1 = time.perf_counter()
     timings["read"] = t1 - t0
     if live is not None:
+        assert dirty is not None
         plan, matches = plan_live(live, policy_set, dirty, now=now, last_actions=last, due=due)
     else:
         plan, matches = plan_farm(farm, policy_set, now=now, last_actions=last, due=due)
@@ -243,6 +267,7 @@ def run_cycle(
         # The applier changes the farm in place after its writes: keep the live
         # farm's counts right around it (see corral.live).
         jobs = _jobs_of(plan, farm)
+        hosts = {f.host for j in jobs if j in farm.jobs for f in farm.jobs[j].frames.values() if f.host}
         if live is not None:
             live.uncount(jobs)
         try:
@@ -250,6 +275,9 @@ def run_cycle(
         finally:
             if live is not None:
                 live.recount(jobs)
+        if live is not None:
+            workers = [t.ident for t in plan.transitions if t.kind is Kind.WORKER]
+            live.touched_by_corral(jobs, workers, hosts)
     result.committed = True
     timings["apply"] = time.perf_counter() - t2
     return result

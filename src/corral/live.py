@@ -16,19 +16,54 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from corral.facts import DEFAULT_RECENT, Aggregates
 from corral.farm import Farm, Frame, Instance, Job, Worker
+from corral.policy.model import Policy, paths
 from corral.states import Kind
 from corral.store.changes import FarmChanges, Mark
 
 Dirty = dict[Kind, set[object]]
 
+
+@dataclass(frozen=True)
+class Spread:
+    """Which copied fields the policies read, so a change reaches every fact that shows it.
+
+    A frame's fact shows its job (`job.*`) and host (`worker.*`); an instance's shows its
+    job and host; a frame's `dependencies.*` show other frames.  Spreading costs work
+    (every frame of a changed job), so it is done only where some policy reads the copy.
+    """
+
+    job_to_children: bool = True
+    worker_to_frames: bool = True
+    worker_to_instances: bool = True
+    frame_dependents: bool = True
+
+    @classmethod
+    def of(cls, policies: Iterable[Policy]) -> Spread:
+        read: dict[Kind, set[str]] = defaultdict(set)
+        for policy in policies:
+            read[policy.kind] |= paths(policy.when)
+        child = read[Kind.FRAME] | read[Kind.INSTANCE]
+        return cls(
+            # job row fields already reach frames and instances when the row changes (_JOB_SHOWN);
+            # counts and other derived job facts move with any frame of the job
+            job_to_children=any(p.startswith("job.") and p[4:] not in _JOB_SHOWN_FACTS for p in child),
+            worker_to_frames=any(p.startswith("worker.") for p in read[Kind.FRAME]),
+            worker_to_instances=any(p.startswith("worker.") for p in read[Kind.INSTANCE]),
+            frame_dependents=any(p.startswith("dependencies.") for p in read[Kind.FRAME]),
+        )
+
 _JOB_FIELDS = ("name", "priority", "state", "hold", "blocked_by", "retry_limit", "retries", "submitted_at",
                "state_since", "last_retry_at", "version")
 #: Job fields that frames and instances show as `job.*`: a change there touches them too.
 _JOB_SHOWN = ("name", "priority", "state", "hold", "blocked_by", "retry_limit", "retries")
+#: Job facts that come from the job's row alone (spread when the row changes).
+_JOB_SHOWN_FACTS = frozenset({"id", "name", "priority", "state", "suspended", "blocked_by", "retry_limit", "retries",
+                              "retries_left", "time_in_state", "age", "since_retry"})
 _FRAME_FIELDS = ("state", "host", "instance", "attempts", "retries", "exit_code", "started_at", "finished_at",
                  "state_since", "version")
 
@@ -38,16 +73,22 @@ def no_dirt() -> Dirty:
 
 
 class LiveFarm:
-    def __init__(self, farm: Farm, mark: Mark, recent: timedelta = DEFAULT_RECENT) -> None:
+    def __init__(self, farm: Farm, mark: Mark, recent: timedelta = DEFAULT_RECENT, spread: Spread | None = None) -> None:
         self.farm, self.mark = farm, mark
+        self.spread = spread or Spread()
+        self.pending: Dirty = no_dirt()
         self.agg = Aggregates.from_farm(farm, recent)
         self.dependents: dict[int, set[int]] = defaultdict(set)
         self.host_instances: dict[str, set[str]] = defaultdict(set)
+        self.frame_dependents: dict[str, set[str]] = defaultdict(set)
         for job in farm.jobs.values():
             for dep in job.depends_on:
                 self.dependents[dep].add(job.id)
             for inst in job.instances.values():
                 self.host_instances[inst.host].add(inst.id)
+            for frame in job.frames.values():
+                for dj, dn in frame.depends_on:
+                    self.frame_dependents[f"{dj}:{dn}"].add(frame.key)
 
     def everything(self) -> Dirty:
         """Every entity: what a first cycle evaluates."""
@@ -62,7 +103,7 @@ class LiveFarm:
     # --- applying the rows that changed ------------------------------------------------
 
     def apply(self, changes: FarmChanges, mark: Mark) -> Dirty:
-        dirty = no_dirt()
+        dirty, self.pending = self.pending, no_dirt()
         for job in changes.jobs:
             self._job(job, dirty)
         for job_id, deps in changes.depends_on.items():
@@ -87,7 +128,45 @@ class LiveFarm:
             if run.host:
                 dirty[Kind.WORKER].add(run.host)
         self.mark = mark
+        return self._spread(dirty)
+
+    def _spread(self, dirty: Dirty) -> Dirty:
+        """Carry each change to the facts that copy it (see `Spread`)."""
+        spread, farm = self.spread, self.farm
+        if spread.job_to_children:
+            for job_id in list(dirty[Kind.JOB]):
+                job = farm.jobs.get(job_id)  # type: ignore[call-overload]
+                if job is not None:
+                    dirty[Kind.FRAME].update(f.key for f in job.frames.values())
+                    dirty[Kind.INSTANCE].update(job.instances)
+        hosts = dirty[Kind.WORKER]
+        if hosts and spread.worker_to_instances:
+            for host in hosts:
+                dirty[Kind.INSTANCE].update(self.host_instances.get(str(host), ()))
+        if hosts and spread.worker_to_frames:  # rare (a worker policy reads...), so a scan is fine
+            dirty[Kind.FRAME].update(
+                f.key for j in farm.jobs.values() for f in j.frames.values() if f.host in hosts
+            )
+        if spread.frame_dependents and self.frame_dependents:
+            for key in list(dirty[Kind.FRAME]):
+                dirty[Kind.FRAME].update(self.frame_dependents.get(str(key), ()))
         return dirty
+
+    def touched_by_corral(self, job_ids: Iterable[int], workers: Iterable[str], hosts: Iterable[str]) -> None:
+        """After the applier changed these in place, their facts (and what copies them)
+        must be rebuilt next cycle: the rows it wrote come back unchanged from the read."""
+        pending = self.pending
+        for job_id in job_ids:
+            job = self.farm.jobs.get(job_id)
+            if job is None:
+                continue
+            pending[Kind.JOB].add(job_id)
+            pending[Kind.JOB].update(self.dependents.get(job_id, ()))
+            pending[Kind.FRAME].update(f.key for f in job.frames.values())
+            pending[Kind.INSTANCE].update(job.instances)
+            pending[Kind.WORKER].update(f.host for f in job.frames.values() if f.host)
+        pending[Kind.WORKER].update(workers)
+        pending[Kind.WORKER].update(hosts)
 
     def _job(self, new: Job, dirty: Dirty) -> None:
         old = self.farm.jobs.get(new.id)

@@ -9,9 +9,9 @@ not cooperate: triggers stamp each inserted or updated row.
   finished, so the next read of `rev >= mark` misses nothing, even from transactions
   that were still running (re-reading a few rows twice is harmless).
 - SQLite: writers are serialised; an update stamps `rev` with the current value of a
-  counter.  A reader holds the write lock while it reads, stamps the rows inserted
-  since (inserted rows start with no `rev`), and moves the counter on: the next read
-  takes `rev >= ` the new value, or no `rev` yet.
+  counter.  Before each read, a short write transaction stamps the rows inserted since
+  (inserted rows start with no `rev`) and moves the counter on; the next read takes
+  `rev >= ` the new value, or no `rev` yet (see corral.store.changes).
 Deleting farm rows (only `corral load --replace` does) bumps `generation`, which
 makes the daemon read the whole farm again.
 
