@@ -178,3 +178,27 @@ def test_run_once_applies_the_plan_and_a_second_cycle_applies_nothing(tmp_path: 
     assert second["applied"] == 0 and second["planned"] == []
     status = {j["id"]: j for j in json.loads(runner.invoke(app, ["status", "--db", db, "--json"]).output)}
     assert status[102]["state"] == "blocked" and status[106]["state"] == "pending" and status[103]["state"] == "retrying"
+
+
+def test_a_duplicate_name_is_reported_even_when_both_policies_have_other_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "dup.yaml"
+    bad.write_text(
+        "policies:\n"
+        "  - name: p1\n    kind: job\n    when: {state: nope}\n    actions: [block]\n    reason: r\n"
+        "  - name: p1\n    kind: gadget\n    when: {state: failed}\n    actions: [explode]\n    reason: r\n"
+    )
+    result = runner.invoke(app, ["check", str(bad)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith(str(bad))]
+    assert [line.split(": ")[0] for line in lines] == [f"{bad}:4:19", f"{bad}:7:5", f"{bad}:8:11", f"{bad}:10:15"]
+    assert "duplicate policy name 'p1'" in lines[1] and f"{bad}:2:5" in lines[1]
+
+
+def test_replay_runs_over_a_store_fed_by_the_supervisor(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'fed.db'}"
+    assert runner.invoke(app, ["db", "init", "--db", db]).exit_code == 0
+    assert runner.invoke(app, ["ingest", str(ROOT / "examples" / "events.jsonl"), "--db", db]).exit_code == 0
+    assert runner.invoke(app, ["run", "--once", "--db", db]).exit_code == 0
+    result = runner.invoke(app, ["replay", "--db", db, "--json"])
+    assert result.exit_code == 0, result.output
+    assert "unblock-when-dependencies-complete" in result.output

@@ -124,8 +124,8 @@ def _since_from_runs(farm: Farm, kind: Kind, ident: str, state: str, before: dat
 def _undo(farm: Farm, row: LogRow, older_into: datetime | None) -> bool:
     """Put the entity back in `row.from_state`; False when the time it entered it is unknown."""
     entity = _entity(farm, row.kind, row.entity_id)
-    if entity is None:
-        return True
+    if entity is None or not row.from_state:
+        return True  # a row with no former state (a job's submission) has nothing to undo
     since = older_into or _since_from_runs(farm, row.kind, row.entity_id, row.from_state, row.at)
     if isinstance(entity, Job):
         entity.state = JobState(row.from_state)

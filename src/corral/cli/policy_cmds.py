@@ -87,6 +87,8 @@ def check(
             console.print(str(error), highlight=False, markup=False)
         if result.ok:
             console.print(f"ok: {len(result.policies)} policies in {len(result.files)} file(s)")
+        elif not result.files:
+            console.print(f"{len(result.errors)} error(s); no policy file was found")
         else:
             console.print(f"{len(result.errors)} error(s) in {len(result.bad_files)} of {len(result.files)} file(s)")
     if not result.ok:
@@ -176,6 +178,18 @@ def plan(
 def _print_plan(result: Any, show_skipped: bool) -> None:
     if not result.transitions:
         console.print("Nothing to do: no policy would change anything.")
+    elif console.width < 120:
+        # A table with a readable reason column needs a wide terminal: list instead.
+        console.print("Planned transitions (dry run: nothing was changed)")
+        for policy in sorted({t.policy for t in result.transitions}):
+            console.print(f"[bold]{policy}[/]", highlight=False)
+            for t in (t for t in result.transitions if t.policy == policy):
+                would = "would " if t.audit else ""
+                console.print(f"  {would}{t.action} {t.kind} {t.ident}: {t.from_state} → {t.to_state}",
+                              highlight=False, markup=False)
+                console.print(f"      {t.reason}", highlight=False, markup=False)
+        audit = sum(1 for t in result.transitions if t.audit)
+        console.print(f"{len(result.transitions)} transition(s)" + (f", {audit} in audit mode (reported only)" if audit else ""))
     else:
         table = Table(title="Planned transitions (dry run: nothing was changed)", title_justify="left")
         for col in ("policy", "kind", "id", "action", "from → to"):

@@ -167,20 +167,26 @@ def load_texts(
             data = None
         if data is not None or not file_errors:
             for raw in _policy_items(data, filename, file_errors):
-                policy = _Checker(raw, file_errors, overrides).policy()
-                if policy is None:
-                    continue
-                if policy.name in seen:
+                # Duplicates are found by name whether or not the policy has other errors,
+                # so fixing the errors listed never reveals a new one.
+                raw_name = raw.get("name")
+                name = raw_name if isinstance(raw_name, str) else None
+                duplicate = name is not None and name in seen
+                if name is not None and duplicate:
                     file_errors.append(PolicyError(
                         raw.pos_of("name"),
-                        f"duplicate policy name '{policy.name}': it is also defined at {seen[policy.name]}; "
+                        f"duplicate policy name '{name}': it is also defined at {seen[name]}; "
                         "names must be unique across all loaded files",
                     ))
+                elif name is not None:
+                    seen[name] = raw.start
+                policy = _Checker(raw, file_errors, overrides).policy()
+                if policy is None or duplicate:
                     continue
-                seen[policy.name] = policy.source or raw.start
                 used_overrides.add(policy.name)
                 file_policies.append(policy)
         if file_errors:
+            file_errors.sort(key=lambda e: (e.pos.line, e.pos.column))
             result.errors.extend(file_errors)
             result.bad_files.append(filename)
         else:
@@ -282,7 +288,7 @@ class _Checker:
             if kind in Kind.__members__.values():
                 self.kind = Kind(kind)
             else:
-                self.error(raw.value_pos_of("kind"), f"unknown kind {_what(kind)}{suggest(str(kind), [k.value for k in Kind])}"
+                self.error(raw.value_pos_of("kind"), f"unknown kind '{kind}'{suggest(str(kind), [k.value for k in Kind])}"
                            f"; kind is one of: {', '.join(k.value for k in Kind)}")
         self._params(name)
         description = self._text("description", "")
@@ -593,7 +599,7 @@ class _Checker:
         else:
             name, ppos = item, pos
         if not isinstance(name, str) or name not in Action.__members__.values():
-            self.error(pos, f"unknown action {_what(name)}{suggest(str(name), [a.value for a in Action])} "
+            self.error(pos, f"unknown action '{name}'{suggest(str(name), [a.value for a in Action])} "
                        f"(actions: {', '.join(a.value for a in Action)})")
             return None
         action = Action(name)
