@@ -202,3 +202,15 @@ def test_replay_runs_over_a_store_fed_by_the_supervisor(tmp_path: Path) -> None:
     result = runner.invoke(app, ["replay", "--db", db, "--json"])
     assert result.exit_code == 0, result.output
     assert "unblock-when-dependencies-complete" in result.output
+
+
+def test_run_dry_run_reports_exactly_what_the_real_run_would_apply(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'farm.db'}"
+    runner.invoke(app, ["db", "init", "--db", db])
+    runner.invoke(app, ["load", str(EXAMPLE), "--db", db])
+    dry = json.loads(runner.invoke(app, ["run", "--once", "--dry-run", "--db", db, "--json"]).output)
+    assert dry["applied"] == 0
+    real = json.loads(runner.invoke(app, ["run", "--once", "--db", db, "--json"]).output)
+    key = [(p["policy"], p["kind"], p["id"], p["action"]) for p in dry["planned"]]
+    assert sorted(key, key=str) == sorted(((p["policy"], p["kind"], p["id"], p["action"]) for p in real["planned"]), key=str)
+    assert real["applied"] == len(real["planned"])

@@ -10,8 +10,9 @@ The planner is where a bad policy is kept from wrecking a farm.  In order:
 4. legality: the winners are played forward on the farm (inside `Farm.scratch()`, so
    nothing changes), and a proposal the state model forbids is dropped with the
    state model's reason.
-Audit-mode policies go through the same steps but never compete with or change the
-picture for enforcing ones: they report what they would do.
+Audit-mode policies go through the same steps, played as if they were switched on
+(so `corral run --dry-run` shows exactly what the daemon would do), but they never take
+anything away from the enforcing ones: only their own would-be transitions are reported.
 """
 
 from __future__ import annotations
@@ -152,14 +153,21 @@ def make_plan(
             plan.skipped.extend(Skipped(name, m.kind, m.ident, first, "limit", why) for m in kept)
             continue
         survivors.extend(kept)
-    enforce = _resolve_conflicts([m for m in survivors if not m.policy.audit], plan)
-    audit = [m for m in survivors if m.policy.audit]
+    enforcing = [m for m in survivors if not m.policy.audit]
     with farm.scratch():
-        for m in _ordered(enforce):
+        for m in _ordered(_resolve_conflicts(enforcing, plan)):
             _play(farm, m, now, plan)
-    for m in _ordered(audit):
+    auditing = [m for m in survivors if m.policy.audit]
+    if auditing:
+        # What each audit policy would do if it were switched on: it competes with the
+        # enforcing ones by priority and is played after them, but only its own
+        # transitions are reported, and nothing it "does" changes the enforced plan.
+        trial = Plan()
+        winners = _resolve_conflicts(enforcing + auditing, trial)
+        plan.skipped.extend(s for s in trial.skipped if s.policy in {m.policy.name for m in auditing})
         with farm.scratch():
-            _play(farm, m, now, plan)
+            for m in _ordered(winners):
+                _play(farm, m, now, plan if m.policy.audit else Plan())
     return plan
 
 
