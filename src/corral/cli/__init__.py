@@ -25,4 +25,17 @@ demo_cmds.register(app)
 
 
 def main() -> None:
-    app()
+    """The console script: a store or database error anywhere ends the command with a
+    one-line message, never a traceback."""
+    from rich.markup import escape
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from corral.cli.common import err_console
+    from corral.store.store import StoreError
+
+    try:
+        app()
+    except (StoreError, SQLAlchemyError) as err:
+        message = str(err) if isinstance(err, StoreError) else f"database error: {str(err).splitlines()[0]}"
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+        raise SystemExit(1) from None

@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, delete, func, insert, inspect, select, update
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from corral.farm import Farm, utcnow
 from corral.states import Kind
@@ -71,8 +73,14 @@ class Store:
     @classmethod
     def open(cls, url: str, *, busy_timeout: float = 30.0) -> Store:
         """Connects lazily: opening never fails on a missing or empty database."""
-        parsed = normalise_url(url)
-        return cls(make_engine(parsed, busy_timeout=busy_timeout), parsed)
+        try:
+            parsed = normalise_url(url)
+            return cls(make_engine(parsed, busy_timeout=busy_timeout), parsed)
+        except (ArgumentError, NoSuchModuleError) as err:
+            raise StoreError(
+                f"'{url}' is not a database URL corral can use ({err}); "
+                "give sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE with --db or $CORRAL_DB"
+            ) from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -96,8 +104,19 @@ class Store:
         """Refuse to work on a database `corral db init` has not prepared (once per Store)."""
         if self._checked:
             return
-        with self.engine.connect() as conn:
-            current = migrate.current_revision(conn)
+        path = self.url.database if self.url.get_backend_name() == "sqlite" else None
+        if path and path != ":memory:" and not Path(path).exists():
+            # Connecting would create an empty file: say what to do instead.
+            raise SchemaMissing(f"there is no store at {path}: run `corral db init` there, or point --db / $CORRAL_DB at one")
+        try:
+            with self.engine.connect() as conn:
+                current = migrate.current_revision(conn)
+        except OperationalError as err:
+            reason = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
+            raise StoreError(
+                f"cannot open {describe(self.url)}: {reason}. Check that the server is running and the host, port "
+                "and database name are right (create the database with createdb), or that the SQLite file's folder exists"
+            ) from None
         head = migrate.head_revision()
         if current is None:
             raise SchemaMissing(f"{describe(self.url)} has no corral tables yet: run `corral db init` first")
