@@ -7,6 +7,7 @@ is `commit`.  Evaluation itself (`plan_farm`) is pure and also serves snapshots.
 
 from __future__ import annotations
 
+import gc
 import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
@@ -172,6 +173,10 @@ def refresh(store: Store, policy_set: PolicySet) -> tuple[LiveFarm, Dirty]:
             return live, live.apply(changes, mark)
     farm, mark = store.read_farm_marked()
     live = LiveFarm(farm, mark, spread=Spread.of(p for p in policy_set.policies if p.enabled))
+    # The farm lives as long as the daemon: keep the cyclic garbage collector from
+    # walking its millions of objects again and again (a full collection of a 1M-frame
+    # farm costs about a second, at a moment no cycle chooses).
+    gc.freeze()
     dirty = live.everything()
     for kind in Kind:
         dirty[kind] |= engine.known(kind)
