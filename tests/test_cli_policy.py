@@ -214,3 +214,12 @@ def test_run_dry_run_reports_exactly_what_the_real_run_would_apply(tmp_path: Pat
     key = [(p["policy"], p["kind"], p["id"], p["action"]) for p in dry["planned"]]
     assert sorted(key, key=str) == sorted(((p["policy"], p["kind"], p["id"], p["action"]) for p in real["planned"]), key=str)
     assert real["applied"] == len(real["planned"])
+
+
+def test_status_says_when_corral_is_paused(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'farm.db'}"
+    runner.invoke(app, ["db", "init", "--db", db])
+    runner.invoke(app, ["load", str(EXAMPLE), "--db", db])
+    assert "paused" not in runner.invoke(app, ["status", "--db", db]).output
+    runner.invoke(app, ["pause", "--db", db, "--reason", "file server maintenance"])
+    assert "corral is paused" in runner.invoke(app, ["status", "--db", db]).output

@@ -157,9 +157,12 @@ def status(as_json: JsonOption = False, db: DbOption = None) -> None:
     """Jobs with their state, priority and frame counts."""
     with open_store(db) as store:
         rows = job_summaries(store.read_farm())
+        paused = store.get_setting("paused") == "1"
     if as_json:
         print_json(rows)
         return
+    if paused:
+        console.print("[bold yellow]corral is paused:[/] cycles run and report, nothing is applied (`corral resume`)")
     table = Table(title="jobs", caption="frames: pending, blocked, running, complete, failed, killed")
     table.add_column("id", justify="right", no_wrap=True, min_width=max((len(str(r["id"])) for r in rows), default=2))
     widest = max((len(r["name"]) for r in rows), default=4)
