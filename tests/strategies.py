@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from corral.facts import FIELDS, FieldSpec
 from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
-from corral.policy.model import ActionSpec, All, AnyOf, Cmp, Cond, Not, Policy
+from corral.policy.model import ActionSpec, All, AnyOf, Cmp, Cond, Not, Policy, pinned_states
 from corral.policy.operators import OPERATORS
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind, WorkerState, actions_for, legal_from
 
@@ -229,22 +229,8 @@ def conditions(kind: Kind, depth: int = 3) -> st.SearchStrategy[Cond]:
     )
 
 
-def _pinned(cond: Cond) -> set[str] | None:
-    """States the top level pins `state` to (the loader refuses a policy that can never act)."""
-    if isinstance(cond, Cmp) and cond.path == "state":
-        return {cond.value} if cond.op == "eq" else set(cond.value) if cond.op == "in" else None
-    if isinstance(cond, All):
-        out: set[str] | None = None
-        for item in cond.items:
-            p = _pinned(item)
-            if p is not None:
-                out = p if out is None else out & p
-        return out
-    return None
-
-
 def _action_for(draw: Any, kind: Kind, when: Cond) -> ActionSpec:
-    pinned = _pinned(when)
+    pinned = pinned_states(when)
     choices = [a for a in actions_for(kind) if pinned is None or pinned & legal_from(kind, a)]
     assume(choices)
     return ActionSpec(draw(st.sampled_from(choices)))

@@ -44,7 +44,7 @@ from durable import engine as _durable  # the one import of durable_rules in cor
 
 from corral.facts import get_path, narrow
 from corral.policy.compiler import MARKER, CompiledKind, compile_kind, engine_can_read, next_flip
-from corral.policy.model import Cmp, Policy
+from corral.policy.model import All, Cmp, Policy, pinned_states
 from corral.policy.reference import holds
 from corral.states import Kind
 
@@ -211,19 +211,11 @@ class RuleEngine:
             return frozenset()
         allowed: set[str] = set()
         for gate in memory.compiled.gates.values():
-            states = [c for c in gate if c.path == "state" and c.op in ("eq", "in")]
-            if not states:
+            states = pinned_states(All(gate))
+            if states is None:
                 return None
-            found: set[str] | None = None
-            for c in states:
-                values = set(c.value) if c.op == "in" else {c.value}
-                found = values if found is None else found & values
-            allowed |= found or set()
+            allowed |= states
         return frozenset(allowed)
-
-    def candidates(self, kind: Kind) -> int:
-        memory = self._memory.get(kind)
-        return len(memory.facts) + len(memory.fallback) if memory else 0
 
     def _passes_gate(self, memory: _Memory, fact: dict[str, Any]) -> bool:
         return any(all(holds(c, fact) for c in gate) for gate in memory.compiled.gates.values())

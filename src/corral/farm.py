@@ -193,10 +193,6 @@ def restore_fields(obj: Any, saved: dict[str, Any]) -> None:
         setattr(obj, name, value)
 
 
-def entity_state(entity: Entity) -> str:
-    return str(entity.state)
-
-
 def entity_id(kind: Kind, entity: Entity) -> str:
     """The id used in plans, the CLI and the transition log."""
     if isinstance(entity, Frame):

@@ -39,7 +39,6 @@ from corral.states import Kind
 MARKER = "_corral"
 PROBE_PREFIX = "_p"
 
-_NEGATED_CMP = {"lt": "$gte", "lte": "$gt", "gt": "$lte", "gte": "$lt"}
 _CMP = {"lt": "$lt", "lte": "$lte", "gt": "$gt", "gte": "$gte"}
 
 

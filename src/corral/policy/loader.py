@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from corral.facts import FIELDS, FieldSpec
-from corral.policy.model import ActionSpec, All, AnyOf, Cmp, Cond, Limits, Not, Policy
+from corral.policy.model import ActionSpec, All, AnyOf, Cmp, Cond, Limits, Not, Policy, pinned_states
 from corral.policy.operators import OPERATORS, compiled_regex, resolve
-from corral.states import ACTION_PARAMS, RULES, STATES, Action, Kind, actions_for, legal_from
+from corral.states import ACTION_PARAMS, RULES, Action, Kind, actions_for, legal_from
 from corral.yamlpos import Pos, PosDict, PosList, YamlError, load_text
 
 POLICY_KEYS: dict[str, str] = {
@@ -651,7 +651,7 @@ class _Checker:
         never act: say so now rather than let it be silently useless."""
         if not actions or self.kind is None:
             return
-        pinned = _pinned_states(when)
+        pinned = pinned_states(when)
         if pinned is None:
             return
         legal = legal_from(self.kind, actions[0].action)
@@ -688,25 +688,3 @@ def _type_words(spec: FieldSpec) -> str:
         "int": "a whole number", "float": "a number", "duration": "a duration", "str": "text",
         "state": "a state", "bool": "true or false",
     }[spec.type]
-
-
-def _pinned_states(cond: Cond) -> set[str] | None:
-    """States `state` is restricted to by top-level eq/in conditions (None: any)."""
-    if isinstance(cond, Cmp) and cond.path == "state":
-        if cond.op == "eq":
-            return {cond.value}
-        if cond.op == "in":
-            return set(cond.value)
-        return None
-    if isinstance(cond, All):
-        result: set[str] | None = None
-        for item in cond.items:
-            pinned = _pinned_states(item)
-            if pinned is not None:
-                result = pinned if result is None else result & pinned
-        return result
-    return None
-
-
-def all_states() -> dict[str, tuple[str, ...]]:
-    return {str(k): v for k, v in STATES.items()}

@@ -90,3 +90,23 @@ def paths(cond: Cond) -> set[str]:
     for item in cond.items:
         out |= paths(item)
     return out
+
+
+def pinned_states(cond: Cond) -> set[str] | None:
+    """The states `state` is restricted to by top-level `eq`/`in` conditions (None: any).
+
+    The loader uses it to refuse a policy that can never act, the engine adapter to
+    skip building facts for entities in states no policy can match.
+    """
+    if isinstance(cond, Cmp) and cond.path == "state":
+        if cond.op == "eq":
+            return {cond.value}
+        return set(cond.value) if cond.op == "in" else None
+    if isinstance(cond, All):
+        result: set[str] | None = None
+        for item in cond.items:
+            pinned = pinned_states(item)
+            if pinned is not None:
+                result = pinned if result is None else result & pinned
+        return result
+    return None

@@ -83,9 +83,6 @@ class _Stale(Exception):
         super().__init__(f"{what} changed since it was read")
 
 
-def _saved(entity: Entity) -> dict[str, Any]:
-    """A shallow copy of an entity's own fields (children stay shared, as in `Farm.touch`)."""
-    return saved_fields(entity)
 
 
 def _job_of(entity: Entity) -> int | None:
@@ -107,7 +104,7 @@ def _simulate(
     """Run the action on the farm and undo it at once, keeping the rows as they would be."""
     with farm.scratch():
         out = apply_action(farm, p.kind, p.ident, p.action, now=now, params=p.params, automatic=p.automatic, actor=actor)
-        after = [(kind, entity, version, _saved(entity)) for kind, entity, version in out.touched]
+        after = [(kind, entity, version, saved_fields(entity)) for kind, entity, version in out.touched]
     return out, after
 
 
@@ -148,7 +145,7 @@ def apply_transitions(
                 continue
             savepoint.commit()
             for _kind, ent, version, values in after:
-                undo.append((ent, _saved(ent)))
+                undo.append((ent, saved_fields(ent)))
                 restore_fields(ent, values)
                 ent.version = version + 1
             report.applied.append(done)

@@ -40,10 +40,6 @@ class FarmChanges:
     runs: list[tuple[int, int, int, FrameRun]] = field(default_factory=list)  # (run id, job, frame, run)
     depends_on: dict[int, list[int]] = field(default_factory=dict)  # job -> its whole new list
 
-    def __len__(self) -> int:
-        return (len(self.jobs) + len(self.frames) + len(self.instances) + len(self.workers)
-                + len(self.runs) + len(self.depends_on))
-
 
 def take_mark(conn: Connection, sqlite_value: int | None = None) -> Mark:
     """The mark for a read made in `conn`'s snapshot (call it before reading rows).
@@ -111,7 +107,3 @@ def read_changes(conn: Connection, since: Mark) -> FarmChanges:
         for r in conn.execute(query):
             out.depends_on[r.job_id].append(r.depends_on)
     return out
-
-
-def max_run_id(conn: Connection) -> int:
-    return int(conn.execute(text("SELECT COALESCE(MAX(id), 0) FROM frame_runs")).scalar_one())
