@@ -130,18 +130,20 @@ def plan_live(
         if not any(p.kind is kind for p in by_name.values()):
             continue
         allowed = engine.state_filter(kind)
-        known = engine.known(kind)
         changed: dict[Any, dict[str, Any] | None] = {}
+        dropped: list[Any] = []
         for ident in dirty[kind] | engine.due(kind, stamp):
             try:
                 entity = farm.entity(kind, str(ident))
             except KeyError:
                 entity = None
             if entity is None or (allowed is not None and str(entity.state) not in allowed):
-                if ident in known:
-                    changed[ident] = None  # it was a candidate: the engine must forget it
+                dropped.append(ident)
             else:
                 changed[ident] = builder.fact(kind, str(ident))
+        if dropped:  # those the engine held as candidates must be forgotten (one call, only if needed)
+            known = engine.known(kind)
+            changed.update((ident, None) for ident in dropped if ident in known)
         engine.update(kind, changed, stamp)
         for name, ids in engine.current(kind).items():
             policy = by_name.get(name)
