@@ -49,30 +49,56 @@ def test_a_fact_that_changes_between_evaluations_updates_its_matches() -> None:
 
 def test_a_fact_no_longer_passed_is_retracted_and_drops_out() -> None:
     engine = RuleEngine([FAILED])
-    assert engine.evaluate(Kind.JOB, [job(1, state="failed"), job(2, state="failed")]) == {"failed": [1, 2]}
+    assert engine.evaluate(Kind.JOB, [job(1, state="failed"), job(2, state="complete")]) == {"failed": [1]}
     assert engine.evaluate(Kind.JOB, [job(2, state="failed")]) == {"failed": [2]}
-    assert engine.stats.retracted == 1
+    assert engine.evaluate(Kind.JOB, []) == {"failed": []}
+    assert engine.stats.retracted == 1  # job 2 took over job 1's engine fact; it went when job 2 went
     # and it can come back
     assert sorted(engine.evaluate(Kind.JOB, [job(1, state="failed"), job(2, state="failed")])["failed"]) == [1, 2]
 
 
+def test_entities_with_the_same_content_share_one_engine_fact() -> None:
+    """The engine is asked once per distinct content: its cost and memory follow the
+    variety of the farm, not its size."""
+    engine = RuleEngine([FAILED, job_policy("high", Cmp("priority", "gt", 50))])
+    facts = [job(i, state="failed" if i % 2 else "running", priority=90 if i % 3 else 10) for i in range(1, 1001)]
+    found = engine.evaluate(Kind.JOB, facts)
+    assert sorted(found["failed"]) == [f["id"] for f in facts if f["state"] == "failed"]
+    assert sorted(found["high"]) == [f["id"] for f in facts if f["priority"] > 50]
+    candidates = [f for f in facts if f["state"] == "failed" or f["priority"] > 50]  # the rest fail both gates
+    assert engine.stats.asserted == 3 and engine.stats.shared == len(candidates) - 3
+    # one member changing moves it to another shared fact; the others keep theirs
+    facts[0] = job(1, state="complete", priority=90)
+    found = engine.evaluate(Kind.JOB, facts)
+    assert 1 not in found["failed"] and 1 in found["high"]
+    assert engine.stats.retracted == 0
+
+
+def test_a_bool_and_an_int_never_share_a_fact() -> None:
+    engine = RuleEngine([job_policy("one", Cmp("retries", "eq", 1))])
+    assert engine.evaluate(Kind.JOB, [job(1, retries=True), job(2, retries=1)]) == {"one": [2]}
+
+
 def test_an_id_collision_is_decided_by_the_reference_evaluator_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = RuleEngine([FAILED])
+    engine = RuleEngine([FAILED, OLD])
     real = engine._host.assert_fact
+    collide = {"on": True}
 
     def colliding(ruleset: str, fact: dict[str, Any]) -> Any:
-        if fact["id"] == 2:
+        if collide["on"] and fact.get("state") == "failed":
             raise durable.MessageObservedException("already observed")
         return real(ruleset, fact)
 
     monkeypatch.setattr(engine._host, "assert_fact", colliding)
-    assert engine.evaluate(Kind.JOB, [job(1, state="failed"), job(2, state="failed")]) == {"failed": [1, 2]}
-    assert engine.stats.collisions == 1
-    # the colliding fact follows the farm like any other
-    assert engine.evaluate(Kind.JOB, [job(1, state="failed"), job(2, state="complete")]) == {"failed": [1]}
-    assert engine.evaluate(Kind.JOB, [job(1, state="failed"), job(2, state="failed")]) == {"failed": [1, 2]}
-    assert engine.evaluate(Kind.JOB, [job(1, state="failed")]) == {"failed": [1]}
-    # job 2 left the candidates when it completed, and collided again when it failed again
+    old = {"age": 7200.0}
+    assert engine.evaluate(Kind.JOB, [job(1, state="failed", **old), job(2, state="failed"), job(3)]) == {
+        "failed": [1, 2], "old": [1]}
+    assert engine.stats.collisions == 2  # two contents (old and young) collided
+    # the colliding facts follow the farm like any other
+    assert engine.evaluate(Kind.JOB, [job(1, state="failed"), job(2, state="complete")]) == {"failed": [1], "old": []}
+    collide["on"] = False
+    assert engine.evaluate(Kind.JOB, [job(1, state="failed"), job(2, state="failed")]) == {"failed": [1, 2], "old": []}
+    assert engine.evaluate(Kind.JOB, [job(1, state="failed")]) == {"failed": [1], "old": []}
     assert engine.stats.collisions == 2
 
 
@@ -92,7 +118,7 @@ def test_policies_of_every_kind_live_side_by_side() -> None:
 
 def test_the_engine_is_sent_only_the_fields_its_policies_read() -> None:
     engine = RuleEngine([FAILED, OLD])
-    assert engine.paths(Kind.JOB) == {"state", "age"}
+    assert engine.paths(Kind.JOB) == {"state"}  # age is a duration: a probe stands for it
     assert engine.paths(Kind.FRAME) == set()
 
 

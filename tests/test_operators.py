@@ -268,9 +268,9 @@ def test_durations_compare_exactly_even_when_tiny(actual: float, threshold: floa
 
 
 def test_a_fact_the_engine_cannot_read_is_decided_in_python_and_counted() -> None:
-    policy = Policy("p", Kind.JOB, Cmp("time_in_state", "lt", 1.0), (ActionSpec(Action.KILL),), "r")
+    policy = Policy("p", Kind.JOB, Cmp("frames_done_percent", "lt", 1.0), (ActionSpec(Action.KILL),), "r")
     engine = RuleEngine([policy])
-    found = engine.evaluate(Kind.JOB, [{"id": 1, "time_in_state": 1e-05}, {"id": 2, "time_in_state": 5.0}])
+    found = engine.evaluate(Kind.JOB, [{"id": 1, "frames_done_percent": 1e-05}, {"id": 2, "frames_done_percent": 5.0}])
     assert found == {"p": [1]}
     assert engine.stats.unreadable == 1
 

@@ -19,6 +19,7 @@ from corral.evaluate import ReferenceEvaluator
 from corral.facts import FactBuilder
 from corral.policy.loader import load_texts
 from corral.policy.model import Policy
+from corral.policy.reference import holds, predicate
 from corral.states import Kind
 from strategies import NOW, farms, mutate, policy_sets, policy_yaml
 
@@ -96,3 +97,14 @@ def test_an_engine_fed_unrelated_farms_in_turn_forgets_what_is_gone(farm: Any, p
     for _ in range(2):
         farm = data.draw(farms())
         assert_same_matches(engine, policies, _facts(farm))
+
+
+@SETTINGS
+@given(farm=farms(), policies=policy_sets())
+def test_compiled_conditions_decide_exactly_like_the_reference(farm: Any, policies: list[Policy]) -> None:
+    """The adapter gates candidates with `predicate`; it must never disagree with `holds`."""
+    facts = _facts(farm)
+    for policy in policies:
+        test = predicate(policy.when)
+        for fact in facts[policy.kind]:
+            assert test(fact) == holds(policy.when, fact), (policy.when, fact)

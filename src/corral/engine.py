@@ -45,7 +45,7 @@ from durable import engine as _durable  # the one import of durable_rules in cor
 from corral.facts import get_path, narrow
 from corral.policy.compiler import MARKER, CompiledKind, compile_kind, engine_can_read, next_flip
 from corral.policy.model import All, Cmp, Policy, pinned_states
-from corral.policy.reference import holds
+from corral.policy.reference import Predicate, getter, holds, predicate
 from corral.states import Kind
 
 log = logging.getLogger(__name__)
@@ -65,24 +65,81 @@ class _QuietHost(_durable.Host):  # type: ignore[misc]
 
 @dataclass
 class EngineStats:
-    asserted: int = 0
-    retracted: int = 0
-    unchanged: int = 0
+    """Counts of what the adapter did: entities are what the caller sends, engine facts
+    what durable_rules holds (one per distinct content, see `_Shared`)."""
+
+    asserted: int = 0  # engine facts asserted
+    retracted: int = 0  # engine facts retracted
+    unchanged: int = 0  # entities re-sent with the same engine-visible content
+    shared: int = 0  # entities that joined an engine fact already held for another
     collisions: int = 0
     unreadable: int = 0
 
 
+@dataclass(slots=True, eq=False)
+class _Shared:
+    """One engine fact standing for every entity whose engine-visible content is the same.
+
+    Each rule is a single-fact pattern over the fact's carried fields and probes, so
+    what fires for a fact is a function of that content alone: a thousand failed frames
+    of running jobs with one retry left are one question for the engine, asked once.
+    The engine's cost and memory (about 10 KB per stored fact) then follow the number
+    of distinct contents, not the size of the farm.
+    """
+
+    efact: dict[str, Any]
+    members: set[Any]
+    fired: frozenset[str] = frozenset()
+    in_engine: bool = True  # False: decided by the reference evaluator (collision, unreadable)
+
+
 @dataclass
 class _Memory:
-    """What one kind's session holds: the facts as asserted and the active matches."""
+    """What one kind's session holds: each entity's content key, and the shared facts."""
 
     ruleset: str
     compiled: CompiledKind
-    facts: dict[Any, dict[str, Any]] = field(default_factory=dict)
-    matches: dict[Any, set[str]] = field(default_factory=dict)
-    fallback: dict[Any, dict[str, Any]] = field(default_factory=dict)
+    gate: Predicate
+    keyer: Callable[[dict[str, Any]], tuple[Any, ...]]
+    probes: tuple[tuple[str, Predicate], ...]
+    key_of: dict[Any, tuple[Any, ...]] = field(default_factory=dict)
+    shared: dict[tuple[Any, ...], _Shared] = field(default_factory=dict)
     wake: dict[Any, float] = field(default_factory=dict)
     wakeups: list[tuple[float, int, Any]] = field(default_factory=list)
+
+
+_TRUE, _FALSE = object(), object()  # a bool is an int to a tuple's ==; in a key, it is not
+
+
+def _key_value(value: Any) -> Any:
+    if value is True:
+        return _TRUE
+    if value is False:
+        return _FALSE
+    return (float, value) if isinstance(value, float) else value
+
+
+def _gate(gates: Iterable[tuple[Cmp, ...]]) -> Predicate:
+    """Passes a fact that passes any policy's gate (compiled, first failure exits)."""
+    compiled = [tuple(predicate(c) for c in gate) for gate in gates]
+    if any(not preds for preds in compiled):
+        return lambda fact: True
+
+    def passes(fact: dict[str, Any]) -> bool:
+        return any(all(p(fact) for p in preds) for preds in compiled)
+
+    return passes
+
+
+def _keyer(paths: Iterable[str], probes: tuple[tuple[str, Predicate], ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """The engine-visible content of a fact as a hashable key: carried fields, then probes."""
+    getters = tuple(getter(p) for p in sorted(paths) if p != "id")
+    tests = tuple(test for _, test in probes)
+
+    def key(fact: dict[str, Any]) -> tuple[Any, ...]:
+        return (*(_key_value(g(fact)) for g in getters), *(t(fact) for t in tests))
+
+    return key
 
 
 def _recorder(sink: list[tuple[str, Any]], rule: str) -> Callable[[Any], None]:
@@ -123,7 +180,10 @@ class RuleEngine:
             }
             rules["seen"] = {"all": [{"m": {MARKER: 1}}], "run": _ignore}
             definitions[name] = rules
-            self._memory[kind] = _Memory(name, compiled)
+            probes = tuple((probe.name, predicate(probe.cond)) for probe in compiled.probes)
+            self._memory[kind] = _Memory(
+                name, compiled, _gate(compiled.gates.values()), _keyer(compiled.paths, probes), probes
+            )
         try:
             self._host.set_rulesets(definitions)
         except Exception as err:  # the C extension raises its own error type
@@ -136,14 +196,6 @@ class RuleEngine:
         memory = self._memory.get(kind)
         return set(memory.compiled.paths) if memory else set()
 
-    def _engine_fact(self, memory: _Memory, fact: dict[str, Any]) -> dict[str, Any]:
-        out = narrow(fact, memory.compiled.paths)
-        for probe in memory.compiled.probes:
-            out[probe.name] = holds(probe.cond, fact)
-        out[MARKER] = 1
-        out["sid"] = "0"
-        return out
-
     def evaluate(self, kind: Kind, facts: Iterable[dict[str, Any]], now: float | None = None) -> dict[str, list[Any]]:
         """Matching fact ids per policy name, for the full current set of `kind` facts.
 
@@ -155,10 +207,11 @@ class RuleEngine:
             return {}
         with self._lock:
             current = {fact["id"]: fact for fact in facts}
-            for ident in [i for i in (*memory.facts, *memory.fallback) if i not in current]:
-                self._put(memory, ident, None, now)
+            gone = [i for i in memory.key_of if i not in current]
             for ident, fact in current.items():
                 self._put(memory, ident, fact, now)
+            for ident in gone:  # after the puts: a shared fact another entity took over stays
+                self._put(memory, ident, None, now)
             return self._result(memory)
 
     def update(self, kind: Kind, changed: Mapping[Any, dict[str, Any] | None], now: float | None = None) -> None:
@@ -199,7 +252,7 @@ class RuleEngine:
     def known(self, kind: Kind) -> set[Any]:
         """Ids the engine holds for `kind` (to drop the ones that vanished on a full re-read)."""
         memory = self._memory.get(kind)
-        return set(memory.facts) | set(memory.fallback) if memory else set()
+        return set(memory.key_of) if memory else set()
 
     def state_filter(self, kind: Kind) -> frozenset[str] | None:
         """The states an entity must be in to pass some gate (None: any state may).
@@ -217,33 +270,60 @@ class RuleEngine:
             allowed |= states
         return frozenset(allowed)
 
-    def _passes_gate(self, memory: _Memory, fact: dict[str, Any]) -> bool:
-        return any(all(holds(c, fact) for c in gate) for gate in memory.compiled.gates.values())
-
     def _put(self, memory: _Memory, ident: Any, fact: dict[str, Any] | None, now: float | None) -> None:
-        if fact is None or not self._passes_gate(memory, fact):
+        if fact is None or not memory.gate(fact):
             memory.wake.pop(ident, None)
-            memory.fallback.pop(ident, None)
-            if ident in memory.facts:
-                self._retract(memory, ident)
+            self._leave(memory, ident)
             return
-        efact = self._engine_fact(memory, fact)
         if now is not None:
             self._schedule(memory, ident, fact, now)
-        old = memory.facts.get(ident)
-        if old is not None:
-            if old == efact:
-                self.stats.unchanged += 1
-                return
-            self._retract(memory, ident)
-        elif ident in memory.fallback:
-            memory.fallback[ident] = efact
+        key = memory.keyer(fact)
+        old = memory.key_of.get(ident)
+        if old == key:
+            self.stats.unchanged += 1
             return
+        if old is not None:
+            self._leave(memory, ident)
+        shared = memory.shared.get(key)
+        if shared is None:
+            shared = memory.shared[key] = self._share(memory, fact)
+        else:
+            self.stats.shared += 1
+        shared.members.add(ident)
+        memory.key_of[ident] = key
+
+    def _leave(self, memory: _Memory, ident: Any) -> None:
+        """The entity is no longer a candidate (or its content changed): drop it from its
+        shared fact, and the fact from the engine once nobody shares it."""
+        key = memory.key_of.pop(ident, None)
+        if key is None:
+            return
+        shared = memory.shared[key]
+        shared.members.discard(ident)
+        if not shared.members:
+            del memory.shared[key]
+            if shared.in_engine:
+                self._retract(memory, shared.efact)
+
+    def _share(self, memory: _Memory, fact: dict[str, Any]) -> _Shared:
+        """A new engine fact for `fact`'s content, asserted (or decided in Python)."""
+        efact = narrow(fact, memory.compiled.paths - {"id"})
+        for name, test in memory.probes:
+            efact[name] = test(fact)
+        efact.update({"id": f"s{next(self._seq)}", MARKER: 1, "sid": "0"})
+        shared = _Shared(efact, set())
         if not engine_can_read(efact):
             self.stats.unreadable += 1
-            memory.fallback[ident] = efact
-            return
-        self._assert(memory, ident, efact)
+            self._decide_in_python(memory, shared, fact)
+            return shared
+        self._assert(memory, shared, fact)
+        return shared
+
+    def _decide_in_python(self, memory: _Memory, shared: _Shared, fact: dict[str, Any]) -> None:
+        """The reference evaluator's answer for the content, from one member's whole fact
+        (every member has the same carried fields and probe values, so the same answer)."""
+        shared.in_engine = False
+        shared.fired = frozenset(name for name in memory.compiled.rules if holds(self.policies[name].when, fact))
 
     def _schedule(self, memory: _Memory, ident: Any, fact: dict[str, Any], now: float) -> None:
         """Remember when a time-based probe of this fact may flip next."""
@@ -261,40 +341,33 @@ class RuleEngine:
 
     def _result(self, memory: _Memory) -> dict[str, list[Any]]:
         result: dict[str, list[Any]] = {name: [] for name in memory.compiled.rules}
-        for ident, names in memory.matches.items():
-            for name in names:
-                result[name].append(ident)
-        for ident, efact in memory.fallback.items():
-            for name in memory.compiled.rules:
-                if holds(self.policies[name].when, efact):
-                    result[name].append(ident)
+        for shared in memory.shared.values():
+            for name in shared.fired:
+                if name in result:
+                    result[name].extend(shared.members)
         return result
 
-    def _assert(self, memory: _Memory, ident: Any, efact: dict[str, Any]) -> None:
+    def _assert(self, memory: _Memory, shared: _Shared, fact: dict[str, Any]) -> None:
         self._sink.clear()
+        efact = shared.efact
         try:
             self._host.assert_fact(memory.ruleset, efact)
         except _durable.MessageObservedException:
             # Another id hashed to the same 32-bit identity: decide this one in Python.
             self.stats.collisions += 1
-            log.warning("rule engine: fact id %r collides with another fact's identity; "
-                        "evaluating it with the reference evaluator", ident)
-            memory.fallback[ident] = efact
+            log.warning("rule engine: engine fact %r collides with another fact's identity; "
+                        "deciding it with the reference evaluator", efact["id"])
+            self._decide_in_python(memory, shared, fact)
             return
         except Exception as err:
-            raise EngineError(f"durable_rules refused the {memory.compiled.kind} fact {ident!r}: {err}") from err
+            raise EngineError(f"durable_rules refused a {memory.compiled.kind} fact {efact!r}: {err}") from err
         self.stats.asserted += 1
-        memory.facts[ident] = efact
-        fired = {rule for rule, fid in self._sink if fid == ident}
-        if fired:
-            memory.matches[ident] = fired
+        shared.fired = frozenset(rule for rule, fid in self._sink if fid == efact["id"])
         self._sink.clear()
 
-    def _retract(self, memory: _Memory, ident: Any) -> None:
-        old = memory.facts.pop(ident)
-        memory.matches.pop(ident, None)
+    def _retract(self, memory: _Memory, efact: dict[str, Any]) -> None:
         try:
-            self._host.retract_fact(memory.ruleset, old)
+            self._host.retract_fact(memory.ruleset, efact)
         except Exception as err:
-            raise EngineError(f"durable_rules could not retract the {memory.compiled.kind} fact {ident!r}: {err}") from err
+            raise EngineError(f"durable_rules could not retract a {memory.compiled.kind} fact {efact['id']!r}: {err}") from err
         self.stats.retracted += 1

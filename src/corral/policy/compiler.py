@@ -52,8 +52,10 @@ class Probe:
 
 @dataclass
 class CompiledKind:
-    """The ruleset of one kind: rule patterns by policy name, the probes they use,
-    and each policy's gate (top-level, time-independent comparisons)."""
+    """The ruleset of one kind: rule patterns by policy name, the probes they use, the
+    fields the engine's facts carry (`paths`; a field read only through probes is not
+    one of them, so a duration ticking by does not change the fact), and each policy's
+    gate (top-level, time-independent comparisons)."""
 
     kind: Kind
     rules: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -196,10 +198,10 @@ class _Compiler:
         return {"$and": [{MARKER: 1}, pattern]}
 
     def cmp(self, cmp: Cmp, negated: bool) -> dict[str, Any]:
-        self.out.paths.add(cmp.path)
         path, value = cmp.path, cmp.value
         if _needs_probe(cmp, negated) or _is_duration(self.kind, cmp.path):
             return {self.probe(cmp): not negated}
+        self.out.paths.add(path)  # a probed field stays out of the engine's fact: its probe stands for it
         if cmp.op == "exists":
             return {("$ex" if value != negated else "$nex"): {path: 1}}
         if cmp.op == "glob":

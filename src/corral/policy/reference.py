@@ -7,7 +7,7 @@ the source of condition-by-condition traces for `explain`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,58 @@ def holds(cond: Cond, fact: dict[str, Any]) -> bool:
     if isinstance(cond, AnyOf):
         return any(holds(c, fact) for c in cond.items)
     return not holds(cond.item, fact)
+
+
+Predicate = Callable[[dict[str, Any]], bool]
+
+
+def getter(path: str) -> Callable[[dict[str, Any]], Any]:
+    """`get_path` for one path, with the path split once instead of at every call."""
+    if "." not in path:
+        return lambda fact: fact.get(path, MISSING)
+    head, rest = path.split(".", 1)
+    inner = getter(rest)
+
+    def nested(fact: dict[str, Any]) -> Any:
+        sub = fact.get(head, MISSING)
+        return inner(sub) if isinstance(sub, dict) else MISSING
+
+    return nested
+
+
+def predicate(cond: Cond) -> Predicate:
+    """`holds(cond, ·)` compiled once into closures: the same meaning (the parity tests
+    hold it to `holds`), without walking the condition tree and re-splitting paths for
+    every fact.  The engine adapter gates every candidate entity with these."""
+    if isinstance(cond, All):
+        parts = tuple(predicate(c) for c in cond.items)
+        return lambda fact: all(p(fact) for p in parts)
+    if isinstance(cond, AnyOf):
+        alts = tuple(predicate(c) for c in cond.items)
+        return lambda fact: any(p(fact) for p in alts)
+    if isinstance(cond, Not):
+        inner = predicate(cond.item)
+        return lambda fact: not inner(fact)
+    get, op, value = getter(cond.path), cond.op, cond.value
+    if op == "exists":
+        return lambda fact: (get(fact) is not MISSING) == value
+    if op == "eq" and isinstance(value, str):
+        return lambda fact: get(fact) == value  # only a str equals a str: _eq's bool rule cannot apply
+    if op == "in" and all(isinstance(v, str) for v in value):
+        choices = frozenset(value)
+
+        def one_of(fact: dict[str, Any]) -> bool:
+            actual = get(fact)
+            return isinstance(actual, str) and actual in choices
+
+        return one_of
+    test = OPERATORS[op].test
+
+    def compare(fact: dict[str, Any]) -> bool:
+        actual = get(fact)
+        return actual is not MISSING and bool(test(actual, value))
+
+    return compare
 
 
 def matching(policy: Policy, facts: Iterable[dict[str, Any]]) -> list[Any]:
