@@ -179,7 +179,7 @@ def refresh(store: Store, policy_set: PolicySet) -> tuple[LiveFarm, Dirty]:
     # walking its millions of objects again and again (a full collection of a 1M-frame
     # farm costs about a second, at a moment no cycle chooses).
     gc.freeze()
-    dirty = live.everything()
+    dirty = live.everything({kind: engine.state_filter(kind) for kind in Kind})
     for kind in Kind:
         dirty[kind] |= engine.known(kind)
     policy_set.live, policy_set.cycles_since_full = live, 0

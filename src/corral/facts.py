@@ -231,13 +231,22 @@ class Aggregates:
         agg = cls(recent)
         per_host: dict[str, list[tuple[datetime, int, bool, int]]] = defaultdict(list)
         per_inst: dict[str, list[tuple[datetime, int, bool, int]]] = defaultdict(list)
-        complete, failed = FrameState.COMPLETE, FrameState.FAILED
+        complete, failed, running = FrameState.COMPLETE, FrameState.FAILED, FrameState.RUNNING
+        finished = (complete, failed)
+        running_on_host = agg.running_on_host
         for job in farm.jobs.values():
             job_id = job.id
             refs = agg.job_host_refs[job_id]
+            counts: Counter[str] = Counter()
             for frame in job.frames.values():
-                agg.frame_state(frame, +1)
-                for run in frame_runs(frame):
+                # `frame_state(frame, +1)` inlined: this loop runs once per frame of the farm
+                state = frame.state
+                counts[state] += 1
+                if state == running and frame.host:
+                    running_on_host[frame.host] += 1
+                    refs[frame.host] += 1
+                history = frame.runs or (frame_runs(frame) if state in finished else ())
+                for run in history:
                     agg.seq += 1
                     ok, bad = run.state == complete, run.state == failed
                     if not (ok or bad):
@@ -252,6 +261,7 @@ class Aggregates:
                     if run.instance:
                         (agg.inst_ok if ok else agg.inst_failed)[run.instance] += 1
                         per_inst[run.instance].append(entry)
+            agg.job_frames[job_id] = Counter({str(state): n for state, n in counts.items()})
         for host, runs in per_host.items():
             runs.sort()
             agg.host_recent[host] = [(w, s, ok) for w, s, ok, _ in runs]

@@ -11,7 +11,6 @@ overwritten by a decision taken on stale facts.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -184,8 +183,25 @@ class Farm:
 
 
 def saved_fields(obj: Any) -> dict[str, Any]:
-    """An entity's own fields (not its children), to put back with `restore_fields`."""
-    return {f.name: copy.copy(getattr(obj, f.name)) for f in fields(obj) if f.name not in ("frames", "instances")}
+    """An entity's own fields (not its children), to put back with `restore_fields`.
+
+    The planner saves every entity a played action touches (an instance block that
+    requeues its failed frames touches hundreds), so this is on the hot path: field
+    names are looked up once per class, and only lists (the one mutable field type an
+    entity holds besides its children) are copied.
+    """
+    cls = type(obj)
+    names = _OWN_FIELDS.get(cls)
+    if names is None:
+        names = _OWN_FIELDS[cls] = tuple(f.name for f in fields(obj) if f.name not in ("frames", "instances"))
+    saved: dict[str, Any] = {}
+    for name in names:
+        value = getattr(obj, name)
+        saved[name] = value.copy() if type(value) is list else value
+    return saved
+
+
+_OWN_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def restore_fields(obj: Any, saved: dict[str, Any]) -> None:

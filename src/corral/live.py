@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from corral.facts import DEFAULT_RECENT, Aggregates
 from corral.farm import Farm, Frame, Instance, Job, Worker
@@ -90,14 +91,22 @@ class LiveFarm:
                 for dj, dn in frame.depends_on:
                     self.frame_dependents[f"{dj}:{dn}"].add(frame.key)
 
-    def everything(self) -> Dirty:
-        """Every entity: what a first cycle evaluates."""
-        farm = self.farm
+    def everything(self, states: dict[Kind, frozenset[str] | None] | None = None) -> Dirty:
+        """Every entity: what a first cycle evaluates.  With `states` (per kind, None:
+        any), only the entities in those states: a first cycle over a million frames
+        then names the few thousand that are failed, not every complete one."""
+        farm, states = self.farm, states or {}
+
+        def ok(kind: Kind) -> Any:
+            allowed = states.get(kind)
+            return (lambda state: True) if allowed is None else allowed.__contains__
+
+        job_ok, frame_ok, inst_ok, worker_ok = (ok(k) for k in (Kind.JOB, Kind.FRAME, Kind.INSTANCE, Kind.WORKER))
         return {
-            Kind.JOB: set(farm.jobs),
-            Kind.FRAME: {f.key for j in farm.jobs.values() for f in j.frames.values()},
-            Kind.INSTANCE: set(farm.instances),
-            Kind.WORKER: set(farm.workers),
+            Kind.JOB: {j.id for j in farm.jobs.values() if job_ok(j.state)},
+            Kind.FRAME: {f.key for j in farm.jobs.values() for f in j.frames.values() if frame_ok(f.state)},
+            Kind.INSTANCE: {i.id for i in farm.instances.values() if inst_ok(i.state)},
+            Kind.WORKER: {w.name for w in farm.workers.values() if worker_ok(w.state)},
         }
 
     # --- applying the rows that changed ------------------------------------------------

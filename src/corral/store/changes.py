@@ -17,7 +17,16 @@ from sqlalchemy import or_, select, text, update
 from sqlalchemy.engine import Connection
 
 from corral.farm import Frame, FrameRun, Instance, Job, Worker
-from corral.store.rows import frame_from_row, instance_from_row, job_from_row, run_from_row, worker_from_row
+from corral.states import FrameState
+from corral.store.rows import (
+    frame_columns,
+    instance_from_row,
+    job_from_row,
+    raw_rows,
+    run_columns,
+    timestamp_parser,
+    worker_from_row,
+)
 from corral.store.tables import table
 
 
@@ -90,14 +99,29 @@ def _changed(t: Any, since: Mark) -> Any:
 def read_changes(conn: Connection, since: Mark) -> FarmChanges:
     """Every farm row stamped at or after `since`, or not stamped yet (Core selects on the `rev` indexes)."""
     out = FarmChanges()
-    jobs, fr, inst, wk, runs, deps = (table(n) for n in (
-        "jobs", "frames", "instances", "workers", "frame_runs", "job_dependencies"))
+    jobs, inst, wk, deps = (table(n) for n in ("jobs", "instances", "workers", "job_dependencies"))
     out.jobs = [job_from_row(r) for r in conn.execute(select(jobs).where(_changed(jobs, since)))]
-    out.frames = [frame_from_row(r) for r in conn.execute(select(fr).where(_changed(fr, since)))]
     out.instances = [instance_from_row(r) for r in conn.execute(select(inst).where(_changed(inst, since)))]
     out.workers = [worker_from_row(r) for r in conn.execute(select(wk).where(_changed(wk, since)))]
-    out.runs = [(r.id, r.job_id, r.number, run_from_row(r))
-                for r in conn.execute(select(runs).where(_changed(runs, since)).order_by(runs.c.id))]
+    # Frames and runs are most of what changes: read at the driver level (as the whole
+    # read does), with one timestamp parser instead of a result processor per value.
+    ts = timestamp_parser(conn.dialect.name)
+    states = {s.value: s for s in FrameState}
+    where = f"rev >= {int(since.value)} OR rev IS NULL"  # an int, formatted: no parameter style to juggle
+    dialect = conn.dialect.name
+    out.frames = [
+        Frame(j, n, states[st], host, inst_id, attempts, retries, code, None if started is None else ts(started),
+              None if finished is None else ts(finished), None if state_since is None else ts(state_since),
+              version=version)
+        for j, n, st, host, inst_id, attempts, retries, code, started, finished, state_since, version
+        in raw_rows(conn, f"SELECT {frame_columns(dialect)} FROM frames WHERE {where}")  # noqa: S608 - no user text
+    ]
+    out.runs = [
+        (run_id, j, n, FrameRun(host, inst_id, states[st], code, None if started is None else ts(started),
+                                None if finished is None else ts(finished), run_id))
+        for run_id, j, n, host, inst_id, st, code, started, finished
+        in raw_rows(conn, f"SELECT {run_columns(dialect)} FROM frame_runs WHERE {where} ORDER BY id")  # noqa: S608
+    ]
     changed = sorted({r.job_id for r in conn.execute(select(deps.c.job_id).where(_changed(deps, since)))})
     if changed:
         for job_id in changed:

@@ -72,19 +72,37 @@ def values_of(kind: Kind, source: Entity | dict[str, Any]) -> dict[str, Any]:
     return {name: plain(data[name]) for name in FIELDS[kind]}
 
 
-def timestamp_parser(dialect: str) -> Callable[[Any], datetime | None]:
-    """Raw driver timestamps to aware UTC datetimes (SQLite gives text, PostgreSQL datetimes)."""
+def timestamp_parser(dialect: str) -> Callable[[Any], datetime]:
+    """Raw driver timestamps (never None: test first) to aware UTC datetimes.
+
+    SQLite stores them as naive UTC text; the driver-level reads select them with the
+    offset appended in SQL (`frame_columns`), so the parser is `fromisoformat` itself,
+    called straight from C with no Python function in between.  PostgreSQL gives datetimes.
+    """
     if dialect == "sqlite":
-        def parse(value: Any) -> datetime | None:
-            # stored naive in UTC; appending the offset is several times faster than .replace()
-            return None if value is None else datetime.fromisoformat(value + "+00:00")
-    else:
-        def parse(value: Any) -> datetime | None:
-            if value is None:
-                return None
-            stamp: datetime = value
-            return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+        return datetime.fromisoformat
+
+    def parse(stamp: Any) -> datetime:
+        return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)  # type: ignore[no-any-return]
+
     return parse
+
+
+def _stamps(columns: str, dialect: str) -> str:
+    if dialect != "sqlite":
+        return columns
+    return ", ".join(f"({c} || '+00:00')" if c.endswith(("_at", "_since")) else c for c in columns.split(", "))
+
+
+def frame_columns(dialect: str) -> str:
+    """The columns the driver-level frame reads unpack, in order (timestamps ready for `timestamp_parser`)."""
+    return _stamps("job_id, number, state, host, instance, attempts, retries, exit_code, started_at, finished_at, "
+                   "state_since, version", dialect)
+
+
+def run_columns(dialect: str) -> str:
+    """The columns the driver-level run reads unpack, in order."""
+    return _stamps("id, job_id, number, host, instance, state, exit_code, started_at, finished_at", dialect)
 
 
 def job_from_row(r: Any) -> Job:
@@ -105,21 +123,7 @@ def worker_from_row(r: Any) -> Worker:
     return Worker(name=r.name, state=WorkerState(r.state), state_since=r.state_since, version=r.version)
 
 
-def frame_from_row(r: Any) -> Frame:
-    """A frame row read through SQLAlchemy (the whole-farm read uses a faster path)."""
-    return Frame(
-        job_id=r.job_id, number=r.number, state=FrameState(r.state), host=r.host, instance=r.instance,
-        attempts=r.attempts, retries=r.retries, exit_code=r.exit_code, started_at=r.started_at,
-        finished_at=r.finished_at, state_since=r.state_since, version=r.version,
-    )
-
-
-def run_from_row(r: Any) -> FrameRun:
-    return FrameRun(host=r.host, instance=r.instance, state=FrameState(r.state), exit_code=r.exit_code,
-                    started_at=r.started_at, finished_at=r.finished_at, id=r.id)
-
-
-def _raw_rows(conn: Connection, sql: str) -> Iterator[tuple[Any, ...]]:
+def raw_rows(conn: Connection, sql: str) -> Iterator[tuple[Any, ...]]:
     """Rows straight from the driver's cursor, in batches (no per-row result wrapper)."""
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
@@ -145,21 +149,23 @@ def read_farm(conn: Connection) -> Farm:
     # timestamps parsed by one fast function instead of a result processor per value.
     ts = timestamp_parser(conn.dialect.name)
     states = {s.value: s for s in FrameState}
-    frames_sql = (
-        "SELECT job_id, number, state, host, instance, attempts, retries, exit_code, started_at, finished_at, "
-        "state_since, version FROM frames ORDER BY job_id, number"
-    )
+    dialect = conn.dialect.name
+    frames_sql = f"SELECT {frame_columns(dialect)} FROM frames ORDER BY job_id, number"  # noqa: S608 - constant
     job, job_frames = None, None
-    for j, n, st, host, inst_id, attempts, retries, code, started, finished, since, version in _raw_rows(conn, frames_sql):
+    for j, n, st, host, inst_id, attempts, retries, code, started, finished, since, version in raw_rows(conn, frames_sql):
         if j != job:
             job, job_frames = j, jobs[j].frames
         job_frames[n] = Frame(  # type: ignore[index]
-            j, n, states[st], host, inst_id, attempts, retries, code, ts(started), ts(finished), ts(since),
+            j, n, states[st], host, inst_id, attempts, retries, code,
+            None if started is None else ts(started), None if finished is None else ts(finished),
+            None if since is None else ts(since),
             version=version,
         )
-    runs_sql = "SELECT id, job_id, number, host, instance, state, exit_code, started_at, finished_at FROM frame_runs ORDER BY id"
-    for run_id, j, n, host, inst_id, st, code, started, finished in _raw_rows(conn, runs_sql):
-        jobs[j].frames[n].runs.append(FrameRun(host, inst_id, states[st], code, ts(started), ts(finished), run_id))
+    runs_sql = f"SELECT {run_columns(dialect)} FROM frame_runs ORDER BY id"  # noqa: S608 - constant
+    for run_id, j, n, host, inst_id, st, code, started, finished in raw_rows(conn, runs_sql):
+        jobs[j].frames[n].runs.append(FrameRun(
+            host, inst_id, states[st], code, None if started is None else ts(started),
+            None if finished is None else ts(finished), run_id))
     fdep = table("frame_dependencies")
     for r in conn.execute(select(fdep).order_by(fdep.c.job_id, fdep.c.number, fdep.c.position)):
         jobs[r.job_id].frames[r.number].depends_on.append((r.depends_job, r.depends_number))
