@@ -17,11 +17,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from corral.evaluate import Evaluator, LazyFact, Match, ReferenceEvaluator, find_matches
-from corral.facts import FactBuilder
+from corral.facts import FactBuilder, Needs
 from corral.farm import Farm, utcnow
 from corral.live import Dirty, LiveFarm, Spread
 from corral.plan import Plan, make_plan
-from corral.policy.model import Policy
+from corral.policy.model import Policy, paths
 from corral.states import Kind
 
 if TYPE_CHECKING:
@@ -122,9 +122,15 @@ def plan_live(
     the rest from the previous cycle.  Same matches, same plan, a fraction of the work."""
     engine: Any = policy_set.evaluator
     farm = live.farm
-    builder = FactBuilder(farm, now, aggregates=live.agg)
-    stamp = now.timestamp()
+    builder = FactBuilder(farm, now, aggregates=live.agg)  # whole facts, for the matches that make the plan
     by_name = {p.name: p for p in policy_set.policies if p.enabled}
+    # The engine's facts: only the fields the policies read (a job's host counts are
+    # not worked out when no policy reads them).
+    read: dict[Kind, set[str]] = {kind: set() for kind in Kind}
+    for enabled in by_name.values():
+        read[enabled.kind] |= paths(enabled.when)
+    narrow_builder = FactBuilder(farm, now, aggregates=live.agg, needs=Needs.of(read))
+    stamp = now.timestamp()
     matches: list[Match] = []
     for kind in Kind:
         if not any(p.kind is kind for p in by_name.values()):
@@ -140,7 +146,7 @@ def plan_live(
             if entity is None or (allowed is not None and str(entity.state) not in allowed):
                 dropped.append(ident)
             else:
-                changed[ident] = builder.fact(kind, str(ident))
+                changed[ident] = narrow_builder.fact(kind, str(ident))
         if dropped:  # those the engine held as candidates must be forgotten (one call, only if needed)
             known = engine.known(kind)
             changed.update((ident, None) for ident in dropped if ident in known)

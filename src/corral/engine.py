@@ -121,12 +121,19 @@ def _key_value(value: Any) -> Any:
 
 def _gate(gates: Iterable[tuple[Cmp, ...]]) -> Predicate:
     """Passes a fact that passes any policy's gate (compiled, first failure exits)."""
-    compiled = [tuple(predicate(c) for c in gate) for gate in gates]
+    # The state first: it is the cheapest test and the one most entities fail.
+    compiled = [tuple(predicate(c) for c in sorted(gate, key=lambda c: c.path != "state")) for gate in gates]
     if any(not preds for preds in compiled):
         return lambda fact: True
 
     def passes(fact: dict[str, Any]) -> bool:
-        return any(all(p(fact) for p in preds) for preds in compiled)
+        for preds in compiled:
+            for test in preds:
+                if not test(fact):
+                    break
+            else:
+                return True
+        return False
 
     return passes
 
@@ -272,8 +279,9 @@ class RuleEngine:
 
     def _put(self, memory: _Memory, ident: Any, fact: dict[str, Any] | None, now: float | None) -> None:
         if fact is None or not memory.gate(fact):
-            memory.wake.pop(ident, None)
-            self._leave(memory, ident)
+            if ident in memory.key_of or ident in memory.wake:
+                memory.wake.pop(ident, None)
+                self._leave(memory, ident)
             return
         if now is not None:
             self._schedule(memory, ident, fact, now)

@@ -143,6 +143,49 @@ FIELDS: dict[Kind, dict[str, FieldSpec]] = {
 
 DEFAULT_RECENT = timedelta(hours=1)
 
+#: Fields that cost more than a row lookup, by the group of work that computes them; a
+#: builder told which paths the policies read (`needed`) computes only those groups.
+_GROUPS: dict[Kind, dict[str, str]] = {
+    Kind.JOB: {
+        "frames_total": "frames", "frames_done_percent": "frames",
+        **{f"frames_{s}": "frames" for s in STATES[Kind.FRAME]},
+        "instances_total": "instances", **{f"instances_{s}": "instances" for s in STATES[Kind.INSTANCE]},
+        **{f: "hosts" for f in ("hosts", "failing_hosts", "succeeding_hosts", "hosts_not_failing",
+                                "worst_host_failures")},
+        **{f"dependencies.{f}": "dependencies" for f in ("total", "complete", "failed", "killed", "incomplete",
+                                                          "all_complete")},
+    },
+    Kind.FRAME: {"run_time": "run_time", **{f"dependencies.{f}": "dependencies"
+                                              for f in ("total", "complete", "incomplete")}},
+    Kind.INSTANCE: {"other_hosts_succeeding": "other_hosts", "other_hosts_failing": "other_hosts"},
+    Kind.WORKER: {"recent_failures": "recent", "recent_successes": "recent"},
+}
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Which groups of fields to compute, per kind (a related `job.*` or `worker.*` path
+    counts for the job's or worker's own groups, and makes the related entity shown)."""
+
+    groups: dict[Kind, frozenset[str]]
+
+    @classmethod
+    def of(cls, paths_by_kind: dict[Kind, set[str]]) -> Needs:
+        own: dict[Kind, set[str]] = {kind: set() for kind in Kind}
+        for kind, paths in paths_by_kind.items():
+            for path in paths:
+                head, _, rest = path.partition(".")
+                if kind in (Kind.FRAME, Kind.INSTANCE) and head in ("job", "worker") and rest:
+                    related = Kind.JOB if head == "job" else Kind.WORKER
+                    own[kind].add(head)  # show the related entity
+                    own[related].add(_GROUPS[related].get(rest, "row"))
+                else:
+                    own[kind].add(_GROUPS[kind].get(path, "row"))
+        return cls({kind: frozenset(groups) for kind, groups in own.items()})
+
+    def wants(self, kind: Kind, group: str) -> bool:
+        return group in self.groups[kind]
+
 
 def _secs(since: datetime | None, now: datetime) -> float | None:
     return None if since is None else max(0.0, (now - since).total_seconds())
@@ -333,11 +376,26 @@ class FactBuilder:
         now: datetime,
         recent: timedelta = DEFAULT_RECENT,
         aggregates: Aggregates | None = None,
+        needs: Needs | None = None,
     ) -> None:
+        """`needs`: build only the fields in these groups (the rule engine's facts);
+        without it every field is built (what `explain`, reasons and tests show)."""
         self.farm, self.now, self.recent = farm, now, recent
         self.agg = aggregates if aggregates is not None else Aggregates.from_farm(farm, recent)
+        self.needs = needs
         self._job_cache: dict[int, dict[str, Any]] = {}
         self._worker_cache: dict[str, dict[str, Any]] = {}
+        self._shown_job_cache: dict[int, dict[str, Any]] = {}
+
+    def _wants(self, kind: Kind, group: str) -> bool:
+        return self.needs is None or group in self.needs.groups[kind]
+
+    def _shown_job(self, job: Job) -> dict[str, Any]:
+        """A job's fact as its frames and instances show it (`job.*`: no dependencies)."""
+        shown = self._shown_job_cache.get(job.id)
+        if shown is None:
+            shown = self._shown_job_cache[job.id] = _without_deps(self.job(job))
+        return shown
 
     # --- per kind -------------------------------------------------------------------
     def job(self, job: Job) -> dict[str, Any]:
@@ -346,14 +404,6 @@ class FactBuilder:
             return cached
         now = self.now
         agg = self.agg
-        frames = agg.job_frames.get(job.id) or Counter()
-        insts = Counter(str(i.state) for i in job.instances.values())
-        hosts = agg.job_hosts(job.id)
-        failing_counts = [agg.job_host_fail[(job.id, h)] for h in hosts if agg.job_host_ok[(job.id, h)] == 0]
-        failing = sum(1 for n in failing_counts if n > 0)
-        succeeding = sum(1 for h in hosts if agg.job_host_ok[(job.id, h)] > 0)
-        deps = [self.farm.jobs[d].state for d in job.depends_on if d in self.farm.jobs]
-        total = len(job.frames)
         fact: dict[str, Any] = {
             "id": job.id,
             "name": job.name,
@@ -367,26 +417,39 @@ class FactBuilder:
             "time_in_state": _secs(job.state_since, now),
             "age": _secs(job.submitted_at, now),
             "since_retry": _secs(job.last_retry_at, now),
-            "frames_total": total,
-            **{f"frames_{s}": frames.get(s, 0) for s in STATES[Kind.FRAME]},
-            "frames_done_percent": (100.0 * frames.get(FrameState.COMPLETE, 0) / total) if total else 0.0,
-            "instances_total": len(job.instances),
-            **{f"instances_{s}": insts.get(s, 0) for s in STATES[Kind.INSTANCE]},
-            "hosts": len(hosts),
-            "failing_hosts": failing,
-            "succeeding_hosts": succeeding,
-            "hosts_not_failing": len(hosts) - failing,
-            "worst_host_failures": max(failing_counts, default=0),
-            "dependencies": {
+        }
+        if self._wants(Kind.JOB, "frames"):
+            frames = agg.job_frames.get(job.id) or Counter()
+            total = len(job.frames)
+            fact["frames_total"] = total
+            for s in STATES[Kind.FRAME]:
+                fact[f"frames_{s}"] = frames.get(s, 0)
+            fact["frames_done_percent"] = (100.0 * frames.get(FrameState.COMPLETE, 0) / total) if total else 0.0
+        if self._wants(Kind.JOB, "instances"):
+            insts = Counter(str(i.state) for i in job.instances.values())
+            fact["instances_total"] = len(job.instances)
+            for s in STATES[Kind.INSTANCE]:
+                fact[f"instances_{s}"] = insts.get(s, 0)
+        if self._wants(Kind.JOB, "hosts"):
+            hosts = agg.job_hosts(job.id)
+            failing_counts = [agg.job_host_fail[(job.id, h)] for h in hosts if agg.job_host_ok[(job.id, h)] == 0]
+            failing = sum(1 for n in failing_counts if n > 0)
+            fact["hosts"] = len(hosts)
+            fact["failing_hosts"] = failing
+            fact["succeeding_hosts"] = sum(1 for h in hosts if agg.job_host_ok[(job.id, h)] > 0)
+            fact["hosts_not_failing"] = len(hosts) - failing
+            fact["worst_host_failures"] = max(failing_counts, default=0)
+        if self._wants(Kind.JOB, "dependencies"):
+            deps = [self.farm.jobs[d].state for d in job.depends_on if d in self.farm.jobs]
+            complete = sum(1 for s in deps if s == JobState.COMPLETE)
+            fact["dependencies"] = {
                 "total": len(job.depends_on),
-                "complete": sum(1 for s in deps if s == JobState.COMPLETE),
+                "complete": complete,
                 "failed": sum(1 for s in deps if s == JobState.FAILED),
                 "killed": sum(1 for s in deps if s == JobState.KILLED),
-                "incomplete": len(job.depends_on) - sum(1 for s in deps if s == JobState.COMPLETE),
-                "all_complete": bool(job.depends_on) and all(s == JobState.COMPLETE for s in deps)
-                and len(deps) == len(job.depends_on),
-            },
-        }
+                "incomplete": len(job.depends_on) - complete,
+                "all_complete": bool(job.depends_on) and complete == len(deps) == len(job.depends_on),
+            }
         fact = _drop_none(fact)
         self._job_cache[job.id] = fact
         return fact
@@ -397,16 +460,15 @@ class FactBuilder:
             return cached
         worker = self.farm.workers.get(name)
         tail = self.agg.host_tail.get(name)
-        recent_failed, recent_ok = self.agg.recent_counts(name, self.now)
         fact: dict[str, Any] = {
             "id": name,
             "name": name,
-            "recent_failures": recent_failed,
-            "recent_successes": recent_ok,
             "consecutive_failures": tail.failures if tail else 0,
             "distinct_jobs_failed": tail.distinct_jobs() if tail else 0,
             "frames_running": self.agg.running_on_host.get(name, 0),
         }
+        if self._wants(Kind.WORKER, "recent"):
+            fact["recent_failures"], fact["recent_successes"] = self.agg.recent_counts(name, self.now)
         if worker is not None:
             fact["state"] = str(worker.state)
             since = _secs(worker.state_since, self.now)
@@ -417,16 +479,6 @@ class FactBuilder:
 
     def frame(self, frame: Frame) -> dict[str, Any]:
         job = self.farm.jobs[frame.job_id]
-        run_time = None
-        if frame.started_at is not None:
-            end = frame.finished_at if frame.state != FrameState.RUNNING else None
-            run_time = _secs(frame.started_at, end or self.now)
-        deps = [
-            self.farm.jobs[j].frames[n].state
-            for j, n in frame.depends_on
-            if j in self.farm.jobs and n in self.farm.jobs[j].frames
-        ]
-        done = sum(1 for s in deps if s == FrameState.COMPLETE)
         fact: dict[str, Any] = {
             "id": frame.key,
             "job_id": frame.job_id,
@@ -438,16 +490,26 @@ class FactBuilder:
             "retries": frame.retries,
             "retries_left": max(0, job.retry_limit - frame.retries),
             "exit_code": frame.exit_code,
-            "run_time": run_time,
             "time_in_state": _secs(frame.state_since, self.now),
-            "dependencies": {
+        }
+        if self._wants(Kind.FRAME, "run_time") and frame.started_at is not None:
+            end = frame.finished_at if frame.state != FrameState.RUNNING else None
+            fact["run_time"] = _secs(frame.started_at, end or self.now)
+        if self._wants(Kind.FRAME, "dependencies"):
+            deps = [
+                self.farm.jobs[j].frames[n].state
+                for j, n in frame.depends_on
+                if j in self.farm.jobs and n in self.farm.jobs[j].frames
+            ]
+            done = sum(1 for s in deps if s == FrameState.COMPLETE)
+            fact["dependencies"] = {
                 "total": len(frame.depends_on),
                 "complete": done,
                 "incomplete": len(frame.depends_on) - done,
-            },
-            "job": _without_deps(self.job(job)),
-        }
-        if frame.host:
+            }
+        if self._wants(Kind.FRAME, "job"):
+            fact["job"] = self._shown_job(job)
+        if frame.host and self._wants(Kind.FRAME, "worker"):
             fact["worker"] = self.worker(frame.host)
         return _drop_none(fact)
 
@@ -456,7 +518,6 @@ class FactBuilder:
         job = self.farm.jobs[inst.job_id]
         agg = self.agg
         tail = agg.inst_tail.get(inst.id)
-        hosts = [h for h in agg.job_hosts(job.id) if h != inst.host]
         fact: dict[str, Any] = {
             "id": inst.id,
             "job_id": inst.job_id,
@@ -468,13 +529,17 @@ class FactBuilder:
             "frames_completed": agg.inst_ok.get(inst.id, 0),
             "host_failures_on_job": agg.job_host_fail[(job.id, inst.host)],
             "host_successes_on_job": agg.job_host_ok[(job.id, inst.host)],
-            "other_hosts_succeeding": sum(1 for h in hosts if agg.job_host_ok[(job.id, h)] > 0),
-            "other_hosts_failing": sum(
-                1 for h in hosts if agg.job_host_fail[(job.id, h)] > 0 and agg.job_host_ok[(job.id, h)] == 0
-            ),
-            "job": _without_deps(self.job(job)),
-            "worker": self.worker(inst.host),
         }
+        if self._wants(Kind.INSTANCE, "other_hosts"):
+            hosts = [h for h in agg.job_hosts(job.id) if h != inst.host]
+            fact["other_hosts_succeeding"] = sum(1 for h in hosts if agg.job_host_ok[(job.id, h)] > 0)
+            fact["other_hosts_failing"] = sum(
+                1 for h in hosts if agg.job_host_fail[(job.id, h)] > 0 and agg.job_host_ok[(job.id, h)] == 0
+            )
+        if self._wants(Kind.INSTANCE, "job"):
+            fact["job"] = self._shown_job(job)
+        if self._wants(Kind.INSTANCE, "worker"):
+            fact["worker"] = self.worker(inst.host)
         return _drop_none(fact)
 
     def facts(self, kind: Kind) -> list[dict[str, Any]]:

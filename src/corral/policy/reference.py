@@ -7,6 +7,7 @@ the source of condition-by-condition traces for `explain`.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ def holds(cond: Cond, fact: dict[str, Any]) -> bool:
 
 
 Predicate = Callable[[dict[str, Any]], bool]
+#: The ordered operators' reference meanings (`a < b` and so on), as C functions.
+_ORDERED = {"lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge}
 
 
 def getter(path: str) -> Callable[[dict[str, Any]], Any]:
@@ -62,7 +65,17 @@ def predicate(cond: Cond) -> Predicate:
     if isinstance(cond, Not):
         inner = predicate(cond.item)
         return lambda fact: not inner(fact)
-    get, op, value = getter(cond.path), cond.op, cond.value
+    get, op, value, path = getter(cond.path), cond.op, cond.value, cond.path
+    if op in _ORDERED and "." not in path:  # the commonest gate: a count against a threshold
+        ordered = _ORDERED[op]
+
+        def threshold(fact: dict[str, Any]) -> bool:
+            actual = fact.get(path, MISSING)
+            return actual is not MISSING and bool(ordered(actual, value))
+
+        return threshold
+    if op == "eq" and isinstance(value, str) and "." not in path:
+        return lambda fact: fact.get(path) == value  # only a str equals a str: _eq's bool rule cannot apply
     if op == "exists":
         return lambda fact: (get(fact) is not MISSING) == value
     if op == "eq" and isinstance(value, str):
