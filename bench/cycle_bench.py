@@ -1,6 +1,6 @@
 """Benchmark: the cost of a policy cycle at farm scale, against floors measured in the same run.
 
-    python bench/cycle_bench.py --frames 100000 [--db URL] [--json]
+    python bench/cycle_bench.py --frames 100000 [--db URL] [--rounds 5] [--json]
 
 Builds a farm of N frames (about 100 frames per job, 2,000 workers, a realistic mix
 of states with a few percent failing), then, in a fresh process (so peak RSS is the
@@ -10,13 +10,15 @@ daemon's, not the generator's):
   daemon does when it starts), timed end to end (read, facts, evaluate, plan);
 - steady cycle: after 1% of the frame rows changed (as a supervisor would change
   them: pending->running, running->complete/failed with a run recorded), the next
-  cycle on the same PolicySet;
+  cycle on the same PolicySet; `--rounds` times (default 5), and the median is reported;
 - floors, measured on the same database in the same run:
   * io floor: plain SQL queries returning just the rows changed since the previous
-    cycle (every farm table, on the indexed change stamp `rev`);
-  * cold floor: plain SQL queries reading every row the cold cycle reads;
+    cycle (every farm table, on the indexed change stamp `rev`), before each steady
+    cycle; the median;
+  * cold floor: plain SQL queries reading every row the cold cycle reads (the median
+    of three reads, made before the cold cycle);
   * python floor: a hand-written plain-Python evaluation of the built-in pack's
-    conditions over the same facts (every fact of the farm);
+    conditions over the same facts (every fact of the farm; the median of `--rounds`);
 - ratios: ratio_io = steady / io floor, ratio_cold = cold / cold floor,
   ratio_python = rule-evaluation time of the cold cycle (gating and the engine, not
   building facts, which both sides need) / python floor.
@@ -33,6 +35,7 @@ import multiprocessing as mp
 import os
 import random
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -177,8 +180,9 @@ def python_floor(facts: dict[str, list[dict[str, Any]]]) -> float:
     return time.perf_counter() - t0
 
 
-def measure_python_floor(url: str) -> float:
-    """In its own process, so building every fact of the farm does not count in the daemon's RSS."""
+def measure_python_floor(url: str, rounds: int) -> float:
+    """In its own process, so building every fact of the farm does not count in the daemon's RSS
+    (the median of `rounds` evaluations over the same facts)."""
     from corral.facts import FactBuilder
     from corral.states import Kind
     from corral.store.store import Store
@@ -187,34 +191,27 @@ def measure_python_floor(url: str) -> float:
         farm = store.read_farm()
     builder = FactBuilder(farm, NOW)
     facts = {str(k): builder.facts(k) for k in Kind}
-    return python_floor(facts)
+    return statistics.median(python_floor(facts) for _ in range(rounds))
 
 
-def measure(url: str, frames: int, seed: int) -> dict[str, Any]:
-    from corral import cycle as cycle_mod
+def measure(url: str, frames: int, seed: int, rounds: int) -> dict[str, Any]:
     from corral.cycle import PolicySet, run_cycle
     from corral.policy.loader import builtin_dir, load_paths
     from corral.store.store import Store
 
     policies = load_paths([builtin_dir()]).policies
     store = Store.open(url)
-    # floors for the cold cycle: every row it reads, plain SQL
-    t0 = time.perf_counter()
-    with store.engine.connect() as conn:
-        for name in ("jobs", "job_dependencies", "instances", "frames", "frame_runs", "frame_dependencies", "workers"):
-            conn.exec_driver_sql(f"SELECT * FROM {name}").fetchall()  # noqa: S608 - fixed table names
-    cold_floor = time.perf_counter() - t0
+    # floors for the cold cycle: every row it reads, plain SQL; the median of three reads
+    # (the first also warms the OS cache, which the cold cycle then finds warm too)
+    cold_floors = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        with store.engine.connect() as conn:
+            for name in ("jobs", "job_dependencies", "instances", "frames", "frame_runs", "frame_dependencies", "workers"):
+                conn.exec_driver_sql(f"SELECT * FROM {name}").fetchall()  # noqa: S608 - fixed table names
+        cold_floors.append(time.perf_counter() - t0)
+    cold_floor = statistics.median(cold_floors)
 
-    timing: dict[str, float] = {}
-    original = cycle_mod.plan_farm
-
-    def timed_plan_farm(*args: Any, **kwargs: Any) -> Any:
-        t = time.perf_counter()
-        out = original(*args, **kwargs)
-        timing["plan_farm"] = time.perf_counter() - t
-        return out
-
-    cycle_mod.plan_farm = timed_plan_farm  # type: ignore[assignment]
     eval_time = [0.0]
     policy_set = PolicySet(policies, keep_live=True)
     evaluator: Any = policy_set.evaluator
@@ -232,22 +229,25 @@ def measure(url: str, frames: int, seed: int) -> dict[str, Any]:
     cold = run_cycle(store, policy_set, commit=False, now=NOW)
     cold_s = time.perf_counter() - t0
     cold_eval = eval_time[0]
-    cold_plan = timing.get("plan_farm", 0.0)
 
-
-    mark = policy_set.live.mark.value if policy_set.live else 0
-    later = NOW + timedelta(seconds=30)
-    change_one_percent(store, frames, seed, later)
-    t0 = time.perf_counter()
-    with store.engine.connect() as conn:
-        for name in ("jobs", "frames", "instances", "workers", "frame_runs", "job_dependencies"):
-            conn.exec_driver_sql(f"SELECT * FROM {name} WHERE rev >= {int(mark)} OR rev IS NULL").fetchall()  # noqa: S608
-    io_floor = time.perf_counter() - t0
-    eval_time[0] = 0.0
-    t0 = time.perf_counter()
-    steady = run_cycle(store, policy_set, commit=False, now=later)
-    steady_s = time.perf_counter() - t0
+    # steady cycles: each after another 1% of the frame rows changed; medians of `rounds`
+    steadies, io_floors, steady_evals, last = [], [], [], cold
+    for r in range(1, rounds + 1):
+        mark = policy_set.live.mark.value if policy_set.live else 0
+        later = NOW + timedelta(seconds=30 * r)
+        change_one_percent(store, frames, seed + r, later)
+        t0 = time.perf_counter()
+        with store.engine.connect() as conn:
+            for name in ("jobs", "frames", "instances", "workers", "frame_runs", "job_dependencies"):
+                conn.exec_driver_sql(f"SELECT * FROM {name} WHERE rev >= {int(mark)} OR rev IS NULL").fetchall()  # noqa: S608
+        io_floors.append(time.perf_counter() - t0)
+        eval_time[0] = 0.0
+        t0 = time.perf_counter()
+        last = run_cycle(store, policy_set, commit=False, now=later)
+        steadies.append(time.perf_counter() - t0)
+        steady_evals.append(eval_time[0])
     store.close()
+    steady_s, io_floor = statistics.median(steadies), statistics.median(io_floors)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "frames": frames,
@@ -259,14 +259,16 @@ def measure(url: str, frames: int, seed: int) -> dict[str, Any]:
         "peak_rss_mb": round(rss_mb, 1),
         "cold_floor_s": round(cold_floor, 4),
         "io_floor_s": round(io_floor, 4),
-
+        "rounds": rounds,
+        "steady_cycles_s": [round(x, 4) for x in steadies],
+        "io_floors_s": [round(x, 4) for x in io_floors],
         "rule_eval_cold_s": round(cold_eval, 4),
-        "rule_eval_steady_s": round(eval_time[0], 4),
-        "plan_farm_cold_s": round(cold_plan, 4),
+        "rule_eval_steady_s": round(statistics.median(steady_evals), 4),
         "cold_timings": {k: round(v, 4) for k, v in cold.timings.items()},
-        "steady_timings": {k: round(v, 4) for k, v in steady.timings.items()},
+        "steady_timings": {k: round(v, 4) for k, v in last.timings.items()},
         "cold_transitions": len(cold.plan.transitions),
-        "steady_transitions": len(steady.plan.transitions),
+        "steady_transitions": len(last.plan.transitions),
+        "engine_facts": getattr(evaluator, "stats", None) and vars(evaluator.stats),
         "ratio_io": round(steady_s / io_floor, 2) if io_floor else None,
         "ratio_cold": round(cold_s / cold_floor, 2) if cold_floor else None,
     }
@@ -300,6 +302,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=10_000)
     parser.add_argument("--db", help="postgresql://... (a fresh database is created and dropped); default: a temp SQLite file")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=5, help="steady cycles to take the median of (default 5)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tmp = None
@@ -319,9 +322,9 @@ def main() -> None:
             raise SystemExit("farm generation failed")
         gen_s = time.perf_counter() - t0
         with ctx.Pool(1) as pool:
-            result = pool.apply(measure, (url, args.frames, args.seed))
+            result = pool.apply(measure, (url, args.frames, args.seed, args.rounds))
         with ctx.Pool(1) as pool:
-            py_floor = pool.apply(measure_python_floor, (url,))
+            py_floor = pool.apply(measure_python_floor, (url, args.rounds))
         result["python_floor_s"] = round(py_floor, 4)
         result["ratio_python"] = round(result["rule_eval_cold_s"] / py_floor, 2) if py_floor else None
         result["generate_s"] = round(gen_s, 2)

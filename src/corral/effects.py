@@ -44,6 +44,7 @@ class Outcome:
     to_state: str
     touched: list[tuple[Kind, Entity, int]] = field(default_factory=list)
     job_change: tuple[int, str, str] | None = None
+    _seen: set[int] = field(default_factory=set, repr=False, compare=False)  # id() of each touched entity
 
 
 def check_params(action: Action, params: Mapping[str, Any]) -> None:
@@ -104,7 +105,8 @@ def apply_action(
 
 def _set_state(farm: Farm, out: Outcome, kind: Kind, entity: Entity, state: Any, now: datetime) -> None:
     """Record the row as touched (once) and move it to `state`."""
-    if not any(e is entity for _, e, _ in out.touched):
+    if id(entity) not in out._seen:  # an instance block touches each of its failed frames: no scan per frame
+        out._seen.add(id(entity))
         farm.touch(entity)
         out.touched.append((kind, entity, entity.version))
     if entity.state != state:

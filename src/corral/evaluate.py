@@ -48,6 +48,10 @@ class LazyFact(Mapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         return self._get()[key]
 
+    def whole(self) -> dict[str, Any]:
+        """The fact itself (a reason template reads it as a plain dict, not key by key)."""
+        return self._get()
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._get())
 

@@ -65,8 +65,6 @@ _JOB_SHOWN = ("name", "priority", "state", "hold", "blocked_by", "retry_limit", 
 #: Job facts that come from the job's row alone (spread when the row changes).
 _JOB_SHOWN_FACTS = frozenset({"id", "name", "priority", "state", "suspended", "blocked_by", "retry_limit", "retries",
                               "retries_left", "time_in_state", "age", "since_retry"})
-_FRAME_FIELDS = ("state", "host", "instance", "attempts", "retries", "exit_code", "started_at", "finished_at",
-                 "state_since", "version")
 
 
 def no_dirt() -> Dirty:
@@ -241,12 +239,14 @@ class LiveFarm:
         else:
             hosts = {old.host, new.host}
             self.agg.frame_state(old, -1)
-            for name in _FRAME_FIELDS:
-                setattr(old, name, getattr(new, name))
-            self.agg.frame_state(old, +1)
+            # The row read is the frame now; what the row does not hold comes from the old one.
+            new.runs, new.depends_on = old.runs, old.depends_on
+            job.frames[new.number] = new
+            self.agg.frame_state(new, +1)
         dirty[Kind.FRAME].add(new.key)
         dirty[Kind.JOB].add(new.job_id)
-        dirty[Kind.WORKER].update(h for h in hosts if h)
+        hosts.discard(None)
+        dirty[Kind.WORKER].update(hosts)
 
     # --- changes made in place by the applier -----------------------------------------
 

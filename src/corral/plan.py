@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from corral.effects import apply_action
-from corral.evaluate import Match
+from corral.evaluate import LazyFact, Match
 from corral.facts import MISSING, get_path
 from corral.farm import Farm
 from corral.policy.loader import TEMPLATE_RE, format_duration
@@ -101,9 +101,11 @@ class Plan:
 def render_reason(template: str, fact: Mapping[str, Any], params: Mapping[str, Any]) -> str:
     """Fill `{field}` and `{param}` in a reason; durations read as 1h30m, not seconds."""
 
+    whole = fact.whole() if isinstance(fact, LazyFact) else dict(fact)
+
     def value(m: Any) -> str:
         name = m.group(1)
-        got = get_path(dict(fact), name)
+        got = get_path(whole, name)
         if got is MISSING:
             got = params.get(name, "unknown")
         if isinstance(got, float) and (name.endswith(("time_in_state", "run_time", "age", "since_retry"))):
