@@ -146,7 +146,7 @@ def plan_live(
             if entity is None or (allowed is not None and str(entity.state) not in allowed):
                 dropped.append(ident)
             else:
-                changed[ident] = narrow_builder.fact(kind, str(ident))
+                changed[ident] = narrow_builder.of(kind, entity)
         if dropped:  # those the engine held as candidates must be forgotten (one call, only if needed)
             known = engine.known(kind)
             changed.update((ident, None) for ident in dropped if ident in known)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from corral.farm import Farm, Frame, FrameRun, Job
+from corral.farm import Entity, Farm, Frame, FrameRun, Job
 from corral.states import STATES, FrameState, Hold, JobState, Kind
 
 
@@ -160,6 +160,10 @@ _GROUPS: dict[Kind, dict[str, str]] = {
     Kind.INSTANCE: {"other_hosts_succeeding": "other_hosts", "other_hosts_failing": "other_hosts"},
     Kind.WORKER: {"recent_failures": "recent", "recent_successes": "recent"},
 }
+
+
+_FRAME_COUNTS = tuple((f"frames_{s}", s) for s in STATES[Kind.FRAME])
+_INSTANCE_COUNTS = tuple((f"instances_{s}", s) for s in STATES[Kind.INSTANCE])
 
 
 @dataclass(frozen=True)
@@ -422,14 +426,14 @@ class FactBuilder:
             frames = agg.job_frames.get(job.id) or Counter()
             total = len(job.frames)
             fact["frames_total"] = total
-            for s in STATES[Kind.FRAME]:
-                fact[f"frames_{s}"] = frames.get(s, 0)
+            for key, s in _FRAME_COUNTS:
+                fact[key] = frames.get(s, 0)
             fact["frames_done_percent"] = (100.0 * frames.get(FrameState.COMPLETE, 0) / total) if total else 0.0
         if self._wants(Kind.JOB, "instances"):
             insts = Counter(str(i.state) for i in job.instances.values())
             fact["instances_total"] = len(job.instances)
-            for s in STATES[Kind.INSTANCE]:
-                fact[f"instances_{s}"] = insts.get(s, 0)
+            for key, s in _INSTANCE_COUNTS:
+                fact[key] = insts.get(s, 0)
         if self._wants(Kind.JOB, "hosts"):
             hosts = agg.job_hosts(job.id)
             failing_counts = [agg.job_host_fail[(job.id, h)] for h in hosts if agg.job_host_ok[(job.id, h)] == 0]
@@ -554,14 +558,17 @@ class FactBuilder:
 
     def fact(self, kind: Kind, ident: str) -> dict[str, Any]:
         """The fact of one entity (KeyError naming it when it does not exist)."""
-        entity = self.farm.entity(kind, ident)
+        return self.of(kind, self.farm.entity(kind, ident))
+
+    def of(self, kind: Kind, entity: Entity) -> dict[str, Any]:
+        """The fact of an entity already looked up."""
         if kind is Kind.JOB:
             return self.job(entity)  # type: ignore[arg-type]
         if kind is Kind.FRAME:
             return self.frame(entity)  # type: ignore[arg-type]
         if kind is Kind.INSTANCE:
-            return self.instance(str(ident))
-        return self.worker(str(ident))
+            return self.instance(str(entity.id))  # type: ignore[union-attr]
+        return self.worker(entity.name)  # type: ignore[union-attr]
 
 
 def _ts(value: datetime | None) -> datetime:

@@ -11,21 +11,22 @@ deleted) means the caller must read the whole farm again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, text, update
+from sqlalchemy import text, update
 from sqlalchemy.engine import Connection
 
 from corral.farm import Frame, FrameRun, Instance, Job, Worker
-from corral.states import FrameState
+from corral.states import FrameState, Hold, InstanceState, JobState, WorkerState
 from corral.store.rows import (
     frame_columns,
-    instance_from_row,
-    job_from_row,
+    instance_columns,
+    job_columns,
     raw_rows,
     run_columns,
     timestamp_parser,
-    worker_from_row,
+    worker_columns,
 )
 from corral.store.tables import table
 
@@ -91,43 +92,58 @@ def generation(conn: Connection) -> int:
     return int(conn.execute(text("SELECT generation FROM revision WHERE id = 1")).scalar_one())
 
 
-def _changed(t: Any, since: Mark) -> Any:
-    # Rows inserted after `advance` have no stamp yet on SQLite: they are changes too.
-    return or_(t.c.rev >= since.value, t.c.rev.is_(None))
-
-
 def read_changes(conn: Connection, since: Mark) -> FarmChanges:
-    """Every farm row stamped at or after `since`, or not stamped yet (Core selects on the `rev` indexes)."""
+    """Every farm row stamped at or after `since`, or not stamped yet (on the `rev` indexes).
+
+    Read at the driver level, as the whole read is: a steady cycle's read is a handful
+    of small queries, and SQLAlchemy's statement handling and result processors would
+    cost more than the rows.  Every value formatted into the SQL is an int.
+    """
     out = FarmChanges()
-    jobs, inst, wk, deps = (table(n) for n in ("jobs", "instances", "workers", "job_dependencies"))
-    out.jobs = [job_from_row(r) for r in conn.execute(select(jobs).where(_changed(jobs, since)))]
-    out.instances = [instance_from_row(r) for r in conn.execute(select(inst).where(_changed(inst, since)))]
-    out.workers = [worker_from_row(r) for r in conn.execute(select(wk).where(_changed(wk, since)))]
-    # Frames and runs are most of what changes: read at the driver level (as the whole
-    # read does), with one timestamp parser instead of a result processor per value.
-    ts = timestamp_parser(conn.dialect.name)
-    states = {s.value: s for s in FrameState}
-    where = f"rev >= {int(since.value)} OR rev IS NULL"  # an int, formatted: no parameter style to juggle
     dialect = conn.dialect.name
+    parse = timestamp_parser(dialect)
+
+    def ts(value: Any) -> datetime | None:
+        return None if value is None else parse(value)
+
+    frame_states = {s.value: s for s in FrameState}
+    where = f"rev >= {int(since.value)} OR rev IS NULL"  # rows inserted after `advance` have no stamp yet
+    out.jobs = [
+        Job(id=i, name=name, priority=prio, state=JobState(st), hold=Hold(hold), blocked_by=by, retry_limit=limit,
+            retries=retries, submitted_at=ts(submitted), state_since=ts(since_), last_retry_at=ts(retried),
+            version=version)
+        for i, name, prio, st, hold, by, limit, retries, submitted, since_, retried, version
+        in raw_rows(conn, f"SELECT {job_columns(dialect)} FROM jobs WHERE {where}")  # noqa: S608 - no user text
+    ]
+    out.instances = [
+        Instance(id=i, job_id=j, host=host, state=InstanceState(st), state_since=ts(since_), version=version)
+        for i, j, host, st, since_, version
+        in raw_rows(conn, f"SELECT {instance_columns(dialect)} FROM instances WHERE {where}")  # noqa: S608
+    ]
+    out.workers = [
+        Worker(name=name, state=WorkerState(st), state_since=ts(since_), version=version)
+        for name, st, since_, version
+        in raw_rows(conn, f"SELECT {worker_columns(dialect)} FROM workers WHERE {where}")  # noqa: S608
+    ]
     out.frames = [
-        Frame(j, n, states[st], host, inst_id, attempts, retries, code, None if started is None else ts(started),
-              None if finished is None else ts(finished), None if state_since is None else ts(state_since),
-              version=version)
+        Frame(j, n, frame_states[st], host, inst_id, attempts, retries, code,
+              None if started is None else parse(started), None if finished is None else parse(finished),
+              None if state_since is None else parse(state_since), version=version)
         for j, n, st, host, inst_id, attempts, retries, code, started, finished, state_since, version
-        in raw_rows(conn, f"SELECT {frame_columns(dialect)} FROM frames WHERE {where}")  # noqa: S608 - no user text
+        in raw_rows(conn, f"SELECT {frame_columns(dialect)} FROM frames WHERE {where}")  # noqa: S608
     ]
     out.runs = [
-        (run_id, j, n, FrameRun(host, inst_id, states[st], code, None if started is None else ts(started),
-                                None if finished is None else ts(finished), run_id))
+        (run_id, j, n, FrameRun(host, inst_id, frame_states[st], code, None if started is None else parse(started),
+                                None if finished is None else parse(finished), run_id))
         for run_id, j, n, host, inst_id, st, code, started, finished
         in raw_rows(conn, f"SELECT {run_columns(dialect)} FROM frame_runs WHERE {where} ORDER BY id")  # noqa: S608
     ]
-    changed = sorted({r.job_id for r in conn.execute(select(deps.c.job_id).where(_changed(deps, since)))})
+    changed = sorted({int(j) for (j,) in raw_rows(conn, f"SELECT job_id FROM job_dependencies WHERE {where}")})  # noqa: S608
     if changed:
         for job_id in changed:
             out.depends_on[job_id] = []
-        query = select(deps.c.job_id, deps.c.depends_on).where(deps.c.job_id.in_(changed)).order_by(
-            deps.c.job_id, deps.c.position)
-        for r in conn.execute(query):
-            out.depends_on[r.job_id].append(r.depends_on)
+        ids = ", ".join(str(j) for j in changed)
+        query = f"SELECT job_id, depends_on FROM job_dependencies WHERE job_id IN ({ids}) ORDER BY job_id, position"  # noqa: S608
+        for job_id, dep in raw_rows(conn, query):
+            out.depends_on[job_id].append(dep)
     return out

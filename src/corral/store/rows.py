@@ -94,6 +94,20 @@ def _stamps(columns: str, dialect: str) -> str:
     return ", ".join(f"({c} || '+00:00')" if c.endswith(("_at", "_since")) else c for c in columns.split(", "))
 
 
+def job_columns(dialect: str) -> str:
+    """The columns the driver-level job reads unpack, in order."""
+    return _stamps("id, name, priority, state, hold, blocked_by, retry_limit, retries, submitted_at, state_since, "
+                   "last_retry_at, version", dialect)
+
+
+def instance_columns(dialect: str) -> str:
+    return _stamps("id, job_id, host, state, state_since, version", dialect)
+
+
+def worker_columns(dialect: str) -> str:
+    return _stamps("name, state, state_since, version", dialect)
+
+
 def frame_columns(dialect: str) -> str:
     """The columns the driver-level frame reads unpack, in order (timestamps ready for `timestamp_parser`)."""
     return _stamps("job_id, number, state, host, instance, attempts, retries, exit_code, started_at, finished_at, "
