@@ -15,14 +15,17 @@ from sqlalchemy import insert, text, update
 
 from conftest import farms
 from corral.cycle import PolicySet, plan_farm, run_cycle
+from corral.evaluate import ReferenceEvaluator
 from corral.facts import Aggregates, FactBuilder, frame_runs
 from corral.farm import Farm
 from corral.plan import Plan
 from corral.policy.loader import builtin_dir, load_paths, load_texts
+from corral.policy.model import Policy
 from corral.snapshot import load_snapshot_file
 from corral.states import Kind
 from corral.store import Store
 from corral.store.tables import table
+from strategies import policy_sets
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "farm-snapshot.yaml"
 NIGHT = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
@@ -45,13 +48,13 @@ def _last(store: Store, now: datetime) -> dict[tuple[str, str, str], datetime]:
     return {(p, k, i): at for (p, k, i), at in raw.items() if p is not None}
 
 
-def supervisor_step(store: Store, rnd: random.Random, at: datetime) -> None:
+def supervisor_step(store: Store, rnd: random.Random, at: datetime, hosts: list[str] | None = None) -> None:
     """A supervisor's writes between two cycles: frames start, finish and fail, runs are recorded."""
     fr, runs = table("frames"), table("frame_runs")
     with store.engine.begin() as conn:
         rows = conn.execute(text("SELECT job_id, number, state, host, instance FROM frames")).all()
         for r in rnd.sample(rows, k=min(len(rows), 12)):
-            host = r.host or f"render0{rnd.randint(1, 9)}"
+            host = r.host or (rnd.choice(hosts) if hosts else f"render0{rnd.randint(1, 9)}")
             if r.state == "running" or (r.state == "pending" and rnd.random() < 0.5):
                 state = rnd.choice(["complete", "failed"])
                 conn.execute(update(fr).where(fr.c.job_id == r.job_id, fr.c.number == r.number).values(
@@ -226,3 +229,78 @@ def test_a_cycle_that_fails_after_reading_makes_the_next_one_read_everything(sto
 def full_plan_with(store: Store, policies: list[Any], now: datetime) -> set[tuple[Any, ...]]:
     plan, _ = plan_farm(store.read_farm(), PolicySet(policies, engine="reference"), now=now)
     return summary(plan)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(farm=farms(max_jobs=4, max_frames=6), policies=policy_sets(), seed=st.integers(0, 10_000))
+def test_any_policies_see_every_change_of_the_fields_they_read(
+    store: Store, farm: Farm, policies: list[Policy], seed: int
+) -> None:
+    """The live farm marks as changed only the entities whose read fields a change can
+    move (a run dirties its own instance and the host's, and the job's others only when
+    the host starts or stops succeeding or failing on it).  Whatever fields a policy
+    reads, the engine's matches after each incremental cycle are a fresh evaluation's."""
+    store.init()
+    store.load_farm(farm, replace=True)
+    policy_set = PolicySet(policies, keep_live=True)
+    enabled = [p for p in policies if p.enabled]
+    rnd = random.Random(seed)
+    now = NIGHT
+    for cycle in range(3):
+        run_cycle(store, policy_set, commit=False, now=now)
+        fresh = FactBuilder(store.read_farm(), now)
+        for kind in Kind:
+            want = ReferenceEvaluator(enabled).evaluate(kind, fresh.facts(kind))
+            got = policy_set.evaluator.current(kind)
+            assert {n: sorted(map(str, ids)) for n, ids in got.items()} == {
+                n: sorted(map(str, ids)) for n, ids in want.items()}, f"cycle {cycle}, {kind}"
+        now += timedelta(minutes=rnd.choice([1, 4, 30]))
+        supervisor_step(store, rnd, now, hosts=sorted(farm.workers) or None)
+
+
+def test_a_host_that_starts_succeeding_on_a_job_reaches_the_job_s_other_instances(store: Store) -> None:
+    """render04 completing its first frame of job 102 changes `other_hosts_succeeding`
+    for the instance on render03, which ran nothing this cycle."""
+    store.init()
+    store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
+    texts = [("p.yaml", "policies:\n  - name: others-succeed\n    kind: instance\n"
+              "    when: {other_hosts_succeeding: {gt: 0}}\n    actions: [block]\n    reason: others succeed\n")]
+    loaded = load_texts(texts)
+    assert loaded.errors == []
+    policies = loaded.policies
+    policy_set = PolicySet(policies, keep_live=True)
+    run_cycle(store, policy_set, commit=False, now=NIGHT)
+    assert "102.1" not in policy_set.evaluator.current(Kind.INSTANCE)["others-succeed"]
+    at = NIGHT + timedelta(minutes=1)
+    fr, runs = table("frames"), table("frame_runs")
+    with store.engine.begin() as conn:
+        conn.execute(update(fr).where(fr.c.job_id == 102, fr.c.number == 10).values(
+            state="complete", host="render04", instance="102.2", finished_at=at, state_since=at, exit_code=0,
+            version=fr.c.version + 1))
+        conn.execute(insert(runs).values(job_id=102, number=10, host="render04", instance="102.2", state="complete",
+                                         exit_code=0, started_at=at - timedelta(minutes=3), finished_at=at))
+    result = run_cycle(store, policy_set, commit=False, now=at)
+    assert "102.1" in policy_set.evaluator.current(Kind.INSTANCE)["others-succeed"]
+    assert result.facts < 10  # and still only the entities that change could move were rebuilt
+
+
+def test_a_frame_starting_reaches_its_host_when_a_policy_counts_running_frames(store: Store) -> None:
+    store.init()
+    farm = load_snapshot_file(EXAMPLE)
+    store.load_farm(farm, replace=True)
+    running = FactBuilder(farm, NIGHT).worker("render01")["frames_running"]
+    texts = [("p.yaml", "policies:\n  - name: busy\n    kind: worker\n"
+              f"    when: {{frames_running: {{gt: {running}}}}}\n    actions: [block]\n    reason: busy\n")]
+    loaded = load_texts(texts)
+    assert loaded.errors == []
+    policy_set = PolicySet(loaded.policies, keep_live=True)
+    run_cycle(store, policy_set, commit=False, now=NIGHT)
+    assert policy_set.evaluator.current(Kind.WORKER)["busy"] == []
+    fr = table("frames")
+    with store.engine.begin() as conn:
+        conn.execute(update(fr).where(fr.c.job_id == 101, fr.c.number == 28).values(
+            state="running", host="render01", instance="101.1", started_at=NIGHT, state_since=NIGHT,
+            version=fr.c.version + 1))
+    run_cycle(store, policy_set, commit=False, now=NIGHT + timedelta(minutes=1))
+    assert policy_set.evaluator.current(Kind.WORKER)["busy"] == ["render01"]

@@ -16,10 +16,15 @@ adapter deals with each hazard in one place:
   time-independent comparisons; see `corral.policy.compiler`), and time-based
   conditions are probes re-checked when due (`due`), so an unchanged entity costs
   nothing from one cycle to the next.
+- *Cost and memory per stored fact* (microseconds and about 10 KB each): entities
+  whose engine-visible content is the same (the fields the rules carry, the probes'
+  values) share one engine fact (`_Shared`).  Every rule is a single-fact pattern,
+  so what fires is a function of that content alone; a farm's two thousand failed
+  frames of running jobs are a handful of distinct questions, each asked once.
 - *32-bit fact identity*: a new fact that the engine reports as "already observed"
-  collided with another id's hash.  It is never asserted (nor retracted, which would
-  retract the other fact); the reference evaluator decides it instead, and the
-  collision is counted in `stats`.
+  collided with another id's hash (shared facts have ids of their own: s1, s2...).
+  It is never asserted (nor retracted, which would retract the other fact); the
+  reference evaluator decides it instead, and the collision is counted in `stats`.
 - *Numbers the engine cannot read*: its JSON parser refuses 1e-05 (how Python writes
   0.00001) and inf; a fact holding one is decided by the reference evaluator too
   (counted in `stats.unreadable`) instead of failing the whole cycle.

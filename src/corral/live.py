@@ -42,6 +42,8 @@ class Spread:
     worker_to_frames: bool = True
     worker_to_instances: bool = True
     frame_dependents: bool = True
+    #: A frame starting or stopping changes its host's `frames_running`: does any policy read it?
+    running_on_workers: bool = True
 
     @classmethod
     def of(cls, policies: Iterable[Policy]) -> Spread:
@@ -56,6 +58,7 @@ class Spread:
             worker_to_frames=any(p.startswith("worker.") for p in read[Kind.FRAME]),
             worker_to_instances=any(p.startswith("worker.") for p in read[Kind.INSTANCE]),
             frame_dependents=any(p.startswith("dependencies.") for p in read[Kind.FRAME]),
+            running_on_workers="frames_running" in read[Kind.WORKER] or "worker.frames_running" in child,
         )
 
 _JOB_FIELDS = ("name", "priority", "state", "hold", "blocked_by", "retry_limit", "retries", "submitted_at",
@@ -129,11 +132,21 @@ class LiveFarm:
             if any(r.id == run.id for r in ran.runs):
                 continue  # read again where two reads overlap: history is counted once
             ran.runs.append(run)
-            self.agg.run(job_id, run)
+            agg, host = self.agg, run.host
+            standing = (agg.job_host_ok[(job_id, host)] > 0, agg.job_host_fail[(job_id, host)] > 0) if host else None
+            agg.run(job_id, run)
             dirty[Kind.JOB].add(job_id)
-            dirty[Kind.INSTANCE].update(owner.instances)
-            if run.host:
-                dirty[Kind.WORKER].add(run.host)
+            if run.instance:
+                dirty[Kind.INSTANCE].add(run.instance)
+            if host:
+                dirty[Kind.WORKER].add(host)
+                # The job's instances on this host count its runs (host_*_on_job); the
+                # others count this host only once it starts or stops succeeding or
+                # failing on the job (other_hosts_*), which most runs do not change.
+                if standing != (agg.job_host_ok[(job_id, host)] > 0, agg.job_host_fail[(job_id, host)] > 0):
+                    dirty[Kind.INSTANCE].update(owner.instances)
+                else:
+                    dirty[Kind.INSTANCE].update(i for i, inst in owner.instances.items() if inst.host == host)
         self.mark = mark
         return self._spread(dirty)
 
@@ -245,8 +258,9 @@ class LiveFarm:
             self.agg.frame_state(new, +1)
         dirty[Kind.FRAME].add(new.key)
         dirty[Kind.JOB].add(new.job_id)
-        hosts.discard(None)
-        dirty[Kind.WORKER].update(hosts)
+        if self.spread.running_on_workers:
+            hosts.discard(None)
+            dirty[Kind.WORKER].update(hosts)
 
     # --- changes made in place by the applier -----------------------------------------
 

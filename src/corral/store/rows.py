@@ -137,11 +137,17 @@ def worker_from_row(r: Any) -> Worker:
     return Worker(name=r.name, state=WorkerState(r.state), state_since=r.state_since, version=r.version)
 
 
-def raw_rows(conn: Connection, sql: str) -> Iterator[tuple[Any, ...]]:
-    """Rows straight from the driver's cursor, in batches (no per-row result wrapper)."""
+def raw_rows(conn: Connection, sql: str, *, stream: bool = False) -> Iterator[tuple[Any, ...]]:
+    """Rows straight from the driver's cursor, in batches (no per-row result wrapper).
+
+    `stream`: for a read of a whole table.  PostgreSQL's ordinary cursor holds the
+    entire result in the client before the first row is handed over (a million frame
+    rows: a few hundred MB on top of the farm being built from them); a server-side
+    cursor sends it batch by batch.  SQLite's cursor steps through the rows anyway.
+    """
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
-    cursor = dbapi.cursor()
+    cursor = dbapi.cursor(name="corral_read") if stream and conn.dialect.name == "postgresql" else dbapi.cursor()
     try:
         cursor.execute(sql)
         while batch := cursor.fetchmany(20_000):
@@ -166,7 +172,8 @@ def read_farm(conn: Connection) -> Farm:
     dialect = conn.dialect.name
     frames_sql = f"SELECT {frame_columns(dialect)} FROM frames ORDER BY job_id, number"  # noqa: S608 - constant
     job, job_frames = None, None
-    for j, n, st, host, inst_id, attempts, retries, code, started, finished, since, version in raw_rows(conn, frames_sql):
+    rows = raw_rows(conn, frames_sql, stream=True)
+    for j, n, st, host, inst_id, attempts, retries, code, started, finished, since, version in rows:
         if j != job:
             job, job_frames = j, jobs[j].frames
         job_frames[n] = Frame(  # type: ignore[index]
@@ -176,7 +183,7 @@ def read_farm(conn: Connection) -> Farm:
             version=version,
         )
     runs_sql = f"SELECT {run_columns(dialect)} FROM frame_runs ORDER BY id"  # noqa: S608 - constant
-    for run_id, j, n, host, inst_id, st, code, started, finished in raw_rows(conn, runs_sql):
+    for run_id, j, n, host, inst_id, st, code, started, finished in raw_rows(conn, runs_sql, stream=True):
         jobs[j].frames[n].runs.append(FrameRun(
             host, inst_id, states[st], code, None if started is None else ts(started),
             None if finished is None else ts(finished), run_id))
