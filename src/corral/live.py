@@ -124,7 +124,7 @@ class LiveFarm:
             self._worker(worker, dirty)
         for frame in changes.frames:
             self._frame(frame, dirty)
-        for _run_id, job_id, number, run in changes.runs:
+        for job_id, number, run in changes.runs:
             owner = self.farm.jobs.get(job_id)
             ran = owner.frames.get(number) if owner else None
             if owner is None or ran is None:

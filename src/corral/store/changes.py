@@ -11,23 +11,12 @@ deleted) means the caller must read the whole farm again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 from sqlalchemy import text, update
 from sqlalchemy.engine import Connection
 
 from corral.farm import Frame, FrameRun, Instance, Job, Worker
-from corral.states import FrameState, Hold, InstanceState, JobState, WorkerState
-from corral.store.rows import (
-    frame_columns,
-    instance_columns,
-    job_columns,
-    raw_rows,
-    run_columns,
-    timestamp_parser,
-    worker_columns,
-)
+from corral.store.rows import raw_rows, read_frames, read_instances, read_jobs, read_runs, read_workers
 from corral.store.tables import table
 
 
@@ -47,7 +36,7 @@ class FarmChanges:
     frames: list[Frame] = field(default_factory=list)
     instances: list[Instance] = field(default_factory=list)
     workers: list[Worker] = field(default_factory=list)
-    runs: list[tuple[int, int, int, FrameRun]] = field(default_factory=list)  # (run id, job, frame, run)
+    runs: list[tuple[int, int, FrameRun]] = field(default_factory=list)  # (job, frame, run), in recorded order
     depends_on: dict[int, list[int]] = field(default_factory=dict)  # job -> its whole new list
 
 
@@ -100,44 +89,12 @@ def read_changes(conn: Connection, since: Mark) -> FarmChanges:
     cost more than the rows.  Every value formatted into the SQL is an int.
     """
     out = FarmChanges()
-    dialect = conn.dialect.name
-    parse = timestamp_parser(dialect)
-
-    def ts(value: Any) -> datetime | None:
-        return None if value is None else parse(value)
-
-    frame_states = {s.value: s for s in FrameState}
     where = f"rev >= {int(since.value)} OR rev IS NULL"  # rows inserted after `advance` have no stamp yet
-    out.jobs = [
-        Job(id=i, name=name, priority=prio, state=JobState(st), hold=Hold(hold), blocked_by=by, retry_limit=limit,
-            retries=retries, submitted_at=ts(submitted), state_since=ts(since_), last_retry_at=ts(retried),
-            version=version)
-        for i, name, prio, st, hold, by, limit, retries, submitted, since_, retried, version
-        in raw_rows(conn, f"SELECT {job_columns(dialect)} FROM jobs WHERE {where}")  # noqa: S608 - no user text
-    ]
-    out.instances = [
-        Instance(id=i, job_id=j, host=host, state=InstanceState(st), state_since=ts(since_), version=version)
-        for i, j, host, st, since_, version
-        in raw_rows(conn, f"SELECT {instance_columns(dialect)} FROM instances WHERE {where}")  # noqa: S608
-    ]
-    out.workers = [
-        Worker(name=name, state=WorkerState(st), state_since=ts(since_), version=version)
-        for name, st, since_, version
-        in raw_rows(conn, f"SELECT {worker_columns(dialect)} FROM workers WHERE {where}")  # noqa: S608
-    ]
-    out.frames = [
-        Frame(j, n, frame_states[st], host, inst_id, attempts, retries, code,
-              None if started is None else parse(started), None if finished is None else parse(finished),
-              None if state_since is None else parse(state_since), version=version)
-        for j, n, st, host, inst_id, attempts, retries, code, started, finished, state_since, version
-        in raw_rows(conn, f"SELECT {frame_columns(dialect)} FROM frames WHERE {where}")  # noqa: S608
-    ]
-    out.runs = [
-        (run_id, j, n, FrameRun(host, inst_id, frame_states[st], code, None if started is None else parse(started),
-                                None if finished is None else parse(finished), run_id))
-        for run_id, j, n, host, inst_id, st, code, started, finished
-        in raw_rows(conn, f"SELECT {run_columns(dialect)} FROM frame_runs WHERE {where} ORDER BY id")  # noqa: S608
-    ]
+    out.jobs = read_jobs(conn, where)
+    out.instances = read_instances(conn, where)
+    out.workers = read_workers(conn, where)
+    out.frames = list(read_frames(conn, where))
+    out.runs = list(read_runs(conn, where))
     changed = sorted({int(j) for (j,) in raw_rows(conn, f"SELECT job_id FROM job_dependencies WHERE {where}")})  # noqa: S608
     if changed:
         for job_id in changed:

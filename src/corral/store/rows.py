@@ -11,13 +11,11 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from corral.facts import frame_runs
 from corral.farm import Entity, Farm, Frame, FrameRun, Instance, Job, Worker, saved_fields
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind, WorkerState
-from corral.store.tables import table
 
 
 def plain(value: Any) -> Any:
@@ -156,41 +154,92 @@ def raw_rows(conn: Connection, sql: str, *, stream: bool = False) -> Iterator[tu
         cursor.close()
 
 
-def read_farm(conn: Connection) -> Farm:
-    """The whole farm as stored, each entity with the version it was read at."""
-    jobs: dict[int, Job] = {r.id: job_from_row(r) for r in conn.execute(select(table("jobs")))}
-    dep = table("job_dependencies")
-    for r in conn.execute(select(dep.c.job_id, dep.c.depends_on).order_by(dep.c.job_id, dep.c.position)):
-        jobs[r.job_id].depends_on.append(r.depends_on)
-    inst = table("instances")
-    for r in conn.execute(select(inst).order_by(inst.c.job_id, inst.c.id)):
-        jobs[r.job_id].instances[r.id] = instance_from_row(r)
-    # Frames and runs are most of the farm: read them at the driver level, with the
-    # timestamps parsed by one fast function instead of a result processor per value.
-    ts = timestamp_parser(conn.dialect.name)
-    states = {s.value: s for s in FrameState}
+def _clauses(where: str, order: str) -> str:
+    return (f" WHERE {where}" if where else "") + (f" ORDER BY {order}" if order else "")
+
+
+def read_jobs(conn: Connection, where: str = "") -> list[Job]:
+    """Job rows (without frames, instances or dependencies).  `where` and `order` in
+    these readers are corral's own SQL, never user text."""
     dialect = conn.dialect.name
-    frames_sql = f"SELECT {frame_columns(dialect)} FROM frames ORDER BY job_id, number"  # noqa: S608 - constant
+    ts = _optional(timestamp_parser(dialect))
+    sql = f"SELECT {job_columns(dialect)} FROM jobs{_clauses(where, '')}"  # noqa: S608
+    return [
+        Job(id=i, name=name, priority=prio, state=JobState(st), hold=Hold(hold), blocked_by=by, retry_limit=limit,
+            retries=retries, submitted_at=ts(submitted), state_since=ts(since), last_retry_at=ts(retried),
+            version=version)
+        for i, name, prio, st, hold, by, limit, retries, submitted, since, retried, version in raw_rows(conn, sql)
+    ]
+
+
+def read_instances(conn: Connection, where: str = "", order: str = "") -> list[Instance]:
+    dialect = conn.dialect.name
+    ts = _optional(timestamp_parser(dialect))
+    sql = f"SELECT {instance_columns(dialect)} FROM instances{_clauses(where, order)}"  # noqa: S608
+    return [Instance(id=i, job_id=j, host=host, state=InstanceState(st), state_since=ts(since), version=version)
+            for i, j, host, st, since, version in raw_rows(conn, sql)]
+
+
+def read_workers(conn: Connection, where: str = "", order: str = "") -> list[Worker]:
+    dialect = conn.dialect.name
+    ts = _optional(timestamp_parser(dialect))
+    sql = f"SELECT {worker_columns(dialect)} FROM workers{_clauses(where, order)}"  # noqa: S608
+    return [Worker(name=name, state=WorkerState(st), state_since=ts(since), version=version)
+            for name, st, since, version in raw_rows(conn, sql)]
+
+
+def read_frames(conn: Connection, where: str = "", order: str = "", *, stream: bool = False) -> Iterator[Frame]:
+    """Frame rows without runs or dependencies; the hot loop of a whole read, so the
+    timestamp parser is called inline (SQLite: `fromisoformat` itself)."""
+    dialect = conn.dialect.name
+    ts = timestamp_parser(dialect)
+    states = {s.value: s for s in FrameState}
+    sql = f"SELECT {frame_columns(dialect)} FROM frames{_clauses(where, order)}"  # noqa: S608
+    for j, n, st, host, inst_id, attempts, retries, code, started, finished, since, version in raw_rows(
+        conn, sql, stream=stream
+    ):
+        yield Frame(j, n, states[st], host, inst_id, attempts, retries, code,
+                    None if started is None else ts(started), None if finished is None else ts(finished),
+                    None if since is None else ts(since), version=version)
+
+
+def read_runs(conn: Connection, where: str = "", *, stream: bool = False) -> Iterator[tuple[int, int, FrameRun]]:
+    """Run rows in the order they were recorded, as (job id, frame number, run)."""
+    dialect = conn.dialect.name
+    ts = timestamp_parser(dialect)
+    states = {s.value: s for s in FrameState}
+    sql = f"SELECT {run_columns(dialect)} FROM frame_runs{_clauses(where, 'id')}"  # noqa: S608
+    for run_id, j, n, host, inst_id, st, code, started, finished in raw_rows(conn, sql, stream=stream):
+        yield j, n, FrameRun(host, inst_id, states[st], code, None if started is None else ts(started),
+                             None if finished is None else ts(finished), run_id)
+
+
+def _optional(parse: Callable[[Any], datetime]) -> Callable[[Any], datetime | None]:
+    return lambda value: None if value is None else parse(value)
+
+
+def read_farm(conn: Connection) -> Farm:
+    """The whole farm as stored, each entity with the version it was read at.
+
+    Read at the driver level (no SQLAlchemy result processor per value): a million
+    frames and their runs are most of a daemon's start-up.
+    """
+    jobs: dict[int, Job] = {j.id: j for j in read_jobs(conn)}
+    for job_id, dep in raw_rows(conn, "SELECT job_id, depends_on FROM job_dependencies ORDER BY job_id, position"):
+        jobs[job_id].depends_on.append(dep)
+    for inst in read_instances(conn, order="job_id, id"):
+        jobs[inst.job_id].instances[inst.id] = inst
     job, job_frames = None, None
-    rows = raw_rows(conn, frames_sql, stream=True)
-    for j, n, st, host, inst_id, attempts, retries, code, started, finished, since, version in rows:
-        if j != job:
-            job, job_frames = j, jobs[j].frames
-        job_frames[n] = Frame(  # type: ignore[index]
-            j, n, states[st], host, inst_id, attempts, retries, code,
-            None if started is None else ts(started), None if finished is None else ts(finished),
-            None if since is None else ts(since),
-            version=version,
-        )
-    runs_sql = f"SELECT {run_columns(dialect)} FROM frame_runs ORDER BY id"  # noqa: S608 - constant
-    for run_id, j, n, host, inst_id, st, code, started, finished in raw_rows(conn, runs_sql, stream=True):
-        jobs[j].frames[n].runs.append(FrameRun(
-            host, inst_id, states[st], code, None if started is None else ts(started),
-            None if finished is None else ts(finished), run_id))
-    fdep = table("frame_dependencies")
-    for r in conn.execute(select(fdep).order_by(fdep.c.job_id, fdep.c.number, fdep.c.position)):
-        jobs[r.job_id].frames[r.number].depends_on.append((r.depends_job, r.depends_number))
-    workers = {r.name: worker_from_row(r) for r in conn.execute(select(table("workers")).order_by(table("workers").c.name))}
+    for frame in read_frames(conn, order="job_id, number", stream=True):
+        if frame.job_id != job:
+            job, job_frames = frame.job_id, jobs[frame.job_id].frames
+        job_frames[frame.number] = frame  # type: ignore[index]
+    for j, n, run in read_runs(conn, stream=True):
+        jobs[j].frames[n].runs.append(run)
+    fdep = "SELECT job_id, number, depends_job, depends_number FROM frame_dependencies ORDER BY job_id, number, position"
+    for j, n, dj, dn in raw_rows(conn, fdep):
+        jobs[j].frames[n].depends_on.append((dj, dn))
+    workers = {w.name: w for w in read_workers(conn, order="name")}
     return Farm(jobs=jobs, workers=workers)
 
 
