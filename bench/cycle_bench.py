@@ -16,7 +16,7 @@ daemon's, not the generator's):
     cycle (every farm table, on the indexed change stamp `rev`), before each steady
     cycle; the median;
   * cold floor: plain SQL queries reading every row the cold cycle reads (the median
-    of three reads, made before the cold cycle);
+    of three reads, made just before the cold cycle, in a process of their own);
   * python floor: a hand-written plain-Python evaluation of the built-in pack's
     conditions over the same facts (every fact of the farm; the median of `--rounds`);
 - ratios: ratio_io = steady / io floor, ratio_cold = cold / cold floor,
@@ -195,23 +195,31 @@ def measure_python_floor(url: str, rounds: int) -> float:
     return statistics.median(python_floor(facts) for _ in range(rounds))
 
 
-def measure(url: str, frames: int, seed: int, rounds: int) -> dict[str, Any]:
+def measure_cold_floor(url: str) -> float:
+    """Plain SQL reading every row the cold cycle reads: the median of three reads (the
+    first also warms the OS cache, which the cold cycle then finds warm too).  In its own
+    process: a million rows fetched at once would otherwise set the daemon's peak RSS."""
+    from corral.store.store import Store
+
+    store = Store.open(url)
+    floors = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        with store.engine.connect() as conn:
+            for name in ("jobs", "job_dependencies", "instances", "frames", "frame_runs", "frame_dependencies", "workers"):
+                conn.exec_driver_sql(f"SELECT * FROM {name}").fetchall()  # noqa: S608 - fixed table names
+        floors.append(time.perf_counter() - t0)
+    store.close()
+    return statistics.median(floors)
+
+
+def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) -> dict[str, Any]:
     from corral.cycle import PolicySet, run_cycle
     from corral.policy.loader import builtin_dir, load_paths
     from corral.store.store import Store
 
     policies = load_paths([builtin_dir()]).policies
     store = Store.open(url)
-    # floors for the cold cycle: every row it reads, plain SQL; the median of three reads
-    # (the first also warms the OS cache, which the cold cycle then finds warm too)
-    cold_floors = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        with store.engine.connect() as conn:
-            for name in ("jobs", "job_dependencies", "instances", "frames", "frame_runs", "frame_dependencies", "workers"):
-                conn.exec_driver_sql(f"SELECT * FROM {name}").fetchall()  # noqa: S608 - fixed table names
-        cold_floors.append(time.perf_counter() - t0)
-    cold_floor = statistics.median(cold_floors)
 
     eval_time = [0.0]
     policy_set = PolicySet(policies, keep_live=True)
@@ -336,7 +344,9 @@ def main() -> None:
             raise SystemExit("farm generation failed")
         gen_s = time.perf_counter() - t0
         with ctx.Pool(1) as pool:
-            result = pool.apply(measure, (url, args.frames, args.seed, args.rounds))
+            cold_floor = pool.apply(measure_cold_floor, (url,))
+        with ctx.Pool(1) as pool:
+            result = pool.apply(measure, (url, args.frames, args.seed, args.rounds, cold_floor))
         with ctx.Pool(1) as pool:
             py_floor = pool.apply(measure_python_floor, (url, args.rounds))
         result["python_floor_s"] = round(py_floor, 4)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
-from durable import engine as durable
 
+import corral.engine as engine_module
 from corral.engine import RuleEngine
 from corral.policy.compiler import MAX_GROUPS, compile_kind
 from corral.policy.model import ActionSpec, All, AnyOf, Cmp, Cond, Not, Policy
@@ -81,15 +82,15 @@ def test_a_bool_and_an_int_never_share_a_fact() -> None:
 
 def test_an_id_collision_is_decided_by_the_reference_evaluator_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
     engine = RuleEngine([FAILED, OLD])
-    real = engine._host.assert_fact
+    real = engine_module._assert_native
     collide = {"on": True}
 
-    def colliding(ruleset: str, fact: dict[str, Any]) -> Any:
-        if collide["on"] and fact.get("state") == "failed":
-            raise durable.MessageObservedException("already observed")
-        return real(ruleset, fact)
+    def colliding(handle: int, payload: str) -> tuple[int, int]:
+        if collide["on"] and json.loads(payload).get("state") == "failed":
+            return 2, 0  # what the engine answers when the fact's 32-bit identity is taken
+        return real(handle, payload)
 
-    monkeypatch.setattr(engine._host, "assert_fact", colliding)
+    monkeypatch.setattr(engine_module, "_assert_native", colliding)
     old = {"age": 7200.0}
     assert engine.evaluate(Kind.JOB, [job(1, state="failed", **old), job(2, state="failed"), job(3)]) == {
         "failed": [1, 2], "old": [1]}

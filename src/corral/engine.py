@@ -39,13 +39,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from durable import engine as _durable  # the one import of durable_rules in corral
+import durable_rules_engine as _native  # its C half: asserting and draining actions without the Python layer
+from durable import engine as _durable  # the one import of durable_rules in corral (with the line above)
 
 from corral.facts import get_path, narrow
 from corral.policy.compiler import MARKER, CompiledKind, compile_kind, engine_can_read, next_flip
@@ -107,6 +109,8 @@ class _Memory:
     gate: Predicate
     keyer: Callable[[dict[str, Any]], tuple[Any, ...]]
     probes: tuple[tuple[str, Predicate], ...]
+    rule_policy: dict[str, str] = field(default_factory=dict)  # engine rule name -> policy name
+    handle: int = 0  # the ruleset's handle in the C engine
     key_of: dict[Any, tuple[Any, ...]] = field(default_factory=dict)
     shared: dict[tuple[Any, ...], _Shared] = field(default_factory=dict)
     wake: dict[Any, float] = field(default_factory=dict)
@@ -154,17 +158,18 @@ def _keyer(paths: Iterable[str], probes: tuple[tuple[str, Predicate], ...]) -> C
     return key
 
 
-def _recorder(sink: list[tuple[str, Any]], rule: str) -> Callable[[Any], None]:
-    """A plain one-argument function per rule (the engine rejects partials and callables)."""
-
-    def on_match(c: Any) -> None:
-        sink.append((rule, c.m["id"]))
-
-    return on_match
-
-
 def _ignore(c: Any) -> None:
     return None
+
+
+def _assert_native(handle: int, payload: str) -> tuple[int, int]:
+    """`Ruleset.assert_fact` without its Python layer: (result code, state handle).
+
+    Codes as durable_rules' `_handle_result` reads them: 1 not handled, 2 already
+    observed (the 32-bit identity collided), otherwise asserted.
+    """
+    code, state = _native.assert_fact(handle, payload)
+    return int(code), int(state)
 
 
 class RuleEngine:
@@ -175,7 +180,6 @@ class RuleEngine:
         self.generation = next(_generation)
         self.stats = EngineStats()
         self._lock = threading.Lock()
-        self._sink: list[tuple[str, Any]] = []
         self._seq = itertools.count()
         self._host = _QuietHost()
         self._memory: dict[Kind, _Memory] = {}
@@ -186,20 +190,25 @@ class RuleEngine:
                 continue
             compiled = compile_kind(kind, mine)
             name = f"corral{self.generation}_{kind}"
+            rule_policy = {f"r{i}": policy for i, policy in enumerate(compiled.rules)}
             rules: dict[str, Any] = {
-                f"r{i}": {"all": [{"m": pattern}], "run": _recorder(self._sink, policy)}
-                for i, (policy, pattern) in enumerate(compiled.rules.items())
+                rule: {"all": [{"m": compiled.rules[policy]}], "run": _ignore} for rule, policy in rule_policy.items()
             }
-            rules["seen"] = {"all": [{"m": {MARKER: 1}}], "run": _ignore}
+            # The catch-all that keeps a fact no policy matches from being refused.  It
+            # joins the fact with one that never exists, so it accepts every fact and
+            # never fires: no action to run and drain for each fact asserted.
+            rules["seen"] = {"all": [{"m": {MARKER: 1}}, {"never": {MARKER: 2}}], "run": _ignore}
             definitions[name] = rules
             probes = tuple((probe.name, predicate(probe.cond)) for probe in compiled.probes)
             self._memory[kind] = _Memory(
-                name, compiled, _gate(compiled.gates.values()), _keyer(compiled.paths, probes), probes
+                name, compiled, _gate(compiled.gates.values()), _keyer(compiled.paths, probes), probes, rule_policy
             )
         try:
             self._host.set_rulesets(definitions)
         except Exception as err:  # the C extension raises its own error type
             raise EngineError(f"durable_rules refused the compiled rulesets: {err}") from err
+        for memory in self._memory.values():
+            memory.handle = self._host.get_ruleset(memory.ruleset)._handle
 
     def kinds(self) -> list[Kind]:
         return list(self._memory)
@@ -361,22 +370,41 @@ class RuleEngine:
         return result
 
     def _assert(self, memory: _Memory, shared: _Shared, fact: dict[str, Any]) -> None:
-        self._sink.clear()
+        """Assert the shared fact and collect the rules it fires.
+
+        Straight through the C engine: `Host.assert_fact` wraps every action in a
+        Python closure and writes the session state back as JSON after each one, which
+        cost about four times the assert itself.  Actions are drained here instead;
+        the rules' own `run` functions are never called.
+        """
         efact = shared.efact
         try:
-            self._host.assert_fact(memory.ruleset, efact)
-        except _durable.MessageObservedException:
+            code, state = _assert_native(memory.handle, json.dumps(efact, ensure_ascii=False))
+        except Exception as err:  # the C extension raises its own error type
+            raise EngineError(f"durable_rules refused a {memory.compiled.kind} fact {efact!r}: {err}") from err
+        if code == 2:
             # Another id hashed to the same 32-bit identity: decide this one in Python.
             self.stats.collisions += 1
             log.warning("rule engine: engine fact %r collides with another fact's identity; "
                         "deciding it with the reference evaluator", efact["id"])
             self._decide_in_python(memory, shared, fact)
             return
-        except Exception as err:
-            raise EngineError(f"durable_rules refused a {memory.compiled.kind} fact {efact!r}: {err}") from err
+        if code == 1:  # pragma: no cover - the catch-all rule accepts every fact
+            raise EngineError(f"durable_rules did not take a {memory.compiled.kind} fact {efact!r}")
         self.stats.asserted += 1
-        shared.fired = frozenset(rule for rule, fid in self._sink if fid == efact["id"])
-        self._sink.clear()
+        fired: set[str] = set()
+        try:
+            started = _native.start_action_for_state(memory.handle, state)
+            while started:
+                for rule, matched in json.loads(started[1]).items():
+                    policy = memory.rule_policy.get(rule)
+                    if policy is not None and matched.get("m", {}).get("id") == efact["id"]:
+                        fired.add(policy)
+                message = _native.complete_and_start_action(memory.handle, state)
+                started = (None, message) if message else None
+        except Exception as err:
+            raise EngineError(f"durable_rules failed running the matches of a {memory.compiled.kind} fact: {err}") from err
+        shared.fired = frozenset(fired)
 
     def _retract(self, memory: _Memory, efact: dict[str, Any]) -> None:
         try:
