@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from corral.evaluate import Evaluator, LazyFact, Match, ReferenceEvaluator, find_matches
@@ -155,7 +154,9 @@ def plan_live(
             policy = by_name.get(name)
             if policy is None or (due is not None and name not in due):
                 continue
-            matches.extend(Match(policy, kind, str(i), LazyFact(partial(builder.fact, kind, str(i)))) for i in ids)
+            fact = builder.fact
+            for ident in map(str, ids):
+                matches.append(Match(policy, kind, ident, LazyFact(fact, kind, ident)))
     plan = make_plan(farm, matches, now=now, last_actions=last_actions)
     return plan, matches
 

@@ -67,7 +67,7 @@ class Transition:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: tens of thousands a cycle when a big farm trips a limit
 class Skipped:
     """A match that will not become a transition, and why."""
 
@@ -139,10 +139,10 @@ def make_plan(
         policy = policies[name]
         plan.matched[name] = len(found)
         first = str(policy.actions[0].action)
+        kind_name, cooldown = str(policy.kind), policy.limits.cooldown
         kept = []
         for m in found:
-            at = last_actions.get((name, str(m.kind), m.ident))
-            cooldown = policy.limits.cooldown
+            at = last_actions.get((name, kind_name, m.ident)) if last_actions else None
             if cooldown and at is not None and (now - at).total_seconds() < cooldown:
                 waited = format_duration((now - at).total_seconds())
                 plan.skipped.append(Skipped(name, m.kind, m.ident, first, "cooldown",
