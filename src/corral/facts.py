@@ -435,14 +435,23 @@ class FactBuilder:
             for key, s in _INSTANCE_COUNTS:
                 fact[key] = insts.get(s, 0)
         if self._wants(Kind.JOB, "hosts"):
+            # one pass, with dict.get (a Counter's missing key goes through Python code)
             hosts = agg.job_hosts(job.id)
-            failing_counts = [agg.job_host_fail[(job.id, h)] for h in hosts if agg.job_host_ok[(job.id, h)] == 0]
-            failing = sum(1 for n in failing_counts if n > 0)
+            ok, failed, job_id = agg.job_host_ok.get, agg.job_host_fail.get, job.id
+            failing = succeeding = worst = 0
+            for host in hosts:
+                if ok((job_id, host), 0) > 0:
+                    succeeding += 1
+                else:
+                    n = failed((job_id, host), 0)
+                    if n > 0:
+                        failing += 1
+                        worst = max(worst, n)
             fact["hosts"] = len(hosts)
             fact["failing_hosts"] = failing
-            fact["succeeding_hosts"] = sum(1 for h in hosts if agg.job_host_ok[(job.id, h)] > 0)
+            fact["succeeding_hosts"] = succeeding
             fact["hosts_not_failing"] = len(hosts) - failing
-            fact["worst_host_failures"] = max(failing_counts, default=0)
+            fact["worst_host_failures"] = worst
         if self._wants(Kind.JOB, "dependencies"):
             deps = [self.farm.jobs[d].state for d in job.depends_on if d in self.farm.jobs]
             complete = sum(1 for s in deps if s == JobState.COMPLETE)
@@ -531,15 +540,21 @@ class FactBuilder:
             "consecutive_failures": tail.failures if tail else 0,
             "frames_failed": agg.inst_failed.get(inst.id, 0),
             "frames_completed": agg.inst_ok.get(inst.id, 0),
-            "host_failures_on_job": agg.job_host_fail[(job.id, inst.host)],
-            "host_successes_on_job": agg.job_host_ok[(job.id, inst.host)],
+            "host_failures_on_job": agg.job_host_fail.get((job.id, inst.host), 0),
+            "host_successes_on_job": agg.job_host_ok.get((job.id, inst.host), 0),
         }
         if self._wants(Kind.INSTANCE, "other_hosts"):
-            hosts = [h for h in agg.job_hosts(job.id) if h != inst.host]
-            fact["other_hosts_succeeding"] = sum(1 for h in hosts if agg.job_host_ok[(job.id, h)] > 0)
-            fact["other_hosts_failing"] = sum(
-                1 for h in hosts if agg.job_host_fail[(job.id, h)] > 0 and agg.job_host_ok[(job.id, h)] == 0
-            )
+            ok, failed, job_id = agg.job_host_ok.get, agg.job_host_fail.get, job.id
+            succeeding = failing = 0
+            for host in agg.job_hosts(job_id):
+                if host == inst.host:
+                    continue
+                if ok((job_id, host), 0) > 0:
+                    succeeding += 1
+                elif failed((job_id, host), 0) > 0:
+                    failing += 1
+            fact["other_hosts_succeeding"] = succeeding
+            fact["other_hosts_failing"] = failing
         if self._wants(Kind.INSTANCE, "job"):
             fact["job"] = self._shown_job(job)
         if self._wants(Kind.INSTANCE, "worker"):

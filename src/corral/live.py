@@ -133,7 +133,8 @@ class LiveFarm:
                 continue  # read again where two reads overlap: history is counted once
             ran.runs.append(run)
             agg, host = self.agg, run.host
-            standing = (agg.job_host_ok[(job_id, host)] > 0, agg.job_host_fail[(job_id, host)] > 0) if host else None
+            ok, failed = agg.job_host_ok.get, agg.job_host_fail.get
+            standing = (ok((job_id, host), 0) > 0, failed((job_id, host), 0) > 0) if host else None
             agg.run(job_id, run)
             dirty[Kind.JOB].add(job_id)
             if run.instance:
@@ -143,7 +144,7 @@ class LiveFarm:
                 # The job's instances on this host count its runs (host_*_on_job); the
                 # others count this host only once it starts or stops succeeding or
                 # failing on the job (other_hosts_*), which most runs do not change.
-                if standing != (agg.job_host_ok[(job_id, host)] > 0, agg.job_host_fail[(job_id, host)] > 0):
+                if standing != (ok((job_id, host), 0) > 0, failed((job_id, host), 0) > 0):
                     dirty[Kind.INSTANCE].update(owner.instances)
                 else:
                     dirty[Kind.INSTANCE].update(i for i, inst in owner.instances.items() if inst.host == host)
