@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
-from corral.facts import FIELDS, MISSING, FactBuilder, get_path, narrow
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from corral.facts import FIELDS, MISSING, FactBuilder, Needs, get_path, narrow
 from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind
-from strategies import NOW
+from strategies import NOW, farms
 
 F = FrameState
 
@@ -168,3 +172,19 @@ def test_narrow_keeps_only_the_paths_asked_for() -> None:
     fact = FactBuilder(lockout_farm(), NOW).fact(Kind.FRAME, "1:2")
     assert narrow(fact, ["state", "job.name", "worker.missing", "exit_code"]) == {
         "id": "1:2", "state": "failed", "job": {"name": "shot010"}}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(farm=farms(), data=st.data())
+def test_a_fact_built_for_the_fields_policies_read_has_them_as_the_whole_fact_does(farm: Farm, data: Any) -> None:
+    """The engine's facts are built narrowed (`Needs`): whatever fields the policies read,
+    each one is there with the value the whole fact has (or missing in both)."""
+    kind = data.draw(st.sampled_from(list(Kind)))
+    read = data.draw(st.sets(st.sampled_from(sorted(FIELDS[kind])), min_size=1, max_size=6))
+    whole = FactBuilder(farm, NOW)
+    narrowed = FactBuilder(farm, NOW, needs=Needs.of({kind: set(read)}))
+    for fact in whole.facts(kind):
+        entity = farm.entity(kind, str(fact["id"]))
+        small = narrowed.of(kind, entity)
+        for path in read:
+            assert get_path(small, path) == get_path(fact, path), (kind, path)

@@ -10,8 +10,9 @@ computes exactly these fields, so the three cannot drift apart.
 A fact omits a field whose value is unknown (a frame that never ran has no
 `exit_code`): every comparison on a missing field is false, `exists: false` is true.
 Related entities appear as nested dicts: a frame's `job.*` and `worker.*`, an
-instance's `job.*` and `worker.*`, a job's `dependencies.*`.  Only the fields some
-policy needs are built (`needed`), which keeps facts small for the rule engine.
+instance's `job.*` and `worker.*`, a job's `dependencies.*`.  The rule engine's facts
+are built with `Needs`: only the groups of fields some policy reads are worked out
+(a job's host counts cost a pass over its hosts; no policy reading them, no pass).
 """
 
 from __future__ import annotations
