@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from corral.states import (
@@ -111,10 +112,13 @@ class Job:
     def derived_state(self) -> JobState:
         return derive_job_state(
             self.hold,
-            (f.state for f in self.frames.values()),
-            (i.state for i in self.instances.values()),
+            map(_STATE, self.frames.values()),
+            map(_STATE, self.instances.values()),
             self.retried,
         )
+
+
+_STATE = attrgetter("state")
 
 
 @dataclass(slots=True)

@@ -274,6 +274,9 @@ def _or_list(items: Iterable[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
+_COMPLETE_ONLY = frozenset({F.COMPLETE})
+
+
 def derive_job_state(
     hold: Hold,
     frame_states: Iterable[str],
@@ -295,21 +298,23 @@ def derive_job_state(
         return JobState.BLOCKED
     if hold is Hold.SUSPENDED:
         return JobState.PENDING
-    frames = list(frame_states)
-    instances = list(instance_states)
-    if frames and all(s == F.COMPLETE for s in frames):
+    # Which states occur is all that decides it (the planner derives a job's state after
+    # each action it plays, so this runs over every frame of the job many times a cycle).
+    frames = set(frame_states)
+    instances = set(instance_states)
+    if frames and frames <= _COMPLETE_ONLY:
         return JobState.COMPLETE
-    failed = any(s == F.FAILED for s in frames) or any(s == I.FAILED for s in instances)
-    work_left = any(s in FRAME_ACTIVE for s in frames)
+    failed = F.FAILED in frames or I.FAILED in instances
+    work_left = not frames.isdisjoint(FRAME_ACTIVE)
     if failed and not work_left:
         return JobState.FAILED
-    if frames and not work_left and any(s == F.KILLED for s in frames):
+    if frames and not work_left and F.KILLED in frames:
         return JobState.KILLED
     if failed:
         return JobState.FAILING
     if retried:
         return JobState.RETRYING
-    if any(s == F.RUNNING for s in frames) or any(s == I.RUNNING for s in instances):
+    if F.RUNNING in frames or I.RUNNING in instances:
         return JobState.RUNNING
     return JobState.PENDING
 
