@@ -18,11 +18,12 @@ daemon's, not the generator's):
   * cold floor: plain SQL queries reading every row the cold cycle reads (the median
     of three reads, made just before the cold cycle, in a process of their own);
   * python floor: a hand-written plain-Python evaluation of the built-in pack's
-    conditions over the same facts (every fact of the farm; the median of `--rounds`);
+    conditions over the same facts (every fact of the farm);
 - ratios: ratio_io = steady / io floor, ratio_cold = cold / cold floor,
-  ratio_python = rule-evaluation time of the cold cycle (picking the entities in a
-  gate's states, gating and the engine; not building facts, which both sides need) /
-  python floor.
+  ratio_python = rule-evaluation time of a cold cycle (picking the entities in a gate's
+  states, gating and the engine; not building facts, which both sides need) / python
+  floor, both measured in one process, interleaved, the median of 3 rounds each (the
+  daemon process's own cold evaluation is reported too, as rule_eval_cold_s).
 
 Prints one JSON object with --json, else a table.  Nothing here is a test: it prints
 numbers; docs/benchmarks.md records them with the command that produced them.
@@ -181,18 +182,72 @@ def python_floor(facts: dict[str, list[dict[str, Any]]]) -> float:
     return time.perf_counter() - t0
 
 
-def measure_python_floor(url: str, rounds: int) -> float:
-    """In its own process, so building every fact of the farm does not count in the daemon's RSS
-    (the median of `rounds` evaluations over the same facts)."""
+#: Rule-evaluation time of the policy set made last by `timed_policy_set` (one runs at a time).
+_EVAL = [0.0]
+
+
+def timed_policy_set(policies: Any) -> tuple[Any, list[float]]:
+    """A fresh PolicySet whose rule evaluation is timed into the returned cell: the engine
+    updates, and the first cycle's pass that picks the entities in some gate's states
+    before any fact is built (LiveFarm.everything), which is rule evaluation too."""
+    from corral.cycle import PolicySet
+    from corral.live import LiveFarm
+
+    _EVAL[0] = 0.0
+    policy_set = PolicySet(policies, keep_live=True)
+    evaluator: Any = policy_set.evaluator
+    raw_update = evaluator.update
+
+    def timed_update(kind: Any, changed: Any, now: Any = None) -> Any:
+        t = time.perf_counter()
+        out = raw_update(kind, changed, now)
+        _EVAL[0] += time.perf_counter() - t
+        return out
+
+    evaluator.update = timed_update
+    if not getattr(LiveFarm.everything, "timed", False):
+        raw_everything = LiveFarm.everything
+
+        def timed_everything(self: Any, states: Any = None) -> Any:
+            t = time.perf_counter()
+            out = raw_everything(self, states)
+            _EVAL[0] += time.perf_counter() - t
+            return out
+
+        timed_everything.timed = True  # type: ignore[attr-defined]
+        LiveFarm.everything = timed_everything  # type: ignore[method-assign]
+    return policy_set, _EVAL
+
+
+def measure_python_floor(url: str, rounds: int) -> tuple[float, float]:
+    """The python floor and, in the same process and interleaved with it, the rule
+    evaluation of a cold cycle on a fresh policy set: (median floor, median evaluation)
+    over `rounds`.  Measured side by side, so a machine that runs faster or slower for a
+    while moves both (on this shared machine the floor alone moved by half between runs).
+    In its own process, so building every fact of the farm does not count in the daemon's RSS."""
+    import gc
+
+    from corral.cycle import run_cycle
     from corral.facts import FactBuilder
+    from corral.policy.loader import builtin_dir, load_paths
     from corral.states import Kind
     from corral.store.store import Store
 
-    with Store.open(url) as store:
-        farm = store.read_farm()
+    policies = load_paths([builtin_dir()]).policies
+    store = Store.open(url)
+    farm = store.read_farm()
     builder = FactBuilder(farm, NOW)
     facts = {str(k): builder.facts(k) for k in Kind}
-    return statistics.median(python_floor(facts) for _ in range(rounds))
+    floors, evals = [], []
+    for _ in range(rounds):
+        floors.append(python_floor(facts))
+        policy_set, eval_time = timed_policy_set(policies)
+        run_cycle(store, policy_set, commit=False, now=NOW)
+        evals.append(eval_time[0])
+        del policy_set
+        gc.collect()
+    store.close()
+    return statistics.median(floors), statistics.median(evals)
 
 
 def measure_cold_floor(url: str) -> float:
@@ -214,39 +269,14 @@ def measure_cold_floor(url: str) -> float:
 
 
 def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) -> dict[str, Any]:
-    from corral.cycle import PolicySet, run_cycle
+    from corral.cycle import run_cycle
     from corral.policy.loader import builtin_dir, load_paths
     from corral.store.store import Store
 
     policies = load_paths([builtin_dir()]).policies
     store = Store.open(url)
 
-    eval_time = [0.0]
-    policy_set = PolicySet(policies, keep_live=True)
-    evaluator: Any = policy_set.evaluator
-    raw_update = evaluator.update
-
-    def timed_update(kind: Any, changed: Any, now: Any = None) -> Any:
-        t = time.perf_counter()
-        out = raw_update(kind, changed, now)
-        eval_time[0] += time.perf_counter() - t
-        return out
-
-    evaluator.update = timed_update
-    # The first cycle picks the entities in some gate's states before building any
-    # fact (LiveFarm.everything): that pass is rule evaluation too, so it is timed with it.
-    from corral.live import LiveFarm
-
-    raw_everything = LiveFarm.everything
-
-    def timed_everything(self: Any, states: Any = None) -> Any:
-        t = time.perf_counter()
-        out = raw_everything(self, states)
-        eval_time[0] += time.perf_counter() - t
-        return out
-
-    LiveFarm.everything = timed_everything  # type: ignore[method-assign]
-
+    policy_set, eval_time = timed_policy_set(policies)
     t0 = time.perf_counter()
     cold = run_cycle(store, policy_set, commit=False, now=NOW)
     cold_s = time.perf_counter() - t0
@@ -290,7 +320,7 @@ def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) ->
         "steady_timings": {k: round(v, 4) for k, v in last.timings.items()},
         "cold_transitions": len(cold.plan.transitions),
         "steady_transitions": len(last.plan.transitions),
-        "engine_facts": getattr(evaluator, "stats", None) and vars(evaluator.stats),
+        "engine_facts": vars(policy_set.evaluator.stats) if hasattr(policy_set.evaluator, "stats") else None,
         "ratio_io": round(steady_s / io_floor, 2) if io_floor else None,
         "ratio_cold": round(cold_s / cold_floor, 2) if cold_floor else None,
     }
@@ -348,9 +378,10 @@ def main() -> None:
         with ctx.Pool(1) as pool:
             result = pool.apply(measure, (url, args.frames, args.seed, args.rounds, cold_floor))
         with ctx.Pool(1) as pool:
-            py_floor = pool.apply(measure_python_floor, (url, args.rounds))
+            py_floor, py_eval = pool.apply(measure_python_floor, (url, min(args.rounds, 3)))
         result["python_floor_s"] = round(py_floor, 4)
-        result["ratio_python"] = round(result["rule_eval_cold_s"] / py_floor, 2) if py_floor else None
+        result["rule_eval_s"] = round(py_eval, 4)
+        result["ratio_python"] = round(py_eval / py_floor, 2) if py_floor else None
         result["generate_s"] = round(gen_s, 2)
     finally:
         if pg_name and args.db:

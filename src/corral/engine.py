@@ -243,9 +243,16 @@ class RuleEngine:
         memory = self._memory.get(kind)
         if memory is None:
             return
+        gate, key_of, wake = memory.gate, memory.key_of, memory.wake
         with self._lock:
             for ident, fact in changed.items():
-                self._put(memory, ident, fact, now)
+                # Most entities sent fail every gate and were no candidate before: nothing
+                # to do, decided here without a method call (a first cycle sends thousands).
+                if fact is not None and gate(fact):
+                    self._enter(memory, ident, fact, now)
+                elif ident in key_of or ident in wake:
+                    wake.pop(ident, None)
+                    self._leave(memory, ident)
 
     def current(self, kind: Kind) -> dict[str, list[Any]]:
         """The active matches of `kind`, per policy name."""
@@ -297,6 +304,10 @@ class RuleEngine:
                 memory.wake.pop(ident, None)
                 self._leave(memory, ident)
             return
+        self._enter(memory, ident, fact, now)
+
+    def _enter(self, memory: _Memory, ident: Any, fact: dict[str, Any], now: float | None) -> None:
+        """A fact that passed a gate: (re)join the shared fact of its content."""
         if now is not None:
             self._schedule(memory, ident, fact, now)
         key = memory.keyer(fact)
