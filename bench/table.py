@@ -25,6 +25,7 @@ COLUMNS = (
     ("cold_floor_s", "cold floor (s)"),
     ("io_floor_s", "io floor (s)"),
     ("python_floor_s", "python floor (s)"),
+    ("rule_eval_s", "rule eval (s)"),
     ("ratio_cold", "ratio_cold"),
     ("ratio_io", "ratio_io"),
     ("ratio_python", "ratio_python"),
