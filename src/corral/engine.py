@@ -28,8 +28,11 @@ adapter deals with each hazard in one place:
 - *Numbers the engine cannot read*: its JSON parser refuses 1e-05 (how Python writes
   0.00001) and inf; a fact holding one is decided by the reference evaluator too
   (counted in `stats.unreadable`) instead of failing the whole cycle.
-- *Exceptions inside actions* never reach the caller, so the action only records
-  the match in a list: nothing in it can fail.
+- *Exceptions inside actions* never reach the caller, and `Host.assert_fact` wraps
+  each action in a Python closure and writes the session state back after it: the
+  adapter asserts through the engine's C half and drains the actions itself (the
+  rules' own `run` functions do nothing and are never called), so nothing can fail
+  unseen and a match costs no more than reading it.
 - *Thread safety*: one lock per engine.
 - *No unregistering*: a ruleset name lives as long as the Host, so a reload builds
   a new `RuleEngine` (new Host, new generation in the ruleset names).
