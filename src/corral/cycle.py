@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from corral.evaluate import Evaluator, LazyFact, Match, ReferenceEvaluator, find_matches
@@ -20,7 +21,7 @@ from corral.facts import FactBuilder, Needs
 from corral.farm import Farm, utcnow
 from corral.live import Dirty, LiveFarm, Spread
 from corral.plan import Plan, make_plan
-from corral.policy.model import Policy, paths
+from corral.policy.model import Policy, paths_read
 from corral.states import Kind
 
 if TYPE_CHECKING:
@@ -85,6 +86,11 @@ class PolicySet:
                 self._evaluator = RuleEngine(active)
         return self._evaluator
 
+    @cached_property
+    def needs(self) -> Needs:
+        """The fields the enabled policies read: what the engine's facts are built with."""
+        return Needs.of(paths_read(self.policies))
+
     def history_window(self) -> timedelta:
         longest = max((p.limits.cooldown or 0.0 for p in self.policies), default=0.0)
         return max(MIN_HISTORY, timedelta(seconds=longest))
@@ -125,10 +131,7 @@ def plan_live(
     by_name = {p.name: p for p in policy_set.policies if p.enabled}
     # The engine's facts: only the fields the policies read (a job's host counts are
     # not worked out when no policy reads them).
-    read: dict[Kind, set[str]] = {kind: set() for kind in Kind}
-    for enabled in by_name.values():
-        read[enabled.kind] |= paths(enabled.when)
-    narrow_builder = FactBuilder(farm, now, aggregates=live.agg, needs=Needs.of(read))
+    narrow_builder = FactBuilder(farm, now, aggregates=live.agg, needs=policy_set.needs)
     stamp = now.timestamp()
     matches: list[Match] = []
     for kind in Kind:

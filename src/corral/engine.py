@@ -52,7 +52,7 @@ from typing import Any
 import durable_rules_engine as _native  # its C half: asserting and draining actions without the Python layer
 from durable import engine as _durable  # the one import of durable_rules in corral (with the line above)
 
-from corral.facts import get_path, narrow
+from corral.facts import narrow
 from corral.policy.compiler import MARKER, CompiledKind, compile_kind, engine_can_read, next_flip
 from corral.policy.model import All, Cmp, Policy, pinned_states
 from corral.policy.reference import Predicate, getter, holds, predicate
@@ -113,6 +113,7 @@ class _Memory:
     keyer: Callable[[dict[str, Any]], tuple[Any, ...]]
     probes: tuple[tuple[str, Predicate], ...]
     rule_policy: dict[str, str] = field(default_factory=dict)  # engine rule name -> policy name
+    timed: tuple[tuple[Cmp, Callable[[dict[str, Any]], Any]], ...] = ()  # duration probes and their getters
     handle: int = 0  # the ruleset's handle in the C engine
     key_of: dict[Any, tuple[Any, ...]] = field(default_factory=dict)
     shared: dict[tuple[Any, ...], _Shared] = field(default_factory=dict)
@@ -203,8 +204,9 @@ class RuleEngine:
             rules["seen"] = {"all": [{"m": {MARKER: 1}}, {"never": {MARKER: 2}}], "run": _ignore}
             definitions[name] = rules
             probes = tuple((probe.name, predicate(probe.cond)) for probe in compiled.probes)
+            timed = tuple((p.cond, getter(p.cond.path)) for p in compiled.timed if isinstance(p.cond, Cmp))
             self._memory[kind] = _Memory(
-                name, compiled, _gate(compiled.gates.values()), _keyer(compiled.paths, probes), probes, rule_policy
+                name, compiled, _gate(compiled.gates.values()), _keyer(compiled.paths, probes), probes, rule_policy, timed
             )
         try:
             self._host.set_rulesets(definitions)
@@ -232,10 +234,8 @@ class RuleEngine:
         with self._lock:
             current = {fact["id"]: fact for fact in facts}
             gone = [i for i in memory.key_of if i not in current]
-            for ident, fact in current.items():
-                self._put(memory, ident, fact, now)
-            for ident in gone:  # after the puts: a shared fact another entity took over stays
-                self._put(memory, ident, None, now)
+            self._put(memory, current.items(), now)
+            self._put(memory, ((i, None) for i in gone), now)  # after: a shared fact another entity took over stays
             return self._result(memory)
 
     def update(self, kind: Kind, changed: Mapping[Any, dict[str, Any] | None], now: float | None = None) -> None:
@@ -246,16 +246,8 @@ class RuleEngine:
         memory = self._memory.get(kind)
         if memory is None:
             return
-        gate, key_of, wake = memory.gate, memory.key_of, memory.wake
         with self._lock:
-            for ident, fact in changed.items():
-                # Most entities sent fail every gate and were no candidate before: nothing
-                # to do, decided here without a method call (a first cycle sends thousands).
-                if fact is not None and gate(fact):
-                    self._enter(memory, ident, fact, now)
-                elif ident in key_of or ident in wake:
-                    wake.pop(ident, None)
-                    self._leave(memory, ident)
+            self._put(memory, changed.items(), now)
 
     def current(self, kind: Kind) -> dict[str, list[Any]]:
         """The active matches of `kind`, per policy name."""
@@ -301,13 +293,17 @@ class RuleEngine:
             allowed |= states
         return frozenset(allowed)
 
-    def _put(self, memory: _Memory, ident: Any, fact: dict[str, Any] | None, now: float | None) -> None:
-        if fact is None or not memory.gate(fact):
-            if ident in memory.key_of or ident in memory.wake:
-                memory.wake.pop(ident, None)
+    def _put(self, memory: _Memory, entities: Iterable[tuple[Any, dict[str, Any] | None]], now: float | None) -> None:
+        """Each entity's current fact (None: gone) into the memory."""
+        gate, key_of, wake = memory.gate, memory.key_of, memory.wake
+        for ident, fact in entities:
+            # Most entities sent fail every gate and were no candidate before: nothing to
+            # do, decided here without a method call (a first cycle sends thousands).
+            if fact is not None and gate(fact):
+                self._enter(memory, ident, fact, now)
+            elif ident in key_of or ident in wake:
+                wake.pop(ident, None)
                 self._leave(memory, ident)
-            return
-        self._enter(memory, ident, fact, now)
 
     def _enter(self, memory: _Memory, ident: Any, fact: dict[str, Any], now: float | None) -> None:
         """A fact that passed a gate: (re)join the shared fact of its content."""
@@ -364,9 +360,8 @@ class RuleEngine:
     def _schedule(self, memory: _Memory, ident: Any, fact: dict[str, Any], now: float) -> None:
         """Remember when a time-based probe of this fact may flip next."""
         soonest: float | None = None
-        for probe in memory.compiled.timed:
-            assert isinstance(probe.cond, Cmp)
-            at = next_flip(probe.cond, get_path(fact, probe.cond.path), now)
+        for cmp, get in memory.timed:
+            at = next_flip(cmp, get(fact), now)
             if at is not None and (soonest is None or at < soonest):
                 soonest = at
         if soonest is None:

@@ -247,16 +247,6 @@ Event = Annotated[
     JobSubmitted | FrameStarted | FrameCompleted | FrameFailed | InstanceStarted | InstanceEnded | WorkerUp | WorkerDown,
     Field(discriminator="type"),
 ]
-EVENT_TYPES: tuple[str, ...] = (
-    "job_submitted",
-    "frame_started",
-    "frame_completed",
-    "frame_failed",
-    "instance_started",
-    "instance_ended",
-    "worker_up",
-    "worker_down",
-)
 _ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 _MODELS: dict[str, type[_Event]] = {
     "job_submitted": JobSubmitted,
@@ -268,6 +258,7 @@ _MODELS: dict[str, type[_Event]] = {
     "worker_up": WorkerUp,
     "worker_down": WorkerDown,
 }
+EVENT_TYPES: tuple[str, ...] = tuple(_MODELS)
 
 
 def event_json_schema() -> dict[str, Any]:

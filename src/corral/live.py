@@ -22,7 +22,7 @@ from typing import Any
 
 from corral.facts import DEFAULT_RECENT, Aggregates
 from corral.farm import Farm, Frame, Instance, Job, Worker
-from corral.policy.model import Policy, paths
+from corral.policy.model import Policy, paths_read
 from corral.states import Kind
 from corral.store.changes import FarmChanges, Mark
 
@@ -47,9 +47,7 @@ class Spread:
 
     @classmethod
     def of(cls, policies: Iterable[Policy]) -> Spread:
-        read: dict[Kind, set[str]] = defaultdict(set)
-        for policy in policies:
-            read[policy.kind] |= paths(policy.when)
+        read = paths_read(policies)
         child = read[Kind.FRAME] | read[Kind.INSTANCE]
         return cls(
             # job row fields already reach frames and instances when the row changes (_JOB_SHOWN);

@@ -6,6 +6,7 @@ into seconds), the reference evaluator and the durable_rules compiler consume it
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,15 @@ def paths(cond: Cond) -> set[str]:
     for item in cond.items:
         out |= paths(item)
     return out
+
+
+def paths_read(policies: Iterable[Policy]) -> dict[Kind, set[str]]:
+    """Every field path the enabled policies read, per kind of entity."""
+    read: dict[Kind, set[str]] = {kind: set() for kind in Kind}
+    for policy in policies:
+        if policy.enabled:
+            read[policy.kind] |= paths(policy.when)
+    return read
 
 
 def pinned_states(cond: Cond) -> set[str] | None:

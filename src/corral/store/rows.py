@@ -118,24 +118,6 @@ def run_columns(dialect: str) -> str:
     return _stamps("id, job_id, number, host, instance, state, exit_code, started_at, finished_at", dialect)
 
 
-def job_from_row(r: Any) -> Job:
-    """A job row as a Job (without frames, instances or dependencies)."""
-    return Job(
-        id=r.id, name=r.name, priority=r.priority, state=JobState(r.state), hold=Hold(r.hold), blocked_by=r.blocked_by,
-        retry_limit=r.retry_limit, retries=r.retries, submitted_at=r.submitted_at, state_since=r.state_since,
-        last_retry_at=r.last_retry_at, version=r.version,
-    )
-
-
-def instance_from_row(r: Any) -> Instance:
-    return Instance(id=r.id, job_id=r.job_id, host=r.host, state=InstanceState(r.state), state_since=r.state_since,
-                    version=r.version)
-
-
-def worker_from_row(r: Any) -> Worker:
-    return Worker(name=r.name, state=WorkerState(r.state), state_since=r.state_since, version=r.version)
-
-
 def raw_rows(conn: Connection, sql: str, *, stream: bool = False) -> Iterator[tuple[Any, ...]]:
     """Rows straight from the driver's cursor, in batches (no per-row result wrapper).
 
