@@ -8,10 +8,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corral.facts import FIELDS, MISSING, FactBuilder, Needs, get_path, narrow
+from corral.facts import FIELDS, MISSING, FactBuilder, Needs, first_stage, get_path, narrow
 from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
+from corral.policy.compiler import screen_of
+from corral.policy.loader import builtin_dir, load_paths
+from corral.policy.model import Policy, paths_read
+from corral.policy.reference import any_gate, holds
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind
-from strategies import NOW, farms
+from strategies import NOW, farms, policy_sets
 
 F = FrameState
 
@@ -188,3 +192,40 @@ def test_a_fact_built_for_the_fields_policies_read_has_them_as_the_whole_fact_do
         small = narrowed.of(kind, entity)
         for path in read:
             assert get_path(small, path) == get_path(fact, path), (kind, path)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(farm=farms(), policies=policy_sets(), data=st.data())
+def test_an_entity_screened_out_on_its_first_stage_matches_no_policy(farm: Farm, policies: list[Policy], data: Any) -> None:
+    """The engine's facts are built in two stages, and the second (a job's host counts,
+    an instance's job and worker) is skipped when the first already fails every gate.
+    Whatever the policies, an entity screened out is one that no policy matches, and one
+    that is not screened out gets the same fact as without screening."""
+    kind = data.draw(st.sampled_from(list(Kind)))
+    mine = [p for p in policies if p.kind is kind]
+    needs = Needs.of(paths_read(mine))
+    cut = screen_of(kind, mine, lambda path: first_stage(kind, path))
+    screen = None if cut is None else any_gate(cut)
+    whole = FactBuilder(farm, NOW)
+    for fact in whole.facts(kind):
+        entity = farm.entity(kind, str(fact["id"]))
+        got = FactBuilder(farm, NOW, needs=needs).candidate(kind, entity, screen)
+        if got is None:
+            assert not any(holds(p.when, fact) for p in mine), (kind, fact["id"])
+        else:
+            assert got == FactBuilder(farm, NOW, needs=needs).of(kind, entity)
+
+
+def test_a_running_job_with_frames_complete_is_screened_out_before_its_host_counts() -> None:
+    """The built-in pack's one policy for running jobs wants no frame complete: a running
+    job that has completed frames is ruled out on its first stage."""
+    farm = lockout_farm()
+    farm.jobs[1].state = JobState.RUNNING
+    pack = load_paths([builtin_dir()]).policies
+    jobs = [p for p in pack if p.kind is Kind.JOB]
+    cut = screen_of(Kind.JOB, jobs, lambda path: first_stage(Kind.JOB, path))
+    assert cut is not None
+    builder = FactBuilder(farm, NOW, needs=Needs.of(paths_read(jobs)))
+    assert builder.candidate(Kind.JOB, farm.jobs[1], any_gate(cut)) is None
+    farm.jobs[1].state = JobState.BLOCKED  # a blocked job may be unblocked: a candidate
+    assert builder.candidate(Kind.JOB, farm.jobs[1], any_gate(cut)) is not None

@@ -17,11 +17,13 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from corral.evaluate import Evaluator, LazyFact, Match, ReferenceEvaluator, find_matches
-from corral.facts import FactBuilder, Needs
+from corral.facts import FactBuilder, Needs, first_stage
 from corral.farm import Farm, utcnow
 from corral.live import Dirty, LiveFarm, Spread
 from corral.plan import Plan, make_plan
+from corral.policy.compiler import screen_of
 from corral.policy.model import Policy, paths_read
+from corral.policy.reference import Predicate, any_gate
 from corral.states import Kind
 
 if TYPE_CHECKING:
@@ -91,6 +93,17 @@ class PolicySet:
         """The fields the enabled policies read: what the engine's facts are built with."""
         return Needs.of(paths_read(self.policies))
 
+    @cached_property
+    def screens(self) -> dict[Kind, Predicate | None]:
+        """Per kind, the enabled policies' gates cut down to a fact's first stage (see
+        `FactBuilder.candidate`); None where some policy cannot be screened that way."""
+        enabled = [p for p in self.policies if p.enabled]
+        out: dict[Kind, Predicate | None] = {}
+        for kind in Kind:
+            cut = screen_of(kind, enabled, lambda path, kind=kind: first_stage(kind, path))  # type: ignore[misc]
+            out[kind] = None if cut is None else any_gate(cut)
+        return out
+
     def history_window(self) -> timedelta:
         longest = max((p.limits.cooldown or 0.0 for p in self.policies), default=0.0)
         return max(MIN_HISTORY, timedelta(seconds=longest))
@@ -137,7 +150,7 @@ def plan_live(
     for kind in Kind:
         if not any(p.kind is kind for p in by_name.values()):
             continue
-        allowed = engine.state_filter(kind)
+        allowed, screen = engine.state_filter(kind), policy_set.screens[kind]
         changed: dict[Any, dict[str, Any] | None] = {}
         dropped: list[Any] = []
         for ident in dirty[kind] | engine.due(kind, stamp):
@@ -145,10 +158,15 @@ def plan_live(
                 entity = farm.entity(kind, str(ident))
             except KeyError:
                 entity = None
-            if entity is None or (allowed is not None and str(entity.state) not in allowed):
+            # Not a candidate: gone, in a state no policy acts on, or its first stage
+            # already fails every gate.
+            fact = None
+            if entity is not None and (allowed is None or str(entity.state) in allowed):
+                fact = narrow_builder.candidate(kind, entity, screen)
+            if fact is None:
                 dropped.append(ident)
             else:
-                changed[ident] = narrow_builder.of(kind, entity)
+                changed[ident] = fact
         if dropped:  # those the engine held as candidates must be forgotten (one call, only if needed)
             known = engine.known(kind)
             changed.update((ident, None) for ident in dropped if ident in known)
@@ -157,9 +175,9 @@ def plan_live(
             policy = by_name.get(name)
             if policy is None or (due is not None and name not in due):
                 continue
-            fact = builder.fact
+            whole = builder.fact
             for ident in map(str, ids):
-                matches.append(Match(policy, kind, ident, LazyFact(fact, kind, ident)))
+                matches.append(Match(policy, kind, ident, LazyFact(whole, kind, ident)))
     plan = make_plan(farm, matches, now=now, last_actions=last_actions)
     return plan, matches
 

@@ -55,7 +55,7 @@ from durable import engine as _durable  # the one import of durable_rules in cor
 from corral.facts import narrow
 from corral.policy.compiler import MARKER, CompiledKind, compile_kind, engine_can_read, next_flip
 from corral.policy.model import All, Cmp, Policy, pinned_states
-from corral.policy.reference import Predicate, getter, holds, predicate
+from corral.policy.reference import Predicate, any_gate, getter, holds, predicate
 from corral.states import Kind
 
 log = logging.getLogger(__name__)
@@ -132,25 +132,6 @@ def _key_value(value: Any) -> Any:
     return (float, value) if isinstance(value, float) else value
 
 
-def _gate(gates: Iterable[tuple[Cmp, ...]]) -> Predicate:
-    """Passes a fact that passes any policy's gate (compiled, first failure exits)."""
-    # The state first: it is the cheapest test and the one most entities fail.
-    compiled = [tuple(predicate(c) for c in sorted(gate, key=lambda c: c.path != "state")) for gate in gates]
-    if any(not preds for preds in compiled):
-        return lambda fact: True
-
-    def passes(fact: dict[str, Any]) -> bool:
-        for preds in compiled:
-            for test in preds:
-                if not test(fact):
-                    break
-            else:
-                return True
-        return False
-
-    return passes
-
-
 def _keyer(paths: Iterable[str], probes: tuple[tuple[str, Predicate], ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     """The engine-visible content of a fact as a hashable key: carried fields, then probes."""
     getters = tuple(getter(p) for p in sorted(paths) if p != "id")
@@ -206,7 +187,7 @@ class RuleEngine:
             probes = tuple((probe.name, predicate(probe.cond)) for probe in compiled.probes)
             timed = tuple((p.cond, getter(p.cond.path)) for p in compiled.timed if isinstance(p.cond, Cmp))
             self._memory[kind] = _Memory(
-                name, compiled, _gate(compiled.gates.values()), _keyer(compiled.paths, probes), probes, rule_policy, timed
+                name, compiled, any_gate(compiled.gates.values()), _keyer(compiled.paths, probes), probes, rule_policy, timed
             )
         try:
             self._host.set_rulesets(definitions)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -161,6 +161,19 @@ _GROUPS: dict[Kind, dict[str, str]] = {
     Kind.INSTANCE: {"other_hosts_succeeding": "other_hosts", "other_hosts_failing": "other_hosts"},
     Kind.WORKER: {"recent_failures": "recent", "recent_successes": "recent"},
 }
+
+
+#: The groups a fact for the rule engine is built with first; a screen over them decides
+#: whether the rest is worth building (`FactBuilder.candidate`).
+FIRST_STAGE = frozenset({"row", "frames"})
+
+
+def first_stage(kind: Kind, path: str) -> bool:
+    """Whether `path` is worked out in the first stage of a `kind` fact."""
+    head, _, rest = path.partition(".")
+    if kind in (Kind.FRAME, Kind.INSTANCE) and head in ("job", "worker") and rest:
+        return False  # the related entity's fact: built after the screen
+    return _GROUPS[kind].get(path, "row") in FIRST_STAGE
 
 
 _JOB_MAYBE_NONE = ("blocked_by", "time_in_state", "age", "since_retry")
@@ -404,12 +417,42 @@ class FactBuilder:
         return shown
 
     # --- per kind -------------------------------------------------------------------
+    def candidate(self, kind: Kind, entity: Entity, screen: Callable[[dict[str, Any]], bool] | None) -> dict[str, Any] | None:
+        """The fact of an entity for the rule engine, or None when its first stage (the
+        row's own fields and a job's frame counts) already fails `screen`: then no
+        policy can match it, and its costly fields (a job's host counts, an instance's
+        job and worker) are never worked out.  Most of the jobs a steady cycle touches
+        are running jobs with frames complete, which one comparison rules out."""
+        if screen is None or kind is Kind.FRAME or kind is Kind.WORKER:
+            return self.of(kind, entity)  # their first stage is nearly all of them
+        if kind is Kind.JOB:
+            job: Job = entity  # type: ignore[assignment]
+            fact = self._job_cache.get(job.id)
+            if fact is not None:
+                return fact if screen(fact) else None
+            fact = self._job_first(job)
+            if not screen(fact):
+                return None
+            self._job_rest(job, fact)
+            self._job_cache[job.id] = fact
+            return fact
+        fact = self._instance_first(str(entity.id))  # type: ignore[union-attr]
+        if not screen(fact):
+            return None
+        return self._instance_rest(fact)
+
     def job(self, job: Job) -> dict[str, Any]:
         cached = self._job_cache.get(job.id)
         if cached is not None:
             return cached
+        fact = self._job_first(job)
+        self._job_rest(job, fact)
+        self._job_cache[job.id] = fact
+        return fact
+
+    def _job_first(self, job: Job) -> dict[str, Any]:
+        """The job's row fields and frame counts (FIRST_STAGE)."""
         now = self.now
-        agg = self.agg
         fact: dict[str, Any] = {
             "id": job.id,
             "name": job.name,
@@ -424,13 +467,21 @@ class FactBuilder:
             "age": _secs(job.submitted_at, now),
             "since_retry": _secs(job.last_retry_at, now),
         }
+        for key in _JOB_MAYBE_NONE:  # the only fields that can be unknown (a comprehension over all costs more)
+            if fact[key] is None:
+                del fact[key]
         if self._wants(Kind.JOB, "frames"):
-            frames = agg.job_frames.get(job.id) or Counter()
+            frames = self.agg.job_frames.get(job.id) or Counter()
             total = len(job.frames)
             fact["frames_total"] = total
             for key, s in _FRAME_COUNTS:
                 fact[key] = frames.get(s, 0)
             fact["frames_done_percent"] = (100.0 * frames.get(FrameState.COMPLETE, 0) / total) if total else 0.0
+        return fact
+
+    def _job_rest(self, job: Job, fact: dict[str, Any]) -> None:
+        """The job's costlier groups: instance and host counts, dependencies."""
+        agg = self.agg
         if self._wants(Kind.JOB, "instances"):
             insts = Counter(str(i.state) for i in job.instances.values())
             fact["instances_total"] = len(job.instances)
@@ -465,11 +516,6 @@ class FactBuilder:
                 "incomplete": len(job.depends_on) - complete,
                 "all_complete": bool(job.depends_on) and complete == len(deps) == len(job.depends_on),
             }
-        for key in _JOB_MAYBE_NONE:  # the only fields that can be unknown (a comprehension over all costs more)
-            if fact[key] is None:
-                del fact[key]
-        self._job_cache[job.id] = fact
-        return fact
 
     def worker(self, name: str) -> dict[str, Any]:
         cached = self._worker_cache.get(name)
@@ -531,10 +577,14 @@ class FactBuilder:
         return _drop_none(fact)
 
     def instance(self, inst_id: str) -> dict[str, Any]:
+        return self._instance_rest(self._instance_first(inst_id))
+
+    def _instance_first(self, inst_id: str) -> dict[str, Any]:
+        """The instance's own counts (FIRST_STAGE), without None values."""
         inst = self.farm.instances[inst_id]
-        job = self.farm.jobs[inst.job_id]
         agg = self.agg
         tail = agg.inst_tail.get(inst.id)
+        job_id = inst.job_id
         fact: dict[str, Any] = {
             "id": inst.id,
             "job_id": inst.job_id,
@@ -544,9 +594,16 @@ class FactBuilder:
             "consecutive_failures": tail.failures if tail else 0,
             "frames_failed": agg.inst_failed.get(inst.id, 0),
             "frames_completed": agg.inst_ok.get(inst.id, 0),
-            "host_failures_on_job": agg.job_host_fail.get((job.id, inst.host), 0),
-            "host_successes_on_job": agg.job_host_ok.get((job.id, inst.host), 0),
+            "host_failures_on_job": agg.job_host_fail.get((job_id, inst.host), 0),
+            "host_successes_on_job": agg.job_host_ok.get((job_id, inst.host), 0),
         }
+        return _drop_none(fact)
+
+    def _instance_rest(self, fact: dict[str, Any]) -> dict[str, Any]:
+        """The instance's costlier groups: other hosts' standing, its job and its worker."""
+        inst = self.farm.instances[fact["id"]]
+        job = self.farm.jobs[inst.job_id]
+        agg = self.agg
         if self._wants(Kind.INSTANCE, "other_hosts"):
             ok, failed, job_id = agg.job_host_ok.get, agg.job_host_fail.get, job.id
             succeeding = failing = 0
@@ -563,7 +620,7 @@ class FactBuilder:
             fact["job"] = self._shown_job(job)
         if self._wants(Kind.INSTANCE, "worker"):
             fact["worker"] = self.worker(inst.host)
-        return _drop_none(fact)
+        return fact
 
     def facts(self, kind: Kind) -> list[dict[str, Any]]:
         """Every fact of one kind, in a stable order."""

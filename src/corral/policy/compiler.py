@@ -28,6 +28,7 @@ session-state object too, and a rule with no marker would fire on it (and loop).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,22 @@ def gate_of(kind: Kind, when: Cond) -> tuple[Cmp, ...]:
     """The top-level comparisons of a condition that do not depend on time: every match passes them."""
     items = when.items if isinstance(when, All) else (when,)
     return tuple(c for c in items if isinstance(c, Cmp) and not _is_duration(kind, c.path))
+
+
+def screen_of(kind: Kind, policies: Iterable[Policy], first: Callable[[str], bool]) -> list[tuple[Cmp, ...]] | None:
+    """Each policy's gate cut down to its comparisons on fields of a fact's first stage
+    (`first(path)`; see `FactBuilder.candidate`): an entity that fails all of them fails
+    every gate, so the rest of its fact is never built.  None: some policy of the kind
+    has no such comparison, so no entity can be ruled out early."""
+    screens = []
+    for policy in policies:
+        if policy.kind is not kind:
+            continue
+        cut = tuple(c for c in gate_of(kind, policy.when) if first(c.path))
+        if not cut:
+            return None
+        screens.append(cut)
+    return screens
 
 
 def next_flip(cmp: Cmp, value: Any, now: float) -> float | None:

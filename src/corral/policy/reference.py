@@ -97,6 +97,26 @@ def predicate(cond: Cond) -> Predicate:
     return compare
 
 
+def any_gate(gates: Iterable[tuple[Cmp, ...]]) -> Predicate:
+    """Passes a fact that passes every comparison of at least one of `gates` (compiled;
+    the first failure exits).  An empty gate passes everything."""
+    # The state first: it is the cheapest test and the one most entities fail.
+    compiled = [tuple(predicate(c) for c in sorted(gate, key=lambda c: c.path != "state")) for gate in gates]
+    if any(not preds for preds in compiled):
+        return lambda fact: True
+
+    def passes(fact: dict[str, Any]) -> bool:
+        for preds in compiled:
+            for test in preds:
+                if not test(fact):
+                    break
+            else:
+                return True
+        return False
+
+    return passes
+
+
 def matching(policy: Policy, facts: Iterable[dict[str, Any]]) -> list[Any]:
     """Ids of the facts the policy matches, in the order given."""
     return [f["id"] for f in facts if holds(policy.when, f)]

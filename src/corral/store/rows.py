@@ -6,9 +6,10 @@ ORM identity map): this is the hot path of every policy cycle.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from enum import Enum
+from operator import itemgetter
 from sys import intern
 from typing import Any
 
@@ -190,12 +191,21 @@ def read_frames(conn: Connection, where: str = "", order: str = "", *, stream: b
 
 
 def read_runs(conn: Connection, where: str = "", *, stream: bool = False) -> Iterator[tuple[int, int, FrameRun]]:
-    """Run rows in the order they were recorded, as (job id, frame number, run)."""
+    """Run rows in the order they were recorded, as (job id, frame number, run).
+
+    With `where`, the rows are sorted here, not by the database: SQLite answers
+    `WHERE rev >= ? ... ORDER BY id` by walking the whole table in id order instead of
+    using the `rev` index (a million-frame farm's steady read of a thousand runs took
+    34 ms instead of 1.5 ms).
+    """
     dialect = conn.dialect.name
     ts = timestamp_parser(dialect)
     states = {s.value: s for s in FrameState}
-    sql = f"SELECT {run_columns(dialect)} FROM frame_runs{_clauses(where, 'id')}"  # noqa: S608
-    for run_id, j, n, host, inst_id, st, code, started, finished in raw_rows(conn, sql, stream=stream):
+    sql = f"SELECT {run_columns(dialect)} FROM frame_runs{_clauses(where, '' if where else 'id')}"  # noqa: S608
+    rows: Iterable[tuple[Any, ...]] = raw_rows(conn, sql, stream=stream)
+    if where:
+        rows = sorted(rows, key=itemgetter(0))
+    for run_id, j, n, host, inst_id, st, code, started, finished in rows:
         yield j, n, FrameRun(host and intern(host), inst_id and intern(inst_id), states[st], code,
                              None if started is None else ts(started), None if finished is None else ts(finished),
                              run_id)
