@@ -20,7 +20,7 @@ from corral.evaluate import Evaluator, LazyFact, Match, ReferenceEvaluator, find
 from corral.facts import FactBuilder, Needs, first_stage
 from corral.farm import Farm, utcnow
 from corral.live import Dirty, LiveFarm, Spread
-from corral.plan import Plan, make_plan
+from corral.plan import Found, Plan, make_plan, plan_found
 from corral.policy.compiler import screen_of
 from corral.policy.model import Policy, paths_read
 from corral.policy.reference import Predicate, any_gate
@@ -134,19 +134,23 @@ def plan_live(
     now: datetime,
     last_actions: dict[tuple[str, str, str], datetime] | None = None,
     due: Collection[str] | None = None,
-) -> tuple[Plan, list[Match]]:
+) -> Plan:
     """`plan_farm` for the daemon: only the facts of `dirty` entities (and of those whose
     time-based conditions fell due) are rebuilt and sent to the engine; the engine keeps
     the rest from the previous cycle.  Same matches, same plan, a fraction of the work."""
     engine: Any = policy_set.evaluator
     farm = live.farm
     builder = FactBuilder(farm, now, aggregates=live.agg)  # whole facts, for the matches that make the plan
+
+    def whole(kind: Kind, ident: str) -> LazyFact:  # built only if the plan reads it (a reason, a trace)
+        return LazyFact(builder.fact, kind, ident)
+
     by_name = {p.name: p for p in policy_set.policies if p.enabled}
     # The engine's facts: only the fields the policies read (a job's host counts are
     # not worked out when no policy reads them).
     narrow_builder = FactBuilder(farm, now, aggregates=live.agg, needs=policy_set.needs)
     stamp = now.timestamp()
-    matches: list[Match] = []
+    found: list[Found] = []
     for kind in Kind:
         if not any(p.kind is kind for p in by_name.values()):
             continue
@@ -173,13 +177,9 @@ def plan_live(
         engine.update(kind, changed, stamp)
         for name, ids in engine.current(kind).items():
             policy = by_name.get(name)
-            if policy is None or (due is not None and name not in due):
-                continue
-            whole = builder.fact
-            for ident in map(str, ids):
-                matches.append(Match(policy, kind, ident, LazyFact(whole, kind, ident)))
-    plan = make_plan(farm, matches, now=now, last_actions=last_actions)
-    return plan, matches
+            if policy is not None and (due is None or name in due):
+                found.append(Found(policy, kind, ids, whole))
+    return plan_found(farm, found, now=now, last_actions=last_actions)
 
 
 #: A daemon re-reads the whole farm this often, to heal anything a change read missed
@@ -297,12 +297,12 @@ def _cycle(
     timings["read"] = t1 - t0
     if live is not None:
         assert dirty is not None
-        plan, matches = plan_live(live, policy_set, dirty, now=now, last_actions=last, due=due)
+        plan = plan_live(live, policy_set, dirty, now=now, last_actions=last, due=due)
     else:
-        plan, matches = plan_farm(farm, policy_set, now=now, last_actions=last, due=due)
+        plan, _ = plan_farm(farm, policy_set, now=now, last_actions=last, due=due)
     t2 = time.perf_counter()
     timings["evaluate"] = t2 - t1
-    result = CycleResult(cycle_id, now, plan, len(matches), facts, committed=False, timings=timings)
+    result = CycleResult(cycle_id, now, plan, sum(plan.matched.values()), facts, committed=False, timings=timings)
     if not commit:
         return result
     result.paused = store.get_setting(PAUSE_SETTING) == "1"

@@ -251,10 +251,15 @@ class LiveFarm:
         else:
             hosts = {old.host, new.host}
             self.agg.frame_state(old, -1)
-            # The row read is the frame now; what the row does not hold comes from the old one.
-            new.runs, new.depends_on = old.runs, old.depends_on
-            job.frames[new.number] = new
-            self.agg.frame_state(new, +1)
+            # The row's fields into the frame the farm holds, not the new object in its
+            # place: the farm's objects are frozen out of the garbage collector's sight
+            # (see corral.cycle.refresh), and a new object per changed row would pile up
+            # in its oldest generation, every full collection walking more of them.
+            (old.state, old.host, old.instance, old.attempts, old.retries, old.exit_code, old.started_at,
+             old.finished_at, old.state_since, old.version) = (
+                new.state, new.host, new.instance, new.attempts, new.retries, new.exit_code, new.started_at,
+                new.finished_at, new.state_since, new.version)
+            self.agg.frame_state(old, +1)
         dirty[Kind.FRAME].add(new.key)
         dirty[Kind.JOB].add(new.job_id)
         if self.spread.running_on_workers:

@@ -18,7 +18,7 @@ anything away from the enforcing ones: only their own would-be transitions are r
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -83,12 +83,34 @@ class Skipped:
                 "skipped": self.category, "why": self.why}
 
 
+@dataclass(slots=True)
+class Held:
+    """Every match of a policy that went over its limit this cycle, held back whole."""
+
+    policy: str
+    kind: Kind
+    idents: Sequence[Any]
+    action: str
+    why: str
+
+
 @dataclass
 class Plan:
     transitions: list[Transition] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
+    #: Matches refused one by one (cooldown, conflict, duplicate, illegal).
+    refused: list[Skipped] = field(default_factory=list)
+    #: Policies over their limits, with the matches they hold back: a policy gone wrong
+    #: on a big farm matches tens of thousands of entities every cycle, and the daemon
+    #: never lists them, so they are listed (`skipped`) only when someone asks.
+    held: list[Held] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)
     matched: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        """Every match that will not become a transition, and why."""
+        return [*self.refused, *(Skipped(h.policy, h.kind, str(i), h.action, "limit", h.why)
+                                 for h in self.held for i in h.idents)]
 
     @property
     def enforced(self) -> list[Transition]:
@@ -117,6 +139,18 @@ def render_reason(template: str, fact: Mapping[str, Any], params: Mapping[str, A
     return TEMPLATE_RE.sub(value, template)
 
 
+@dataclass(slots=True)
+class Found:
+    """Every entity one policy matched this cycle.  Matches are made (`fact(kind, ident)`
+    looked up) only for the entities that go on to be played: a policy over its limit
+    holds all of its back without one object per entity."""
+
+    policy: Policy
+    kind: Kind
+    idents: Sequence[Any]
+    fact: Callable[[Kind, str], Mapping[str, Any]]
+
+
 def make_plan(
     farm: Farm,
     matches: Sequence[Match],
@@ -126,35 +160,56 @@ def make_plan(
     totals: Mapping[Kind, int] | None = None,
 ) -> Plan:
     """Turn matches into a plan (see the module docstring).  Leaves `farm` unchanged."""
-    last_actions = last_actions or {}
-    totals = totals if totals is not None else _totals(farm)
-    plan = Plan()
     by_policy: dict[str, list[Match]] = defaultdict(list)
-    policies: dict[str, Policy] = {}
     for m in matches:
         by_policy[m.policy.name].append(m)
-        policies[m.policy.name] = m.policy
+    found = [Found(group[0].policy, group[0].kind, [m.ident for m in group], _lookup({m.ident: m.fact for m in group}))
+             for group in by_policy.values()]
+    return plan_found(farm, found, now=now, last_actions=last_actions, totals=totals)
+
+
+def _lookup(facts: dict[str, Mapping[str, Any]]) -> Callable[[Kind, str], Mapping[str, Any]]:
+    return lambda _kind, ident: facts[ident]
+
+
+def plan_found(
+    farm: Farm,
+    found: Sequence[Found],
+    *,
+    now: datetime,
+    last_actions: Mapping[tuple[str, str, str], datetime] | None = None,
+    totals: Mapping[Kind, int] | None = None,
+) -> Plan:
+    """`make_plan` over matches grouped by policy (what the incremental cycle has)."""
+    totals = totals if totals is not None else _totals(farm)
+    acted: dict[str, dict[str, datetime]] = defaultdict(dict)  # policy -> entity -> when it last acted
+    for (name, _kind, ident), when in (last_actions or {}).items():
+        acted[name][ident] = when
+    plan = Plan()
     survivors: list[Match] = []
-    for name, found in sorted(by_policy.items()):
-        policy = policies[name]
-        plan.matched[name] = len(found)
+    for f in sorted(found, key=lambda f: f.policy.name):
+        policy, name = f.policy, f.policy.name
+        plan.matched[name] = len(f.idents)
         first = str(policy.actions[0].action)
-        kind_name, cooldown = str(policy.kind), policy.limits.cooldown
-        kept = []
-        for m in found:
-            at = last_actions.get((name, kind_name, m.ident)) if last_actions else None
-            if cooldown and at is not None and (now - at).total_seconds() < cooldown:
-                waited = format_duration((now - at).total_seconds())
-                plan.skipped.append(Skipped(name, m.kind, m.ident, first, "cooldown",
-                                            f"acted on it {waited} ago; cooldown is {format_duration(cooldown)}"))
-            else:
-                kept.append(m)
-        why = _over_limit(policy, len(kept), totals.get(policy.kind, 0))
+        cooldown, recent = policy.limits.cooldown, acted.get(name)
+        idents: Sequence[Any] = f.idents
+        if cooldown and recent:
+            kept = []
+            for ident in idents:
+                at = recent.get(str(ident))
+                if at is not None and (now - at).total_seconds() < cooldown:
+                    waited = format_duration((now - at).total_seconds())
+                    plan.refused.append(Skipped(name, f.kind, str(ident), first, "cooldown",
+                                                f"acted on it {waited} ago; cooldown is {format_duration(cooldown)}"))
+                else:
+                    kept.append(ident)
+            idents = kept
+        why = _over_limit(policy, len(idents), totals.get(policy.kind, 0))
         if why:
             plan.notes[name] = why
-            plan.skipped.extend(Skipped(name, m.kind, m.ident, first, "limit", why) for m in kept)
+            plan.held.append(Held(name, f.kind, idents, first, why))
             continue
-        survivors.extend(kept)
+        survivors.extend(Match(policy, f.kind, str(i), f.fact(f.kind, str(i))) for i in idents)
     enforcing = [m for m in survivors if not m.policy.audit]
     with farm.scratch():
         for m in _ordered(_resolve_conflicts(enforcing, plan)):
@@ -166,7 +221,7 @@ def make_plan(
         # transitions are reported, and nothing it "does" changes the enforced plan.
         trial = Plan()
         winners = _resolve_conflicts(enforcing + auditing, trial)
-        plan.skipped.extend(s for s in trial.skipped if s.policy in {m.policy.name for m in auditing})
+        plan.refused.extend(s for s in trial.refused if s.policy in {m.policy.name for m in auditing})
         with farm.scratch():
             for m in _ordered(winners):
                 _play(farm, m, now, plan if m.policy.audit else Plan())
@@ -218,7 +273,7 @@ def _resolve_conflicts(matches: list[Match], plan: Plan) -> list[Match]:
             same = [a.action for a in loser.policy.actions] == [a.action for a in winner.policy.actions]
             category = "duplicate" if same else "conflict"
             tie = " (same priority: the first by name wins)" if loser.policy.priority == winner.policy.priority else ""
-            plan.skipped.append(Skipped(
+            plan.refused.append(Skipped(
                 loser.policy.name, loser.kind, loser.ident, str(loser.policy.actions[0].action), category,
                 f"policy '{winner.policy.name}' (priority {winner.policy.priority}) acts on this "
                 f"{loser.kind} this cycle{tie}",
@@ -236,10 +291,10 @@ def _play(farm: Farm, m: Match, now: datetime, plan: Plan) -> None:
                 farm, m.kind, m.ident, spec.action, now=now, params=spec.params_dict(), automatic=True, actor=m.policy.name
             )
         except IllegalAction as err:
-            plan.skipped.append(Skipped(m.policy.name, m.kind, m.ident, str(spec.action), "illegal", str(err)))
+            plan.refused.append(Skipped(m.policy.name, m.kind, m.ident, str(spec.action), "illegal", str(err)))
             return
         except KeyError as err:
-            plan.skipped.append(Skipped(m.policy.name, m.kind, m.ident, str(spec.action), "illegal", str(err)))
+            plan.refused.append(Skipped(m.policy.name, m.kind, m.ident, str(spec.action), "illegal", str(err)))
             return
         plan.transitions.append(Transition(
             m.policy.name, m.policy.priority, m.policy.mode, m.kind, m.ident, spec.action, spec.params,
