@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import text, update
 from sqlalchemy.engine import Connection
 
-from corral.farm import Frame, FrameRun, Instance, Job, Worker
-from corral.store.rows import raw_rows, read_frames, read_instances, read_jobs, read_runs, read_workers
+from corral.farm import FrameRun, Instance, Job, Worker
+from corral.store.rows import FrameRow, frame_rows, raw_rows, read_instances, read_jobs, read_runs, read_workers
 from corral.store.tables import table
 
 
@@ -33,7 +33,7 @@ class FarmChanges:
     """Rows changed since a mark, as entities (frames without runs, jobs without children)."""
 
     jobs: list[Job] = field(default_factory=list)
-    frames: list[Frame] = field(default_factory=list)
+    frames: list[FrameRow] = field(default_factory=list)  # rows, not Frames: see rows.frame_rows
     instances: list[Instance] = field(default_factory=list)
     workers: list[Worker] = field(default_factory=list)
     runs: list[tuple[int, int, FrameRun]] = field(default_factory=list)  # (job, frame, run), in recorded order
@@ -93,7 +93,7 @@ def read_changes(conn: Connection, since: Mark) -> FarmChanges:
     out.jobs = read_jobs(conn, where)
     out.instances = read_instances(conn, where)
     out.workers = read_workers(conn, where)
-    out.frames = list(read_frames(conn, where))
+    out.frames = list(frame_rows(conn, where))
     out.runs = list(read_runs(conn, where))
     changed = sorted({int(j) for (j,) in raw_rows(conn, f"SELECT job_id FROM job_dependencies WHERE {where}")})  # noqa: S608
     if changed:
