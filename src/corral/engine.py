@@ -53,8 +53,8 @@ import durable_rules_engine as _native  # its C half: asserting and draining act
 from durable import engine as _durable  # the one import of durable_rules in corral (with the line above)
 
 from corral.facts import narrow
-from corral.policy.compiler import MARKER, CompiledKind, compile_kind, engine_can_read, next_flip
-from corral.policy.model import All, Cmp, Policy, pinned_states
+from corral.policy.compiler import MARKER, CompiledKind, admitted_states, compile_kind, engine_can_read, next_flip
+from corral.policy.model import Cmp, Policy
 from corral.policy.reference import Predicate, any_gate, getter, holds, predicate
 from corral.states import Kind
 
@@ -264,15 +264,7 @@ class RuleEngine:
         Lets the caller skip building the facts of, say, every complete frame.
         """
         memory = self._memory.get(kind)
-        if memory is None:
-            return frozenset()
-        allowed: set[str] = set()
-        for gate in memory.compiled.gates.values():
-            states = pinned_states(All(gate))
-            if states is None:
-                return None
-            allowed |= states
-        return frozenset(allowed)
+        return frozenset() if memory is None else admitted_states(memory.compiled.gates.values())
 
     def _put(self, memory: _Memory, entities: Iterable[tuple[Any, dict[str, Any] | None]], now: float | None) -> None:
         """Each entity's current fact (None: gone) into the memory."""

@@ -148,6 +148,8 @@ DEFAULT_RECENT = timedelta(hours=1)
 #: builder told which paths the policies read (`needed`) computes only those groups.
 _GROUPS: dict[Kind, dict[str, str]] = {
     Kind.JOB: {
+        # durations: never in a gate (they change by the second), so not in the first stage
+        "time_in_state": "times", "age": "times", "since_retry": "times",
         "frames_total": "frames", "frames_done_percent": "frames",
         **{f"frames_{s}": "frames" for s in STATES[Kind.FRAME]},
         "instances_total": "instances", **{f"instances_{s}": "instances" for s in STATES[Kind.INSTANCE]},
@@ -176,7 +178,6 @@ def first_stage(kind: Kind, path: str) -> bool:
     return _GROUPS[kind].get(path, "row") in FIRST_STAGE
 
 
-_JOB_MAYBE_NONE = ("blocked_by", "time_in_state", "age", "since_retry")
 _FRAME_COUNTS = tuple((f"frames_{s}", s) for s in STATES[Kind.FRAME])
 _INSTANCE_COUNTS = tuple((f"instances_{s}", s) for s in STATES[Kind.INSTANCE])
 
@@ -452,7 +453,6 @@ class FactBuilder:
 
     def _job_first(self, job: Job) -> dict[str, Any]:
         """The job's row fields and frame counts (FIRST_STAGE)."""
-        now = self.now
         fact: dict[str, Any] = {
             "id": job.id,
             "name": job.name,
@@ -463,13 +463,9 @@ class FactBuilder:
             "retry_limit": job.retry_limit,
             "retries": job.retries,
             "retries_left": max(0, job.retry_limit - job.retries),
-            "time_in_state": _secs(job.state_since, now),
-            "age": _secs(job.submitted_at, now),
-            "since_retry": _secs(job.last_retry_at, now),
         }
-        for key in _JOB_MAYBE_NONE:  # the only fields that can be unknown (a comprehension over all costs more)
-            if fact[key] is None:
-                del fact[key]
+        if job.hold is not Hold.BLOCKED or job.blocked_by is None:
+            del fact["blocked_by"]  # unknown: submitted blocked, or not blocked at all
         if self._wants(Kind.JOB, "frames"):
             frames = self.agg.job_frames.get(job.id) or Counter()
             total = len(job.frames)
@@ -480,8 +476,14 @@ class FactBuilder:
         return fact
 
     def _job_rest(self, job: Job, fact: dict[str, Any]) -> None:
-        """The job's costlier groups: instance and host counts, dependencies."""
+        """The job's costlier groups: durations, instance and host counts, dependencies."""
         agg = self.agg
+        if self._wants(Kind.JOB, "times"):
+            now = self.now
+            for key, since in (("time_in_state", job.state_since), ("age", job.submitted_at),
+                               ("since_retry", job.last_retry_at)):
+                if since is not None:  # unknown otherwise (never retried, say)
+                    fact[key] = max(0.0, (now - since).total_seconds())
         if self._wants(Kind.JOB, "instances"):
             insts = Counter(str(i.state) for i in job.instances.values())
             fact["instances_total"] = len(job.instances)

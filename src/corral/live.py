@@ -22,6 +22,7 @@ from typing import Any
 
 from corral.facts import DEFAULT_RECENT, Aggregates
 from corral.farm import Farm, Frame, Instance, Job, Worker
+from corral.policy.compiler import admitted_states, gate_of
 from corral.policy.model import Policy, paths_read
 from corral.states import FrameState, Kind
 from corral.store.changes import FarmChanges, Mark
@@ -45,12 +46,20 @@ class Spread:
     frame_dependents: bool = True
     #: A frame starting or stopping changes its host's `frames_running`: does any policy read it?
     running_on_workers: bool = True
+    #: The states some frame policy's gate admits (None: any).  A frame row that changed
+    #: but was and is in none of them cannot match, nor be held by the engine as a
+    #: candidate: its fact need not be looked at (most changed frames, a running frame
+    #: completing, when only failed ones are retried).
+    frame_states: frozenset[str] | None = None
 
     @classmethod
     def of(cls, policies: Iterable[Policy]) -> Spread:
+        policies = list(policies)
         read = paths_read(policies)
         child = read[Kind.FRAME] | read[Kind.INSTANCE]
+        frame_gates = [gate_of(Kind.FRAME, p.when) for p in policies if p.kind is Kind.FRAME]
         return cls(
+            frame_states=admitted_states(frame_gates),
             # job row fields already reach frames and instances when the row changes (_JOB_SHOWN);
             # counts and other derived job facts move with any frame of the job
             job_to_children=any(p.startswith("job.") and p[4:] not in _JOB_SHOWN_FACTS for p in child),
@@ -253,6 +262,9 @@ class LiveFarm:
         running = FrameState.RUNNING
         dirty_frames, dirty_jobs, dirty_workers = dirty[Kind.FRAME], dirty[Kind.JOB], dirty[Kind.WORKER]
         spread_to_workers = self.spread.running_on_workers
+        # Frames in no state a frame policy admits need no fact (see Spread.frame_states),
+        # unless other frames' facts copy theirs (dependencies).
+        admitted = None if self.spread.frame_dependents else self.spread.frame_states
         for job_id, number, state, host, instance, attempts, retries, code, started, finished, since, version in rows:
             job = jobs.get(job_id)
             if job is None:
@@ -260,9 +272,11 @@ class LiveFarm:
             frame = job.frames.get(number)
             counts = job_frames[job_id]
             if frame is None:
+                was = None
                 job.frames[number] = frame = Frame(job_id, number, state, host, instance, attempts, retries, code,
                                                    started, finished, since, version=version)
             else:
+                was = frame.state
                 counts[str(frame.state)] -= 1
                 if frame.state == running and frame.host:
                     running_on_host[frame.host] -= 1
@@ -278,7 +292,8 @@ class LiveFarm:
                 job_host_refs[job_id][host] += 1
             if spread_to_workers and host:
                 dirty_workers.add(host)
-            dirty_frames.add(f"{job_id}:{number}")
+            if admitted is None or state in admitted or was in admitted:
+                dirty_frames.add(f"{job_id}:{number}")
             dirty_jobs.add(job_id)
 
     # --- changes made in place by the applier -----------------------------------------

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.facts import FIELDS
-from corral.policy.model import All, AnyOf, Cmp, Cond, Not, Policy
+from corral.policy.model import All, AnyOf, Cmp, Cond, Not, Policy, pinned_states
 from corral.policy.operators import OPERATORS
 from corral.states import Kind
 
@@ -79,6 +79,18 @@ def gate_of(kind: Kind, when: Cond) -> tuple[Cmp, ...]:
     """The top-level comparisons of a condition that do not depend on time: every match passes them."""
     items = when.items if isinstance(when, All) else (when,)
     return tuple(c for c in items if isinstance(c, Cmp) and not _is_duration(kind, c.path))
+
+
+def admitted_states(gates: Iterable[tuple[Cmp, ...]]) -> frozenset[str] | None:
+    """The states an entity must be in to pass at least one of `gates` (None: any state
+    may): what lets the cycle skip the facts of, say, every complete frame."""
+    allowed: set[str] = set()
+    for gate in gates:
+        states = pinned_states(All(gate))
+        if states is None:
+            return None
+        allowed |= states
+    return frozenset(allowed)
 
 
 def screen_of(kind: Kind, policies: Iterable[Policy], first: Callable[[str], bool]) -> list[tuple[Cmp, ...]] | None:
