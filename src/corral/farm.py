@@ -187,22 +187,20 @@ class Farm:
 
 
 def saved_fields(obj: Any) -> dict[str, Any]:
-    """An entity's own fields (not its children), to put back with `restore_fields`.
+    """An entity's row fields, to put back with `restore_fields`.
 
+    Not its children (frames, instances) nor its lists (a frame's runs, the jobs or
+    frames it depends on): those are history and structure, which no action changes.
     The planner saves every entity a played action touches (an instance block that
-    requeues its failed frames touches hundreds), so this is on the hot path: field
-    names are looked up once per class, and only lists (the one mutable field type an
-    entity holds besides its children) are copied.
+    requeues its failed frames touches hundreds), so this is on the hot path: the field
+    names are worked out once per class.
     """
     cls = type(obj)
     names = _OWN_FIELDS.get(cls)
     if names is None:
-        names = _OWN_FIELDS[cls] = tuple(f.name for f in fields(obj) if f.name not in ("frames", "instances"))
-    saved: dict[str, Any] = {}
-    for name in names:
-        value = getattr(obj, name)
-        saved[name] = value.copy() if type(value) is list else value
-    return saved
+        names = _OWN_FIELDS[cls] = tuple(f.name for f in fields(obj)
+                                         if f.name not in ("frames", "instances", "runs", "depends_on"))
+    return {name: getattr(obj, name) for name in names}
 
 
 _OWN_FIELDS: dict[type, tuple[str, ...]] = {}
