@@ -304,3 +304,21 @@ def test_a_frame_starting_reaches_its_host_when_a_policy_counts_running_frames(s
             version=fr.c.version + 1))
     run_cycle(store, policy_set, commit=False, now=NIGHT + timedelta(minutes=1))
     assert policy_set.evaluator.current(Kind.WORKER)["busy"] == ["render01"]
+
+
+def test_reasons_cite_related_and_time_fields_the_same_as_a_full_read(store: Store) -> None:
+    """The daemon builds a match's fact with only the fields its reason cites: a reason
+    citing the job's and the host's fields, a duration and a parameter reads the same."""
+    texts = [("p.yaml", "policies:\n  - name: hold-pending\n    kind: frame\n    params: {why: waiting}\n"
+              "    when: {state: pending}\n    actions: [block]\n"
+              "    reason: '{why}: {job.name} has {job.frames_total} frames, {job.hosts} hosts; host "
+              "{worker.name} runs {worker.frames_running}; pending {time_in_state}'\n")]
+    loaded = load_texts(texts)
+    assert loaded.ok, [str(e) for e in loaded.errors]
+    store.init()
+    store.load_farm(_two_jobs(), replace=True)
+    policy_set = PolicySet(loaded.policies, keep_live=True)
+    later = NIGHT + timedelta(minutes=90)
+    got = summary(run_cycle(store, policy_set, commit=False, now=later).plan)
+    assert got == full_plan_with(store, loaded.policies, later)
+    assert any("downstream has 3 frames, 0 hosts; host h2 runs 0; pending" in t[-1] for t in got), got

@@ -20,7 +20,7 @@ from corral.evaluate import Evaluator, LazyFact, Match, ReferenceEvaluator, find
 from corral.facts import FactBuilder, Needs, first_stage
 from corral.farm import Farm, utcnow
 from corral.live import Dirty, LiveFarm, Spread
-from corral.plan import Found, Plan, make_plan, plan_found
+from corral.plan import Found, Plan, make_plan, plan_found, reason_paths
 from corral.policy.compiler import screen_of
 from corral.policy.model import Policy, paths_read
 from corral.policy.reference import Predicate, any_gate
@@ -94,6 +94,11 @@ class PolicySet:
         return Needs.of(paths_read(self.policies))
 
     @cached_property
+    def reason_needs(self) -> Needs:
+        """The fields the enabled policies' reasons cite: what a match's fact is built with."""
+        return Needs.of(reason_paths(self.policies))
+
+    @cached_property
     def screens(self) -> dict[Kind, Predicate | None]:
         """Per kind, the enabled policies' gates cut down to a fact's first stage (see
         `FactBuilder.candidate`); None where some policy cannot be screened that way."""
@@ -140,9 +145,11 @@ def plan_live(
     the rest from the previous cycle.  Same matches, same plan, a fraction of the work."""
     engine: Any = policy_set.evaluator
     farm = live.farm
-    builder = FactBuilder(farm, now, aggregates=live.agg)  # whole facts, for the matches that make the plan
+    # A match's fact, for its reason: only the fields reasons cite, and built only if the
+    # plan renders it (not for a match held back by a limit or a cooldown).
+    builder = FactBuilder(farm, now, aggregates=live.agg, needs=policy_set.reason_needs)
 
-    def whole(kind: Kind, ident: str) -> LazyFact:  # built only if the plan reads it (a reason, a trace)
+    def whole(kind: Kind, ident: str) -> LazyFact:
         return LazyFact(builder.fact, kind, ident)
 
     by_name = {p.name: p for p in policy_set.policies if p.enabled}

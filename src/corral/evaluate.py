@@ -66,7 +66,8 @@ class LazyFact(Mapping[str, Any]):
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs four times as much to make, per match
 class Match:
-    """A policy matched an entity; `fact` is the full fact, for reasons and traces."""
+    """A policy matched an entity; `fact` is its fact, for the reason (the daemon's holds
+    only the fields reasons cite, see `corral.plan.reason_paths`)."""
 
     policy: Policy
     kind: Kind

@@ -18,14 +18,14 @@ anything away from the enforcing ones: only their own would-be transitions are r
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from corral.effects import apply_action
 from corral.evaluate import LazyFact, Match
-from corral.facts import MISSING, get_path
+from corral.facts import FIELDS, MISSING, get_path
 from corral.farm import Farm
 from corral.policy.loader import TEMPLATE_RE, format_duration
 from corral.policy.model import Policy
@@ -118,6 +118,16 @@ class Plan:
 
     def to_json(self) -> list[dict[str, Any]]:
         return [t.to_json() for t in self.transitions]
+
+
+def reason_paths(policies: Iterable[Policy]) -> dict[Kind, set[str]]:
+    """The fact fields the enabled policies' reasons cite, per kind: all that a plan reads
+    of a match's fact (the daemon builds no more of it than that)."""
+    out: dict[Kind, set[str]] = {kind: set() for kind in Kind}
+    for policy in policies:
+        if policy.enabled:
+            out[policy.kind] |= {name for name in TEMPLATE_RE.findall(policy.reason) if name in FIELDS[policy.kind]}
+    return out
 
 
 def render_reason(template: str, fact: Mapping[str, Any], params: Mapping[str, Any]) -> str:
