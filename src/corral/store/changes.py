@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import text, update
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from corral.farm import FrameRun, Instance, Job, Worker
 from corral.store.rows import FrameRow, frame_rows, raw_rows, read_instances, read_jobs, read_runs, read_workers
-from corral.store.tables import table
 
 
 @dataclass(frozen=True)
@@ -64,11 +63,11 @@ def advance(conn: Connection) -> int:
     the counter on.  Every row written before now carries a stamp at most the old value;
     every row written after, at least the new one, which the next read starts from."""
     value = current_stamp(conn)
+    # At the driver level: it runs every cycle, and SQLAlchemy's statement handling cost
+    # as much as the statements (1.07 -> 0.63 ms a cycle).  Fixed table names, an int.
     for name in TRACKED:
-        t = table(name)
-        conn.execute(update(t).where(t.c.rev.is_(None)).values(rev=value))
-    rev = table("revision")
-    conn.execute(update(rev).where(rev.c.id == 1).values(value=value + 1))
+        conn.exec_driver_sql(f"UPDATE {name} SET rev = {value:d} WHERE rev IS NULL")  # noqa: S608
+    conn.exec_driver_sql(f"UPDATE revision SET value = {value + 1:d} WHERE id = 1")  # noqa: S608
     return value + 1
 
 
