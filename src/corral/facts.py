@@ -414,7 +414,8 @@ class FactBuilder:
         """A job's fact as its frames and instances show it (`job.*`: no dependencies)."""
         shown = self._shown_job_cache.get(job.id)
         if shown is None:
-            shown = self._shown_job_cache[job.id] = _without_deps(self.job(job))
+            fact = self.job(job)
+            shown = self._shown_job_cache[job.id] = _without_deps(fact) if "dependencies" in fact else fact
         return shown
 
     # --- per kind -------------------------------------------------------------------

@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from corral.effects import apply_action
@@ -132,21 +133,36 @@ def reason_paths(policies: Iterable[Policy]) -> dict[Kind, set[str]]:
 
 def render_reason(template: str, fact: Mapping[str, Any], params: Mapping[str, Any]) -> str:
     """Fill `{field}` and `{param}` in a reason; durations read as 1h30m, not seconds."""
-
-    whole = fact.whole() if isinstance(fact, LazyFact) else dict(fact)
-
-    def value(m: Any) -> str:
-        name = m.group(1)
+    whole = fact.whole() if isinstance(fact, LazyFact) else fact if isinstance(fact, dict) else dict(fact)
+    out: list[str] = []
+    for literal, name in _pieces(template):
+        out.append(literal)
+        if name is None:
+            continue
         got = get_path(whole, name)
         if got is MISSING:
             got = params.get(name, "unknown")
-        if isinstance(got, float) and (name.endswith(("time_in_state", "run_time", "age", "since_retry"))):
-            return format_duration(got)
         if isinstance(got, float):
-            return f"{got:g}"
-        return str(got)
+            out.append(format_duration(got) if name.endswith(_DURATIONS) else f"{got:g}")
+        else:
+            out.append(str(got))
+    return "".join(out)
 
-    return TEMPLATE_RE.sub(value, template)
+
+_DURATIONS = ("time_in_state", "run_time", "age", "since_retry")
+
+
+@lru_cache(maxsize=4096)
+def _pieces(template: str) -> tuple[tuple[str, str | None], ...]:
+    """A reason template split once into (literal text, then the name cited or None):
+    every transition of every cycle renders one."""
+    pieces: list[tuple[str, str | None]] = []
+    at = 0
+    for m in TEMPLATE_RE.finditer(template):
+        pieces.append((template[at:m.start()], m.group(1)))
+        at = m.end()
+    pieces.append((template[at:], None))
+    return tuple(pieces)
 
 
 @dataclass(slots=True)
