@@ -46,12 +46,13 @@ def take_mark(conn: Connection, sqlite_value: int | None = None) -> Mark:
     everything older is in it, everything newer is stamped with a higher id.  SQLite:
     the counter value `advance` moved to just before the snapshot was taken.
     """
-    generation_ = generation(conn)
-    if conn.dialect.name == "postgresql":
-        xmin = conn.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")).scalar_one()
-        return Mark(generation_, int(xmin))
+    if conn.dialect.name == "postgresql":  # one round trip for both
+        row = conn.exec_driver_sql(
+            "SELECT generation, pg_snapshot_xmin(pg_current_snapshot())::text::bigint FROM revision WHERE id = 1"
+        ).one()
+        return Mark(int(row[0]), int(row[1]))
     assert sqlite_value is not None, "SQLite reads advance the counter first"
-    return Mark(generation_, sqlite_value)
+    return Mark(generation(conn), sqlite_value)
 
 
 TRACKED = ("jobs", "frames", "instances", "workers", "frame_runs", "job_dependencies")
