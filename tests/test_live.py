@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert, text, update
 
+import corral.cycle as cycle_module
 from conftest import farms
 from corral.cycle import PolicySet, plan_farm, run_cycle
 from corral.evaluate import ReferenceEvaluator
@@ -218,7 +219,7 @@ def test_a_cycle_that_fails_after_reading_makes_the_next_one_read_everything(sto
     def blip(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(store, "last_actions", blip)
+    monkeypatch.setattr(cycle_module, "plan_live", blip)  # the changes were read and applied, then this
     with pytest.raises(RuntimeError):
         run_cycle(store, policy_set, commit=False, now=NIGHT)
     assert policy_set.live is None  # what that cycle read was never evaluated: start over

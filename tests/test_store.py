@@ -247,6 +247,18 @@ def test_last_actions_gives_the_latest_time_per_policy_and_entity(store: Store) 
     assert store.last_actions(later(4)) == {}
 
 
+def test_a_change_read_brings_the_log_for_cooldowns_from_the_same_snapshot(store: Store) -> None:
+    """The daemon's steady read: the changed rows and the recent log in one transaction."""
+    store.load_farm(snap(FARM), replace=True)
+    _, mark = store.read_farm_marked()
+    farm = store.read_farm()
+    store.apply_transitions(farm, [Proposal(Kind.WORKER, "n1", Action.BLOCK, policy="q")], now=later(2), actor="corral")
+    changes, _, last = store.read_changes(mark, log_since=NOW)
+    assert changes is not None and [w.name for w in changes.workers] == ["n1"]
+    assert last == store.last_actions(NOW) == {("q", "worker", "n1"): later(2)}
+    assert store.read_changes(mark)[2] is None  # not asked for, not read
+
+
 def test_settings_are_stored_and_overwritten(store: Store) -> None:
     assert store.get_setting("paused") is None
     assert store.get_setting("paused", "no") == "no"

@@ -28,7 +28,7 @@ from corral.states import Kind
 
 if TYPE_CHECKING:
     from corral.store.apply import ApplyReport, Proposal
-    from corral.store.store import Store
+    from corral.store.store import LastActions, Store
 
 #: How far back the log is read for cooldowns when no policy sets a longer one.
 MIN_HISTORY = timedelta(hours=1)
@@ -194,9 +194,12 @@ def plan_live(
 FULL_READ_EVERY = 60
 
 
-def refresh(store: Store, policy_set: PolicySet) -> tuple[LiveFarm, Dirty]:
+def refresh(
+    store: Store, policy_set: PolicySet, log_since: datetime | None = None
+) -> tuple[LiveFarm, Dirty, LastActions | None]:
     """Bring the policy set's live farm up to date: a whole read the first time (or after
-    rows were deleted, or every FULL_READ_EVERY cycles), else only the changed rows."""
+    rows were deleted, or every FULL_READ_EVERY cycles), else only the changed rows, and
+    with them (`log_since`) the recent log for cooldowns, in the same transaction."""
     live = policy_set.live
     engine: Any = policy_set.evaluator
     engine.known(Kind.JOB)  # an isolated engine (re)starts here if it has to
@@ -204,10 +207,10 @@ def refresh(store: Store, policy_set: PolicySet) -> tuple[LiveFarm, Dirty]:
     if starts != policy_set.engine_starts:
         live, policy_set.engine_starts = None, starts  # a fresh engine knows nothing: send it everything
     if live is not None and policy_set.cycles_since_full < FULL_READ_EVERY:
-        changes, mark = store.read_changes(live.mark)
+        changes, mark, last = store.read_changes(live.mark, log_since=log_since)
         if changes is not None:
             policy_set.cycles_since_full += 1
-            return live, live.apply(changes, mark)
+            return live, live.apply(changes, mark), last
     # The farm lives as long as the daemon: keep the cyclic garbage collector from
     # walking its millions of objects again and again.  While they are created it would
     # run a collection every few hundred allocations, each walking more of them (the
@@ -227,7 +230,7 @@ def refresh(store: Store, policy_set: PolicySet) -> tuple[LiveFarm, Dirty]:
     for kind in Kind:
         dirty[kind] |= engine.known(kind)
     policy_set.live, policy_set.cycles_since_full = live, 0
-    return live, dirty
+    return live, dirty, None
 
 
 @dataclass
@@ -268,8 +271,9 @@ def run_cycle(
     t0 = time.perf_counter()
     if policy_set.incremental and (commit or policy_set.keep_live or policy_set.live is not None):
         try:
-            live, dirty = refresh(store, policy_set)
-            return _cycle(store, policy_set, live, dirty, commit=commit, now=now, due=due, cycle_id=cycle_id, t0=t0)
+            live, dirty, last = refresh(store, policy_set, now - policy_set.history_window())
+            return _cycle(store, policy_set, live, dirty, commit=commit, now=now, due=due, cycle_id=cycle_id, t0=t0,
+                          last_read=last)
         except BaseException:
             # The live farm may now hold what this cycle read but never evaluated, or
             # changes the database rolled back: start the next cycle from a whole read.
@@ -289,7 +293,9 @@ def _cycle(
     due: Collection[str] | None,
     cycle_id: str,
     t0: float,
+    last_read: LastActions | None = None,
 ) -> CycleResult:
+    """`last_read`: the recent log, when the read that brought the farm up to date read it."""
     timings: dict[str, float] = {}
     if live is not None:
         assert dirty is not None
@@ -298,7 +304,7 @@ def _cycle(
     else:
         farm = store.read_farm()
         facts = len(farm.jobs) + len(farm.instances) + len(farm.workers) + sum(len(j.frames) for j in farm.jobs.values())
-    raw_last = store.last_actions(now - policy_set.history_window())
+    raw_last = last_read if last_read is not None else store.last_actions(now - policy_set.history_window())
     last = {(p, k, i): at for (p, k, i), at in raw_last.items() if p is not None}
     t1 = time.perf_counter()
     timings["read"] = t1 - t0

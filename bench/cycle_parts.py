@@ -1,0 +1,111 @@
+"""Where a steady cycle's time goes: the parts of each steady cycle, timed.
+
+    python bench/cycle_parts.py --frames 1000000 [--db URL] [--rounds 5]
+
+The same farm and the same 1% changes as `cycle_bench.py`, in one process; each
+steady cycle is timed end to end, and the functions it spends its time in are
+wrapped with a timer (a few dozen calls a cycle, so the wrappers cost nothing that
+shows).  Prints one line per cycle (milliseconds) and the medians.  This is the
+harness that measured each step in docs/benchmarks.md, "What moved the numbers".
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import cycle_bench as bench  # noqa: E402
+
+import corral.cycle as cycle  # noqa: E402
+import corral.live as live  # noqa: E402
+import corral.store.changes as changes  # noqa: E402
+import corral.store.store as store_mod  # noqa: E402
+from corral.engine import RuleEngine  # noqa: E402
+from corral.policy.loader import builtin_dir, load_paths  # noqa: E402
+
+SPENT: dict[str, float] = defaultdict(float)
+
+#: (module or class, function, label): the parts of a steady cycle, outermost first.
+PARTS: tuple[tuple[Any, str, str], ...] = (
+    (cycle, "refresh", "read+apply"),
+    (store_mod.Store, "read_changes", "  read changes"),
+    (changes, "advance", "    advance stamp"),
+    (live.LiveFarm, "apply", "  apply to live farm"),
+    (store_mod.Store, "last_actions", "last actions"),
+    (cycle, "plan_live", "evaluate+plan"),
+    (RuleEngine, "update", "  engine update"),
+    (cycle, "plan_found", "  plan"),
+)
+
+
+def _timed(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            SPENT[label] += time.perf_counter() - t0
+
+    return timed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=100_000)
+    parser.add_argument("--db", help="postgresql://... (a fresh database is created and dropped); default: a temp SQLite file")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    for owner, name, label in PARTS:
+        setattr(owner, name, _timed(getattr(owner, name), label))
+    pg_name = None
+    with tempfile.TemporaryDirectory(prefix="corral-parts-") as tmp:
+        if args.db:
+            url, pg_name = bench._postgres_fresh(args.db)
+        else:
+            url = f"sqlite:///{tmp}/farm.db"
+        try:
+            run(url, args.frames, args.seed, args.rounds)
+        finally:
+            if pg_name:
+                bench._postgres_drop(args.db, pg_name)
+
+
+def run(url: str, frames: int, seed: int, rounds: int) -> None:
+    from corral.store.store import Store
+
+    bench.generate(url, frames, seed)
+    store = Store.open(url)
+    policy_set = cycle.PolicySet(load_paths([builtin_dir()]).policies, keep_live=True)
+    cycle.run_cycle(store, policy_set, commit=False, now=bench.NOW)
+    rows: list[dict[str, float]] = []
+    for r in range(1, rounds + 1):
+        later = bench.NOW + timedelta(seconds=30 * r)
+        bench.change_one_percent(store, frames, seed + r, later)
+        SPENT.clear()
+        t0 = time.perf_counter()
+        cycle.run_cycle(store, policy_set, commit=False, now=later)
+        row = {"cycle": time.perf_counter() - t0, **SPENT}
+        rows.append(row)
+        print(f"round {r}: " + ", ".join(f"{k.strip()} {v * 1000:.1f}" for k, v in row.items()))
+    store.close()
+    print(f"medians over {rounds} steady cycles, {frames} frames, {url.split(':')[0]} (ms):")
+    for label in ("cycle", *(label for _, _, label in PARTS)):
+        values = [row.get(label, 0.0) for row in rows]
+        print(f"  {label:24} {statistics.median(values) * 1000:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
