@@ -268,6 +268,15 @@ def measure_cold_floor(url: str) -> float:
     return statistics.median(floors)
 
 
+def read_io_floor(store: Any, mark: int) -> float:
+    """Plain SQL returning just the rows changed since `mark` (every farm table)."""
+    t0 = time.perf_counter()
+    with store.engine.connect() as conn:
+        for name in ("jobs", "frames", "instances", "workers", "frame_runs", "job_dependencies"):
+            conn.exec_driver_sql(f"SELECT * FROM {name} WHERE rev >= {int(mark)} OR rev IS NULL").fetchall()  # noqa: S608
+    return time.perf_counter() - t0
+
+
 def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) -> dict[str, Any]:
     from corral.cycle import run_cycle
     from corral.policy.loader import builtin_dir, load_paths
@@ -288,11 +297,7 @@ def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) ->
         mark = policy_set.live.mark.value if policy_set.live else 0
         later = NOW + timedelta(seconds=30 * r)
         change_one_percent(store, frames, seed + r, later)
-        t0 = time.perf_counter()
-        with store.engine.connect() as conn:
-            for name in ("jobs", "frames", "instances", "workers", "frame_runs", "job_dependencies"):
-                conn.exec_driver_sql(f"SELECT * FROM {name} WHERE rev >= {int(mark)} OR rev IS NULL").fetchall()  # noqa: S608
-        io_floors.append(time.perf_counter() - t0)
+        io_floors.append(read_io_floor(store, mark))
         eval_time[0] = 0.0
         t0 = time.perf_counter()
         last = run_cycle(store, policy_set, commit=False, now=later)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import multiprocessing as mp
 import statistics
 import sys
 import tempfile
@@ -25,14 +26,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import cycle_bench as bench  # noqa: E402
+import cycle_bench as bench
 
-import corral.cycle as cycle  # noqa: E402
-import corral.live as live  # noqa: E402
-import corral.store.changes as changes  # noqa: E402
-import corral.store.store as store_mod  # noqa: E402
-from corral.engine import RuleEngine  # noqa: E402
-from corral.policy.loader import builtin_dir, load_paths  # noqa: E402
+import corral.cycle as cycle
+import corral.live as live
+import corral.store.changes as changes
+import corral.store.store as store_mod
+from corral.engine import RuleEngine
+from corral.policy.loader import builtin_dir, load_paths
 
 SPENT: dict[str, float] = defaultdict(float)
 
@@ -42,7 +43,6 @@ PARTS: tuple[tuple[Any, str, str], ...] = (
     (store_mod.Store, "read_changes", "  read changes"),
     (changes, "advance", "    advance stamp"),
     (live.LiveFarm, "apply", "  apply to live farm"),
-    (store_mod.Store, "last_actions", "last actions"),
     (cycle, "plan_live", "evaluate+plan"),
     (RuleEngine, "update", "  engine update"),
     (cycle, "plan_found", "  plan"),
@@ -86,23 +86,29 @@ def main() -> None:
 def run(url: str, frames: int, seed: int, rounds: int) -> None:
     from corral.store.store import Store
 
-    bench.generate(url, frames, seed)
+    gen = mp.get_context("spawn").Process(target=bench.generate, args=(url, frames, seed))  # as cycle_bench does
+    gen.start()
+    gen.join()
+    if gen.exitcode != 0:
+        raise SystemExit("farm generation failed")
     store = Store.open(url)
     policy_set = cycle.PolicySet(load_paths([builtin_dir()]).policies, keep_live=True)
     cycle.run_cycle(store, policy_set, commit=False, now=bench.NOW)
     rows: list[dict[str, float]] = []
     for r in range(1, rounds + 1):
         later = bench.NOW + timedelta(seconds=30 * r)
+        mark = policy_set.live.mark.value if policy_set.live else 0
         bench.change_one_percent(store, frames, seed + r, later)
+        floor = bench.read_io_floor(store, mark)  # as the benchmark does: the same rows, read just before
         SPENT.clear()
         t0 = time.perf_counter()
         cycle.run_cycle(store, policy_set, commit=False, now=later)
-        row = {"cycle": time.perf_counter() - t0, **SPENT}
+        row = {"cycle": time.perf_counter() - t0, **SPENT, "io floor": floor}
         rows.append(row)
         print(f"round {r}: " + ", ".join(f"{k.strip()} {v * 1000:.1f}" for k, v in row.items()))
     store.close()
     print(f"medians over {rounds} steady cycles, {frames} frames, {url.split(':')[0]} (ms):")
-    for label in ("cycle", *(label for _, _, label in PARTS)):
+    for label in ("cycle", *(label for _, _, label in PARTS), "io floor"):
         values = [row.get(label, 0.0) for row in rows]
         print(f"  {label:24} {statistics.median(values) * 1000:8.1f}")
 
