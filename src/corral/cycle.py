@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from corral.evaluate import Evaluator, LazyFact, Match, ReferenceEvaluator, find_matches
@@ -105,7 +105,7 @@ class PolicySet:
         enabled = [p for p in self.policies if p.enabled]
         out: dict[Kind, Predicate | None] = {}
         for kind in Kind:
-            cut = screen_of(kind, enabled, lambda path, kind=kind: first_stage(kind, path))  # type: ignore[misc]
+            cut = screen_of(kind, enabled, partial(first_stage, kind))
             out[kind] = None if cut is None else any_gate(cut)
         return out
 

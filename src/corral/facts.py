@@ -12,7 +12,9 @@ A fact omits a field whose value is unknown (a frame that never ran has no
 Related entities appear as nested dicts: a frame's `job.*` and `worker.*`, an
 instance's `job.*` and `worker.*`, a job's `dependencies.*`.  The rule engine's facts
 are built with `Needs`: only the groups of fields some policy reads are worked out
-(a job's host counts cost a pass over its hosts; no policy reading them, no pass).
+(a job's host counts cost a pass over its hosts; no policy reading them, no pass), and
+in two stages: the costly groups only for an entity whose cheap first stage passes some
+policy's gate (`FactBuilder.candidate`).
 """
 
 from __future__ import annotations
