@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corral.facts import FIELDS, MISSING, FactBuilder, Needs, first_stage, get_path, narrow
+from corral.facts import _JOB_FIRST, FIELDS, MISSING, FactBuilder, Needs, Screen, first_stage, get_path, narrow
 from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
 from corral.policy.compiler import screen_of
 from corral.policy.loader import builtin_dir, load_paths
@@ -205,7 +205,7 @@ def test_an_entity_screened_out_on_its_first_stage_matches_no_policy(farm: Farm,
     mine = [p for p in policies if p.kind is kind]
     needs = Needs.of(paths_read(mine))
     cut = screen_of(kind, mine, lambda path: first_stage(kind, path))
-    screen = None if cut is None else any_gate(cut)
+    screen = None if cut is None else Screen(tuple({c.path for gate in cut for c in gate}), any_gate(cut))
     whole = FactBuilder(farm, NOW)
     for fact in whole.facts(kind):
         entity = farm.entity(kind, str(fact["id"]))
@@ -225,7 +225,15 @@ def test_a_running_job_with_frames_complete_is_screened_out_before_its_host_coun
     jobs = [p for p in pack if p.kind is Kind.JOB]
     cut = screen_of(Kind.JOB, jobs, lambda path: first_stage(Kind.JOB, path))
     assert cut is not None
+    screen = Screen(tuple({c.path for gate in cut for c in gate}), any_gate(cut))
     builder = FactBuilder(farm, NOW, needs=Needs.of(paths_read(jobs)))
-    assert builder.candidate(Kind.JOB, farm.jobs[1], any_gate(cut)) is None
+    assert builder.candidate(Kind.JOB, farm.jobs[1], screen) is None
     farm.jobs[1].state = JobState.BLOCKED  # a blocked job may be unblocked: a candidate
-    assert builder.candidate(Kind.JOB, farm.jobs[1], any_gate(cut)) is not None
+    assert builder.candidate(Kind.JOB, farm.jobs[1], screen) is not None
+
+
+def test_every_field_of_a_job_s_first_stage_can_be_probed_alone() -> None:
+    """A screen reads a job's first-stage fields one by one: each has its own definition."""
+    for path in FIELDS[Kind.JOB]:
+        if first_stage(Kind.JOB, path):
+            assert path in _JOB_FIRST, path

@@ -17,13 +17,13 @@ from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from corral.evaluate import Evaluator, LazyFact, Match, ReferenceEvaluator, find_matches
-from corral.facts import FactBuilder, Needs, first_stage
+from corral.facts import FactBuilder, Needs, Screen, first_stage
 from corral.farm import Farm, utcnow
 from corral.live import Dirty, LiveFarm, Spread
 from corral.plan import Found, Plan, make_plan, plan_found, reason_paths
 from corral.policy.compiler import screen_of
 from corral.policy.model import Policy, paths_read
-from corral.policy.reference import Predicate, any_gate
+from corral.policy.reference import any_gate
 from corral.states import Kind
 
 if TYPE_CHECKING:
@@ -99,14 +99,15 @@ class PolicySet:
         return Needs.of(reason_paths(self.policies))
 
     @cached_property
-    def screens(self) -> dict[Kind, Predicate | None]:
+    def screens(self) -> dict[Kind, Screen | None]:
         """Per kind, the enabled policies' gates cut down to a fact's first stage (see
         `FactBuilder.candidate`); None where some policy cannot be screened that way."""
         enabled = [p for p in self.policies if p.enabled]
-        out: dict[Kind, Predicate | None] = {}
+        out: dict[Kind, Screen | None] = {}
         for kind in Kind:
             cut = screen_of(kind, enabled, partial(first_stage, kind))
-            out[kind] = None if cut is None else any_gate(cut)
+            paths = tuple(sorted({c.path for gate in cut or () for c in gate}))
+            out[kind] = None if cut is None else Screen(paths, any_gate(cut))
         return out
 
     def history_window(self) -> timedelta:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -165,6 +165,45 @@ _GROUPS: dict[Kind, dict[str, str]] = {
     Kind.INSTANCE: {"other_hosts_succeeding": "other_hosts", "other_hosts_failing": "other_hosts"},
     Kind.WORKER: {"recent_failures": "recent", "recent_successes": "recent"},
 }
+
+
+_NO_FRAMES: dict[str, int] = {}
+
+
+def _count_of(state: str) -> Callable[[Job, Mapping[str, int]], int]:
+    return lambda _job, counts: counts.get(state, 0)
+
+#: A job's first-stage fields (FIRST_STAGE), each from the job and its frame counts: the
+#: one definition both the first stage and a screen's probe (`FactBuilder.candidate`)
+#: are made from.  None: unknown (the field is left out).
+_JOB_FIRST: dict[str, Callable[[Job, Mapping[str, int]], Any]] = {
+    "id": lambda job, _: job.id,
+    "name": lambda job, _: job.name,
+    "priority": lambda job, _: job.priority,
+    "state": lambda job, _: str(job.state),
+    "suspended": lambda job, _: job.hold is Hold.SUSPENDED,
+    "blocked_by": lambda job, _: job.blocked_by if job.hold is Hold.BLOCKED else None,
+    "retry_limit": lambda job, _: job.retry_limit,
+    "retries": lambda job, _: job.retries,
+    "retries_left": lambda job, _: max(0, job.retry_limit - job.retries),
+    # the "frames" group
+    "frames_total": lambda job, _: len(job.frames),
+    **{f"frames_{s}": _count_of(s) for s in STATES[Kind.FRAME]},
+    "frames_done_percent": lambda job, counts: (
+        100.0 * counts.get(FrameState.COMPLETE, 0) / len(job.frames) if job.frames else 0.0),
+}
+
+
+_JOB_ROW = {name: get for name, get in _JOB_FIRST.items() if _GROUPS[Kind.JOB].get(name, "row") == "row"}
+
+
+@dataclass(frozen=True)
+class Screen:
+    """A test over a fact's first stage that every entity some policy can match passes
+    (see `corral.policy.compiler.screen_of`), and the first-stage fields it reads."""
+
+    paths: tuple[str, ...]
+    test: Callable[[dict[str, Any]], bool]
 
 
 #: The groups a fact for the rule engine is built with first; a screen over them decides
@@ -421,7 +460,7 @@ class FactBuilder:
         return shown
 
     # --- per kind -------------------------------------------------------------------
-    def candidate(self, kind: Kind, entity: Entity, screen: Callable[[dict[str, Any]], bool] | None) -> dict[str, Any] | None:
+    def candidate(self, kind: Kind, entity: Entity, screen: Screen | None) -> dict[str, Any] | None:
         """The fact of an entity for the rule engine, or None when its first stage (the
         row's own fields and a job's frame counts) already fails `screen`: then no
         policy can match it, and its costly fields (a job's host counts, an instance's
@@ -433,15 +472,15 @@ class FactBuilder:
             job: Job = entity  # type: ignore[assignment]
             fact = self._job_cache.get(job.id)
             if fact is not None:
-                return fact if screen(fact) else None
-            fact = self._job_first(job)
-            if not screen(fact):
+                return fact if screen.test(fact) else None
+            # Only the fields the screen reads, first: most jobs fail it.
+            counts = self.agg.job_frames.get(job.id) or _NO_FRAMES
+            probe = {path: _JOB_FIRST[path](job, counts) for path in screen.paths}
+            if not screen.test({k: v for k, v in probe.items() if v is not None}):
                 return None
-            self._job_rest(job, fact)
-            self._job_cache[job.id] = fact
-            return fact
+            return self.job(job)
         fact = self._instance_first(str(entity.id))  # type: ignore[union-attr]
-        if not screen(fact):
+        if not screen.test(fact):
             return None
         return self._instance_rest(fact)
 
@@ -456,26 +495,11 @@ class FactBuilder:
 
     def _job_first(self, job: Job) -> dict[str, Any]:
         """The job's row fields and frame counts (FIRST_STAGE)."""
-        fact: dict[str, Any] = {
-            "id": job.id,
-            "name": job.name,
-            "priority": job.priority,
-            "state": str(job.state),
-            "suspended": job.hold is Hold.SUSPENDED,
-            "blocked_by": job.blocked_by if job.hold is Hold.BLOCKED else None,
-            "retry_limit": job.retry_limit,
-            "retries": job.retries,
-            "retries_left": max(0, job.retry_limit - job.retries),
-        }
-        if job.hold is not Hold.BLOCKED or job.blocked_by is None:
+        counts = self.agg.job_frames.get(job.id) or _NO_FRAMES
+        fields = _JOB_FIRST if self._wants(Kind.JOB, "frames") else _JOB_ROW
+        fact = {name: get(job, counts) for name, get in fields.items()}
+        if fact["blocked_by"] is None:
             del fact["blocked_by"]  # unknown: submitted blocked, or not blocked at all
-        if self._wants(Kind.JOB, "frames"):
-            frames = self.agg.job_frames.get(job.id) or Counter()
-            total = len(job.frames)
-            fact["frames_total"] = total
-            for key, s in _FRAME_COUNTS:
-                fact[key] = frames.get(s, 0)
-            fact["frames_done_percent"] = (100.0 * frames.get(FrameState.COMPLETE, 0) / total) if total else 0.0
         return fact
 
     def _job_rest(self, job: Job, fact: dict[str, Any]) -> None:
