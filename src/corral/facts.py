@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from corral.farm import Entity, Farm, Frame, FrameRun, Job
+from corral.farm import Entity, Farm, Frame, FrameRun, Instance, Job
 from corral.states import STATES, FrameState, Hold, JobState, Kind
 
 
@@ -479,10 +479,11 @@ class FactBuilder:
             if not screen.test({k: v for k, v in probe.items() if v is not None}):
                 return None
             return self.job(job)
-        fact = self._instance_first(str(entity.id))  # type: ignore[union-attr]
+        inst: Instance = entity  # type: ignore[assignment]
+        fact = self._instance_first(inst)
         if not screen.test(fact):
             return None
-        return self._instance_rest(fact)
+        return self._instance_rest(inst, fact)
 
     def job(self, job: Job) -> dict[str, Any]:
         cached = self._job_cache.get(job.id)
@@ -606,11 +607,11 @@ class FactBuilder:
         return _drop_none(fact)
 
     def instance(self, inst_id: str) -> dict[str, Any]:
-        return self._instance_rest(self._instance_first(inst_id))
-
-    def _instance_first(self, inst_id: str) -> dict[str, Any]:
-        """The instance's own counts (FIRST_STAGE), without None values."""
         inst = self.farm.instances[inst_id]
+        return self._instance_rest(inst, self._instance_first(inst))
+
+    def _instance_first(self, inst: Instance) -> dict[str, Any]:
+        """The instance's own counts (FIRST_STAGE), without None values."""
         agg = self.agg
         tail = agg.inst_tail.get(inst.id)
         job_id = inst.job_id
@@ -628,9 +629,8 @@ class FactBuilder:
         }
         return _drop_none(fact)
 
-    def _instance_rest(self, fact: dict[str, Any]) -> dict[str, Any]:
+    def _instance_rest(self, inst: Instance, fact: dict[str, Any]) -> dict[str, Any]:
         """The instance's costlier groups: other hosts' standing, its job and its worker."""
-        inst = self.farm.instances[fact["id"]]
         job = self.farm.jobs[inst.job_id]
         agg = self.agg
         if self._wants(Kind.INSTANCE, "other_hosts"):

@@ -109,7 +109,8 @@ class Plan:
 
     @property
     def skipped(self) -> list[Skipped]:
-        """Every match that will not become a transition, and why."""
+        """Every match that will not become a transition, and why (a new list on each
+        access, the held-back ones listed out: read it once)."""
         return [*self.refused, *(Skipped(h.policy, h.kind, str(i), h.action, "limit", h.why)
                                  for h in self.held for i in h.idents)]
 

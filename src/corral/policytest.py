@@ -621,8 +621,9 @@ def run_step(farm: Farm, policies: Sequence[Policy], step: Step, history: dict[t
         for t in actual:
             if t.kind is u.kind and t.ident == u.ident:
                 result.touched.append((u, t))
+    held_back = plan.skipped  # made anew on each access (Plan.held): once
     for s in step.skipped:
-        found = [x for x in plan.skipped if x.policy == s.policy and x.kind is s.kind and x.ident == s.ident]
+        found = [x for x in held_back if x.policy == s.policy and x.kind is s.kind and x.ident == s.ident]
         if not any(x.category == s.because for x in found):
             got = "; ".join(f"{x.category}: {x.why}" for x in found)
             acted = [t for t in actual if t.policy == s.policy and t.kind is s.kind and t.ident == s.ident]

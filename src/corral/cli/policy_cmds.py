@@ -208,16 +208,17 @@ def _print_plan(result: Any, show_skipped: bool) -> None:
         console.print(f"{len(result.transitions)} transition(s)" + (f", {audit} in audit mode (reported only)" if audit else ""))
     for name, note in sorted(result.notes.items()):
         console.print(f"[yellow]{name}[/]: {note}", highlight=False)
-    if result.skipped:
+    skipped = result.skipped  # made anew on each access (Plan.held): once
+    if skipped:
         counts: dict[str, int] = defaultdict(int)
-        for s in result.skipped:
+        for s in skipped:
             counts[s.category] += 1
         summary = ", ".join(f"{n} {c}" for c, n in sorted(counts.items()))
         if show_skipped:
             table = Table(title="Skipped", title_justify="left")
             for col in ("policy", "kind", "id", "action", "why"):
                 table.add_column(col, overflow="fold")
-            for s in result.skipped:
+            for s in skipped:
                 table.add_row(s.policy, str(s.kind), s.ident, s.action, f"{s.category}: {s.why}")
             console.print(table)
         else:
