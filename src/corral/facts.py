@@ -22,7 +22,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -168,6 +168,8 @@ _GROUPS: dict[Kind, dict[str, str]] = {
 
 
 _NO_FRAMES: dict[str, int] = {}
+#: Every group of a job's fact (a builder with no `needs` builds them all).
+_ALL_GROUPS = frozenset(_GROUPS[Kind.JOB].values())
 
 
 def _count_of(state: str) -> Callable[[Job, Mapping[str, int]], int]:
@@ -225,24 +227,31 @@ _INSTANCE_COUNTS = tuple((f"instances_{s}", s) for s in STATES[Kind.INSTANCE])
 
 @dataclass(frozen=True)
 class Needs:
-    """Which groups of fields to compute, per kind (a related `job.*` or `worker.*` path
-    counts for the job's or worker's own groups, and makes the related entity shown)."""
+    """Which groups of fields to compute, per kind: `groups` for an entity's own fact,
+    `shown` for the job or worker fact a frame or instance shows (`job.*`, `worker.*`).
+
+    Kept apart because they differ by far: a frame policy reading `job.state` needs only
+    the job's row, while a job policy reading `failing_hosts` needs its host counts, and
+    every frame fact built would otherwise pay for those too."""
 
     groups: dict[Kind, frozenset[str]]
+    shown: dict[Kind, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, paths_by_kind: dict[Kind, set[str]]) -> Needs:
         own: dict[Kind, set[str]] = {kind: set() for kind in Kind}
+        shown: dict[Kind, set[str]] = {Kind.JOB: set(), Kind.WORKER: set()}
         for kind, paths in paths_by_kind.items():
             for path in paths:
                 head, _, rest = path.partition(".")
                 if kind in (Kind.FRAME, Kind.INSTANCE) and head in ("job", "worker") and rest:
                     related = Kind.JOB if head == "job" else Kind.WORKER
                     own[kind].add(head)  # show the related entity
-                    own[related].add(_GROUPS[related].get(rest, "row"))
+                    shown[related].add(_GROUPS[related].get(rest, "row"))
                 else:
                     own[kind].add(_GROUPS[kind].get(path, "row"))
-        return cls({kind: frozenset(groups) for kind, groups in own.items()})
+        return cls({kind: frozenset(groups) for kind, groups in own.items()},
+                   {kind: frozenset(groups) for kind, groups in shown.items()})
 
     def wants(self, kind: Kind, group: str) -> bool:
         return group in self.groups[kind]
@@ -444,19 +453,43 @@ class FactBuilder:
         self.farm, self.now, self.recent = farm, now, recent
         self.agg = aggregates if aggregates is not None else Aggregates.from_farm(farm, recent)
         self.needs = needs
+        #: The groups of each kind's own facts, and of the job and worker facts frames and
+        #: instances show (None: all).
+        self._groups: dict[Kind, frozenset[str] | None] = {
+            kind: None if needs is None else needs.groups[kind] for kind in Kind}
+        self._shown_groups: dict[Kind, frozenset[str] | None] = {
+            kind: None if needs is None else needs.shown.get(kind, frozenset()) for kind in (Kind.JOB, Kind.WORKER)}
         self._job_cache: dict[int, dict[str, Any]] = {}
         self._worker_cache: dict[str, dict[str, Any]] = {}
         self._shown_job_cache: dict[int, dict[str, Any]] = {}
+        self._shown_worker_cache: dict[str, dict[str, Any]] = {}
 
     def _wants(self, kind: Kind, group: str) -> bool:
-        return self.needs is None or group in self.needs.groups[kind]
+        groups = self._groups[kind]
+        return groups is None or group in groups
 
     def _shown_job(self, job: Job) -> dict[str, Any]:
-        """A job's fact as its frames and instances show it (`job.*`: no dependencies)."""
+        """A job's fact as its frames and instances show it (`job.*`: no dependencies),
+        with only the groups they read of it."""
         shown = self._shown_job_cache.get(job.id)
         if shown is None:
-            fact = self.job(job)
-            shown = self._shown_job_cache[job.id] = _without_deps(fact) if "dependencies" in fact else fact
+            if self.needs is None:  # every field: the job's own fact, less its dependencies
+                fact = self.job(job)
+                shown = _without_deps(fact) if "dependencies" in fact else fact
+            else:
+                groups = self._shown_groups[Kind.JOB]
+                shown = self._job_first(job, groups)
+                self._job_rest(job, shown, groups, dependencies=False)
+            self._shown_job_cache[job.id] = shown
+        return shown
+
+    def _shown_worker(self, name: str) -> dict[str, Any]:
+        """A worker's fact as the frames and instances on it show it (`worker.*`)."""
+        if self.needs is None:
+            return self.worker(name)
+        shown = self._shown_worker_cache.get(name)
+        if shown is None:
+            shown = self._shown_worker_cache[name] = self._worker(name, self._shown_groups[Kind.WORKER])
         return shown
 
     # --- per kind -------------------------------------------------------------------
@@ -489,35 +522,39 @@ class FactBuilder:
         cached = self._job_cache.get(job.id)
         if cached is not None:
             return cached
-        fact = self._job_first(job)
-        self._job_rest(job, fact)
+        groups = self._groups[Kind.JOB]
+        fact = self._job_first(job, groups)
+        self._job_rest(job, fact, groups)
         self._job_cache[job.id] = fact
         return fact
 
-    def _job_first(self, job: Job) -> dict[str, Any]:
-        """The job's row fields and frame counts (FIRST_STAGE)."""
+    def _job_first(self, job: Job, groups: frozenset[str] | None) -> dict[str, Any]:
+        """The job's row fields and, if `groups` (None: all) has them, frame counts (FIRST_STAGE)."""
         counts = self.agg.job_frames.get(job.id) or _NO_FRAMES
-        fields = _JOB_FIRST if self._wants(Kind.JOB, "frames") else _JOB_ROW
+        fields = _JOB_FIRST if groups is None or "frames" in groups else _JOB_ROW
         fact = {name: get(job, counts) for name, get in fields.items()}
         if fact["blocked_by"] is None:
             del fact["blocked_by"]  # unknown: submitted blocked, or not blocked at all
         return fact
 
-    def _job_rest(self, job: Job, fact: dict[str, Any]) -> None:
-        """The job's costlier groups: durations, instance and host counts, dependencies."""
+    def _job_rest(self, job: Job, fact: dict[str, Any], groups: frozenset[str] | None, *,
+                  dependencies: bool = True) -> None:
+        """The job's costlier groups in `groups` (None: all): durations, instance and host
+        counts, and (unless shown in another entity's fact) dependencies."""
         agg = self.agg
-        if self._wants(Kind.JOB, "times"):
+        groups = _ALL_GROUPS if groups is None else groups
+        if "times" in groups:
             now = self.now
             for key, since in (("time_in_state", job.state_since), ("age", job.submitted_at),
                                ("since_retry", job.last_retry_at)):
                 if since is not None:  # unknown otherwise (never retried, say)
                     fact[key] = max(0.0, (now - since).total_seconds())
-        if self._wants(Kind.JOB, "instances"):
+        if "instances" in groups:
             insts = Counter(str(i.state) for i in job.instances.values())
             fact["instances_total"] = len(job.instances)
             for key, s in _INSTANCE_COUNTS:
                 fact[key] = insts.get(s, 0)
-        if self._wants(Kind.JOB, "hosts"):
+        if "hosts" in groups:
             # one pass, with dict.get (a Counter's missing key goes through Python code)
             hosts = agg.job_hosts(job.id)
             ok, failed, job_id = agg.job_host_ok.get, agg.job_host_fail.get, job.id
@@ -535,7 +572,7 @@ class FactBuilder:
             fact["succeeding_hosts"] = succeeding
             fact["hosts_not_failing"] = len(hosts) - failing
             fact["worst_host_failures"] = worst
-        if self._wants(Kind.JOB, "dependencies"):
+        if dependencies and "dependencies" in groups:
             deps = [self.farm.jobs[d].state for d in job.depends_on if d in self.farm.jobs]
             complete = sum(1 for s in deps if s == JobState.COMPLETE)
             fact["dependencies"] = {
@@ -549,8 +586,11 @@ class FactBuilder:
 
     def worker(self, name: str) -> dict[str, Any]:
         cached = self._worker_cache.get(name)
-        if cached is not None:
-            return cached
+        if cached is None:
+            cached = self._worker_cache[name] = self._worker(name, self._groups[Kind.WORKER])
+        return cached
+
+    def _worker(self, name: str, groups: frozenset[str] | None) -> dict[str, Any]:
         worker = self.farm.workers.get(name)
         tail = self.agg.host_tail.get(name)
         fact: dict[str, Any] = {
@@ -560,14 +600,13 @@ class FactBuilder:
             "distinct_jobs_failed": tail.distinct_jobs() if tail else 0,
             "frames_running": self.agg.running_on_host.get(name, 0),
         }
-        if self._wants(Kind.WORKER, "recent"):
+        if groups is None or "recent" in groups:
             fact["recent_failures"], fact["recent_successes"] = self.agg.recent_counts(name, self.now)
         if worker is not None:
             fact["state"] = str(worker.state)
             since = _secs(worker.state_since, self.now)
             if since is not None:
                 fact["time_in_state"] = since
-        self._worker_cache[name] = fact
         return fact
 
     def frame(self, frame: Frame) -> dict[str, Any]:
@@ -603,7 +642,7 @@ class FactBuilder:
         if self._wants(Kind.FRAME, "job"):
             fact["job"] = self._shown_job(job)
         if frame.host and self._wants(Kind.FRAME, "worker"):
-            fact["worker"] = self.worker(frame.host)
+            fact["worker"] = self._shown_worker(frame.host)
         return _drop_none(fact)
 
     def instance(self, inst_id: str) -> dict[str, Any]:
@@ -648,7 +687,7 @@ class FactBuilder:
         if self._wants(Kind.INSTANCE, "job"):
             fact["job"] = self._shown_job(job)
         if self._wants(Kind.INSTANCE, "worker"):
-            fact["worker"] = self.worker(inst.host)
+            fact["worker"] = self._shown_worker(inst.host)
         return fact
 
     def facts(self, kind: Kind) -> list[dict[str, Any]]:
