@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import shutil
+from datetime import timedelta, timezone
 from pathlib import Path
+from typing import Any
+from unittest.mock import patch
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -12,7 +15,7 @@ from sqlalchemy import text, update
 
 from conftest import NOW, later, snap
 from corral.states import Action, FrameState, JobState, Kind
-from corral.store import Proposal, SchemaMissing, Store, StoreError, migrate
+from corral.store import Proposal, SchemaMissing, Store, StoreError, changes, migrate
 from corral.store.engine import normalise_url
 from corral.store.tables import metadata, table
 
@@ -245,6 +248,10 @@ def test_last_actions_gives_the_latest_time_per_policy_and_entity(store: Store) 
     assert store.last_actions(NOW) == {("q", "worker", "n1"): later(3)}
     assert store.last_actions(NOW, include_audit=True) == {("q", "worker", "n1"): later(9)}
     assert store.last_actions(later(4)) == {}
+    # `since` itself is in, a microsecond later is out, and any time zone means the same instant
+    assert store.last_actions(later(3)) == {("q", "worker", "n1"): later(3)}
+    assert store.last_actions(later(3) + timedelta(microseconds=1)) == {}
+    assert store.last_actions(later(3).astimezone(timezone(timedelta(hours=-5)))) == {("q", "worker", "n1"): later(3)}
 
 
 def test_a_change_read_brings_the_log_for_cooldowns_from_the_same_snapshot(store: Store) -> None:
@@ -299,6 +306,30 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
     with Store.open(f"sqlite:///{tmp_path / 'x.db'}", busy_timeout=7) as store, store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 7000
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL: a commit waits for the disk
+
+
+def test_the_change_stamp_skips_the_fsync_but_every_other_write_still_waits_for_the_disk(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    """The daemon's per-cycle stamp is committed with synchronous=NORMAL (it needs no
+    durability, see Store._stamping); the pooled connection goes back to FULL after it."""
+    shutil.copy(sqlite_template, tmp_path / "x.db")
+    with Store.open(f"sqlite:///{tmp_path / 'x.db'}") as store:
+        store.load_farm(snap(FARM), replace=True)
+        _, mark = store.read_farm_marked()
+        seen: list[int] = []
+        real = changes.advance
+
+        def advance(conn: Any) -> int:
+            seen.append(conn.exec_driver_sql("PRAGMA synchronous").scalar())
+            return real(conn)
+
+        with patch.object(changes, "advance", advance):
+            store.read_changes(mark)
+        assert seen == [1]  # NORMAL while stamping
+        with store.engine.connect() as conn:  # the same pooled connection, back to FULL
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -56,8 +57,8 @@ class AnotherDaemon(Exception):
 
 def _db_error(err: BaseException) -> bool:
     """Is this the database being away (retry later) rather than a bug?"""
-    if isinstance(err, LeaderError | sa_exc.OperationalError | sa_exc.InterfaceError):
-        return True
+    if isinstance(err, LeaderError | sa_exc.OperationalError | sa_exc.InterfaceError | sqlite3.OperationalError):
+        return True  # (the hot reads and the change stamp run on the driver's own cursor)
     if isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated:
         return True
     try:

@@ -63,13 +63,21 @@ def advance(conn: Connection) -> int:
     the last read (inserts start with no stamp) with the current counter value, then move
     the counter on.  Every row written before now carries a stamp at most the old value;
     every row written after, at least the new one, which the next read starts from."""
-    value = current_stamp(conn)
-    # At the driver level: it runs every cycle, and SQLAlchemy's statement handling cost
-    # as much as the statements (1.07 -> 0.63 ms a cycle).  Fixed table names, an int.
-    for name in TRACKED:
-        conn.exec_driver_sql(f"UPDATE {name} SET rev = {value:d} WHERE rev IS NULL")  # noqa: S608
-    conn.exec_driver_sql(f"UPDATE revision SET value = {value + 1:d} WHERE id = 1")  # noqa: S608
-    return value + 1
+    # On the driver's own cursor: it runs every cycle, and even `exec_driver_sql` cost
+    # seven times the statements (0.47 -> 0.07 ms a cycle).  Fixed table names, an int.
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor()
+    try:
+        cursor.execute("SELECT value FROM revision WHERE id = 1")
+        (value,) = cursor.fetchone() or (None,)
+        assert value is not None, "migration 0003 inserts the counter's one row"
+        for name in TRACKED:
+            cursor.execute(f"UPDATE {name} SET rev = {value:d} WHERE rev IS NULL")  # noqa: S608
+        cursor.execute(f"UPDATE revision SET value = {value + 1:d} WHERE id = 1")  # noqa: S608
+    finally:
+        cursor.close()
+    return int(value) + 1
 
 
 def current_stamp(conn: Connection) -> int:

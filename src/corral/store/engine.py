@@ -56,6 +56,9 @@ def _sqlite_events(engine: Engine, *, wal: bool, busy_ms: int) -> None:
         cursor = dbapi_conn.cursor()
         if wal:
             cursor.execute("PRAGMA journal_mode=WAL")
+        # Every commit waits for the disk (SQLite's default, said here because one
+        # transaction, the change stamp, turns it off: see Store._stamping).
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute(f"PRAGMA busy_timeout={busy_ms:d}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()

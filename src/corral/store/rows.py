@@ -72,20 +72,33 @@ def values_of(kind: Kind, source: Entity | dict[str, Any]) -> dict[str, Any]:
     return {name: plain(data[name]) for name in FIELDS[kind]}
 
 
-def timestamp_parser(dialect: str) -> Callable[[Any], datetime]:
+def timestamp_parser(dialect: str, *, naive_sqlite: bool = False) -> Callable[[Any], datetime]:
     """Raw driver timestamps (never None: test first) to aware UTC datetimes.
 
     SQLite stores them as naive UTC text; the driver-level reads select them with the
     offset appended in SQL (`frame_columns`), so the parser is `fromisoformat` itself,
-    called straight from C with no Python function in between.  PostgreSQL gives datetimes.
+    called straight from C with no Python function in between.  `naive_sqlite`: the
+    text as stored, with no offset appended (an aggregate's result, say).  PostgreSQL
+    gives datetimes.
     """
     if dialect == "sqlite":
+        if naive_sqlite:
+            return lambda stamp: datetime.fromisoformat(stamp).replace(tzinfo=UTC)
         return datetime.fromisoformat
 
     def parse(stamp: Any) -> datetime:
         return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)  # type: ignore[no-any-return]
 
     return parse
+
+
+def timestamp_param(dialect: str, value: datetime) -> Any:
+    """A timestamp as a driver-level query binds it, to compare with stored ones: on
+    SQLite the naive UTC text `UTCDateTime` stores (so text order is time order)."""
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if dialect == "sqlite":
+        return value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
 
 
 def _stamps(columns: str, dialect: str) -> str:

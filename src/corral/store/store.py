@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, delete, func, insert, inspect, select, update
+from sqlalchemy import Engine, delete, insert, inspect, select, update
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
@@ -24,7 +24,7 @@ from corral.store import changes, migrate
 from corral.store.apply import ApplyReport, Proposal, apply_transitions
 from corral.store.changes import FarmChanges, Mark
 from corral.store.engine import WRITE, describe, make_engine, normalise_url
-from corral.store.rows import farm_rows, read_farm
+from corral.store.rows import farm_rows, read_farm, timestamp_param, timestamp_parser
 from corral.store.tables import TABLE_ORDER, as_utc, table
 
 if TYPE_CHECKING:
@@ -138,6 +138,32 @@ class Store:
                 yield conn
 
     @contextmanager
+    def _stamping(self) -> Iterator[Connection]:
+        """SQLite: `_write` for the change stamp (`changes.advance`), committed without
+        waiting for the disk (synchronous=NORMAL for this one transaction).
+
+        The stamp needs no durability: it only marks where the daemon's in-memory farm
+        stands, and the only failures that can lose a commit not yet on disk (the
+        machine or its OS going down) take the daemon down too, which reads the whole
+        farm again when it starts.  Any later commit that waits for the disk (every
+        other write does) makes the stamp durable with it: the write-ahead log is synced
+        in order.  Saves an fsync every cycle: 0.3 of a 10k-frame steady cycle's 8 ms."""
+        with self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            _pragma(raw, "synchronous=NORMAL")
+            try:
+                conn = conn.execution_options(**{WRITE: True})
+                with conn.begin():
+                    yield conn
+            finally:
+                try:
+                    _pragma(raw, "synchronous=FULL")
+                except Exception:  # never leave a pooled connection that skips the fsync
+                    conn.invalidate()
+                    raise
+
+    @contextmanager
     def _read(self) -> Iterator[Connection]:
         """A consistent snapshot: one transaction, repeatable read on PostgreSQL."""
         self.check()
@@ -180,7 +206,7 @@ class Store:
         value = None
         if self.engine.dialect.name != "postgresql":
             self.check()
-            with self._write() as conn:
+            with self._stamping() as conn:
                 value = changes.advance(conn)
         with self._read() as conn:
             yield conn, changes.take_mark(conn, value)
@@ -335,22 +361,32 @@ def _transition(r: Any) -> Transition:
     )
 
 
+def _pragma(dbapi_conn: Any, setting: str) -> None:
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute(f"PRAGMA {setting}")
+    finally:
+        cursor.close()
+
+
 #: When each (policy, kind, entity) last acted: see `Store.last_actions`.
 LastActions = dict[tuple[str | None, str, str], datetime]
 
 
 def _last_actions(conn: Connection, since: datetime, *, include_audit: bool = False) -> LastActions:
-    t = table("transitions")
-    query = (
-        select(t.c.policy, t.c.kind, t.c.entity_id, func.max(t.c.at).label("last"))
-        .where(t.c.at >= since)
-        .group_by(t.c.policy, t.c.kind, t.c.entity_id)
+    """Read at the driver level, as the steady cycle's other reads are: it runs every
+    cycle, and SQLAlchemy's statement handling cost twenty times the query (0.16 ms
+    against 8 us on an empty log)."""
+    dialect = conn.dialect.name
+    applied = "" if include_audit else " AND applied = TRUE"
+    placeholder = "?" if dialect == "sqlite" else "%s"
+    sql = (  # corral's own SQL; the value is bound
+        f"SELECT policy, kind, entity_id, max(at) FROM transitions WHERE at >= {placeholder}{applied} "  # noqa: S608
+        "GROUP BY policy, kind, entity_id"
     )
-    if not include_audit:
-        query = query.where(t.c.applied.is_(True))
+    parse = timestamp_parser(dialect, naive_sqlite=True)
     out: LastActions = {}
-    for r in conn.execute(query):
-        last = as_utc(r.last)
+    for policy, kind, entity_id, last in conn.exec_driver_sql(sql, (timestamp_param(dialect, since),)):
         if last is not None:
-            out[(r.policy, r.kind, r.entity_id)] = last
+            out[(policy, kind, entity_id)] = parse(last)
     return out
