@@ -11,7 +11,7 @@ overwritten by a decision taken on stale facts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -106,8 +106,9 @@ class Job:
 
     @property
     def retried(self) -> bool:
-        """Retried automatically at least once (the seed's condition for `retrying`)."""
-        return self.retries > 0 or any(f.retries > 0 for f in self.frames.values())
+        """Retried automatically at least once (the seed's condition for `retrying`).
+        (`any` over the counts, not a generator: the planner asks after every action.)"""
+        return self.retries > 0 or any(map(_RETRIES, self.frames.values()))
 
     def derived_state(self) -> JobState:
         return derive_job_state(
@@ -119,6 +120,7 @@ class Job:
 
 
 _STATE = attrgetter("state")
+_RETRIES = attrgetter("retries")
 
 
 @dataclass(slots=True)
@@ -139,7 +141,7 @@ class Farm:
     jobs: dict[int, Job] = field(default_factory=dict)
     workers: dict[str, Worker] = field(default_factory=dict)
     _instances: dict[str, Instance] | None = field(default=None, repr=False, compare=False)
-    _journal: list[tuple[Any, dict[str, Any]]] | None = field(default=None, repr=False, compare=False)
+    _journal: list[tuple[Any, tuple[Any, ...]]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def instances(self) -> dict[str, Instance]:
@@ -168,7 +170,7 @@ class Farm:
     def touch(self, obj: Any) -> None:
         """Remember `obj` as it is now, so `scratch()` can put it back."""
         if self._journal is not None:
-            self._journal.append((obj, saved_fields(obj)))
+            self._journal.append((obj, _own_fields(type(obj))[1](obj)))
 
     @contextmanager
     def scratch(self) -> Iterator[Farm]:
@@ -183,7 +185,8 @@ class Farm:
         finally:
             journal, self._journal = self._journal, outer
             for obj, saved in reversed(journal):
-                restore_fields(obj, saved)
+                for name, value in zip(_own_fields(type(obj))[0], saved, strict=True):
+                    setattr(obj, name, value)
 
 
 def saved_fields(obj: Any) -> dict[str, Any]:
@@ -193,17 +196,22 @@ def saved_fields(obj: Any) -> dict[str, Any]:
     frames it depends on): those are history and structure, which no action changes.
     The planner saves every entity a played action touches (an instance block that
     requeues its failed frames touches hundreds), so this is on the hot path: the field
-    names are worked out once per class.
+    names are worked out once per class (and the planner's journal keeps a tuple of them).
     """
-    cls = type(obj)
-    names = _OWN_FIELDS.get(cls)
-    if names is None:
-        names = _OWN_FIELDS[cls] = tuple(f.name for f in fields(obj)
-                                         if f.name not in ("frames", "instances", "runs", "depends_on"))
-    return {name: getattr(obj, name) for name in names}
+    names, get = _own_fields(type(obj))
+    return dict(zip(names, get(obj), strict=True))
 
 
-_OWN_FIELDS: dict[type, tuple[str, ...]] = {}
+def _own_fields(cls: type) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
+    """A class's row fields (see `saved_fields`) and a getter of their values, as a tuple."""
+    known = _OWN_FIELDS.get(cls)
+    if known is None:
+        names = tuple(f.name for f in fields(cls) if f.name not in ("frames", "instances", "runs", "depends_on"))
+        known = _OWN_FIELDS[cls] = (names, attrgetter(*names))
+    return known
+
+
+_OWN_FIELDS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
 
 
 def restore_fields(obj: Any, saved: dict[str, Any]) -> None:
