@@ -8,12 +8,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corral.facts import _JOB_FIRST, FIELDS, MISSING, FactBuilder, Needs, Screen, first_stage, get_path, narrow
+from corral.facts import _JOB_FIRST, FIELDS, MISSING, FactBuilder, Needs, first_stage, get_path, narrow
 from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
 from corral.policy.compiler import screen_of
 from corral.policy.loader import builtin_dir, load_paths
 from corral.policy.model import Policy, paths_read
-from corral.policy.reference import any_gate, holds
+from corral.policy.reference import holds
+from corral.policy.reference import screen as screen_by_state
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind
 from strategies import NOW, farms, policy_sets
 
@@ -207,7 +208,7 @@ def test_an_entity_screened_out_on_its_first_stage_matches_no_policy(farm: Farm,
     mine = [p for p in policies if p.kind is kind]
     needs = Needs.of(paths_read(mine))
     cut = screen_of(kind, mine, lambda path: first_stage(kind, path))
-    screen = None if cut is None else Screen(tuple({c.path for gate in cut for c in gate}), any_gate(cut))
+    screen = None if cut is None else screen_by_state(kind, cut)
     whole = FactBuilder(farm, NOW)
     for fact in whole.facts(kind):
         entity = farm.entity(kind, str(fact["id"]))
@@ -227,7 +228,7 @@ def test_a_running_job_with_frames_complete_is_screened_out_before_its_host_coun
     jobs = [p for p in pack if p.kind is Kind.JOB]
     cut = screen_of(Kind.JOB, jobs, lambda path: first_stage(Kind.JOB, path))
     assert cut is not None
-    screen = Screen(tuple({c.path for gate in cut for c in gate}), any_gate(cut))
+    screen = screen_by_state(Kind.JOB, cut)
     builder = FactBuilder(farm, NOW, needs=Needs.of(paths_read(jobs)))
     assert builder.candidate(Kind.JOB, farm.jobs[1], screen) is None
     farm.jobs[1].state = JobState.BLOCKED  # a blocked job may be unblocked: a candidate

@@ -23,7 +23,7 @@ from corral.live import Dirty, LiveFarm, Spread
 from corral.plan import Found, Plan, make_plan, plan_found, reason_paths
 from corral.policy.compiler import screen_of
 from corral.policy.model import Policy, paths_read
-from corral.policy.reference import any_gate
+from corral.policy.reference import screen
 from corral.states import Kind
 
 if TYPE_CHECKING:
@@ -106,8 +106,7 @@ class PolicySet:
         out: dict[Kind, Screen | None] = {}
         for kind in Kind:
             cut = screen_of(kind, enabled, partial(first_stage, kind))
-            paths = tuple(sorted({c.path for gate in cut or () for c in gate}))
-            out[kind] = None if cut is None else Screen(paths, any_gate(cut))
+            out[kind] = None if cut is None else screen(kind, cut)
         return out
 
     def history_window(self) -> timedelta:

@@ -202,10 +202,17 @@ _JOB_ROW = {name: get for name, get in _JOB_FIRST.items() if _GROUPS[Kind.JOB].g
 @dataclass(frozen=True)
 class Screen:
     """A test over a fact's first stage that every entity some policy can match passes
-    (see `corral.policy.compiler.screen_of`), and the first-stage fields it reads."""
+    (see `corral.policy.compiler.screen_of`; made by `corral.policy.reference.screen`),
+    split by the entity's state: for each state some gate admits, the other first-stage
+    fields those gates read and the test over them.  A state no gate admits is not
+    there, so most entities are ruled out on one lookup, and the rest on the two or
+    three fields their state's gates read, not on every field of every gate."""
 
-    paths: tuple[str, ...]
-    test: Callable[[dict[str, Any]], bool]
+    by_state: Mapping[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], bool]]]
+
+    def passes(self, fact: dict[str, Any]) -> bool:
+        rest = self.by_state.get(fact["state"])
+        return rest is not None and rest[1](fact)
 
 
 #: The groups a fact for the rule engine is built with first; a screen over them decides
@@ -505,16 +512,20 @@ class FactBuilder:
             job: Job = entity  # type: ignore[assignment]
             fact = self._job_cache.get(job.id)
             if fact is not None:
-                return fact if screen.test(fact) else None
-            # Only the fields the screen reads, first: most jobs fail it.
-            counts = self.agg.job_frames.get(job.id) or _NO_FRAMES
-            probe = {path: _JOB_FIRST[path](job, counts) for path in screen.paths}
-            if not screen.test({k: v for k, v in probe.items() if v is not None}):
+                return fact if screen.passes(fact) else None
+            # Only the fields the screen reads for the job's state, first: most jobs fail it.
+            rest = screen.by_state.get(str(job.state))
+            if rest is None:
                 return None
+            paths, test = rest
+            if paths:
+                counts = self.agg.job_frames.get(job.id) or _NO_FRAMES
+                if not test({p: v for p in paths if (v := _JOB_FIRST[p](job, counts)) is not None}):
+                    return None
             return self.job(job)
         inst: Instance = entity  # type: ignore[assignment]
         fact = self._instance_first(inst)
-        if not screen.test(fact):
+        if not screen.passes(fact):
             return None
         return self._instance_rest(inst, fact)
 

@@ -8,13 +8,14 @@ the source of condition-by-condition traces for `explain`.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from corral.facts import MISSING, get_path
+from corral.facts import MISSING, Screen, get_path
 from corral.policy.model import All, AnyOf, Cmp, Cond, Not, Policy
 from corral.policy.operators import OPERATORS
+from corral.states import STATES, Kind
 
 
 def holds(cond: Cond, fact: dict[str, Any]) -> bool:
@@ -115,6 +116,19 @@ def any_gate(gates: Iterable[tuple[Cmp, ...]]) -> Predicate:
         return False
 
     return passes
+
+
+def screen(kind: Kind, gates: Sequence[tuple[Cmp, ...]]) -> Screen:
+    """`any_gate(gates)` split by state (see `Screen`): for each state of `kind`, the
+    gates whose comparisons on `state` admit it, less those comparisons."""
+    by_state = {}
+    for state in STATES[kind]:
+        alone = {"state": state}
+        admitting = [tuple(c for c in gate if c.path != "state") for gate in gates
+                     if all(holds(c, alone) for c in gate if c.path == "state")]
+        if admitting:
+            by_state[state] = (tuple(sorted({c.path for gate in admitting for c in gate})), any_gate(admitting))
+    return Screen(by_state)
 
 
 def matching(policy: Policy, facts: Iterable[dict[str, Any]]) -> list[Any]:
