@@ -8,13 +8,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from corral.cycle import screen_for
 from corral.facts import _JOB_FIRST, FIELDS, MISSING, FactBuilder, Needs, first_stage, get_path, narrow
 from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
-from corral.policy.compiler import screen_of
 from corral.policy.loader import builtin_dir, load_paths
 from corral.policy.model import Policy, paths_read
 from corral.policy.reference import holds
-from corral.policy.reference import screen as screen_by_state
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind
 from strategies import NOW, farms, policy_sets
 
@@ -200,15 +199,14 @@ def test_a_fact_built_for_the_fields_policies_read_has_them_as_the_whole_fact_do
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(farm=farms(), policies=policy_sets(), data=st.data())
 def test_an_entity_screened_out_on_its_first_stage_matches_no_policy(farm: Farm, policies: list[Policy], data: Any) -> None:
-    """The engine's facts are built in two stages, and the second (a job's host counts,
-    an instance's job and worker) is skipped when the first already fails every gate.
-    Whatever the policies, an entity screened out is one that no policy matches, and one
-    that is not screened out gets the same fact as without screening."""
+    """The engine's facts are built in stages: the rest of a fact is skipped when its
+    first stage (row fields, frame counts) or its second (host counts) already fails
+    every gate.  Whatever the policies, an entity screened out is one that no policy
+    matches, and one that is not screened out gets the same fact as without screening."""
     kind = data.draw(st.sampled_from(list(Kind)))
     mine = [p for p in policies if p.kind is kind]
     needs = Needs.of(paths_read(mine))
-    cut = screen_of(kind, mine, lambda path: first_stage(kind, path))
-    screen = None if cut is None else screen_by_state(kind, cut)
+    screen = screen_for(kind, mine)
     whole = FactBuilder(farm, NOW)
     for fact in whole.facts(kind):
         entity = farm.entity(kind, str(fact["id"]))
@@ -226,13 +224,29 @@ def test_a_running_job_with_frames_complete_is_screened_out_before_its_host_coun
     farm.jobs[1].state = JobState.RUNNING
     pack = load_paths([builtin_dir()]).policies
     jobs = [p for p in pack if p.kind is Kind.JOB]
-    cut = screen_of(Kind.JOB, jobs, lambda path: first_stage(Kind.JOB, path))
-    assert cut is not None
-    screen = screen_by_state(Kind.JOB, cut)
+    screen = screen_for(Kind.JOB, jobs)
+    assert screen is not None
     builder = FactBuilder(farm, NOW, needs=Needs.of(paths_read(jobs)))
     assert builder.candidate(Kind.JOB, farm.jobs[1], screen) is None
     farm.jobs[1].state = JobState.BLOCKED  # a blocked job may be unblocked: a candidate
     assert builder.candidate(Kind.JOB, farm.jobs[1], screen) is not None
+
+
+def test_a_running_job_with_no_frame_complete_is_screened_out_on_its_host_counts() -> None:
+    """No frame complete passes the first screen of the built-in pack's policy for running
+    jobs; the second rules the job out when not every host that ran it is failing."""
+    farm = lockout_farm()
+    job = farm.jobs[1]
+    job.state = JobState.RUNNING
+    for frame in job.frames.values():
+        if frame.state == F.COMPLETE:
+            frame.state = F.PENDING
+    jobs = [p for p in load_paths([builtin_dir()]).policies if p.kind is Kind.JOB]
+    screen = screen_for(Kind.JOB, jobs)
+    assert screen is not None and screen.then is not None
+    fact = FactBuilder(farm, NOW).job(job)
+    assert fact["frames_complete"] == 0 and fact["succeeding_hosts"] == 2  # runs completed on both hosts earlier
+    assert FactBuilder(farm, NOW, needs=Needs.of(paths_read(jobs))).candidate(Kind.JOB, job, screen) is None
 
 
 def test_every_field_of_a_job_s_first_stage_can_be_probed_alone() -> None:

@@ -17,7 +17,7 @@ from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from corral.evaluate import Evaluator, LazyFact, Match, ReferenceEvaluator, find_matches
-from corral.facts import FactBuilder, Needs, Screen, first_stage
+from corral.facts import SECOND_STAGE, FactBuilder, Needs, Screen, first_stage
 from corral.farm import Farm, utcnow
 from corral.live import Dirty, LiveFarm, Spread
 from corral.plan import Found, Plan, make_plan, plan_found, reason_paths
@@ -100,18 +100,23 @@ class PolicySet:
 
     @cached_property
     def screens(self) -> dict[Kind, Screen | None]:
-        """Per kind, the enabled policies' gates cut down to a fact's first stage (see
-        `FactBuilder.candidate`); None where some policy cannot be screened that way."""
+        """Per kind, the screen of the enabled policies (`screen_for`)."""
         enabled = [p for p in self.policies if p.enabled]
-        out: dict[Kind, Screen | None] = {}
-        for kind in Kind:
-            cut = screen_of(kind, enabled, partial(first_stage, kind))
-            out[kind] = None if cut is None else screen(kind, cut)
-        return out
+        return {kind: screen_for(kind, enabled) for kind in Kind}
 
     def history_window(self) -> timedelta:
         longest = max((p.limits.cooldown or 0.0 for p in self.policies), default=0.0)
         return max(MIN_HISTORY, timedelta(seconds=longest))
+
+
+def screen_for(kind: Kind, policies: Sequence[Policy]) -> Screen | None:
+    """The policies' gates cut down to a `kind` fact's first stage, then to its second
+    (see `FactBuilder.candidate`); None where some policy cannot be screened that way."""
+    cut = screen_of(kind, policies, partial(first_stage, kind))
+    if cut is None:
+        return None
+    second = screen_of(kind, policies, partial(first_stage, kind, stage=SECOND_STAGE))
+    return screen(kind, cut, then=None if second is None or second == cut else screen(kind, second))
 
 
 def plan_farm(

@@ -209,23 +209,34 @@ class Screen:
     three fields their state's gates read, not on every field of every gate."""
 
     by_state: Mapping[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], bool]]]
+    #: The screen over the second stage (SECOND_STAGE), tested once it is built (None:
+    #: the gates read nothing more of it).
+    then: Screen | None = None
 
     def passes(self, fact: dict[str, Any]) -> bool:
         rest = self.by_state.get(fact["state"])
         return rest is not None and rest[1](fact)
 
+    def passes_all(self, fact: dict[str, Any]) -> bool:
+        """Whether a fact built whole passes every stage's screen."""
+        return (self.then or self).passes(fact)
+
 
 #: The groups a fact for the rule engine is built with first; a screen over them decides
 #: whether the rest is worth building (`FactBuilder.candidate`).
 FIRST_STAGE = frozenset({"row", "frames"})
+#: Then the host counts (one pass over the job's hosts), screened again before the rest:
+#: the job policy a running job with no frame complete yet passes the first screen of
+#: is about its hosts all failing, which most such jobs' hosts are not.
+SECOND_STAGE = FIRST_STAGE | {"hosts", "other_hosts"}
 
 
-def first_stage(kind: Kind, path: str) -> bool:
-    """Whether `path` is worked out in the first stage of a `kind` fact."""
+def first_stage(kind: Kind, path: str, stage: frozenset[str] = FIRST_STAGE) -> bool:
+    """Whether `path` is worked out in the first stage of a `kind` fact (or in `stage`)."""
     head, _, rest = path.partition(".")
     if kind in (Kind.FRAME, Kind.INSTANCE) and head in ("job", "worker") and rest:
-        return False  # the related entity's fact: built after the screen
-    return _GROUPS[kind].get(path, "row") in FIRST_STAGE
+        return False  # the related entity's fact: built after the screens
+    return _GROUPS[kind].get(path, "row") in stage
 
 
 _FRAME_COUNTS = tuple((f"frames_{s}", s) for s in STATES[Kind.FRAME])
@@ -486,6 +497,7 @@ class FactBuilder:
             else:
                 groups = self._shown_groups[Kind.JOB]
                 shown = self._job_first(job, groups)
+                self._job_hosts(job, shown, groups)
                 self._job_rest(job, shown, groups, dependencies=False)
             self._shown_job_cache[job.id] = shown
         return shown
@@ -502,30 +514,42 @@ class FactBuilder:
     # --- per kind -------------------------------------------------------------------
     def candidate(self, kind: Kind, entity: Entity, screen: Screen | None) -> dict[str, Any] | None:
         """The fact of an entity for the rule engine, or None when its first stage (the
-        row's own fields and a job's frame counts) already fails `screen`: then no
-        policy can match it, and its costly fields (a job's host counts, an instance's
-        job and worker) are never worked out.  Most of the jobs a steady cycle touches
-        are running jobs with frames complete, which one comparison rules out."""
+        row's own fields and a job's frame counts) already fails `screen`, or its second
+        (host counts) fails `screen.then`: then no policy can match it, and the rest
+        (durations, dependencies, an instance's job and worker) is never worked out.
+        Most of the jobs a steady cycle touches are running jobs with frames complete,
+        which one comparison rules out."""
         if screen is None or kind is Kind.FRAME or kind is Kind.WORKER:
             return self.of(kind, entity)  # their first stage is nearly all of them
         if kind is Kind.JOB:
             job: Job = entity  # type: ignore[assignment]
             fact = self._job_cache.get(job.id)
             if fact is not None:
-                return fact if screen.passes(fact) else None
+                return fact if screen.passes_all(fact) else None
             # Only the fields the screen reads for the job's state, first: most jobs fail it.
             rest = screen.by_state.get(str(job.state))
             if rest is None:
                 return None
+            counts = self.agg.job_frames.get(job.id) or _NO_FRAMES
             paths, test = rest
-            if paths:
-                counts = self.agg.job_frames.get(job.id) or _NO_FRAMES
-                if not test({p: v for p in paths if (v := _JOB_FIRST[p](job, counts)) is not None}):
+            if paths and not test({p: v for p in paths if (v := _JOB_FIRST[p](job, counts)) is not None}):
+                return None
+            if screen.then is not None:  # then its host counts, on a probe again
+                rest = screen.then.by_state.get(str(job.state))
+                if rest is None:
+                    return None
+                paths, test = rest
+                probe = {p: v for p in paths if p in _JOB_FIRST and (v := _JOB_FIRST[p](job, counts)) is not None}
+                self._job_hosts(job, probe, None)
+                if not test(probe):
                     return None
             return self.job(job)
         inst: Instance = entity  # type: ignore[assignment]
         fact = self._instance_first(inst)
         if not screen.passes(fact):
+            return None
+        self._instance_hosts(inst, fact)
+        if screen.then is not None and not screen.then.passes(fact):
             return None
         return self._instance_rest(inst, fact)
 
@@ -535,6 +559,7 @@ class FactBuilder:
             return cached
         groups = self._groups[Kind.JOB]
         fact = self._job_first(job, groups)
+        self._job_hosts(job, fact, groups)
         self._job_rest(job, fact, groups)
         self._job_cache[job.id] = fact
         return fact
@@ -548,11 +573,33 @@ class FactBuilder:
             del fact["blocked_by"]  # unknown: submitted blocked, or not blocked at all
         return fact
 
+    def _job_hosts(self, job: Job, fact: dict[str, Any], groups: frozenset[str] | None) -> None:
+        """The job's host counts (SECOND_STAGE), if `groups` (None: all) has them."""
+        if groups is not None and "hosts" not in groups:
+            return
+        # one pass, with dict.get (a Counter's missing key goes through Python code)
+        agg = self.agg
+        hosts = agg.job_hosts(job.id)
+        ok, failed, job_id = agg.job_host_ok.get, agg.job_host_fail.get, job.id
+        failing = succeeding = worst = 0
+        for host in hosts:
+            if ok((job_id, host), 0) > 0:
+                succeeding += 1
+            else:
+                n = failed((job_id, host), 0)
+                if n > 0:
+                    failing += 1
+                    worst = max(worst, n)
+        fact["hosts"] = len(hosts)
+        fact["failing_hosts"] = failing
+        fact["succeeding_hosts"] = succeeding
+        fact["hosts_not_failing"] = len(hosts) - failing
+        fact["worst_host_failures"] = worst
+
     def _job_rest(self, job: Job, fact: dict[str, Any], groups: frozenset[str] | None, *,
                   dependencies: bool = True) -> None:
-        """The job's costlier groups in `groups` (None: all): durations, instance and host
-        counts, and (unless shown in another entity's fact) dependencies."""
-        agg = self.agg
+        """The job's last groups in `groups` (None: all): durations, instance counts, and
+        (unless shown in another entity's fact) dependencies."""
         groups = _ALL_GROUPS if groups is None else groups
         if "times" in groups:
             now = self.now
@@ -565,24 +612,6 @@ class FactBuilder:
             fact["instances_total"] = len(job.instances)
             for key, s in _INSTANCE_COUNTS:
                 fact[key] = insts.get(s, 0)
-        if "hosts" in groups:
-            # one pass, with dict.get (a Counter's missing key goes through Python code)
-            hosts = agg.job_hosts(job.id)
-            ok, failed, job_id = agg.job_host_ok.get, agg.job_host_fail.get, job.id
-            failing = succeeding = worst = 0
-            for host in hosts:
-                if ok((job_id, host), 0) > 0:
-                    succeeding += 1
-                else:
-                    n = failed((job_id, host), 0)
-                    if n > 0:
-                        failing += 1
-                        worst = max(worst, n)
-            fact["hosts"] = len(hosts)
-            fact["failing_hosts"] = failing
-            fact["succeeding_hosts"] = succeeding
-            fact["hosts_not_failing"] = len(hosts) - failing
-            fact["worst_host_failures"] = worst
         if dependencies and "dependencies" in groups:
             deps = [self.farm.jobs[d].state for d in job.depends_on if d in self.farm.jobs]
             complete = sum(1 for s in deps if s == JobState.COMPLETE)
@@ -658,7 +687,9 @@ class FactBuilder:
 
     def instance(self, inst_id: str) -> dict[str, Any]:
         inst = self.farm.instances[inst_id]
-        return self._instance_rest(inst, self._instance_first(inst))
+        fact = self._instance_first(inst)
+        self._instance_hosts(inst, fact)
+        return self._instance_rest(inst, fact)
 
     def _instance_first(self, inst: Instance) -> dict[str, Any]:
         """The instance's own counts (FIRST_STAGE), without None values."""
@@ -679,22 +710,26 @@ class FactBuilder:
         }
         return _drop_none(fact)
 
-    def _instance_rest(self, inst: Instance, fact: dict[str, Any]) -> dict[str, Any]:
-        """The instance's costlier groups: other hosts' standing, its job and its worker."""
-        job = self.farm.jobs[inst.job_id]
+    def _instance_hosts(self, inst: Instance, fact: dict[str, Any]) -> None:
+        """The other hosts' standing on the instance's job (SECOND_STAGE)."""
+        if not self._wants(Kind.INSTANCE, "other_hosts"):
+            return
         agg = self.agg
-        if self._wants(Kind.INSTANCE, "other_hosts"):
-            ok, failed, job_id = agg.job_host_ok.get, agg.job_host_fail.get, job.id
-            succeeding = failing = 0
-            for host in agg.job_hosts(job_id):
-                if host == inst.host:
-                    continue
-                if ok((job_id, host), 0) > 0:
-                    succeeding += 1
-                elif failed((job_id, host), 0) > 0:
-                    failing += 1
-            fact["other_hosts_succeeding"] = succeeding
-            fact["other_hosts_failing"] = failing
+        ok, failed, job_id = agg.job_host_ok.get, agg.job_host_fail.get, inst.job_id
+        succeeding = failing = 0
+        for host in agg.job_hosts(job_id):
+            if host == inst.host:
+                continue
+            if ok((job_id, host), 0) > 0:
+                succeeding += 1
+            elif failed((job_id, host), 0) > 0:
+                failing += 1
+        fact["other_hosts_succeeding"] = succeeding
+        fact["other_hosts_failing"] = failing
+
+    def _instance_rest(self, inst: Instance, fact: dict[str, Any]) -> dict[str, Any]:
+        """The instance's last groups: its job and its worker."""
+        job = self.farm.jobs[inst.job_id]
         if self._wants(Kind.INSTANCE, "job"):
             fact["job"] = self._shown_job(job)
         if self._wants(Kind.INSTANCE, "worker"):

@@ -118,7 +118,7 @@ def any_gate(gates: Iterable[tuple[Cmp, ...]]) -> Predicate:
     return passes
 
 
-def screen(kind: Kind, gates: Sequence[tuple[Cmp, ...]]) -> Screen:
+def screen(kind: Kind, gates: Sequence[tuple[Cmp, ...]], then: Screen | None = None) -> Screen:
     """`any_gate(gates)` split by state (see `Screen`): for each state of `kind`, the
     gates whose comparisons on `state` admit it, less those comparisons."""
     by_state = {}
@@ -128,7 +128,7 @@ def screen(kind: Kind, gates: Sequence[tuple[Cmp, ...]]) -> Screen:
                      if all(holds(c, alone) for c in gate if c.path == "state")]
         if admitting:
             by_state[state] = (tuple(sorted({c.path for gate in admitting for c in gate})), any_gate(admitting))
-    return Screen(by_state)
+    return Screen(by_state, then)
 
 
 def matching(policy: Policy, facts: Iterable[dict[str, Any]]) -> list[Any]:
