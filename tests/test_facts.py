@@ -9,7 +9,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corral.cycle import screen_for
-from corral.facts import _JOB_FIRST, FIELDS, MISSING, FactBuilder, Needs, first_stage, get_path, narrow
+from corral.facts import (
+    _INSTANCE_FIRST,
+    _JOB_FIRST,
+    _WORKER_FIRST,
+    FIELDS,
+    MISSING,
+    FactBuilder,
+    Needs,
+    first_stage,
+    get_path,
+    narrow,
+)
 from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
 from corral.policy.loader import builtin_dir, load_paths
 from corral.policy.model import Policy, paths_read
@@ -249,8 +260,30 @@ def test_a_running_job_with_no_frame_complete_is_screened_out_on_its_host_counts
     assert FactBuilder(farm, NOW, needs=Needs.of(paths_read(jobs))).candidate(Kind.JOB, job, screen) is None
 
 
-def test_every_field_of_a_job_s_first_stage_can_be_probed_alone() -> None:
-    """A screen reads a job's first-stage fields one by one: each has its own definition."""
-    for path in FIELDS[Kind.JOB]:
-        if first_stage(Kind.JOB, path):
-            assert path in _JOB_FIRST, path
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(farm=farms())
+def test_each_first_stage_field_probed_alone_is_what_the_whole_fact_has(farm: Farm) -> None:
+    """A screen reads first-stage fields one by one (`_JOB_FIRST`, `_INSTANCE_FIRST`,
+    `_WORKER_FIRST`): every such field has its own definition, and it gives the value
+    the whole fact has (None where the fact leaves the field out)."""
+    tables: dict[Kind, dict[str, Any]] = {Kind.JOB: _JOB_FIRST, Kind.INSTANCE: _INSTANCE_FIRST,
+                                          Kind.WORKER: _WORKER_FIRST}
+    for kind, table in tables.items():
+        assert {p for p in FIELDS[kind] if first_stage(kind, p)} <= set(table), kind
+    builder = FactBuilder(farm, NOW)
+    for job in farm.jobs.values():
+        whole, counts = builder.job(job), builder.agg.job_frames.get(job.id) or {}
+        for path, get in _JOB_FIRST.items():
+            assert get_path(whole, path) == _or_missing(get(job, counts)), (job.id, path)
+    for inst in farm.instances.values():
+        whole = builder.instance(inst.id)
+        for path, get in _INSTANCE_FIRST.items():
+            assert get_path(whole, path) == _or_missing(get(inst, builder)), (inst.id, path)
+    for name in {*farm.workers, *builder.agg.host_tail}:
+        whole = builder.worker(name)
+        for path, get in _WORKER_FIRST.items():
+            assert get_path(whole, path) == _or_missing(get(name, builder)), (name, path)
+
+
+def _or_missing(value: Any) -> Any:
+    return MISSING if value is None else value

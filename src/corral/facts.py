@@ -198,6 +198,38 @@ _JOB_FIRST: dict[str, Callable[[Job, Mapping[str, int]], Any]] = {
 
 _JOB_ROW = {name: get for name, get in _JOB_FIRST.items() if _GROUPS[Kind.JOB].get(name, "row") == "row"}
 
+#: An instance's first-stage fields, each from the instance and the builder (its counts
+#: and its `now`), as `_JOB_FIRST` is for jobs.  None: unknown (left out).
+_INSTANCE_FIRST: dict[str, Callable[[Instance, FactBuilder], Any]] = {
+    "id": lambda inst, _: inst.id,
+    "job_id": lambda inst, _: inst.job_id,
+    "host": lambda inst, _: inst.host,
+    "state": lambda inst, _: str(inst.state),
+    "time_in_state": lambda inst, b: _secs(inst.state_since, b.now),
+    "consecutive_failures": lambda inst, b: _failures(b.agg.inst_tail.get(inst.id)),
+    "frames_failed": lambda inst, b: b.agg.inst_failed.get(inst.id, 0),
+    "frames_completed": lambda inst, b: b.agg.inst_ok.get(inst.id, 0),
+    "host_failures_on_job": lambda inst, b: b.agg.job_host_fail.get((inst.job_id, inst.host), 0),
+    "host_successes_on_job": lambda inst, b: b.agg.job_host_ok.get((inst.job_id, inst.host), 0),
+}
+
+#: A worker's fields but the "recent" group, each from its name (a host that ran frames
+#: may have no worker row: then it has no state) and the builder.
+_WORKER_FIRST: dict[str, Callable[[str, FactBuilder], Any]] = {
+    "id": lambda name, _: name,
+    "name": lambda name, _: name,
+    "consecutive_failures": lambda name, b: _failures(b.agg.host_tail.get(name)),
+    "distinct_jobs_failed": lambda name, b: (tail.distinct_jobs() if (tail := b.agg.host_tail.get(name)) else 0),
+    "frames_running": lambda name, b: b.agg.running_on_host.get(name, 0),
+    "state": lambda name, b: None if (worker := b.farm.workers.get(name)) is None else str(worker.state),
+    "time_in_state": lambda name, b: None if (worker := b.farm.workers.get(name)) is None
+    else _secs(worker.state_since, b.now),
+}
+
+
+def _failures(tail: _Tail | None) -> int:
+    return tail.failures if tail else 0
+
 
 @dataclass(frozen=True)
 class Screen:
@@ -458,6 +490,10 @@ class FactBuilder:
     costs the same whether the farm was read whole or updated by deltas.
     """
 
+    farm: Farm
+    now: datetime
+    agg: Aggregates
+
     def __init__(
         self,
         farm: Farm,
@@ -519,8 +555,8 @@ class FactBuilder:
         (durations, dependencies, an instance's job and worker) is never worked out.
         Most of the jobs a steady cycle touches are running jobs with frames complete,
         which one comparison rules out."""
-        if screen is None or kind is Kind.FRAME or kind is Kind.WORKER:
-            return self.of(kind, entity)  # their first stage is nearly all of them
+        if screen is None or kind is Kind.FRAME:
+            return self.of(kind, entity)  # its first stage is nearly all of it
         if kind is Kind.JOB:
             job: Job = entity  # type: ignore[assignment]
             fact = self._job_cache.get(job.id)
@@ -544,10 +580,26 @@ class FactBuilder:
                 if not test(probe):
                     return None
             return self.job(job)
+        if kind is Kind.WORKER:
+            name = entity.name  # type: ignore[union-attr]
+            cached = self._worker_cache.get(name)
+            if cached is not None:
+                return cached if screen.passes_all(cached) else None
+            rest = screen.by_state.get(str(entity.state))
+            if rest is None:
+                return None
+            paths, test = rest
+            if paths and not test({p: v for p in paths if (v := _WORKER_FIRST[p](name, self)) is not None}):
+                return None
+            return self.worker(name)  # (a worker has no second stage)
         inst: Instance = entity  # type: ignore[assignment]
-        fact = self._instance_first(inst)
-        if not screen.passes(fact):
+        rest = screen.by_state.get(str(inst.state))
+        if rest is None:
             return None
+        paths, test = rest
+        if paths and not test({p: v for p in paths if (v := _INSTANCE_FIRST[p](inst, self)) is not None}):
+            return None
+        fact = self._instance_first(inst)
         self._instance_hosts(inst, fact)
         if screen.then is not None and not screen.then.passes(fact):
             return None
@@ -631,22 +683,9 @@ class FactBuilder:
         return cached
 
     def _worker(self, name: str, groups: frozenset[str] | None) -> dict[str, Any]:
-        worker = self.farm.workers.get(name)
-        tail = self.agg.host_tail.get(name)
-        fact: dict[str, Any] = {
-            "id": name,
-            "name": name,
-            "consecutive_failures": tail.failures if tail else 0,
-            "distinct_jobs_failed": tail.distinct_jobs() if tail else 0,
-            "frames_running": self.agg.running_on_host.get(name, 0),
-        }
+        fact = {field: v for field, get in _WORKER_FIRST.items() if (v := get(name, self)) is not None}
         if groups is None or "recent" in groups:
             fact["recent_failures"], fact["recent_successes"] = self.agg.recent_counts(name, self.now)
-        if worker is not None:
-            fact["state"] = str(worker.state)
-            since = _secs(worker.state_since, self.now)
-            if since is not None:
-                fact["time_in_state"] = since
         return fact
 
     def frame(self, frame: Frame) -> dict[str, Any]:
@@ -693,22 +732,7 @@ class FactBuilder:
 
     def _instance_first(self, inst: Instance) -> dict[str, Any]:
         """The instance's own counts (FIRST_STAGE), without None values."""
-        agg = self.agg
-        tail = agg.inst_tail.get(inst.id)
-        job_id = inst.job_id
-        fact: dict[str, Any] = {
-            "id": inst.id,
-            "job_id": inst.job_id,
-            "host": inst.host,
-            "state": str(inst.state),
-            "time_in_state": _secs(inst.state_since, self.now),
-            "consecutive_failures": tail.failures if tail else 0,
-            "frames_failed": agg.inst_failed.get(inst.id, 0),
-            "frames_completed": agg.inst_ok.get(inst.id, 0),
-            "host_failures_on_job": agg.job_host_fail.get((job_id, inst.host), 0),
-            "host_successes_on_job": agg.job_host_ok.get((job_id, inst.host), 0),
-        }
-        return _drop_none(fact)
+        return {field: v for field, get in _INSTANCE_FIRST.items() if (v := get(inst, self)) is not None}
 
     def _instance_hosts(self, inst: Instance, fact: dict[str, Any]) -> None:
         """The other hosts' standing on the instance's job (SECOND_STAGE)."""
