@@ -169,11 +169,9 @@ def plan_live(
         allowed, screen = engine.state_filter(kind), policy_set.screens[kind]
         changed: dict[Any, dict[str, Any] | None] = {}
         dropped: list[Any] = []
+        find = farm.lookup(kind)
         for ident in dirty[kind] | engine.due(kind, stamp):
-            try:
-                entity = farm.entity(kind, str(ident))
-            except KeyError:
-                entity = None
+            entity = find(ident)
             # Not a candidate: gone, in a state no policy acts on, or its first stage
             # already fails every gate.
             fact = None
