@@ -302,6 +302,12 @@ def test_an_older_schema_says_to_upgrade(store_url: str) -> None:
             conn.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": migrate.head_revision()})
 
 
+def test_the_head_revision_corral_checks_for_is_the_newest_migration_script() -> None:
+    """`migrate.HEAD` is written out (reading the scripts costs every start a few ms):
+    a new migration must move it too, or every store would look out of date."""
+    assert migrate.scripts_head() == migrate.HEAD
+
+
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
     with Store.open(f"sqlite:///{tmp_path / 'x.db'}", busy_timeout=7) as store, store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
