@@ -26,10 +26,11 @@ from typing import Any
 
 from corral.effects import apply_action
 from corral.evaluate import LazyFact, Match
-from corral.facts import FIELDS, MISSING, get_path
+from corral.facts import FIELDS, MISSING
 from corral.farm import Farm
 from corral.policy.loader import TEMPLATE_RE, format_duration
 from corral.policy.model import Policy
+from corral.policy.reference import getter
 from corral.states import Action, IllegalAction, Kind
 
 KIND_ORDER = {k: i for i, k in enumerate(Kind)}
@@ -136,33 +137,39 @@ def render_reason(template: str, fact: Mapping[str, Any], params: Mapping[str, A
     """Fill `{field}` and `{param}` in a reason; durations read as 1h30m, not seconds."""
     whole = fact.whole() if isinstance(fact, LazyFact) else fact if isinstance(fact, dict) else dict(fact)
     out: list[str] = []
-    for literal, name in _pieces(template):
+    for literal, name, get, duration in _pieces(template):
         out.append(literal)
         if name is None:
             continue
-        got = get_path(whole, name)
+        got = get(whole)
         if got is MISSING:
             got = params.get(name, "unknown")
         if isinstance(got, float):
-            out.append(format_duration(got) if name.endswith(_DURATIONS) else f"{got:g}")
+            out.append(format_duration(got) if duration else f"{got:g}")
         else:
             out.append(str(got))
     return "".join(out)
 
 
 _DURATIONS = ("time_in_state", "run_time", "age", "since_retry")
+_Piece = tuple[str, str | None, Callable[[dict[str, Any]], Any], bool]
+
+
+def _no_name(_fact: dict[str, Any]) -> Any:
+    return MISSING
 
 
 @lru_cache(maxsize=4096)
-def _pieces(template: str) -> tuple[tuple[str, str | None], ...]:
-    """A reason template split once into (literal text, then the name cited or None):
-    every transition of every cycle renders one."""
-    pieces: list[tuple[str, str | None]] = []
+def _pieces(template: str) -> tuple[_Piece, ...]:
+    """A reason template split once into (literal text, then the name cited or None, its
+    getter, whether it is a duration): every transition of every cycle renders one."""
+    pieces: list[_Piece] = []
     at = 0
     for m in TEMPLATE_RE.finditer(template):
-        pieces.append((template[at:m.start()], m.group(1)))
+        name = m.group(1)
+        pieces.append((template[at:m.start()], name, getter(name), name.endswith(_DURATIONS)))
         at = m.end()
-    pieces.append((template[at:], None))
+    pieces.append((template[at:], None, _no_name, False))
     return tuple(pieces)
 
 
