@@ -271,6 +271,8 @@ def first_stage(kind: Kind, path: str, stage: frozenset[str] = FIRST_STAGE) -> b
     return _GROUPS[kind].get(path, "row") in stage
 
 
+#: A frame's fields that can be unknown (None), which its fact leaves out.
+_FRAME_UNKNOWABLE = ("host", "instance", "exit_code", "time_in_state")
 _FRAME_COUNTS = tuple((f"frames_{s}", s) for s in STATES[Kind.FRAME])
 _INSTANCE_COUNTS = tuple((f"instances_{s}", s) for s in STATES[Kind.INSTANCE])
 
@@ -722,7 +724,10 @@ class FactBuilder:
             fact["job"] = self._shown_job(job)
         if frame.host and self._wants(Kind.FRAME, "worker"):
             fact["worker"] = self._shown_worker(frame.host)
-        return _drop_none(fact)
+        for key in _FRAME_UNKNOWABLE:  # left out when unknown (a frame that never ran)
+            if fact[key] is None:
+                del fact[key]
+        return fact
 
     def instance(self, inst_id: str) -> dict[str, Any]:
         inst = self.farm.instances[inst_id]
@@ -790,10 +795,6 @@ def _ts(value: datetime | None) -> datetime:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _drop_none(fact: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in fact.items() if v is not None}
 
 
 def _without_deps(job_fact: dict[str, Any]) -> dict[str, Any]:
