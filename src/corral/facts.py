@@ -253,6 +253,15 @@ class Screen:
         """Whether a fact built whole passes every stage's screen."""
         return (self.then or self).passes(fact)
 
+    def admits(self, state: str, fields: Mapping[str, Callable[..., Any]], *entity: Any) -> bool:
+        """Whether an entity in `state` passes, probed on only the fields its state's
+        gates read, each worked out alone (`fields[path](*entity)`, None: unknown)."""
+        rest = self.by_state.get(state)
+        if rest is None:
+            return False
+        paths, test = rest
+        return not paths or test({p: v for p in paths if (v := fields[p](*entity)) is not None})
+
 
 #: The groups a fact for the rule engine is built with first; a screen over them decides
 #: whether the rest is worth building (`FactBuilder.candidate`).
@@ -565,12 +574,8 @@ class FactBuilder:
             if fact is not None:
                 return fact if screen.passes_all(fact) else None
             # Only the fields the screen reads for the job's state, first: most jobs fail it.
-            rest = screen.by_state.get(str(job.state))
-            if rest is None:
-                return None
             counts = self.agg.job_frames.get(job.id) or _NO_FRAMES
-            paths, test = rest
-            if paths and not test({p: v for p in paths if (v := _JOB_FIRST[p](job, counts)) is not None}):
+            if not screen.admits(str(job.state), _JOB_FIRST, job, counts):
                 return None
             if screen.then is not None:  # then its host counts, on a probe again
                 rest = screen.then.by_state.get(str(job.state))
@@ -587,19 +592,11 @@ class FactBuilder:
             cached = self._worker_cache.get(name)
             if cached is not None:
                 return cached if screen.passes_all(cached) else None
-            rest = screen.by_state.get(str(entity.state))
-            if rest is None:
-                return None
-            paths, test = rest
-            if paths and not test({p: v for p in paths if (v := _WORKER_FIRST[p](name, self)) is not None}):
+            if not screen.admits(str(entity.state), _WORKER_FIRST, name, self):
                 return None
             return self.worker(name)  # (a worker has no second stage)
         inst: Instance = entity  # type: ignore[assignment]
-        rest = screen.by_state.get(str(inst.state))
-        if rest is None:
-            return None
-        paths, test = rest
-        if paths and not test({p: v for p in paths if (v := _INSTANCE_FIRST[p](inst, self)) is not None}):
+        if not screen.admits(str(inst.state), _INSTANCE_FIRST, inst, self):
             return None
         fact = self._instance_first(inst)
         self._instance_hosts(inst, fact)
