@@ -13,8 +13,8 @@ Related entities appear as nested dicts: a frame's `job.*` and `worker.*`, an
 instance's `job.*` and `worker.*`, a job's `dependencies.*`.  The rule engine's facts
 are built with `Needs`: only the groups of fields some policy reads are worked out
 (a job's host counts cost a pass over its hosts; no policy reading them, no pass), and
-in two stages: the costly groups only for an entity whose cheap first stage passes some
-policy's gate (`FactBuilder.candidate`).
+in stages: the costly groups only for an entity whose cheap first stage, then its host
+counts, pass some policy's gate (`FactBuilder.candidate`).
 """
 
 from __future__ import annotations
