@@ -15,6 +15,7 @@ from corral.facts import (
     _WORKER_FIRST,
     FIELDS,
     MISSING,
+    Aggregates,
     FactBuilder,
     Needs,
     first_stage,
@@ -60,6 +61,21 @@ def lockout_farm() -> Farm:
     farm.jobs = {1: job, 2: other}
     farm.workers = {"bad": Worker("bad", state_since=ago(600)), "good": Worker("good")}
     return farm
+
+
+def test_a_host_s_recent_runs_are_kept_for_two_windows_not_for_the_daemon_s_life() -> None:
+    """The daemon feeds every finished run to its counts for its whole life: a host's
+    list for the recent window keeps only the last two windows before its newest run,
+    and the window's counts stay what they were."""
+    agg = Aggregates(recent=timedelta(hours=1))
+    for minute in range(600):  # ten hours, a run a minute, every third one failed
+        at = ago(600 - minute)
+        state = F.FAILED if minute % 3 == 0 else F.COMPLETE
+        agg.run(1, FrameRun("h", "1.a", state, 0, at - timedelta(minutes=1), at, minute + 1))  # type: ignore[operator]
+    assert len(agg.host_recent["h"]) <= 2 * 60 + 1
+    in_window = [m for m in range(600) if 600 - m <= 60]
+    failed = sum(1 for m in in_window if m % 3 == 0)
+    assert agg.recent_counts("h", NOW) == (failed, len(in_window) - failed)
 
 
 def test_an_instance_counts_its_failures_in_a_row_since_its_last_success() -> None:

@@ -392,6 +392,10 @@ class Aggregates:
         self.job_host_refs: dict[int, Counter[str]] = defaultdict(Counter)  # runs + running frames per host
         self.running_on_host: Counter[str] = Counter()
         self.host_tail: dict[str, _Tail] = defaultdict(_Tail)
+        #: Per host, its finished runs (finished_at, seq, ok) in order, for the recent
+        #: window's counts; only the last two windows before its newest run are kept (a
+        #: cycle asks for the window ending at its `now`, after the runs it has read), or
+        #: a daemon would hold every run of its life here, needed or not.
         self.host_recent: dict[str, list[tuple[datetime, int, bool]]] = defaultdict(list)
         self.inst_tail: dict[str, _Tail] = defaultdict(_Tail)
         self.inst_failed: Counter[str] = Counter()
@@ -438,7 +442,8 @@ class Aggregates:
             agg.job_frames[job_id] = Counter({str(state): n for state, n in counts.items()})
         for host, runs in per_host.items():
             runs.sort()
-            agg.host_recent[host] = [(w, s, ok) for w, s, ok, _ in runs]
+            keep = runs[-1][0] - 2 * recent
+            agg.host_recent[host] = [(w, s, ok) for w, s, ok, _ in runs if w >= keep]
             agg.host_tail[host] = _Tail.of(runs)
         for inst, runs in per_inst.items():
             runs.sort()
@@ -467,7 +472,11 @@ class Aggregates:
                 self.job_host_ok[(job_id, run.host)] += 1
             if ok or failed:
                 self.host_tail[run.host].add(when, seq, ok, job_id)
-                insort(self.host_recent[run.host], (when, seq, ok))
+                recent = self.host_recent[run.host]
+                insort(recent, (when, seq, ok))
+                keep = recent[-1][0] - 2 * self.recent
+                if recent[0][0] < keep:
+                    del recent[:bisect_left(recent, (keep,))]
         if run.instance and (ok or failed):
             self.inst_tail[run.instance].add(when, seq, ok, job_id)
             if ok:
