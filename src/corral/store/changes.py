@@ -86,7 +86,9 @@ def current_stamp(conn: Connection) -> int:
 
 
 def generation(conn: Connection) -> int:
-    return int(conn.execute(text("SELECT generation FROM revision WHERE id = 1")).scalar_one())
+    """The deletion generation, read in `conn`'s snapshot (on the driver's cursor: every cycle)."""
+    (value,) = raw_rows(conn, "SELECT generation FROM revision WHERE id = 1")
+    return int(value[0])
 
 
 def read_changes(conn: Connection, since: Mark) -> FarmChanges:
