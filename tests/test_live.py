@@ -37,6 +37,10 @@ def summary(plan: Plan) -> set[tuple[Any, ...]]:
     return {(t.policy, str(t.kind), t.ident, str(t.action), t.from_state, t.to_state, t.reason) for t in plan.transitions}
 
 
+def _refusals(plan: Plan) -> set[tuple[Any, ...]]:
+    return {(s.policy, str(s.kind), s.ident, s.action, s.category, s.why) for s in plan.skipped}
+
+
 def full_plan(store: Store, now: datetime) -> set[tuple[Any, ...]]:
     """What a cycle that reads the whole farm afresh would plan (the oracle)."""
     plan, _ = plan_farm(store.read_farm(), PolicySet(PACK, engine="reference"), now=now,
@@ -182,6 +186,56 @@ def _two_jobs() -> Farm:
     return Farm(jobs={1: j1, 2: j2}, workers={"h1": Worker("h1"), "h2": Worker("h2")})
 
 
+RETRY_ANY_FAILED_FRAME = """
+policies:
+  - name: retry-any-failed-frame
+    kind: frame
+    when: {state: failed}
+    actions: [retry]
+    reason: "retry {id}, failed {time_in_state} ago"
+"""
+
+
+def test_a_dry_running_daemon_plays_again_only_the_parts_of_the_plan_that_changed(
+    store: Store, monkeypatch: Any
+) -> None:
+    """A dry run plans the same matches every cycle; the live farm reuses what an
+    unchanged job's part of the plan did (its reasons rendered anew), and plays again a
+    job whose rows changed: here the supervisor spent the frame's last retry, so the
+    same match is now refused."""
+    import corral.plan as plan_module
+    from corral.farm import Frame, Job
+    from corral.states import FrameState
+
+    jobs = {j: Job(j, f"shot{j}", retry_limit=1, submitted_at=NIGHT) for j in (1, 2)}
+    for job in jobs.values():
+        job.frames[1] = Frame(job.id, 1, FrameState.FAILED, host="h1", exit_code=1, state_since=NIGHT)
+        job.state = job.derived_state()
+    store.init()
+    store.load_farm(Farm(jobs=jobs), replace=True)
+    policy_set = PolicySet(load_texts([("p.yaml", RETRY_ANY_FAILED_FRAME)]).policies, keep_live=True)
+    played: list[str] = []
+    real_play = plan_module._play
+
+    def play(farm: Farm, m: Any, now: datetime, reason: str) -> Any:
+        played.append(m.ident)
+        return real_play(farm, m, now, reason)
+
+    monkeypatch.setattr(plan_module, "_play", play)
+    first = run_cycle(store, policy_set, commit=False, now=NIGHT)
+    assert sorted(t.ident for t in first.plan.transitions) == ["1:1", "2:1"] and sorted(played) == ["1:1", "2:1"]
+    with store.engine.begin() as conn:  # the supervisor retried frame 2:1 itself, and it failed again
+        conn.execute(update(table("frames")).where(table("frames").c.job_id == 2).values(retries=1))
+    played.clear()
+    later = NIGHT + timedelta(minutes=5)
+    second = run_cycle(store, policy_set, commit=False, now=later)
+    assert played == ["2:1"]  # job 1 did not change: its part is reused
+    assert [(t.ident, t.reason) for t in second.plan.transitions] == [("1:1", "retry 1:1, failed 5m ago")]
+    assert [(s.ident, s.category) for s in second.plan.skipped] == [("2:1", "illegal")]
+    oracle, _ = plan_farm(store.read_farm(), PolicySet(policy_set.policies, engine="reference"), now=later)
+    assert summary(second.plan) == summary(oracle) and _refusals(second.plan) == _refusals(oracle)
+
+
 def test_what_corral_itself_changed_reaches_the_facts_that_copy_it(store: Store) -> None:
     """Killing job 1 (corral's own write) must show in job 2's dependencies.* next cycle."""
     policies = load_texts([("p.yaml", KILL_AND_ORPHANS)]).policies
@@ -241,7 +295,8 @@ def test_any_policies_see_every_change_of_the_fields_they_read(
     """The live farm marks as changed only the entities whose read fields a change can
     move (a run dirties its own instance and the host's, and the job's others only when
     the host starts or stops succeeding or failing on it).  Whatever fields a policy
-    reads, the engine's matches after each incremental cycle are a fresh evaluation's."""
+    reads, the engine's matches after each incremental cycle are a fresh evaluation's,
+    and so is the plan (whose unchanged parts the live farm's `PlanMemo` reuses)."""
     store.init()
     store.load_farm(farm, replace=True)
     policy_set = PolicySet(policies, keep_live=True)
@@ -249,7 +304,10 @@ def test_any_policies_see_every_change_of_the_fields_they_read(
     rnd = random.Random(seed)
     now = NIGHT
     for cycle in range(3):
-        run_cycle(store, policy_set, commit=False, now=now)
+        result = run_cycle(store, policy_set, commit=False, now=now)
+        whole, _ = plan_farm(store.read_farm(), PolicySet(policies, engine="reference"), now=now)
+        assert summary(result.plan) == summary(whole), f"cycle {cycle}"
+        assert _refusals(result.plan) == _refusals(whole), f"cycle {cycle}"
         fresh = FactBuilder(store.read_farm(), now)
         for kind in Kind:
             want = ReferenceEvaluator(enabled).evaluate(kind, fresh.facts(kind))

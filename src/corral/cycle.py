@@ -189,7 +189,11 @@ def plan_live(
             policy = by_name.get(name)
             if policy is not None and (due is None or name in due):
                 found.append(Found(policy, kind, ids, whole))
-    return plan_found(farm, found, now=now, last_actions=last_actions)
+    # The parts of the plan whose entities changed since the last one: a job's part with
+    # any row of the job, its frames or its instances (they all mark the job dirty), a
+    # worker's with its row; the others' outcomes are reused (`PlanMemo`).
+    moved: set[tuple[str, Any]] = {("job", j) for j in dirty[Kind.JOB]} | {("worker", w) for w in dirty[Kind.WORKER]}
+    return plan_found(farm, found, now=now, last_actions=last_actions, memo=live.plan_memo, changed=moved)
 
 
 #: A daemon re-reads the whole farm this often, to heal anything a change read missed

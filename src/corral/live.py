@@ -22,6 +22,7 @@ from typing import Any
 
 from corral.facts import DEFAULT_RECENT, Aggregates
 from corral.farm import Farm, Frame, Instance, Job, Worker
+from corral.plan import PlanMemo
 from corral.policy.compiler import admitted_states, gate_of
 from corral.policy.model import Policy, paths_read
 from corral.states import FrameState, Kind
@@ -88,6 +89,8 @@ class LiveFarm:
         self.spread = spread or Spread()
         self.pending: Dirty = no_dirt()
         self.agg = Aggregates.from_farm(farm, recent)
+        #: What the previous plan over this farm did, part by part (see `PlanMemo`).
+        self.plan_memo = PlanMemo()
         self.dependents: dict[int, set[int]] = defaultdict(set)
         self.host_instances: dict[str, set[str]] = defaultdict(set)
         self.frame_dependents: dict[str, set[str]] = defaultdict(set)

@@ -18,8 +18,8 @@ anything away from the enforcing ones: only their own would-be transitions are r
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -213,8 +213,13 @@ def plan_found(
     now: datetime,
     last_actions: Mapping[tuple[str, str, str], datetime] | None = None,
     totals: Mapping[Kind, int] | None = None,
+    memo: PlanMemo | None = None,
+    changed: set[tuple[str, Any]] | None = None,
 ) -> Plan:
-    """`make_plan` over matches grouped by policy (what the incremental cycle has)."""
+    """`make_plan` over matches grouped by policy (what the incremental cycle has).
+
+    `memo`: the daemon's record of the previous plan (`PlanMemo`), with the parts whose
+    entities `changed` since (("job", id), ("worker", name))."""
     totals = totals if totals is not None else _totals(farm)
     acted: dict[str, dict[str, datetime]] = defaultdict(dict)  # policy -> entity -> when it last acted
     for (name, _kind, ident), when in (last_actions or {}).items():
@@ -245,21 +250,94 @@ def plan_found(
             continue
         survivors.extend(Match(policy, f.kind, str(i), f.fact(f.kind, str(i))) for i in idents)
     enforcing = [m for m in survivors if not m.policy.audit]
+    winners = _ordered(_resolve_conflicts(enforcing, plan))
+    # Reasons cite the facts the matches were made on: rendered before anything is played.
+    reasons = [_reason(m) for m in winners]
     with farm.scratch():
-        for m in _ordered(_resolve_conflicts(enforcing, plan)):
-            _play(farm, m, now, plan)
+        if memo is None:
+            for m, reason in zip(winners, reasons, strict=True):
+                _record(plan, _play(farm, m, now, reason))
+        else:
+            memo.play(farm, winners, reasons, now, plan, changed or set())
     auditing = [m for m in survivors if m.policy.audit]
     if auditing:
         # What each audit policy would do if it were switched on: it competes with the
         # enforcing ones by priority and is played after them, but only its own
         # transitions are reported, and nothing it "does" changes the enforced plan.
         trial = Plan()
-        winners = _resolve_conflicts(enforcing + auditing, trial)
+        winners = _ordered(_resolve_conflicts(enforcing + auditing, trial))
         plan.refused.extend(s for s in trial.refused if s.policy in {m.policy.name for m in auditing})
+        reasons = [_reason(m) if m.policy.audit else "" for m in winners]  # (the others' are not reported)
         with farm.scratch():
-            for m in _ordered(winners):
-                _play(farm, m, now, plan if m.policy.audit else Plan())
+            for m, reason in zip(winners, reasons, strict=True):
+                outcome = _play(farm, m, now, reason)
+                if m.policy.audit:
+                    _record(plan, outcome)
     return plan
+
+
+#: What playing one match did: the transitions it makes, or why it was refused.
+Outcome = tuple[list[Transition], list[Skipped]]
+
+
+class PlanMemo:
+    """What each part of the previous plan did, for the daemon's live farm to keep.
+
+    A match's actions change only its own job's entities (or its worker), and whether
+    they are legal depends only on those: the plan falls into independent parts, one per
+    job and one per worker.  A part whose entities did not change since the previous
+    plan (`changed` names those that did), with the same matches in the same order,
+    plays out as it did then, so its outcomes are reused instead of played again on the
+    scratch farm; only their reasons are new (they may cite durations).  A dry-running
+    daemon plays the same matches cycle after cycle, and a committing one the matches
+    held back (a limit, an illegal action) until something changes."""
+
+    def __init__(self) -> None:
+        self._parts: dict[tuple[str, Any], tuple[tuple[tuple[str, str], ...], list[Outcome]]] = {}
+
+    def play(self, farm: Farm, winners: Sequence[Match], reasons: Sequence[str], now: datetime, plan: Plan,
+             changed: set[tuple[str, Any]]) -> None:
+        parts = [_part_of(farm, m) for m in winners]
+        keys: dict[tuple[str, Any], list[tuple[str, str]]] = defaultdict(list)
+        for m, part in zip(winners, parts, strict=True):
+            keys[part].append((m.policy.name, m.ident))
+        reuse: dict[tuple[str, Any], Iterator[Outcome]] = {}
+        for part, matches in keys.items():
+            old = self._parts.get(part)
+            if old is not None and part not in changed and old[0] == tuple(matches):
+                reuse[part] = iter(old[1])
+        kept: dict[tuple[str, Any], list[Outcome]] = defaultdict(list)
+        for m, reason, part in zip(winners, reasons, parts, strict=True):
+            again = reuse.get(part)
+            if again is not None:
+                done, refused = next(again)
+                outcome: Outcome = ([replace(t, reason=reason) for t in done], refused)
+            else:
+                outcome = _play(farm, m, now, reason)
+            kept[part].append(outcome)
+            _record(plan, outcome)
+        self._parts = {part: (tuple(keys[part]), outcomes) for part, outcomes in kept.items()}
+
+
+def _part_of(farm: Farm, m: Match) -> tuple[str, Any]:
+    """The independent part of a plan a match belongs to: its job's, or its worker's."""
+    if m.kind is Kind.WORKER:
+        return ("worker", m.ident)
+    if m.kind is Kind.JOB:
+        return ("job", int(m.ident))
+    if m.kind is Kind.FRAME:
+        return ("job", int(m.ident.partition(":")[0]))
+    inst = farm.instances.get(m.ident)
+    return ("job", inst.job_id) if inst is not None else ("instance", m.ident)
+
+
+def _reason(m: Match) -> str:
+    return render_reason(m.policy.reason, m.fact, dict(m.policy.params))
+
+
+def _record(plan: Plan, outcome: Outcome) -> None:
+    plan.transitions.extend(outcome[0])
+    plan.refused.extend(outcome[1])
 
 
 def _totals(farm: Farm) -> dict[Kind, int]:
@@ -315,22 +393,18 @@ def _resolve_conflicts(matches: list[Match], plan: Plan) -> list[Match]:
     return winners
 
 
-def _play(farm: Farm, m: Match, now: datetime, plan: Plan) -> None:
-    """Apply a match's actions to the (scratch) farm, recording transitions or refusals."""
-    params = dict(m.policy.params)
-    reason = render_reason(m.policy.reason, m.fact, params)
+def _play(farm: Farm, m: Match, now: datetime, reason: str) -> Outcome:
+    """Apply a match's actions to the (scratch) farm: the transitions, or the refusal."""
+    done: list[Transition] = []
     for spec in m.policy.actions:
         try:
             out = apply_action(
                 farm, m.kind, m.ident, spec.action, now=now, params=spec.params_dict(), automatic=True, actor=m.policy.name
             )
-        except IllegalAction as err:
-            plan.refused.append(Skipped(m.policy.name, m.kind, m.ident, str(spec.action), "illegal", str(err)))
-            return
-        except KeyError as err:
-            plan.refused.append(Skipped(m.policy.name, m.kind, m.ident, str(spec.action), "illegal", str(err)))
-            return
-        plan.transitions.append(Transition(
+        except (IllegalAction, KeyError) as err:
+            return done, [Skipped(m.policy.name, m.kind, m.ident, str(spec.action), "illegal", str(err))]
+        done.append(Transition(
             m.policy.name, m.policy.priority, m.policy.mode, m.kind, m.ident, spec.action, spec.params,
             out.from_state, out.to_state, reason,
         ))
+    return done, []
