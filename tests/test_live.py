@@ -3,6 +3,7 @@ what a cycle that reads and evaluates the whole farm plans, cycle after cycle.""
 
 from __future__ import annotations
 
+import gc
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -277,8 +278,26 @@ def test_a_cycle_that_fails_after_reading_makes_the_next_one_read_everything(sto
     with pytest.raises(RuntimeError):
         run_cycle(store, policy_set, commit=False, now=NIGHT)
     assert policy_set.live is None  # what that cycle read was never evaluated: start over
+    assert gc.isenabled()  # the cycle pauses the garbage collector, and a failed one too turns it back on
     monkeypatch.undo()
     assert summary(run_cycle(store, policy_set, commit=False, now=NIGHT).plan) == full_plan(store, NIGHT)
+
+
+def test_a_cycle_leaves_the_garbage_collector_as_it_found_it(store: Store) -> None:
+    """A cycle pauses the cyclic collector while it works: on again after, and left off
+    for a caller that had turned it off."""
+    store.init()
+    store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
+    policy_set = PolicySet(PACK, keep_live=True)
+    for _ in range(2):  # the first cycle reads the whole farm, the second only what changed
+        run_cycle(store, policy_set, commit=False, now=NIGHT)
+        assert gc.isenabled()
+    gc.disable()
+    try:
+        run_cycle(store, policy_set, commit=False, now=NIGHT)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def full_plan_with(store: Store, policies: list[Any], now: datetime) -> set[tuple[Any, ...]]:
