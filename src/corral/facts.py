@@ -314,9 +314,6 @@ class Needs:
         return cls({kind: frozenset(groups) for kind, groups in own.items()},
                    {kind: frozenset(groups) for kind, groups in shown.items()})
 
-    def wants(self, kind: Kind, group: str) -> bool:
-        return group in self.groups[kind]
-
 
 def _secs(since: datetime | None, now: datetime) -> float | None:
     return None if since is None else max(0.0, (now - since).total_seconds())
