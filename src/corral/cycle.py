@@ -21,7 +21,7 @@ from corral.evaluate import Evaluator, LazyFact, Match, ReferenceEvaluator, find
 from corral.facts import SECOND_STAGE, FactBuilder, Needs, Screen, first_stage
 from corral.farm import Farm, utcnow
 from corral.live import Dirty, LiveFarm, Spread
-from corral.plan import Found, Plan, make_plan, plan_found, reason_paths
+from corral.plan import Found, Plan, job_of, make_plan, plan_found, reason_paths
 from corral.policy.compiler import screen_of
 from corral.policy.model import Policy, paths_read
 from corral.policy.reference import screen
@@ -371,15 +371,7 @@ def _cycle(
 
 def _jobs_of(plan: Plan, farm: Farm) -> set[int]:
     """The jobs whose frames a plan's transitions may change."""
-    out: set[int] = set()
-    for t in plan.transitions:
-        if t.kind is Kind.JOB:
-            out.add(int(t.ident))
-        elif t.kind is Kind.FRAME:
-            out.add(int(t.ident.partition(":")[0]))
-        elif t.kind is Kind.INSTANCE and t.ident in farm.instances:
-            out.add(farm.instances[t.ident].job_id)
-    return out
+    return {j for t in plan.transitions if (j := job_of(farm, t.kind, t.ident)) is not None}
 
 
 def proposals_of(plan: Plan, *, apply: bool = True) -> list[Proposal]:
