@@ -10,7 +10,11 @@ daemon's, not the generator's):
   daemon does when it starts), timed end to end (read, facts, evaluate, plan);
 - steady cycle: after 1% of the frame rows changed (as a supervisor would change
   them: pending->running, running->complete/failed with a run recorded), the next
-  cycle on the same PolicySet; `--rounds` times (default 5), and the median is reported;
+  cycle of the daemon, committing as `corral run` does, after one committing cycle
+  (untimed) has acted on the backlog the cold cycle found; `--rounds` times (default
+  5), and the median is reported.  Before that, as many dry steady cycles (nothing
+  applied, so each plans the whole backlog again) are reported as `steady_dry_*`:
+  what earlier tables called the steady cycle (see `measure`);
 - floors, measured on the same database in the same run:
   * io floor: plain SQL queries returning just the rows changed since the previous
     cycle (every farm table, on the indexed change stamp `rev`), before each steady
@@ -277,7 +281,38 @@ def read_io_floor(store: Any, mark: int) -> float:
     return time.perf_counter() - t0
 
 
+def steady_rounds(store: Any, policy_set: Any, frames: int, seed: int, rounds: range, *, commit: bool
+                  ) -> tuple[list[float], list[float], list[float], list[Any]]:
+    """`rounds` steady cycles, each after another 1% of the frame rows changed, with the
+    io floor read just before it: (cycles, floors, rule evaluations, results)."""
+    from corral.cycle import run_cycle
+
+    cycles, floors, evals, results = [], [], [], []
+    for r in rounds:
+        mark = policy_set.live.mark.value if policy_set.live else 0
+        later = NOW + timedelta(seconds=30 * r)
+        change_one_percent(store, frames, seed + r, later)
+        floors.append(read_io_floor(store, mark))
+        _EVAL[0] = 0.0
+        t0 = time.perf_counter()
+        results.append(run_cycle(store, policy_set, commit=commit, now=later))
+        cycles.append(time.perf_counter() - t0)
+        evals.append(_EVAL[0])
+    return cycles, floors, evals, results
+
+
 def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) -> dict[str, Any]:
+    """The daemon's cycles, in the order a daemon runs them.
+
+    1. The cold cycle: the first evaluation on a fresh policy set (dry, so every run
+       plans the same).
+    2. Dry steady cycles, `rounds` of them: the same evaluation after each 1% change,
+       nothing applied, so each plans again the backlog the cold cycle found (the
+       figure earlier tables reported as the steady cycle; `steady_dry_*`).
+    3. One committing cycle, untimed: the daemon acts on that backlog (`first_commit_*`).
+    4. The steady cycles, `rounds` of them: committing, as `corral run` does every
+       cycle, applying whatever the 1% change makes due (`steady_cycle_s`, `ratio_io`).
+    """
     from corral.cycle import run_cycle
     from corral.policy.loader import builtin_dir, load_paths
     from corral.store.store import Store
@@ -291,21 +326,17 @@ def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) ->
     cold_s = time.perf_counter() - t0
     cold_eval = eval_time[0]
 
-    # steady cycles: each after another 1% of the frame rows changed; medians of `rounds`
-    steadies, io_floors, steady_evals, last = [], [], [], cold
-    for r in range(1, rounds + 1):
-        mark = policy_set.live.mark.value if policy_set.live else 0
-        later = NOW + timedelta(seconds=30 * r)
-        change_one_percent(store, frames, seed + r, later)
-        io_floors.append(read_io_floor(store, mark))
-        eval_time[0] = 0.0
-        t0 = time.perf_counter()
-        last = run_cycle(store, policy_set, commit=False, now=later)
-        steadies.append(time.perf_counter() - t0)
-        steady_evals.append(eval_time[0])
+    dry, dry_floors, _, _ = steady_rounds(store, policy_set, frames, seed, range(1, rounds + 1), commit=False)
+    t0 = time.perf_counter()
+    first = run_cycle(store, policy_set, commit=True, now=NOW + timedelta(seconds=30 * rounds))
+    first_s = time.perf_counter() - t0
+    steadies, io_floors, steady_evals, results = steady_rounds(
+        store, policy_set, frames, seed, range(rounds + 1, 2 * rounds + 1), commit=True)
     store.close()
     steady_s, io_floor = statistics.median(steadies), statistics.median(io_floors)
+    dry_s, dry_floor = statistics.median(dry), statistics.median(dry_floors)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    last = results[-1]
     return {
         "frames": frames,
         "jobs": max(1, frames // FRAMES_PER_JOB),
@@ -319,6 +350,13 @@ def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) ->
         "rounds": rounds,
         "steady_cycles_s": [round(x, 4) for x in steadies],
         "io_floors_s": [round(x, 4) for x in io_floors],
+        "steady_applied": [len(r.report.applied) if r.report else 0 for r in results],
+        "steady_dry_cycle_s": round(dry_s, 4),
+        "io_floor_dry_s": round(dry_floor, 4),
+        "steady_dry_cycles_s": [round(x, 4) for x in dry],
+        "ratio_io_dry": round(dry_s / dry_floor, 2) if dry_floor else None,
+        "first_commit_s": round(first_s, 4),
+        "first_commit_applied": len(first.report.applied) if first.report else 0,
         "rule_eval_cold_s": round(cold_eval, 4),
         "rule_eval_steady_s": round(statistics.median(steady_evals), 4),
         "cold_timings": {k: round(v, 4) for k, v in cold.timings.items()},

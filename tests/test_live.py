@@ -108,6 +108,29 @@ def test_time_based_conditions_fire_when_due_without_any_change(store: Store) ->
     assert later.facts < 10  # nothing changed in the store: only the due entity was re-read
 
 
+def test_an_action_logged_between_cycles_holds_its_entity_in_cooldown(store: Store) -> None:
+    """The daemon reads the log whole once, then only the rows appended since: an action
+    logged between two cycles (by `corral run --once` before the daemon took the lock,
+    say) is seen, and its cooldown holds as a whole read of the log would."""
+    store.init()
+    store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
+    policy_set = PolicySet(PACK, keep_live=True)
+    early = datetime(2026, 11, 28, 1, 42, tzinfo=UTC)  # job 103 failed at 01:40; retry-failed-jobs waits 5m
+    run_cycle(store, policy_set, commit=False, now=early)
+    with store.engine.begin() as conn:
+        conn.execute(insert(table("transitions")).values(
+            at=early + timedelta(minutes=1), kind="job", entity_id="103", job_id=103, action="retry",
+            from_state="failed", to_state="retrying", actor="corral", policy="retry-failed-jobs", applied=True))
+    now = early + timedelta(minutes=4)
+    result = run_cycle(store, policy_set, commit=False, now=now)
+    assert ("retry-failed-jobs", "103") not in {(t.policy, t.ident) for t in result.plan.transitions}
+    assert ("retry-failed-jobs", "103", "cooldown") in {(s.policy, s.ident, s.category) for s in result.plan.skipped}
+    assert summary(result.plan) == full_plan(store, now)
+    # and once the cooldown is over, the policy acts again
+    later = run_cycle(store, policy_set, commit=False, now=early + timedelta(minutes=7))
+    assert ("retry-failed-jobs", "103") in {(t.policy, t.ident) for t in later.plan.transitions}
+
+
 def test_deleting_rows_makes_the_next_cycle_read_the_whole_farm(store: Store) -> None:
     store.init()
     store.load_farm(load_snapshot_file(EXAMPLE), replace=True)

@@ -257,13 +257,35 @@ def test_last_actions_gives_the_latest_time_per_policy_and_entity(store: Store) 
 def test_a_change_read_brings_the_log_for_cooldowns_from_the_same_snapshot(store: Store) -> None:
     """The daemon's steady read: the changed rows and the recent log in one transaction."""
     store.load_farm(snap(FARM), replace=True)
-    _, mark = store.read_farm_marked()
+    _, mark, log = store.read_farm_marked(log_since=NOW)
+    assert log is not None and log.actions == []
     farm = store.read_farm()
     store.apply_transitions(farm, [Proposal(Kind.WORKER, "n1", Action.BLOCK, policy="q")], now=later(2), actor="corral")
-    changes, _, last = store.read_changes(mark, log_since=NOW)
+    changes, _, whole = store.read_changes(mark, log_since=NOW)
     assert changes is not None and [w.name for w in changes.workers] == ["n1"]
-    assert last == store.last_actions(NOW) == {("q", "worker", "n1"): later(2)}
+    assert whole is not None and whole.actions == [("q", "worker", "n1", later(2))]
+    assert store.last_actions(NOW) == {("q", "worker", "n1"): later(2)}
     assert store.read_changes(mark)[2] is None  # not asked for, not read
+
+
+def test_the_log_is_read_on_from_the_last_row_read(store: Store) -> None:
+    """After one read of the window, a change read brings only the policies' applied
+    actions logged since: not a wrangler's, not an audit's, not the ones already read."""
+    store.load_farm(snap(FARM), replace=True)
+    farm = store.read_farm()
+    store.apply_transitions(farm, [Proposal(Kind.WORKER, "n1", Action.BLOCK, policy="q")], now=later(1), actor="corral")
+    _, mark, log = store.read_farm_marked(log_since=NOW)
+    assert log is not None and log.actions == [("q", "worker", "n1", later(1))]
+    farm = store.read_farm()
+    store.apply_transitions(farm, [Proposal(Kind.WORKER, "n1", Action.UNBLOCK)], now=later(2), actor="user:ann")
+    store.apply_transitions(farm, [Proposal(Kind.JOB, "12", Action.BLOCK, policy="a", applied=False)], now=later(3),
+                            actor="corral")
+    farm = store.read_farm()
+    store.apply_transitions(farm, [Proposal(Kind.WORKER, "n1", Action.BLOCK, policy="q")], now=later(4), actor="corral")
+    _, mark, more = store.read_changes(mark, log_since=NOW, log_after=log.after)
+    assert more is not None and more.actions == [("q", "worker", "n1", later(4))]
+    _, _, none = store.read_changes(mark, log_since=NOW, log_after=more.after)
+    assert none is not None and none.actions == [] and none.after == more.after
 
 
 def test_settings_are_stored_and_overwritten(store: Store) -> None:
@@ -323,7 +345,7 @@ def test_the_change_stamp_skips_the_fsync_but_every_other_write_still_waits_for_
     shutil.copy(sqlite_template, tmp_path / "x.db")
     with Store.open(f"sqlite:///{tmp_path / 'x.db'}") as store:
         store.load_farm(snap(FARM), replace=True)
-        _, mark = store.read_farm_marked()
+        _, mark, _ = store.read_farm_marked()
         seen: list[int] = []
         real = changes.advance
 

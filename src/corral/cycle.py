@@ -21,7 +21,7 @@ from corral.evaluate import Evaluator, LazyFact, Match, ReferenceEvaluator, find
 from corral.facts import SECOND_STAGE, FactBuilder, Needs, Screen, first_stage
 from corral.farm import Farm, utcnow
 from corral.live import Dirty, LiveFarm, Spread
-from corral.plan import Found, Plan, job_of, make_plan, plan_found, reason_paths
+from corral.plan import Cooldowns, Found, LastActions, Plan, job_of, make_plan, plan_found, reason_paths
 from corral.policy.compiler import screen_of
 from corral.policy.model import Policy, paths_read
 from corral.policy.reference import screen
@@ -29,7 +29,7 @@ from corral.states import Kind
 
 if TYPE_CHECKING:
     from corral.store.apply import ApplyReport, Proposal
-    from corral.store.store import LastActions, Store
+    from corral.store.store import Store
 
 #: How far back the log is read for cooldowns when no policy sets a longer one.
 MIN_HISTORY = timedelta(hours=1)
@@ -125,7 +125,7 @@ def plan_farm(
     policy_set: PolicySet,
     *,
     now: datetime,
-    last_actions: dict[tuple[str, str, str], datetime] | None = None,
+    last_actions: LastActions | None = None,
     due: Collection[str] | None = None,
 ) -> tuple[Plan, list[Match]]:
     """Facts in, plan out: the pure heart of a cycle.  `due` limits it to some policies."""
@@ -143,7 +143,7 @@ def plan_live(
     dirty: Dirty,
     *,
     now: datetime,
-    last_actions: dict[tuple[str, str, str], datetime] | None = None,
+    last_actions: LastActions | None = None,
     due: Collection[str] | None = None,
 ) -> Plan:
     """`plan_farm` for the daemon: only the facts of `dirty` entities (and of those whose
@@ -204,10 +204,11 @@ FULL_READ_EVERY = 60
 
 def refresh(
     store: Store, policy_set: PolicySet, log_since: datetime | None = None
-) -> tuple[LiveFarm, Dirty, LastActions | None]:
+) -> tuple[LiveFarm, Dirty, Cooldowns | None]:
     """Bring the policy set's live farm up to date: a whole read the first time (or after
-    rows were deleted, or every FULL_READ_EVERY cycles), else only the changed rows, and
-    with them (`log_since`) the recent log for cooldowns, in the same transaction."""
+    rows were deleted, or every FULL_READ_EVERY cycles), else only the changed rows; and
+    with them (`log_since`) its cooldowns, in the same transaction: the log since
+    `log_since` with a whole read, else only the actions logged since the last read."""
     live = policy_set.live
     engine: Any = policy_set.evaluator
     engine.known(Kind.JOB)  # an isolated engine (re)starts here if it has to
@@ -215,10 +216,11 @@ def refresh(
     if starts != policy_set.engine_starts:
         live, policy_set.engine_starts = None, starts  # a fresh engine knows nothing: send it everything
     if live is not None and policy_set.cycles_since_full < FULL_READ_EVERY:
-        changes, mark, last = store.read_changes(live.mark, log_since=log_since)
+        changes, mark, log = store.read_changes(live.mark, log_since=log_since, log_after=live.log_after)
         if changes is not None:
             policy_set.cycles_since_full += 1
-            return live, live.apply(changes, mark), last
+            live.note_log(log)
+            return live, live.apply(changes, mark), live.cooldowns if log is not None else None
     # The farm lives as long as the daemon: keep the cyclic garbage collector from
     # walking its millions of objects again and again.  While they are created it would
     # run a collection every few hundred allocations, each walking more of them (the
@@ -228,8 +230,9 @@ def refresh(
     enabled = gc.isenabled()
     gc.disable()
     try:
-        farm, mark = store.read_farm_marked()
+        farm, mark, log = store.read_farm_marked(log_since=log_since)
         live = LiveFarm(farm, mark, spread=Spread.of(p for p in policy_set.policies if p.enabled))
+        live.note_log(log)
     finally:
         if enabled:
             gc.enable()
@@ -238,7 +241,7 @@ def refresh(
     for kind in Kind:
         dirty[kind] |= engine.known(kind)
     policy_set.live, policy_set.cycles_since_full = live, 0
-    return live, dirty, None
+    return live, dirty, live.cooldowns if log is not None else None
 
 
 @contextmanager
@@ -322,9 +325,9 @@ def _cycle(
     due: Collection[str] | None,
     cycle_id: str,
     t0: float,
-    last_read: LastActions | None = None,
+    last_read: Cooldowns | None = None,
 ) -> CycleResult:
-    """`last_read`: the recent log, when the read that brought the farm up to date read it."""
+    """`last_read`: the cooldowns, when the read that brought the farm up to date read them."""
     timings: dict[str, float] = {}
     if live is not None:
         assert dirty is not None
@@ -333,8 +336,7 @@ def _cycle(
     else:
         farm = store.read_farm()
         facts = len(farm.jobs) + len(farm.instances) + len(farm.workers) + sum(len(j.frames) for j in farm.jobs.values())
-    raw_last = last_read if last_read is not None else store.last_actions(now - policy_set.history_window())
-    last = {(p, k, i): at for (p, k, i), at in raw_last.items() if p is not None}
+    last = last_read if last_read is not None else Cooldowns(store.last_actions(now - policy_set.history_window()))
     t1 = time.perf_counter()
     timings["read"] = t1 - t0
     if live is not None:

@@ -22,12 +22,13 @@ from typing import Any
 
 from corral.facts import DEFAULT_RECENT, Aggregates
 from corral.farm import Farm, Frame, Instance, Job, Worker
-from corral.plan import PlanMemo
+from corral.plan import Cooldowns, PlanMemo
 from corral.policy.compiler import admitted_states, gate_of
 from corral.policy.model import Policy, paths_read
 from corral.states import FrameState, Kind
 from corral.store.changes import FarmChanges, Mark
 from corral.store.rows import FrameRow
+from corral.store.store import ActionLog
 
 Dirty = dict[Kind, set[object]]
 
@@ -91,6 +92,9 @@ class LiveFarm:
         self.agg = Aggregates.from_farm(farm, recent)
         #: What the previous plan over this farm did, part by part (see `PlanMemo`).
         self.plan_memo = PlanMemo()
+        #: The policies' recent actions, and the log row read up to (see `note_log`).
+        self.cooldowns = Cooldowns()
+        self.log_after: int | None = None
         self.dependents: dict[int, set[int]] = defaultdict(set)
         self.host_instances: dict[str, set[str]] = defaultdict(set)
         self.frame_dependents: dict[str, set[str]] = defaultdict(set)
@@ -120,6 +124,15 @@ class LiveFarm:
             Kind.INSTANCE: {i.id for i in farm.instances.values() if inst_ok(i.state)},
             Kind.WORKER: {w.name for w in farm.workers.values() if worker_ok(w.state)},
         }
+
+    def note_log(self, log: ActionLog | None) -> None:
+        """Take in the actions logged since the last read (the whole window, the first
+        time).  Entries that age out of the window stay until the next whole read of
+        the farm (`corral.cycle.FULL_READ_EVERY`); a cooldown never reaches back further
+        than the window, so they only cost memory."""
+        if log is not None:
+            self.cooldowns.note(log.actions)
+            self.log_after = log.after
 
     # --- applying the rows that changed ------------------------------------------------
 

@@ -185,12 +185,37 @@ class Found:
     fact: Callable[[Kind, str], Mapping[str, Any]]
 
 
+class Cooldowns:
+    """When each policy last acted on each entity, by policy (from the transition log):
+    what cooldowns are checked against.  The daemon keeps one between cycles and notes
+    only the actions logged since the last (`corral.store.store.read_log`)."""
+
+    def __init__(self, last_actions: Mapping[tuple[Any, str, str], datetime] | None = None) -> None:
+        self.by_policy: dict[str, dict[str, datetime]] = defaultdict(dict)
+        if last_actions:
+            self.note((policy, kind, ident, at) for (policy, kind, ident), at in last_actions.items())
+
+    def note(self, actions: Iterable[tuple[str | None, str, str, datetime]]) -> None:
+        """Take in actions (policy, kind, entity id, when); the latest per entity counts."""
+        for policy, _kind, ident, at in actions:
+            if policy is None:  # a wrangler's own action: no policy's cooldown
+                continue
+            seen = self.by_policy[policy]
+            known = seen.get(ident)
+            if known is None or at > known:
+                seen[ident] = at
+
+
+#: When each (policy, kind, entity) last acted, or the same kept as `Cooldowns`.
+LastActions = Mapping[tuple[str, str, str], datetime] | Cooldowns
+
+
 def make_plan(
     farm: Farm,
     matches: Sequence[Match],
     *,
     now: datetime,
-    last_actions: Mapping[tuple[str, str, str], datetime] | None = None,
+    last_actions: LastActions | None = None,
     totals: Mapping[Kind, int] | None = None,
 ) -> Plan:
     """Turn matches into a plan (see the module docstring).  Leaves `farm` unchanged."""
@@ -211,7 +236,7 @@ def plan_found(
     found: Sequence[Found],
     *,
     now: datetime,
-    last_actions: Mapping[tuple[str, str, str], datetime] | None = None,
+    last_actions: LastActions | None = None,
     totals: Mapping[Kind, int] | None = None,
     memo: PlanMemo | None = None,
     changed: set[tuple[str, Any]] | None = None,
@@ -221,9 +246,7 @@ def plan_found(
     `memo`: the daemon's record of the previous plan (`PlanMemo`), with the parts whose
     entities `changed` since (("job", id), ("worker", name))."""
     totals = totals if totals is not None else _totals(farm)
-    acted: dict[str, dict[str, datetime]] = defaultdict(dict)  # policy -> entity -> when it last acted
-    for (name, _kind, ident), when in (last_actions or {}).items():
-        acted[name][ident] = when
+    acted = (last_actions if isinstance(last_actions, Cooldowns) else Cooldowns(last_actions)).by_policy
     plan = Plan()
     survivors: list[Match] = []
     for f in sorted(found, key=lambda f: f.policy.name):
