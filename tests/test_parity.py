@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +19,7 @@ from corral.engine import RuleEngine
 from corral.evaluate import ReferenceEvaluator
 from corral.facts import FactBuilder
 from corral.policy.loader import load_texts
-from corral.policy.model import Policy
+from corral.policy.model import Cmp, Policy
 from corral.policy.reference import holds, predicate
 from corral.states import Kind
 from strategies import NOW, farms, mutate, policy_sets, policy_yaml
@@ -108,3 +109,12 @@ def test_compiled_conditions_decide_exactly_like_the_reference(farm: Any, polici
         test = predicate(policy.when)
         for fact in facts[policy.kind]:
             assert test(fact) == holds(policy.when, fact), (policy.when, fact)
+
+
+@pytest.mark.parametrize("value", [0, 1, 2.5, True, False, "0"])
+@pytest.mark.parametrize("actual", [0, 1, 1.0, 2.5, True, False, "0", None])
+def test_compiled_equality_keeps_the_reference_rules_across_types(value: Any, actual: Any) -> None:
+    """`eq` is compiled per type of value; a bool never equals a number, a missing field nothing."""
+    cond = Cmp(path="x", op="eq", value=value)
+    fact: dict[str, Any] = {} if actual is None else {"x": actual}
+    assert predicate(cond)(fact) == holds(cond, fact)
