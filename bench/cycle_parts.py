@@ -1,12 +1,14 @@
 """Where a steady cycle's time goes: the parts of each steady cycle, timed.
 
-    python bench/cycle_parts.py --frames 1000000 [--db URL] [--rounds 5]
+    python bench/cycle_parts.py --frames 1000000 [--db URL] [--rounds 5] [--dry]
 
-The same farm and the same 1% changes as `cycle_bench.py`, in one process; each
-steady cycle is timed end to end, and the functions it spends its time in are
-wrapped with a timer (a few dozen calls a cycle, so the wrappers cost nothing that
-shows).  Prints one line per cycle (milliseconds) and the medians.  This is the
-harness that measured each step in docs/benchmarks.md, "What moved the numbers".
+The same farm and the same 1% changes as `cycle_bench.py`, in one process, and the
+same steady cycles (committing, after one committing cycle acted on the cold cycle's
+backlog; `--dry`: applying nothing, as tables before that did); each is timed end
+to end, and the functions it spends its time in are wrapped with a timer (a few
+dozen calls a cycle, so the wrappers cost nothing that shows).  Prints one line per
+cycle (milliseconds) and the medians.  This is the harness that measured each step
+in docs/benchmarks.md, "What moved the numbers".
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def main() -> None:
     parser.add_argument("--db", help="postgresql://... (a fresh database is created and dropped); default: a temp SQLite file")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--dry", action="store_true",
+                        help="steady cycles apply nothing (each plans the cold cycle's backlog again)")
     args = parser.parse_args()
     for owner, name, label in PARTS:
         setattr(owner, name, _timed(getattr(owner, name), label))
@@ -77,13 +81,13 @@ def main() -> None:
         else:
             url = f"sqlite:///{tmp}/farm.db"
         try:
-            run(url, args.frames, args.seed, args.rounds)
+            run(url, args.frames, args.seed, args.rounds, commit=not args.dry)
         finally:
             if pg_name:
                 bench._postgres_drop(args.db, pg_name)
 
 
-def run(url: str, frames: int, seed: int, rounds: int) -> None:
+def run(url: str, frames: int, seed: int, rounds: int, *, commit: bool = True) -> None:
     from corral.store.store import Store
 
     gen = mp.get_context("spawn").Process(target=bench.generate, args=(url, frames, seed))  # as cycle_bench does
@@ -94,6 +98,8 @@ def run(url: str, frames: int, seed: int, rounds: int) -> None:
     store = Store.open(url)
     policy_set = cycle.PolicySet(load_paths([builtin_dir()]).policies, keep_live=True)
     cycle.run_cycle(store, policy_set, commit=False, now=bench.NOW)
+    if commit:  # as the benchmark does: the daemon acts on the cold cycle's backlog first
+        cycle.run_cycle(store, policy_set, commit=True, now=bench.NOW)
     rows: list[dict[str, float]] = []
     for r in range(1, rounds + 1):
         later = bench.NOW + timedelta(seconds=30 * r)
@@ -102,12 +108,13 @@ def run(url: str, frames: int, seed: int, rounds: int) -> None:
         floor = bench.read_io_floor(store, mark)  # as the benchmark does: the same rows, read just before
         SPENT.clear()
         t0 = time.perf_counter()
-        cycle.run_cycle(store, policy_set, commit=False, now=later)
+        cycle.run_cycle(store, policy_set, commit=commit, now=later)
         row = {"cycle": time.perf_counter() - t0, **SPENT, "io floor": floor}
         rows.append(row)
         print(f"round {r}: " + ", ".join(f"{k.strip()} {v * 1000:.1f}" for k, v in row.items()))
     store.close()
-    print(f"medians over {rounds} steady cycles, {frames} frames, {url.split(':')[0]} (ms):")
+    print(f"medians over {rounds} {'committing' if commit else 'dry'} steady cycles, {frames} frames, "
+          f"{url.split(':')[0]} (ms):")
     for label in ("cycle", *(label for _, _, label in PARTS), "io floor"):
         values = [row.get(label, 0.0) for row in rows]
         print(f"  {label:24} {statistics.median(values) * 1000:8.1f}")

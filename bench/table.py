@@ -3,7 +3,9 @@
     python bench/table.py [--sizes 10000,100000,1000000] [--postgres URL]
 
 Each run is `python bench/cycle_bench.py --frames N [--db URL] --json` in its own
-process; the table is printed as Markdown, the raw JSON lines to stderr.
+process; the table is printed as Markdown, the raw JSON lines to stderr.  The last two
+columns are the dry steady cycles (nothing applied, the backlog planned again each
+cycle), which tables before the committing steady cycle reported as the steady cycle.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ COLUMNS = (
     ("ratio_cold", "ratio_cold"),
     ("ratio_io", "ratio_io"),
     ("ratio_python", "ratio_python"),
+    ("steady_dry_cycle_s", "dry steady cycle (s)"),
+    ("ratio_io_dry", "ratio_io, dry"),
 )
 
 
