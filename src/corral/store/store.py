@@ -417,35 +417,26 @@ def read_log(conn: Connection, since: datetime, *, after: int | None = None) -> 
     """Every policy's latest applied action on each entity since `since`; with `after`,
     the actions logged after that row id instead.
 
-    The daemon reads the window once and then only what was appended each cycle: the
-    whole window, read again every cycle, costs what the farm's changes cost (the
-    built-in pack acts on about a hundred entities of a 10k-frame farm when it starts,
-    and a thousand rows in the hour-long window took longer to read than the changes).
-    Only the leader daemon writes policies' actions, one transaction after another, so
-    row ids grow in the order the rows become visible."""
-    dialect = conn.dialect.name
-    bind = _bind(dialect)
+    The daemon reads the window once and then only what was appended each cycle: read
+    whole every cycle, the window cost what reading the farm's changes did (after the
+    built-in pack's first cycle on a 10k-frame farm, 120 rows: about a millisecond a
+    cycle, against 1.3 to 1.7 ms for the changes), and it grows with whatever corral did
+    in the last hour.  Only the leader daemon writes policies' actions, one transaction
+    after another, so row ids grow in the order the rows become visible."""
     if after is None:
         # The highest id first: a row appended meanwhile is then read (again) next time.
         top = conn.exec_driver_sql("SELECT max(id) FROM transitions").scalar()
-        sql = ("SELECT policy, kind, entity_id, max(at) FROM transitions "  # noqa: S608 - bound values only
-               f"WHERE at >= {bind} AND applied = TRUE AND policy IS NOT NULL GROUP BY policy, kind, entity_id")
-        params: tuple[Any, ...] = (timestamp_param(dialect, since),)
-    else:
-        top = None
-        # On the id alone (the primary key): what was appended is recent by nature.
-        sql = ("SELECT policy, kind, entity_id, at, id FROM transitions "  # noqa: S608 - bound values only
-               f"WHERE id > {bind} AND applied = TRUE AND policy IS NOT NULL")
-        params = (after,)
+        whole = _last_actions(conn, since)
+        return ActionLog([(p, k, i, at) for (p, k, i), at in whole.items() if p is not None], int(top or 0))
+    # On the id alone (the primary key): what was appended is recent by nature.
+    dialect = conn.dialect.name
+    sql = ("SELECT policy, kind, entity_id, at, id FROM transitions "  # noqa: S608 - a bound value only
+           f"WHERE id > {_bind(dialect)} AND applied = TRUE AND policy IS NOT NULL")
     parse = timestamp_parser(dialect, naive_sqlite=True)
-    actions, highest = [], after or 0
-    for row in conn.exec_driver_sql(sql, params):
-        if row[3] is not None:
-            actions.append((row[0], row[1], row[2], parse(row[3])))
-        if after is not None:
-            highest = max(highest, int(row[4]))
-    if after is None:
-        highest = int(top or 0)
+    actions, highest = [], after
+    for policy, kind, entity_id, at, row_id in conn.exec_driver_sql(sql, (after,)):
+        actions.append((policy, kind, entity_id, parse(at)))
+        highest = max(highest, int(row_id))
     return ActionLog(actions, highest)
 
 
