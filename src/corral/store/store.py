@@ -421,8 +421,12 @@ def read_log(conn: Connection, since: datetime, *, after: int | None = None) -> 
     whole every cycle, the window cost what reading the farm's changes did (after the
     built-in pack's first cycle on a 10k-frame farm, 120 rows: about a millisecond a
     cycle, against 1.3 to 1.7 ms for the changes), and it grows with whatever corral did
-    in the last hour.  Only the leader daemon writes policies' actions, one transaction
-    after another, so row ids grow in the order the rows become visible."""
+    in the last hour.  The leader daemon writes policies' actions one transaction after
+    another, so their row ids grow in the order the rows become visible.  A program
+    applying plans beside it (`Corral.run_cycle` of the Python API) can commit a lower id
+    after a higher one (PostgreSQL hands ids out before commit): such a row is missed
+    until the next whole read of the farm, which reads the window again (at most
+    `corral.cycle.FULL_READ_EVERY` cycles later)."""
     if after is None:
         # The highest id first: a row appended meanwhile is then read (again) next time.
         top = conn.exec_driver_sql("SELECT max(id) FROM transitions").scalar()
