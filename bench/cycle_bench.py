@@ -376,10 +376,23 @@ def _postgres_fresh(url: str) -> tuple[str, str]:
     import psycopg
     from sqlalchemy.engine import make_url
 
-    base = make_url(url).set(drivername="postgresql")
+    from corral.store.engine import describe
+
+    if not url.startswith(("postgresql:", "postgresql+", "postgres:")):
+        raise SystemExit(f"--db takes a PostgreSQL URL (postgresql://user@host:port/db), not {url.split(':')[0]!r}; "
+                         "leave it out to measure SQLite (a scratch file)")
+    try:
+        base = make_url(url).set(drivername="postgresql")
+    except Exception as err:  # sqlalchemy.exc.ArgumentError and the like: a malformed URL
+        raise SystemExit(f"--db: {err}; give a URL like postgresql://postgres@127.0.0.1:5432/test") from None
     name = f"corral_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(base.render_as_string(hide_password=False), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(base.render_as_string(hide_password=False), autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SystemExit(f"--db: cannot create a scratch database on {describe(base)}: {reason}. Check that the "
+                         "server runs and the user may create databases, or leave out --db to measure SQLite") from None
     return base.set(database=name).render_as_string(hide_password=False), name
 
 
@@ -392,12 +405,23 @@ def _postgres_drop(url: str, name: str) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (frames, rounds)."""
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--frames", type=int, default=10_000)
+    parser.add_argument("--frames", type=positive, default=10_000)
     parser.add_argument("--db", help="postgresql://... (a fresh database is created and dropped); default: a temp SQLite file")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--rounds", type=int, default=5, help="steady cycles to take the median of (default 5)")
+    parser.add_argument("--rounds", type=positive, default=5, help="steady cycles to take the median of (default 5)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tmp = None

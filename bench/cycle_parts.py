@@ -65,10 +65,10 @@ def _timed(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--frames", type=int, default=100_000)
+    parser.add_argument("--frames", type=bench.positive, default=100_000)
     parser.add_argument("--db", help="postgresql://... (a fresh database is created and dropped); default: a temp SQLite file")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=bench.positive, default=5)
     parser.add_argument("--dry", action="store_true",
                         help="steady cycles apply nothing (each plans the cold cycle's backlog again)")
     args = parser.parse_args()
