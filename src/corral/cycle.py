@@ -222,20 +222,14 @@ def refresh(
             live.note_log(log)
             return live, live.apply(changes, mark), live.cooldowns if log is not None else None
     # The farm lives as long as the daemon: keep the cyclic garbage collector from
-    # walking its millions of objects again and again.  While they are created it would
-    # run a collection every few hundred allocations, each walking more of them (the
-    # read of 100k frames takes half as long without); once they are made, freeze them
-    # (a full collection of a 1M-frame farm costs about a second, at a moment no cycle
-    # chooses).
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        farm, mark, log = store.read_farm_marked(log_since=log_since)
-        live = LiveFarm(farm, mark, spread=Spread.of(p for p in policy_set.policies if p.enabled))
-        live.note_log(log)
-    finally:
-        if enabled:
-            gc.enable()
+    # walking its millions of objects again and again.  While they are created it is
+    # paused (the whole cycle runs in `_collector_paused`: otherwise it would run a
+    # collection every few hundred allocations, each walking more of them, and the read
+    # of 100k frames took twice as long); once they are made, freeze them (a full
+    # collection of a 1M-frame farm costs about a second, at a moment no cycle chooses).
+    farm, mark, log = store.read_farm_marked(log_since=log_since)
+    live = LiveFarm(farm, mark, spread=Spread.of(p for p in policy_set.policies if p.enabled))
+    live.note_log(log)
     gc.freeze()
     dirty = live.everything({kind: engine.state_filter(kind) for kind in Kind})
     for kind in Kind:

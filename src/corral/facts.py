@@ -196,6 +196,8 @@ _JOB_FIRST: dict[str, Callable[[Job, Mapping[str, int]], Any]] = {
 }
 
 
+#: What `FactBuilder._job_hosts` works out (the "hosts" group).
+_JOB_HOST_FIELDS = tuple(name for name, group in _GROUPS[Kind.JOB].items() if group == "hosts")
 _JOB_ROW = {name: get for name, get in _JOB_FIRST.items() if _GROUPS[Kind.JOB].get(name, "row") == "row"}
 
 #: An instance's first-stage fields, each from the instance and the builder (its counts
@@ -282,7 +284,6 @@ def first_stage(kind: Kind, path: str, stage: frozenset[str] = FIRST_STAGE) -> b
 
 #: A frame's fields that can be unknown (None), which its fact leaves out.
 _FRAME_UNKNOWABLE = ("host", "instance", "exit_code", "time_in_state")
-_FRAME_COUNTS = tuple((f"frames_{s}", s) for s in STATES[Kind.FRAME])
 _INSTANCE_COUNTS = tuple((f"instances_{s}", s) for s in STATES[Kind.INSTANCE])
 
 
@@ -583,16 +584,16 @@ class FactBuilder:
             counts = self.agg.job_frames.get(job.id) or _NO_FRAMES
             if not screen.admits(str(job.state), _JOB_FIRST, job, counts):
                 return None
-            if screen.then is not None:  # then its host counts, on a probe again
-                rest = screen.then.by_state.get(str(job.state))
-                if rest is None:
-                    return None
-                paths, test = rest
-                probe = {p: v for p in paths if p in _JOB_FIRST and (v := _JOB_FIRST[p](job, counts)) is not None}
-                self._job_hosts(job, probe, None)
-                if not test(probe):
-                    return None
-            return self.job(job)
+            if screen.then is None:
+                return self.job(job)
+            # then its host counts, on a probe again (kept for the whole fact: one pass over its hosts)
+            rest = screen.then.by_state.get(str(job.state))
+            if rest is None:
+                return None
+            paths, test = rest
+            probe = {p: v for p in paths if p in _JOB_FIRST and (v := _JOB_FIRST[p](job, counts)) is not None}
+            self._job_hosts(job, probe, None)
+            return self.job(job, hosts=probe) if test(probe) else None
         if kind is Kind.WORKER:
             name = entity.name  # type: ignore[union-attr]
             cached = self._worker_cache.get(name)
@@ -610,13 +611,18 @@ class FactBuilder:
             return None
         return self._instance_rest(inst, fact)
 
-    def job(self, job: Job) -> dict[str, Any]:
+    def job(self, job: Job, *, hosts: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """`hosts`: the job's host counts already worked out (a screen's probe), taken
+        instead of a second pass over its hosts."""
         cached = self._job_cache.get(job.id)
         if cached is not None:
             return cached
         groups = self._groups[Kind.JOB]
         fact = self._job_first(job, groups)
-        self._job_hosts(job, fact, groups)
+        if hosts is not None and (groups is None or "hosts" in groups):
+            fact.update((name, hosts[name]) for name in _JOB_HOST_FIELDS)
+        else:
+            self._job_hosts(job, fact, groups)
         self._job_rest(job, fact, groups)
         self._job_cache[job.id] = fact
         return fact
