@@ -21,7 +21,7 @@ from corral.evaluate import Evaluator, LazyFact, Match, ReferenceEvaluator, find
 from corral.facts import SECOND_STAGE, FactBuilder, Needs, Screen, first_stage
 from corral.farm import Farm, utcnow
 from corral.live import Dirty, LiveFarm, Spread
-from corral.plan import Cooldowns, Found, LastActions, Plan, job_of, make_plan, plan_found, reason_paths
+from corral.plan import Acted, Cooldowns, Found, Plan, job_of, make_plan, plan_found, reason_paths
 from corral.policy.compiler import screen_of
 from corral.policy.model import Policy, paths_read
 from corral.policy.reference import screen
@@ -125,7 +125,7 @@ def plan_farm(
     policy_set: PolicySet,
     *,
     now: datetime,
-    last_actions: LastActions | None = None,
+    last_actions: Acted | None = None,
     due: Collection[str] | None = None,
 ) -> tuple[Plan, list[Match]]:
     """Facts in, plan out: the pure heart of a cycle.  `due` limits it to some policies."""
@@ -143,7 +143,7 @@ def plan_live(
     dirty: Dirty,
     *,
     now: datetime,
-    last_actions: LastActions | None = None,
+    last_actions: Acted | None = None,
     due: Collection[str] | None = None,
 ) -> Plan:
     """`plan_farm` for the daemon: only the facts of `dirty` entities (and of those whose

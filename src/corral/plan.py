@@ -207,7 +207,7 @@ class Cooldowns:
 
 
 #: When each (policy, kind, entity) last acted, or the same kept as `Cooldowns`.
-LastActions = Mapping[tuple[str, str, str], datetime] | Cooldowns
+Acted = Mapping[tuple[str, str, str], datetime] | Cooldowns
 
 
 def make_plan(
@@ -215,7 +215,7 @@ def make_plan(
     matches: Sequence[Match],
     *,
     now: datetime,
-    last_actions: LastActions | None = None,
+    last_actions: Acted | None = None,
     totals: Mapping[Kind, int] | None = None,
 ) -> Plan:
     """Turn matches into a plan (see the module docstring).  Leaves `farm` unchanged."""
@@ -236,7 +236,7 @@ def plan_found(
     found: Sequence[Found],
     *,
     now: datetime,
-    last_actions: LastActions | None = None,
+    last_actions: Acted | None = None,
     totals: Mapping[Kind, int] | None = None,
     memo: PlanMemo | None = None,
     changed: set[tuple[str, Any]] | None = None,

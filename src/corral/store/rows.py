@@ -6,7 +6,7 @@ ORM identity map): this is the hot path of every policy cycle.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from enum import Enum
 from operator import itemgetter
@@ -132,8 +132,10 @@ def run_columns(dialect: str) -> str:
     return _stamps("id, job_id, number, host, instance, state, exit_code, started_at, finished_at", dialect)
 
 
-def raw_rows(conn: Connection, sql: str, *, stream: bool = False) -> Iterator[tuple[Any, ...]]:
-    """Rows straight from the driver's cursor, in batches (no per-row result wrapper).
+def raw_rows(conn: Connection, sql: str, params: Sequence[Any] = (), *, stream: bool = False
+             ) -> Iterator[tuple[Any, ...]]:
+    """Rows straight from the driver's cursor, in batches (no per-row result wrapper);
+    `params` are bound to the driver's own placeholders (`?` or `%s`).
 
     `stream`: for a read of a whole table.  PostgreSQL's ordinary cursor holds the
     entire result in the client before the first row is handed over (a million frame
@@ -144,7 +146,10 @@ def raw_rows(conn: Connection, sql: str, *, stream: bool = False) -> Iterator[tu
     assert dbapi is not None
     cursor = dbapi.cursor(name="corral_read") if stream and conn.dialect.name == "postgresql" else dbapi.cursor()
     try:
-        cursor.execute(sql)
+        if params:
+            cursor.execute(sql, params)
+        else:
+            cursor.execute(sql)
         while batch := cursor.fetchmany(20_000):
             yield from batch
     finally:

@@ -24,7 +24,7 @@ from corral.store import changes, migrate
 from corral.store.apply import ApplyReport, Proposal, apply_transitions
 from corral.store.changes import FarmChanges, Mark
 from corral.store.engine import WRITE, describe, make_engine, normalise_url
-from corral.store.rows import farm_rows, read_farm, timestamp_param, timestamp_parser
+from corral.store.rows import farm_rows, raw_rows, read_farm, timestamp_param, timestamp_parser
 from corral.store.tables import TABLE_ORDER, as_utc, table
 
 if TYPE_CHECKING:
@@ -328,15 +328,9 @@ class Store:
         a quiet cycle's apply step (10k frames: 0.6 ms)."""
         self.check()
         with self.engine.connect() as conn:
-            dbapi = conn.connection.dbapi_connection
-            assert dbapi is not None
-            cursor = dbapi.cursor()
-            try:
-                cursor.execute(f"SELECT value FROM settings WHERE key = {_bind(conn.dialect.name)}", (key,))  # noqa: S608
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-        return default if row is None or row[0] is None else str(row[0])
+            sql = f"SELECT value FROM settings WHERE key = {_bind(conn.dialect.name)}"  # noqa: S608 - a bound value
+            rows = list(raw_rows(conn, sql, (key,)))
+        return default if not rows or rows[0][0] is None else str(rows[0][0])
 
     def set_setting(self, key: str, value: str) -> None:
         """Upsert written portably (update, then insert if nothing was there)."""
@@ -406,10 +400,11 @@ def _last_actions(conn: Connection, since: datetime, *, include_audit: bool = Fa
 
 @dataclass
 class ActionLog:
-    """Policies' applied actions from the transition log, for cooldowns: (policy, kind,
-    entity id, when), and `after`, the highest row id read, to read on from."""
+    """Applied actions from the transition log, for cooldowns: (policy, kind, entity id,
+    when; a wrangler's have no policy), and `after`, the highest row id read, to read on
+    from."""
 
-    actions: list[tuple[str, str, str, datetime]]
+    actions: list[tuple[str | None, str, str, datetime]]
     after: int
 
 
@@ -431,7 +426,7 @@ def read_log(conn: Connection, since: datetime, *, after: int | None = None) -> 
         # The highest id first: a row appended meanwhile is then read (again) next time.
         top = conn.exec_driver_sql("SELECT max(id) FROM transitions").scalar()
         whole = _last_actions(conn, since)
-        return ActionLog([(p, k, i, at) for (p, k, i), at in whole.items() if p is not None], int(top or 0))
+        return ActionLog([(p, k, i, at) for (p, k, i), at in whole.items()], int(top or 0))
     # On the id alone (the primary key): what was appended is recent by nature.
     dialect = conn.dialect.name
     sql = ("SELECT policy, kind, entity_id, at, id FROM transitions "  # noqa: S608 - a bound value only
