@@ -18,7 +18,7 @@ import corral.cycle as cycle_module
 from conftest import farms
 from corral.cycle import PolicySet, plan_farm, run_cycle
 from corral.evaluate import ReferenceEvaluator
-from corral.facts import Aggregates, FactBuilder, frame_runs
+from corral.facts import FIELDS, Aggregates, FactBuilder, Needs, frame_runs
 from corral.farm import Farm
 from corral.plan import Plan
 from corral.policy.loader import builtin_dir, load_paths, load_texts
@@ -90,8 +90,11 @@ def test_incremental_cycles_plan_what_a_full_read_plans(store: Store) -> None:
     run_cycle(store, policy_set, commit=False, now=now)
     live = policy_set.live
     assert live is not None
-    fresh = FactBuilder(store.read_farm(), now)
-    kept = FactBuilder(live.farm, now, aggregates=live.agg)
+    # every field (but a worker's recent window, which no policy of the pack reads, so it is not kept)
+    assert not policy_set.reads_recent
+    every = Needs.of({kind: {f for f in FIELDS[kind] if "recent_" not in f} for kind in Kind})
+    fresh = FactBuilder(store.read_farm(), now, needs=every)
+    kept = FactBuilder(live.farm, now, aggregates=live.agg, needs=every)
     for kind in Kind:
         assert sorted(kept.facts(kind), key=lambda f: str(f["id"])) == sorted(fresh.facts(kind), key=lambda f: str(f["id"]))
 
@@ -423,3 +426,24 @@ def test_reasons_cite_related_and_time_fields_the_same_as_a_full_read(store: Sto
     got = summary(run_cycle(store, policy_set, commit=False, now=later).plan)
     assert got == full_plan_with(store, loaded.policies, later)
     assert any("downstream has 3 frames, 0 hosts; host h2 runs 0; pending" in t[-1] for t in got), got
+
+
+def test_the_recent_window_is_kept_only_when_a_policy_reads_it(store: Store) -> None:
+    """A host's runs are kept for its `recent_*` counts only if some policy reads them,
+    in a condition or only in its reason; a reason citing them then reads as after a
+    whole read of the farm."""
+    store.init()
+    store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
+    pack = PolicySet(PACK, keep_live=True)
+    run_cycle(store, pack, commit=False, now=NIGHT)
+    assert pack.live is not None and not pack.reads_recent
+    assert not any(pack.live.agg.host_recent.values())
+    texts = [("p.yaml", "policies:\n  - name: note-up\n    kind: worker\n    when: {state: up}\n    actions: [block]\n"
+              "    reason: '{recent_failures} failed, {recent_successes} done lately'\n")]
+    loaded = load_texts(texts)
+    assert loaded.ok, [str(e) for e in loaded.errors]
+    policy_set = PolicySet(loaded.policies, keep_live=True)
+    assert policy_set.reads_recent
+    got = summary(run_cycle(store, policy_set, commit=False, now=NIGHT).plan)
+    assert got == full_plan_with(store, loaded.policies, NIGHT)
+    assert any(not t[-1].startswith("0 failed, 0 done") for t in got), got

@@ -99,6 +99,12 @@ class PolicySet:
         """The fields the enabled policies' reasons cite: what a match's fact is built with."""
         return Needs.of(reason_paths(self.policies))
 
+    @property
+    def reads_recent(self) -> bool:
+        """Whether a policy reads a worker's recent window (`recent_*`, in a condition or a
+        reason): if none does, the live farm keeps no runs for it."""
+        return any(needs.reads(Kind.WORKER, "recent") for needs in (self.needs, self.reason_needs))
+
     @cached_property
     def screens(self) -> dict[Kind, Screen | None]:
         """Per kind, the screen of the enabled policies (`screen_for`)."""
@@ -176,7 +182,7 @@ def plan_live(
             # Not a candidate: gone, in a state no policy acts on, or its first stage
             # already fails every gate.
             fact = None
-            if entity is not None and (allowed is None or str(entity.state) in allowed):
+            if entity is not None and (allowed is None or entity.state in allowed):
                 fact = narrow_builder.candidate(kind, entity, screen)
             if fact is None:
                 dropped.append(ident)
@@ -228,7 +234,8 @@ def refresh(
     # of 100k frames took twice as long); once they are made, freeze them (a full
     # collection of a 1M-frame farm costs about a second, at a moment no cycle chooses).
     farm, mark, log = store.read_farm_marked(log_since=log_since)
-    live = LiveFarm(farm, mark, spread=Spread.of(p for p in policy_set.policies if p.enabled))
+    live = LiveFarm(farm, mark, spread=Spread.of(p for p in policy_set.policies if p.enabled),
+                    keep_recent=policy_set.reads_recent)
     live.note_log(log)
     gc.freeze()
     dirty = live.everything({kind: engine.state_filter(kind) for kind in Kind})

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from corral.farm import Entity, Farm, Frame, FrameRun, Instance, Job
-from corral.states import STATES, FrameState, Hold, JobState, Kind
+from corral.states import STATES, VALUE, FrameState, Hold, JobState, Kind
 
 
 @dataclass(frozen=True)
@@ -257,7 +257,9 @@ class Screen:
 
     def admits(self, state: str, fields: Mapping[str, Callable[..., Any]], *entity: Any) -> bool:
         """Whether an entity in `state` passes, probed on only the fields its state's
-        gates read, each worked out alone (`fields[path](*entity)`, None: unknown)."""
+        gates read, each worked out alone (`fields[path](*entity)`, None: unknown).
+        `state` may be the member itself: a `StrEnum` finds its value's key (and
+        `str(member)` would copy it, on every entity a cycle screens)."""
         rest = self.by_state.get(state)
         if rest is None:
             return False
@@ -314,6 +316,10 @@ class Needs:
                     own[kind].add(_GROUPS[kind].get(path, "row"))
         return cls({kind: frozenset(groups) for kind, groups in own.items()},
                    {kind: frozenset(groups) for kind, groups in shown.items()})
+
+    def reads(self, kind: Kind, group: str) -> bool:
+        """Whether some fact is built with `kind`'s `group`: its own, or shown in another's."""
+        return group in self.groups.get(kind, ()) or group in self.shown.get(kind, ())
 
 
 def _secs(since: datetime | None, now: datetime) -> float | None:
@@ -381,8 +387,11 @@ class Aggregates:
     `run(...)` for each newly recorded run.  Runs are append-only history.
     """
 
-    def __init__(self, recent: timedelta = DEFAULT_RECENT) -> None:
-        self.recent = recent
+    def __init__(self, recent: timedelta = DEFAULT_RECENT, *, keep_recent: bool = True) -> None:
+        """`keep_recent`: keep each host's runs for the recent window's counts (a daemon
+        whose policies read no `recent_*` field saves the work on every run it reads)."""
+        self.recent, self.keep_recent = recent, keep_recent
+        self._kept = 2 * recent  # how far back of a host's newest run `host_recent` keeps
         self.seq = 0
         self.job_frames: dict[int, Counter[str]] = defaultdict(Counter)
         self.job_host_fail: Counter[tuple[int, str]] = Counter()
@@ -400,11 +409,11 @@ class Aggregates:
         self.inst_ok: Counter[str] = Counter()
 
     @classmethod
-    def from_farm(cls, farm: Farm, recent: timedelta = DEFAULT_RECENT) -> Aggregates:
+    def from_farm(cls, farm: Farm, recent: timedelta = DEFAULT_RECENT, *, keep_recent: bool = True) -> Aggregates:
         """The same counts `frame_state` and `run` would give, for a whole farm at once:
         runs are grouped per host and instance and sorted once, instead of inserted one
         by one (a million frames' history is read this way when the daemon starts)."""
-        agg = cls(recent)
+        agg = cls(recent, keep_recent=keep_recent)
         per_host: dict[str, list[tuple[datetime, int, bool, int]]] = defaultdict(list)
         per_inst: dict[str, list[tuple[datetime, int, bool, int]]] = defaultdict(list)
         complete, failed, running = FrameState.COMPLETE, FrameState.FAILED, FrameState.RUNNING
@@ -440,8 +449,9 @@ class Aggregates:
             agg.job_frames[job_id] = Counter({str(state): n for state, n in counts.items()})
         for host, runs in per_host.items():
             runs.sort()
-            keep = runs[-1][0] - 2 * recent
-            agg.host_recent[host] = [(w, s, ok) for w, s, ok, _ in runs if w >= keep]
+            if keep_recent:
+                keep = runs[-1][0] - agg._kept
+                agg.host_recent[host] = [(w, s, ok) for w, s, ok, _ in runs if w >= keep]
             agg.host_tail[host] = _Tail.of(runs)
         for inst, runs in per_inst.items():
             runs.sort()
@@ -450,7 +460,7 @@ class Aggregates:
 
     def frame_state(self, frame: Frame, sign: int) -> None:
         """Count (+1) or uncount (-1) a frame's current state."""
-        self.job_frames[frame.job_id][str(frame.state)] += sign
+        self.job_frames[frame.job_id][VALUE[frame.state]] += sign
         if frame.state == FrameState.RUNNING and frame.host:
             self.running_on_host[frame.host] += sign
             self.job_host_refs[frame.job_id][frame.host] += sign
@@ -459,28 +469,30 @@ class Aggregates:
         """Record one finished attempt (append-only)."""
         self.seq += 1
         seq = run.id if run.id is not None else self.seq
-        ok = run.state == FrameState.COMPLETE
-        failed = run.state == FrameState.FAILED
+        state, host, instance = run.state, run.host, run.instance
+        ok = state == FrameState.COMPLETE
+        failed = state == FrameState.FAILED
         when = _ts(run.finished_at)
-        if run.host:
-            self.job_host_refs[job_id][run.host] += 1
+        if host:
+            self.job_host_refs[job_id][host] += 1
             if failed:
-                self.job_host_fail[(job_id, run.host)] += 1
+                self.job_host_fail[(job_id, host)] += 1
             elif ok:
-                self.job_host_ok[(job_id, run.host)] += 1
+                self.job_host_ok[(job_id, host)] += 1
             if ok or failed:
-                self.host_tail[run.host].add(when, seq, ok, job_id)
-                recent = self.host_recent[run.host]
-                insort(recent, (when, seq, ok))
-                keep = recent[-1][0] - 2 * self.recent
-                if recent[0][0] < keep:
-                    del recent[:bisect_left(recent, (keep,))]
-        if run.instance and (ok or failed):
-            self.inst_tail[run.instance].add(when, seq, ok, job_id)
+                self.host_tail[host].add(when, seq, ok, job_id)
+                if self.keep_recent:
+                    recent = self.host_recent[host]
+                    insort(recent, (when, seq, ok))
+                    keep = recent[-1][0] - self._kept
+                    if recent[0][0] < keep:
+                        del recent[:bisect_left(recent, (keep,))]
+        if instance and (ok or failed):
+            self.inst_tail[instance].add(when, seq, ok, job_id)
             if ok:
-                self.inst_ok[run.instance] += 1
+                self.inst_ok[instance] += 1
             else:
-                self.inst_failed[run.instance] += 1
+                self.inst_failed[instance] += 1
 
     def job_hosts(self, job_id: int) -> list[str]:
         refs = self.job_host_refs.get(job_id)
@@ -488,12 +500,14 @@ class Aggregates:
 
     def recent_counts(self, host: str, now: datetime) -> tuple[int, int]:
         """(failures, successes) of `host` within the recent window before `now`."""
+        if not self.keep_recent:
+            raise RuntimeError("these counts were kept without the recent window (keep_recent=False)")
         runs = self.host_recent.get(host)
         if not runs:
             return 0, 0
         cutoff = now - self.recent
         first = bisect_left(runs, (cutoff, -1, False))
-        if first and runs[0][0] < now - 2 * self.recent:
+        if first and runs[0][0] < now - self._kept:
             del runs[:first]  # older than any window still asked for
             first = 0
         ok = sum(1 for r in runs[first:] if r[2])
@@ -582,12 +596,12 @@ class FactBuilder:
                 return fact if screen.passes_all(fact) else None
             # Only the fields the screen reads for the job's state, first: most jobs fail it.
             counts = self.agg.job_frames.get(job.id) or _NO_FRAMES
-            if not screen.admits(str(job.state), _JOB_FIRST, job, counts):
+            if not screen.admits(job.state, _JOB_FIRST, job, counts):
                 return None
             if screen.then is None:
                 return self.job(job)
             # then its host counts, on a probe again (kept for the whole fact: one pass over its hosts)
-            rest = screen.then.by_state.get(str(job.state))
+            rest = screen.then.by_state.get(job.state)
             if rest is None:
                 return None
             paths, test = rest
@@ -599,11 +613,11 @@ class FactBuilder:
             cached = self._worker_cache.get(name)
             if cached is not None:
                 return cached if screen.passes_all(cached) else None
-            if not screen.admits(str(entity.state), _WORKER_FIRST, name, self):
+            if not screen.admits(entity.state, _WORKER_FIRST, name, self):
                 return None
             return self.worker(name)  # (a worker has no second stage)
         inst: Instance = entity  # type: ignore[assignment]
-        if not screen.admits(str(inst.state), _INSTANCE_FIRST, inst, self):
+        if not screen.admits(inst.state, _INSTANCE_FIRST, inst, self):
             return None
         fact = self._instance_first(inst)
         self._instance_hosts(inst, fact)

@@ -25,7 +25,7 @@ from corral.farm import Farm, Frame, Instance, Job, Worker
 from corral.plan import Cooldowns, PlanMemo
 from corral.policy.compiler import admitted_states, gate_of
 from corral.policy.model import Policy, paths_read
-from corral.states import FrameState, Kind
+from corral.states import VALUE, FrameState, Kind
 from corral.store.changes import FarmChanges, Mark
 from corral.store.rows import FrameRow
 from corral.store.store import ActionLog
@@ -85,11 +85,14 @@ def no_dirt() -> Dirty:
 
 
 class LiveFarm:
-    def __init__(self, farm: Farm, mark: Mark, recent: timedelta = DEFAULT_RECENT, spread: Spread | None = None) -> None:
+    def __init__(self, farm: Farm, mark: Mark, recent: timedelta = DEFAULT_RECENT, spread: Spread | None = None,
+                 *, keep_recent: bool = True) -> None:
+        """`keep_recent`: keep the runs a worker's `recent_*` counts are made of (see
+        `Aggregates`); off when no policy reads them."""
         self.farm, self.mark = farm, mark
         self.spread = spread or Spread()
         self.pending: Dirty = no_dirt()
-        self.agg = Aggregates.from_farm(farm, recent)
+        self.agg = Aggregates.from_farm(farm, recent, keep_recent=keep_recent)
         #: What the previous plan over this farm did, part by part (see `PlanMemo`).
         self.plan_memo = PlanMemo()
         #: The policies' recent actions, and the log row read up to (see `note_log`).
@@ -275,7 +278,7 @@ class LiveFarm:
         oldest generation, every full collection walking more of them."""
         jobs, agg = self.farm.jobs, self.agg
         job_frames, running_on_host, job_host_refs = agg.job_frames, agg.running_on_host, agg.job_host_refs
-        running = FrameState.RUNNING
+        running, value = FrameState.RUNNING, VALUE  # counts keyed by plain strings (see VALUE)
         dirty_frames, dirty_jobs, dirty_workers = dirty[Kind.FRAME], dirty[Kind.JOB], dirty[Kind.WORKER]
         spread_to_workers = self.spread.running_on_workers
         # Frames in no state a frame policy admits need no fact (see Spread.frame_states),
@@ -293,7 +296,7 @@ class LiveFarm:
                                                    started, finished, since, version=version)
             else:
                 was = frame.state
-                counts[str(frame.state)] -= 1
+                counts[value[frame.state]] -= 1
                 if frame.state == running and frame.host:
                     running_on_host[frame.host] -= 1
                     job_host_refs[job_id][frame.host] -= 1
@@ -302,7 +305,7 @@ class LiveFarm:
                 (frame.state, frame.host, frame.instance, frame.attempts, frame.retries, frame.exit_code,
                  frame.started_at, frame.finished_at, frame.state_since, frame.version) = (
                     state, host, instance, attempts, retries, code, started, finished, since, version)
-            counts[str(state)] += 1
+            counts[value[state]] += 1
             if state == running and host:
                 running_on_host[host] += 1
                 job_host_refs[job_id][host] += 1
