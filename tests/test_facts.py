@@ -23,7 +23,7 @@ from corral.facts import (
     narrow,
 )
 from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
-from corral.policy.loader import builtin_dir, load_paths
+from corral.policy.loader import builtin_dir, load_paths, load_texts
 from corral.policy.model import Policy, paths_read
 from corral.policy.reference import holds
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind
@@ -257,6 +257,25 @@ def test_a_running_job_with_frames_complete_is_screened_out_before_its_host_coun
     assert builder.candidate(Kind.JOB, farm.jobs[1], screen) is None
     farm.jobs[1].state = JobState.BLOCKED  # a blocked job may be unblocked: a candidate
     assert builder.candidate(Kind.JOB, farm.jobs[1], screen) is not None
+
+
+def test_a_screen_tests_an_unknown_field_as_missing_not_as_none() -> None:
+    """A job that is not blocked has no `blocked_by` (the field is left out of its fact):
+    a screen probing it field by field must see it missing, as the fact does, so a gate
+    asking that it not exist, or not equal something, admits the job."""
+    farm = lockout_farm()
+    job = farm.jobs[1]
+    assert job.hold is not Hold.BLOCKED and "blocked_by" not in FactBuilder(farm, NOW).job(job)
+    for when, admitted in (("{blocked_by: {exists: false}}", True), ("{blocked_by: {exists: true}}", False),
+                           ("{blocked_by: {ne: wrangler}}", False), ("{blocked_by: {not_in: [wrangler]}}", False)):
+        loaded = load_texts([("p.yaml", f"policies:\n  - name: p\n    kind: job\n    when: {when}\n"
+                                        "    actions: [block]\n    reason: r\n")])
+        assert loaded.ok, [str(e) for e in loaded.errors]
+        screen = screen_for(Kind.JOB, loaded.policies)
+        assert screen is not None
+        fact = FactBuilder(farm, NOW).job(job)
+        assert holds(loaded.policies[0].when, fact) is admitted, when
+        assert (FactBuilder(farm, NOW).candidate(Kind.JOB, job, screen) is not None) is admitted, when
 
 
 def test_a_running_job_with_no_frame_complete_is_screened_out_on_its_host_counts() -> None:

@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 
 from corral.engine import RuleEngine
 from corral.evaluate import ReferenceEvaluator
-from corral.facts import FactBuilder
+from corral.facts import MISSING, FactBuilder, get_path
+from corral.policy.compiler import gate_of
 from corral.policy.loader import load_texts
 from corral.policy.model import Cmp, Policy
-from corral.policy.reference import holds, predicate
+from corral.policy.reference import holds, predicate, value_test
 from corral.states import Kind
 from strategies import NOW, farms, mutate, policy_sets, policy_yaml
 
@@ -111,6 +112,21 @@ def test_compiled_conditions_decide_exactly_like_the_reference(farm: Any, polici
             assert test(fact) == holds(policy.when, fact), (policy.when, fact)
 
 
+@SETTINGS
+@given(farm=farms(), policies=policy_sets())
+def test_a_screen_s_one_field_tests_decide_exactly_like_the_reference(farm: Any, policies: list[Policy]) -> None:
+    """A screen probes an entity one field at a time (`Screen.admits`), each comparison
+    of a gate compiled by `value_test` on the value found (MISSING where the fact has
+    none): it must never disagree with `holds` on the fact."""
+    facts = _facts(farm)
+    for policy in policies:
+        for cond in gate_of(policy.kind, policy.when):
+            test = value_test(cond)
+            for fact in facts[policy.kind]:
+                assert test(get_path(fact, cond.path)) == holds(cond, fact), (cond, fact)
+            assert test(MISSING) == holds(cond, {}), cond
+
+
 @pytest.mark.parametrize("value", [0, 1, 2.5, True, False, "0"])
 @pytest.mark.parametrize("actual", [0, 1, 1.0, 2.5, True, False, "0", None])
 def test_compiled_equality_keeps_the_reference_rules_across_types(value: Any, actual: Any) -> None:
@@ -118,3 +134,4 @@ def test_compiled_equality_keeps_the_reference_rules_across_types(value: Any, ac
     cond = Cmp(path="x", op="eq", value=value)
     fact: dict[str, Any] = {} if actual is None else {"x": actual}
     assert predicate(cond)(fact) == holds(cond, fact)
+    assert value_test(cond)(fact.get("x", MISSING)) == holds(cond, fact)

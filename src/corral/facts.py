@@ -24,7 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from corral.farm import Entity, Farm, Frame, FrameRun, Instance, Job
 from corral.states import STATES, VALUE, FrameState, Hold, JobState, Kind
@@ -233,6 +233,22 @@ def _failures(tail: _Tail | None) -> int:
     return tail.failures if tail else 0
 
 
+#: One gate of a screen, one comparison at a time: (path, test of the value found there,
+#: MISSING when the field is unknown).
+ProbeGate = tuple[tuple[str, Callable[[Any], bool]], ...]
+
+
+class StateScreen(NamedTuple):
+    """What a screen asks of an entity in one state."""
+
+    #: The fields the state's gates read.
+    paths: tuple[str, ...]
+    #: The gates over a fact (or a probe) holding those fields.
+    test: Callable[[dict[str, Any]], bool]
+    #: The same gates, one field at a time (`Screen.admits`).
+    gates: tuple[ProbeGate, ...]
+
+
 @dataclass(frozen=True)
 class Screen:
     """A test over a fact's first stage that every entity some policy can match passes
@@ -242,14 +258,14 @@ class Screen:
     there, so most entities are ruled out on one lookup, and the rest on the two or
     three fields their state's gates read, not on every field of every gate."""
 
-    by_state: Mapping[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], bool]]]
+    by_state: Mapping[str, StateScreen]
     #: The screen over the second stage (SECOND_STAGE), tested once it is built (None:
     #: the gates read nothing more of it).
     then: Screen | None = None
 
     def passes(self, fact: dict[str, Any]) -> bool:
         rest = self.by_state.get(fact["state"])
-        return rest is not None and rest[1](fact)
+        return rest is not None and rest.test(fact)
 
     def passes_all(self, fact: dict[str, Any]) -> bool:
         """Whether a fact built whole passes every stage's screen."""
@@ -257,14 +273,22 @@ class Screen:
 
     def admits(self, state: str, fields: Mapping[str, Callable[..., Any]], *entity: Any) -> bool:
         """Whether an entity in `state` passes, probed on only the fields its state's
-        gates read, each worked out alone (`fields[path](*entity)`, None: unknown).
-        `state` may be the member itself: a `StrEnum` finds its value's key (and
-        `str(member)` would copy it, on every entity a cycle screens)."""
+        gates read, each worked out alone (`fields[path](*entity)`, None: unknown) and
+        only until its gate fails: no dict of them is made, and for most entities a
+        cycle screens (a running job with frames complete) one field and one test are
+        all it costs.  `state` may be the member itself: a `StrEnum` finds its value's
+        key (and `str(member)` would copy it, on every entity a cycle screens)."""
         rest = self.by_state.get(state)
         if rest is None:
             return False
-        paths, test = rest
-        return not paths or test({p: v for p in paths if (v := fields[p](*entity)) is not None})
+        for gate in rest.gates:
+            for path, test in gate:
+                value = fields[path](*entity)
+                if not test(MISSING if value is None else value):
+                    break
+            else:
+                return True
+        return False
 
 
 #: The groups a fact for the rule engine is built with first; a screen over them decides
@@ -604,7 +628,7 @@ class FactBuilder:
             rest = screen.then.by_state.get(job.state)
             if rest is None:
                 return None
-            paths, test = rest
+            paths, test, _ = rest
             probe = {p: v for p in paths if p in _JOB_FIRST and (v := _JOB_FIRST[p](job, counts)) is not None}
             self._job_hosts(job, probe, None)
             return self.job(job, hosts=probe) if test(probe) else None

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from corral.facts import MISSING, Screen, get_path
+from corral.facts import MISSING, Screen, StateScreen, get_path
 from corral.policy.model import All, AnyOf, Cmp, Cond, Not, Policy
 from corral.policy.operators import OPERATORS
 from corral.states import STATES, Kind
@@ -98,6 +98,26 @@ def predicate(cond: Cond) -> Predicate:
     return compare
 
 
+def value_test(cond: Cmp) -> Callable[[Any], bool]:
+    """`predicate(cond)` of a top-level comparison, on the value found at its path
+    (MISSING: the field is not in the fact), for a screen that works an entity's fields
+    out one at a time (`Screen.admits`).  Case for case the meaning of `predicate` (a
+    property test holds it to `holds`)."""
+    op, value = cond.op, cond.value
+    if op == "exists":
+        return lambda actual: (actual is not MISSING) == value
+    if op in _ORDERED:
+        ordered = _ORDERED[op]
+        return lambda actual: actual is not MISSING and bool(ordered(actual, value))
+    if op == "eq" and isinstance(value, str):
+        return lambda actual: isinstance(actual, str) and actual == value
+    if op == "in" and all(isinstance(v, str) for v in value):
+        choices = frozenset(value)
+        return lambda actual: isinstance(actual, str) and actual in choices
+    test = OPERATORS[op].test
+    return lambda actual: actual is not MISSING and bool(test(actual, value))
+
+
 def any_gate(gates: Iterable[tuple[Cmp, ...]]) -> Predicate:
     """Passes a fact that passes every comparison of at least one of `gates` (compiled;
     the first failure exits).  An empty gate passes everything."""
@@ -127,7 +147,9 @@ def screen(kind: Kind, gates: Sequence[tuple[Cmp, ...]], then: Screen | None = N
         admitting = [tuple(c for c in gate if c.path != "state") for gate in gates
                      if all(holds(c, alone) for c in gate if c.path == "state")]
         if admitting:
-            by_state[state] = (tuple(sorted({c.path for gate in admitting for c in gate})), any_gate(admitting))
+            by_state[state] = StateScreen(tuple(sorted({c.path for gate in admitting for c in gate})),
+                                          any_gate(admitting),
+                                          tuple(tuple((c.path, value_test(c)) for c in gate) for gate in admitting))
     return Screen(by_state, then)
 
 
