@@ -11,7 +11,7 @@ from unittest.mock import patch
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text, update
+from sqlalchemy import insert, text, update
 
 from conftest import NOW, later, snap
 from corral.states import Action, FrameState, JobState, Kind
@@ -286,6 +286,23 @@ def test_the_log_is_read_on_from_the_last_row_read(store: Store) -> None:
     assert more is not None and more.actions == [("q", "worker", "n1", later(4))]
     _, _, none = store.read_changes(mark, log_since=NOW, log_after=more.after)
     assert none is not None and none.actions == [] and none.after == more.after
+
+
+def test_a_row_a_supervisor_inserts_is_stamped_at_once_and_read_once(store: Store) -> None:
+    """An inserted farm row is stamped in the writer's own transaction, as an updated
+    one is (migration 0004 on SQLite), not by the daemon's next read: the next change
+    read finds it, and the one after that does not."""
+    store.load_farm(snap(FARM), replace=True)
+    _, mark, _ = store.read_farm_marked()
+    with store.engine.begin() as conn:
+        conn.execute(insert(table("frame_runs")).values(
+            job_id=12, number=1, host="n1", instance="i1", state="complete", exit_code=0, started_at=NOW,
+            finished_at=later(1)))
+        assert conn.execute(text("SELECT count(*) FROM frame_runs WHERE rev IS NULL")).scalar_one() == 0
+    got, mark, _ = store.read_changes(mark)
+    assert got is not None and [(j, n, r.host, r.state) for j, n, r in got.runs] == [(12, 1, "n1", FrameState.COMPLETE)]
+    again, _, _ = store.read_changes(mark)
+    assert again is not None and again.runs == []
 
 
 def test_settings_are_stored_and_overwritten(store: Store) -> None:

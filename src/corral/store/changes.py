@@ -59,10 +59,13 @@ TRACKED = ("jobs", "frames", "instances", "workers", "frame_runs", "job_dependen
 
 
 def advance(conn: Connection) -> int:
-    """SQLite, in a short write transaction before a read: stamp the rows inserted since
-    the last read (inserts start with no stamp) with the current counter value, then move
-    the counter on.  Every row written before now carries a stamp at most the old value;
-    every row written after, at least the new one, which the next read starts from."""
+    """SQLite, in a short write transaction before a read: stamp the rows that have no
+    stamp yet with the current counter value, then move the counter on.  Every row
+    written before now carries a stamp at most the old value; every row written after,
+    at least the new one, which the next read starts from.  Since migration 0004 the
+    writer's own insert stamps a row, as an update does, so there is seldom anything
+    left to stamp here (a row written with the triggers off): the daemon's cycle no
+    longer rewrites every new run (1M frames: 8.6 -> 0.6 ms a cycle)."""
     # On the driver's own cursor: it runs every cycle, and even `exec_driver_sql` cost
     # seven times the statements (0.47 -> 0.07 ms a cycle).  Fixed table names, an int.
     dbapi = conn.connection.dbapi_connection
@@ -99,7 +102,7 @@ def read_changes(conn: Connection, since: Mark) -> FarmChanges:
     cost more than the rows.  Every value formatted into the SQL is an int.
     """
     out = FarmChanges()
-    where = f"rev >= {int(since.value)} OR rev IS NULL"  # rows inserted after `advance` have no stamp yet
+    where = f"rev >= {int(since.value)} OR rev IS NULL"  # a row written with the triggers off has no stamp yet
     out.jobs = read_jobs(conn, where)
     out.instances = read_instances(conn, where)
     out.workers = read_workers(conn, where)

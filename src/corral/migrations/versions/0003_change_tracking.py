@@ -11,7 +11,8 @@ not cooperate: triggers stamp each inserted or updated row.
 - SQLite: writers are serialised; an update stamps `rev` with the current value of a
   counter.  Before each read, a short write transaction stamps the rows inserted since
   (inserted rows start with no `rev`) and moves the counter on; the next read takes
-  `rev >= ` the new value, or no `rev` yet (see corral.store.changes).
+  `rev >= ` the new value, or no `rev` yet (see corral.store.changes).  Since 0004 a
+  trigger stamps inserted rows too.
 Deleting farm rows (only `corral load --replace` does) bumps `generation`, which
 makes the daemon read the whole farm again.
 
