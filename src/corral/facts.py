@@ -489,20 +489,26 @@ class Aggregates:
             self.running_on_host[frame.host] += sign
             self.job_host_refs[frame.job_id][frame.host] += sign
 
-    def run(self, job_id: int, run: FrameRun) -> None:
-        """Record one finished attempt (append-only)."""
+    def run(self, job_id: int, run: FrameRun) -> bool:
+        """Record one finished attempt (append-only).  True when it is its host's first
+        success or first failure on the job: the host's standing there, which the job's
+        other instances show (`other_hosts_*`), moved.  (Told here, where the count is in
+        hand: asked of the counts before and after, it cost four more lookups a run in
+        tables of a million-frame farm's every host and job.)"""
         self.seq += 1
         seq = run.id if run.id is not None else self.seq
         state, host, instance = run.state, run.host, run.instance
         ok = state == FrameState.COMPLETE
         failed = state == FrameState.FAILED
         when = _ts(run.finished_at)
+        first = False
         if host:
             self.job_host_refs[job_id][host] += 1
-            if failed:
-                self.job_host_fail[(job_id, host)] += 1
-            elif ok:
-                self.job_host_ok[(job_id, host)] += 1
+            if ok or failed:
+                counts, pair = (self.job_host_ok if ok else self.job_host_fail), (job_id, host)
+                n = counts[pair] + 1
+                counts[pair] = n
+                first = n == 1
             if ok or failed:
                 self.host_tail[host].add(when, seq, ok, job_id)
                 if self.keep_recent:
@@ -517,6 +523,7 @@ class Aggregates:
                 self.inst_ok[instance] += 1
             else:
                 self.inst_failed[instance] += 1
+        return first
 
     def job_hosts(self, job_id: int) -> list[str]:
         refs = self.job_host_refs.get(job_id)

@@ -158,19 +158,18 @@ class LiveFarm:
             if any(r.id == run.id for r in ran.runs):
                 continue  # read again where two reads overlap: history is counted once
             ran.runs.append(run)
-            agg, host = self.agg, run.host
-            ok, failed = agg.job_host_ok.get, agg.job_host_fail.get
-            standing = (ok((job_id, host), 0) > 0, failed((job_id, host), 0) > 0) if host else None
-            agg.run(job_id, run)
+            host = run.host
+            moved = self.agg.run(job_id, run)
             dirty[Kind.JOB].add(job_id)
             if run.instance:
                 dirty[Kind.INSTANCE].add(run.instance)
             if host:
                 dirty[Kind.WORKER].add(host)
                 # The job's instances on this host count its runs (host_*_on_job); the
-                # others count this host only once it starts or stops succeeding or
-                # failing on the job (other_hosts_*), which most runs do not change.
-                if standing != (ok((job_id, host), 0) > 0, failed((job_id, host), 0) > 0):
+                # others count this host only once it starts succeeding or failing on
+                # the job (other_hosts_*: the run was its first of the kind there), which
+                # most runs do not.
+                if moved:
                     dirty[Kind.INSTANCE].update(owner.instances)
                 else:
                     dirty[Kind.INSTANCE].update(i for i, inst in owner.instances.items() if inst.host == host)
