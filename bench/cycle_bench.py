@@ -118,7 +118,13 @@ def generate(url: str, frames: int, seed: int) -> None:
 
 
 def change_one_percent(store: Any, frames: int, seed: int, at: datetime) -> None:
-    """What a supervisor does between two cycles, on 1% of the frame rows."""
+    """What a supervisor does between two cycles, on 1% of the frame rows.
+
+    A frame is started by one of its job's instances (`make_farm`'s: frame n by instance
+    n % 4) and runs on that instance's host, as a real supervisor's frames do.  Until
+    this was fixed, a started frame got a random host of the farm's 2,000, a host its
+    instance was not on, so each cycle made a few thousand (job, host) pairs a real farm
+    never has (see docs/benchmarks.md for what that moved)."""
     from sqlalchemy import bindparam, insert, update
 
     from corral.store.tables import table
@@ -128,13 +134,14 @@ def change_one_percent(store: Any, frames: int, seed: int, at: datetime) -> None
     picks = {(rnd.randint(1, jobs), rnd.randint(1, FRAMES_PER_JOB)) for _ in range(frames // 100)}
     fr, runs = table("frames"), table("frame_runs")
     with store.engine.begin() as conn:
+        instance_hosts = dict(conn.execute(text("SELECT id, host FROM instances")).tuples().all())
         rows = {(r.job_id, r.number): r for r in conn.execute(
             text("SELECT job_id, number, state, host, instance, started_at FROM frames WHERE job_id <= :j"), {"j": jobs})
             if (r.job_id, r.number) in picks}
         updates, new_runs = [], []
         for (j, n), r in rows.items():
-            host = f"r{rnd.randrange(WORKERS):04d}"
             inst = f"{j}.{n % 4}"
+            host = instance_hosts[inst]
             if r.state == "running":
                 state = "complete" if rnd.random() < 0.95 else "failed"
                 code = 0 if state == "complete" else 1
