@@ -21,7 +21,7 @@ from corral.evaluate import Evaluator, LazyFact, Match, ReferenceEvaluator, find
 from corral.facts import SECOND_STAGE, FactBuilder, Needs, Screen, first_stage
 from corral.farm import Farm, utcnow
 from corral.live import Dirty, LiveFarm, Spread
-from corral.plan import Acted, Cooldowns, Found, Plan, job_of, make_plan, plan_found, reason_paths
+from corral.plan import Acted, Cooldowns, Found, Moved, Plan, job_of, make_plan, plan_found, reason_paths
 from corral.policy.compiler import screen_of
 from corral.policy.model import Policy, paths_read
 from corral.policy.reference import screen
@@ -199,7 +199,7 @@ def plan_live(
     # The parts of the plan whose entities changed since the last one: a job's part with
     # any row of the job, its frames or its instances (they all mark the job dirty), a
     # worker's with its row; the others' outcomes are reused (`PlanMemo`).
-    moved: set[tuple[str, Any]] = {("job", j) for j in dirty[Kind.JOB]} | {("worker", w) for w in dirty[Kind.WORKER]}
+    moved = Moved(jobs=dirty[Kind.JOB], workers=dirty[Kind.WORKER])
     return plan_found(farm, found, now=now, last_actions=last_actions, memo=live.plan_memo, changed=moved)
 
 

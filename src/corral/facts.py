@@ -380,8 +380,11 @@ class _Tail:
         if self.horizon is not None and key < self.horizon:
             return  # happened before the latest success: no longer "in a row"
         if ok:
+            # The failures up to it are no longer "in a row": the head of the sorted list,
+            # cut off where (finished_at, seq) passes the key (seqs are ints).
             self.horizon = key
-            self.runs = [r for r in self.runs if (r[0], r[1]) > key]
+            if self.runs:
+                del self.runs[:bisect_left(self.runs, (when, seq + 1))]
         else:
             insort(self.runs, (when, seq, job_id))
 

@@ -18,7 +18,7 @@ anything away from the enforcing ones: only their own would-be transitions are r
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
@@ -239,7 +239,7 @@ def plan_found(
     last_actions: Acted | None = None,
     totals: Mapping[Kind, int] | None = None,
     memo: PlanMemo | None = None,
-    changed: set[tuple[str, Any]] | None = None,
+    changed: Container[tuple[str, Any]] | None = None,
 ) -> Plan:
     """`make_plan` over matches grouped by policy (what the incremental cycle has).
 
@@ -281,7 +281,7 @@ def plan_found(
             for m, reason in zip(winners, reasons, strict=True):
                 _record(plan, _play(farm, m, now, reason))
         else:
-            memo.play(farm, winners, reasons, now, plan, changed or set())
+            memo.play(farm, winners, reasons, now, plan, set() if changed is None else changed)
     auditing = [m for m in survivors if m.policy.audit]
     if auditing:
         # What each audit policy would do if it were switched on: it competes with the
@@ -303,6 +303,22 @@ def plan_found(
 Outcome = tuple[list[Transition], list[Skipped]]
 
 
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """The parts of a plan whose entities changed (`PlanMemo`): ("job", id) for the jobs,
+    ("worker", name) for the workers, asked of the cycle's dirty sets as they are (a set
+    of those pairs cost a tuple per dirty job: six thousand a cycle at 1M frames)."""
+
+    jobs: Collection[Any]
+    workers: Collection[Any]
+
+    def __contains__(self, part: object) -> bool:
+        kind, ident = part if isinstance(part, tuple) and len(part) == 2 else (None, None)
+        if kind == "job":
+            return ident in self.jobs
+        return kind == "worker" and ident in self.workers
+
+
 class PlanMemo:
     """What each part of the previous plan did, for the daemon's live farm to keep.
 
@@ -319,7 +335,7 @@ class PlanMemo:
         self._parts: dict[tuple[str, Any], tuple[tuple[tuple[str, str], ...], list[Outcome]]] = {}
 
     def play(self, farm: Farm, winners: Sequence[Match], reasons: Sequence[str], now: datetime, plan: Plan,
-             changed: set[tuple[str, Any]]) -> None:
+             changed: Container[tuple[str, Any]]) -> None:
         parts = [_part_of(farm, m) for m in winners]
         keys: dict[tuple[str, Any], list[tuple[str, str]]] = defaultdict(list)
         for m, part in zip(winners, parts, strict=True):
