@@ -107,6 +107,21 @@ def test_a_success_resets_the_workers_count() -> None:
     assert (bad["consecutive_failures"], bad["distinct_jobs_failed"]) == (0, 0)
 
 
+def test_a_success_ends_only_the_failures_recorded_before_it_in_a_row() -> None:
+    """Runs that finished at the same instant are ordered by when they were recorded: a
+    success ends the failures recorded before it, not one recorded after it."""
+    at = NOW - timedelta(minutes=5)
+    agg = Aggregates()
+    for run_id, state in ((1, F.FAILED), (2, F.FAILED), (4, F.FAILED)):
+        agg.run(7, FrameRun("bad", "7.a", state, 1, at - timedelta(minutes=1), at, id=run_id))
+    agg.run(7, FrameRun("bad", "7.a", F.COMPLETE, 0, at - timedelta(minutes=1), at, id=3))
+    assert agg.host_tail["bad"].failures == 1 and agg.inst_tail["7.a"].failures == 1  # run 4 only
+    agg.run(7, FrameRun("bad", "7.a", F.FAILED, 1, at - timedelta(minutes=2), at - timedelta(seconds=1), id=5))
+    assert agg.host_tail["bad"].failures == 1  # finished before the success: not "in a row"
+    agg.run(7, FrameRun("bad", "7.a", F.COMPLETE, 0, at, at + timedelta(seconds=1), id=6))
+    assert agg.host_tail["bad"].failures == 0 and agg.host_tail["bad"].distinct_jobs() == 0
+
+
 def test_a_job_counts_failing_and_succeeding_hosts() -> None:
     farm = lockout_farm()
     farm.jobs[1].frames[8] = Frame(1, 8, F.FAILED, host="worse", runs=[run("worse", F.FAILED, 3)])

@@ -12,7 +12,7 @@ from corral.engine import RuleEngine
 from corral.evaluate import ReferenceEvaluator, find_matches
 from corral.facts import FactBuilder
 from corral.farm import Farm, Frame, Instance, Job, Worker
-from corral.plan import Plan, make_plan, render_reason
+from corral.plan import Moved, Plan, make_plan, render_reason
 from corral.policy.loader import load_texts
 from corral.policy.model import Policy
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind
@@ -198,3 +198,14 @@ def test_every_kind_gets_planned_in_one_plan() -> None:
     plan = plan_for(text)
     assert {t.kind for t in plan.transitions} == {Kind.JOB, Kind.WORKER}
     assert plan.matched == {"retry-failed": 2, "quarantine": 1}
+
+
+def test_the_parts_that_moved_are_the_dirty_jobs_and_workers_and_nothing_else() -> None:
+    """A plan part is played again when its job or worker changed; an instance's own part
+    (an instance whose job is gone) never counts as changed, as before `Moved`."""
+    moved = Moved(jobs={7, 9}, workers={"r0001"})
+    assert ("job", 7) in moved and ("worker", "r0001") in moved
+    assert ("job", 8) not in moved and ("worker", "r0002") not in moved
+    assert ("job", "r0001") not in moved and ("worker", 7) not in moved
+    assert ("instance", "r0001") not in moved and ("instance", 7) not in moved
+    assert "job" not in moved and ("job", 7, 1) not in moved
