@@ -22,6 +22,7 @@ from collections.abc import Callable, Collection, Container, Iterable, Iterator,
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 from corral.effects import apply_action
@@ -389,12 +390,18 @@ def _record(plan: Plan, outcome: Outcome) -> None:
 
 
 def _totals(farm: Farm) -> dict[Kind, int]:
+    """How many entities of each kind the farm has (what `max_percent` is a percentage
+    of).  The frames are counted in C: every plan asks, and at 1M frames a generator
+    over the ten thousand jobs cost 1.9 ms a cycle."""
     return {
         Kind.JOB: len(farm.jobs),
-        Kind.FRAME: sum(len(j.frames) for j in farm.jobs.values()),
+        Kind.FRAME: sum(map(len, map(_FRAMES, farm.jobs.values()))),
         Kind.INSTANCE: len(farm.instances),
         Kind.WORKER: len(farm.workers),
     }
+
+
+_FRAMES = attrgetter("frames")
 
 
 def _over_limit(policy: Policy, count: int, total: int) -> str | None:
