@@ -52,6 +52,19 @@ def test_a_loaded_farm_reads_back_equal(store: Store) -> None:
     assert store.read_farm() == farm
 
 
+def test_a_farm_read_whole_holds_one_string_per_instance_and_host_name(store: Store) -> None:
+    """A million frames name a few thousand instances and hosts: each name is held once
+    (a fifth of a big farm's memory), by its instance, its worker, and every frame and
+    run that names it."""
+    store.load_farm(snap(FARM), replace=True)
+    farm = store.read_farm()
+    running, failed = farm.jobs[12].frames[1], farm.jobs[12].frames[2]
+    assert running.instance is farm.instances["i1"].id and running.host is farm.instances["i1"].host
+    assert failed.runs[0].instance is failed.instance is farm.instances["i2"].id
+    assert failed.runs[0].host is failed.host is farm.instances["i2"].host
+    assert farm.workers["n1"].name is running.host
+
+
 def test_timestamps_come_back_as_aware_utc(store: Store) -> None:
     store.load_farm(snap(FARM), replace=True)
     run = store.read_farm().jobs[12].frames[2].runs[0]
