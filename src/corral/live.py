@@ -15,10 +15,11 @@ in place (the applier, after its writes) brackets it with `uncount(jobs)` /
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from operator import attrgetter
+from sys import intern
 from typing import Any
 
 from corral.facts import DEFAULT_RECENT, Aggregates
@@ -28,7 +29,7 @@ from corral.policy.compiler import admitted_states, gate_of
 from corral.policy.model import Policy, paths_read
 from corral.states import VALUE, FrameState, Kind
 from corral.store.changes import FarmChanges, Mark
-from corral.store.rows import FrameRow
+from corral.store.rows import FRAME_STATES, RawFrameRow
 from corral.store.store import ActionLog
 
 Dirty = dict[Kind, set[object]]
@@ -154,7 +155,7 @@ class LiveFarm:
             self._instance(inst, dirty)
         for worker in changes.workers:
             self._worker(worker, dirty)
-        self._frames(changes.frames, dirty)
+        self._frames(changes.frames, changes.parse_time, dirty)
         for job_id, number, run in changes.runs:
             owner = self.farm.jobs.get(job_id)
             ran = owner.frames.get(number) if owner else None
@@ -271,16 +272,20 @@ class LiveFarm:
         dirty[Kind.WORKER].add(new.name)
         dirty[Kind.INSTANCE].update(self.host_instances.get(new.name, ()))
 
-    def _frames(self, rows: list[FrameRow], dirty: Dirty) -> None:
+    def _frames(self, rows: list[RawFrameRow], parse_time: Callable[[Any], datetime], dirty: Dirty) -> None:
         """The changed frame rows into the farm and the counts: the loop a steady cycle
         runs once per changed frame (ten thousand a cycle on a million-frame farm), so
         what it reads is bound once, and `Aggregates.frame_state` is inlined.
 
-        A row's fields go into the frame the farm holds, not into a new object in its
-        place: the farm's objects are frozen out of the garbage collector's sight (see
-        corral.cycle.refresh), and a new object per changed row would pile up in its
-        oldest generation, every full collection walking more of them."""
-        jobs, agg = self.farm.jobs, self.agg
+        The rows come as the driver gave them (`rows.raw_frame_rows`) and are decoded
+        here: a host or instance the row did not change is the frame's own string (the
+        farm's one string for that name), so only a new name is interned, and no parsed
+        tuple is made to be taken apart.  A row's fields go into the frame the farm
+        holds, not into a new object in its place: the farm's objects are frozen out of
+        the garbage collector's sight (see corral.cycle.refresh), and a new object per
+        changed row would pile up in its oldest generation, every full collection
+        walking more of them."""
+        jobs, agg, states = self.farm.jobs, self.agg, FRAME_STATES
         job_frames, running_on_host, job_host_refs = agg.job_frames, agg.running_on_host, agg.job_host_refs
         running, value = FrameState.RUNNING, VALUE  # counts keyed by plain strings (see VALUE)
         dirty_frames, dirty_jobs, dirty_workers = dirty[Kind.FRAME], dirty[Kind.JOB], dirty[Kind.WORKER]
@@ -288,33 +293,47 @@ class LiveFarm:
         # Frames in no state a frame policy admits need no fact (see Spread.frame_states),
         # unless other frames' facts copy theirs (dependencies).
         admitted = None if self.spread.frame_dependents else self.spread.frame_states
-        for job_id, number, state, host, instance, attempts, retries, code, started, finished, since, version in rows:
+        for job_id, number, stored, host, instance, attempts, retries, code, started, finished, since, version in rows:
             job = jobs.get(job_id)
             if job is None:
                 continue
+            state = states[stored]
+            if started is not None:
+                started = parse_time(started)
+            if finished is not None:
+                finished = parse_time(finished)
+            if since is not None:
+                since = parse_time(since)
             frame = job.frames.get(number)
             counts = job_frames[job_id]
             if frame is None:
                 was = None
-                job.frames[number] = frame = Frame(job_id, number, state, host, instance, attempts, retries, code,
+                job.frames[number] = frame = Frame(job_id, number, state, host and intern(host),
+                                                   instance and intern(instance), attempts, retries, code,
                                                    started, finished, since, version=version)
+                host = frame.host
             else:
-                was = frame.state
-                counts[value[frame.state]] -= 1
-                if frame.state == running and frame.host:
-                    running_on_host[frame.host] -= 1
-                    job_host_refs[job_id][frame.host] -= 1
-                if spread_to_workers and frame.host:
-                    dirty_workers.add(frame.host)
+                was, old_host = frame.state, frame.host
+                counts[value[was]] -= 1
+                if old_host:
+                    if was == running:
+                        running_on_host[old_host] -= 1
+                        job_host_refs[job_id][old_host] -= 1
+                    if spread_to_workers:
+                        dirty_workers.add(old_host)
+                host = old_host if host == old_host else host and intern(host)
+                old_instance = frame.instance
+                instance = old_instance if instance == old_instance else instance and intern(instance)
                 (frame.state, frame.host, frame.instance, frame.attempts, frame.retries, frame.exit_code,
                  frame.started_at, frame.finished_at, frame.state_since, frame.version) = (
                     state, host, instance, attempts, retries, code, started, finished, since, version)
             counts[value[state]] += 1
-            if state == running and host:
-                running_on_host[host] += 1
-                job_host_refs[job_id][host] += 1
-            if spread_to_workers and host:
-                dirty_workers.add(host)
+            if host:
+                if state == running:
+                    running_on_host[host] += 1
+                    job_host_refs[job_id][host] += 1
+                if spread_to_workers:
+                    dirty_workers.add(host)
             if admitted is None or state in admitted or was in admitted:
                 dirty_frames.add(f"{job_id}:{number}")
             dirty_jobs.add(job_id)

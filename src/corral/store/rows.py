@@ -194,19 +194,22 @@ def read_workers(conn: Connection, where: str = "", order: str = "") -> list[Wor
 #: A frame row as `frame_rows` yields it: a `Frame`'s own fields, in its order, parsed.
 FrameRow = tuple[int, int, FrameState, str | None, str | None, int, int, int | None, datetime | None, datetime | None,
                  datetime | None, int]
+#: A frame row as the driver gives it for `frame_columns`: the same fields, the state as
+#: stored, the names not interned and the timestamps not parsed (`raw_frame_rows`).
+RawFrameRow = tuple[Any, ...]
+#: Frame states by their stored value.
+FRAME_STATES: dict[str, FrameState] = {s.value: s for s in FrameState}
 
 
 def frame_rows(conn: Connection, where: str = "", order: str = "", *, stream: bool = False) -> Iterator[FrameRow]:
-    """Frame rows without runs or dependencies, as tuples: a steady cycle copies them into
-    the frames the farm holds (`corral.live`), and a tuple of plain values costs less to
-    make than a `Frame` and nothing to the garbage collector.  The hot loop of a whole
-    read too, so the timestamp parser is called inline (SQLite: `fromisoformat` itself).
-    Host and instance names are interned: a million frames and their runs name a few
-    thousand hosts and instances, and one string each instead of one per row saves
-    about a fifth of a big farm's memory."""
+    """Frame rows without runs or dependencies, as tuples: the hot loop of a whole read,
+    so the timestamp parser is called inline (SQLite: `fromisoformat` itself).  Host and
+    instance names are interned: a million frames and their runs name a few thousand
+    hosts and instances, and one string each instead of one per row saves about a fifth
+    of a big farm's memory."""
     dialect = conn.dialect.name
     ts = timestamp_parser(dialect)
-    states = {s.value: s for s in FrameState}
+    states = FRAME_STATES
     sql = f"SELECT {frame_columns(dialect)} FROM frames{_clauses(where, order)}"  # noqa: S608
     for j, n, st, host, inst_id, attempts, retries, code, started, finished, since, version in raw_rows(
         conn, sql, stream=stream
@@ -214,6 +217,16 @@ def frame_rows(conn: Connection, where: str = "", order: str = "", *, stream: bo
         yield (j, n, states[st], host and intern(host), inst_id and intern(inst_id), attempts, retries, code,
                None if started is None else ts(started), None if finished is None else ts(finished),
                None if since is None else ts(since), version)
+
+
+def raw_frame_rows(conn: Connection, where: str) -> list[RawFrameRow]:
+    """The frame rows a steady cycle reads, as the driver gives them.  The live farm
+    decodes each where it copies it into the frame it holds (`LiveFarm._frames`, with
+    `FRAME_STATES` and `timestamp_parser`): there a name the row did not change is the
+    frame's own string, not interned again, and no parsed tuple is made only to be
+    taken apart (1M frames: ten thousand rows a cycle)."""
+    sql = f"SELECT {frame_columns(conn.dialect.name)} FROM frames{_clauses(where, '')}"  # noqa: S608
+    return list(raw_rows(conn, sql))
 
 
 def read_frames(conn: Connection, where: str = "", order: str = "", *, stream: bool = False) -> Iterator[Frame]:
