@@ -7,6 +7,7 @@ import gc
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from sys import intern
 from typing import Any
 
 import pytest
@@ -447,3 +448,28 @@ def test_the_recent_window_is_kept_only_when_a_policy_reads_it(store: Store) -> 
     got = summary(run_cycle(store, policy_set, commit=False, now=NIGHT).plan)
     assert got == full_plan_with(store, loaded.policies, NIGHT)
     assert any(not t[-1].startswith("0 failed, 0 done") for t in got), got
+
+
+def test_a_changed_frame_row_keeps_the_farm_s_one_string_for_each_name(store: Store) -> None:
+    """The live farm decodes changed rows itself: a name the row kept stays the farm's
+    own string, a new one is interned, and the frame reads exactly as a whole read has it."""
+    store.init()
+    store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
+    policy_set = PolicySet(PACK, keep_live=True)
+    run_cycle(store, policy_set, commit=False, now=NIGHT)
+    fr = table("frames")
+    later = NIGHT + timedelta(minutes=1)
+    with store.engine.begin() as conn:  # 113:31 finishes where it ran; 113:32 moves to a host new to the farm
+        conn.execute(update(fr).where(fr.c.job_id == 113, fr.c.number == 31).values(
+            state="complete", finished_at=later, state_since=later, exit_code=0, version=fr.c.version + 1))
+        conn.execute(update(fr).where(fr.c.job_id == 113, fr.c.number == 32).values(
+            host="render" + "99", instance="113." + "9", version=fr.c.version + 1))
+    run_cycle(store, policy_set, commit=False, now=later)
+    assert policy_set.live is not None
+    farm = policy_set.live.farm
+    done, moved = farm.jobs[113].frames[31], farm.jobs[113].frames[32]
+    assert done.instance is farm.instances["113.1"].id and done.host is farm.instances["113.1"].host
+    assert moved.host is intern("render99") and moved.instance is intern("113.9")
+    whole = store.read_farm()
+    assert (done, moved) == (whole.jobs[113].frames[31], whole.jobs[113].frames[32])
+    assert done.finished_at == later and done.state_since == later and done.finished_at.tzinfo is not None
