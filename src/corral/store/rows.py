@@ -160,6 +160,14 @@ def _clauses(where: str, order: str) -> str:
     return (f" WHERE {where}" if where else "") + (f" ORDER BY {order}" if order else "")
 
 
+#: Stored values to members, looked up in a dict: calling an Enum class with a value
+#: runs Python code (0.36 against 0.04 us), once per job, instance and worker of a read.
+_JOB_STATES: dict[str, JobState] = {s.value: s for s in JobState}
+_HOLDS: dict[str, Hold] = {h.value: h for h in Hold}
+_INSTANCE_STATES: dict[str, InstanceState] = {s.value: s for s in InstanceState}
+_WORKER_STATES: dict[str, WorkerState] = {s.value: s for s in WorkerState}
+
+
 def read_jobs(conn: Connection, where: str = "") -> list[Job]:
     """Job rows (without frames, instances or dependencies).  `where` and `order` in
     these readers are corral's own SQL, never user text."""
@@ -167,7 +175,7 @@ def read_jobs(conn: Connection, where: str = "") -> list[Job]:
     ts = _optional(timestamp_parser(dialect))
     sql = f"SELECT {job_columns(dialect)} FROM jobs{_clauses(where, '')}"  # noqa: S608
     return [
-        Job(id=i, name=name, priority=prio, state=JobState(st), hold=Hold(hold), blocked_by=by, retry_limit=limit,
+        Job(id=i, name=name, priority=prio, state=_JOB_STATES[st], hold=_HOLDS[hold], blocked_by=by, retry_limit=limit,
             retries=retries, submitted_at=ts(submitted), state_since=ts(since), last_retry_at=ts(retried),
             version=version)
         for i, name, prio, st, hold, by, limit, retries, submitted, since, retried, version in raw_rows(conn, sql)
@@ -178,7 +186,7 @@ def read_instances(conn: Connection, where: str = "", order: str = "") -> list[I
     dialect = conn.dialect.name
     ts = _optional(timestamp_parser(dialect))
     sql = f"SELECT {instance_columns(dialect)} FROM instances{_clauses(where, order)}"  # noqa: S608
-    return [Instance(id=intern(i), job_id=j, host=intern(host), state=InstanceState(st), state_since=ts(since),
+    return [Instance(id=intern(i), job_id=j, host=intern(host), state=_INSTANCE_STATES[st], state_since=ts(since),
                      version=version)
             for i, j, host, st, since, version in raw_rows(conn, sql)]
 
@@ -187,7 +195,7 @@ def read_workers(conn: Connection, where: str = "", order: str = "") -> list[Wor
     dialect = conn.dialect.name
     ts = _optional(timestamp_parser(dialect))
     sql = f"SELECT {worker_columns(dialect)} FROM workers{_clauses(where, order)}"  # noqa: S608
-    return [Worker(name=intern(name), state=WorkerState(st), state_since=ts(since), version=version)
+    return [Worker(name=intern(name), state=_WORKER_STATES[st], state_since=ts(since), version=version)
             for name, st, since, version in raw_rows(conn, sql)]
 
 
@@ -288,7 +296,7 @@ def read_farm(conn: Connection) -> Farm:
 
 
 def interned_names(conn: Connection) -> list[str]:
-    """The farm's instance ids and host names, interned before a whole read, as copies
+    """The farm's instance ids and their hosts' names, interned before a whole read, as copies
     made one after another, so that the one string of each name lies in a few
     megabytes of memory instead of wherever the frame row that first named it did.
 
@@ -298,8 +306,7 @@ def interned_names(conn: Connection) -> list[str]:
     16.7 -> 13.2 ms with them packed).  The caller holds the list until the rows that
     name them hold them (an interned string nothing refers to is dropped).
     """
-    sql = "SELECT id, host FROM instances UNION SELECT name, name FROM workers"
-    return [intern("".join((name, ""))) for row in raw_rows(conn, sql) for name in row]
+    return [intern("".join((name, ""))) for row in raw_rows(conn, "SELECT id, host FROM instances") for name in row]
 
 
 def farm_rows(farm: Farm, now: datetime) -> Iterator[tuple[str, list[dict[str, Any]]]]:
