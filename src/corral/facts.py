@@ -24,6 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from corral.farm import Entity, Farm, Frame, FrameRun, Instance, Job
@@ -406,6 +407,9 @@ class _Tail:
         return len({r[2] for r in self.runs})
 
 
+_STATE = attrgetter("state")
+
+
 class Aggregates:
     """The counts facts are made of, kept by deltas so a cycle can update them cheaply.
 
@@ -445,35 +449,38 @@ class Aggregates:
         per_inst: dict[str, list[tuple[datetime, int, bool, int]]] = defaultdict(list)
         complete, failed, running = FrameState.COMPLETE, FrameState.FAILED, FrameState.RUNNING
         finished = (complete, failed)
-        running_on_host = agg.running_on_host
+        running_on_host, job_host_ok, job_host_fail = agg.running_on_host, agg.job_host_ok, agg.job_host_fail
+        inst_ok, inst_failed, value = agg.inst_ok, agg.inst_failed, VALUE.__getitem__
+        seq = agg.seq
         for job in farm.jobs.values():
             job_id = job.id
             refs = agg.job_host_refs[job_id]
-            counts: Counter[str] = Counter()
-            for frame in job.frames.values():
-                # `frame_state(frame, +1)` inlined: this loop runs once per frame of the farm
+            frames = job.frames.values()
+            # counted in C (`Counter` of the states' values); the loop below does the rest
+            # of `frame_state(frame, +1)` and `run(...)`, inlined: it runs once per frame
+            agg.job_frames[job_id] = Counter(map(value, map(_STATE, frames)))
+            for frame in frames:
                 state = frame.state
-                counts[state] += 1
                 if state == running and frame.host:
                     running_on_host[frame.host] += 1
                     refs[frame.host] += 1
                 history = frame.runs or (frame_runs(frame) if state in finished else ())
                 for run in history:
-                    agg.seq += 1
-                    ok, bad = run.state == complete, run.state == failed
-                    if not (ok or bad):
-                        if run.host:
-                            refs[run.host] += 1
+                    seq += 1
+                    host, instance, ok = run.host, run.instance, run.state == complete
+                    if not (ok or run.state == failed):
+                        if host:
+                            refs[host] += 1
                         continue
-                    entry = (_ts(run.finished_at), run.id if run.id is not None else agg.seq, ok, job_id)
-                    if run.host:
-                        refs[run.host] += 1
-                        (agg.job_host_ok if ok else agg.job_host_fail)[(job_id, run.host)] += 1
-                        per_host[run.host].append(entry)
-                    if run.instance:
-                        (agg.inst_ok if ok else agg.inst_failed)[run.instance] += 1
-                        per_inst[run.instance].append(entry)
-            agg.job_frames[job_id] = Counter({str(state): n for state, n in counts.items()})
+                    entry = (run.finished_at or _EPOCH, seq if run.id is None else run.id, ok, job_id)
+                    if host:
+                        refs[host] += 1
+                        (job_host_ok if ok else job_host_fail)[(job_id, host)] += 1
+                        per_host[host].append(entry)
+                    if instance:
+                        (inst_ok if ok else inst_failed)[instance] += 1
+                        per_inst[instance].append(entry)
+        agg.seq = seq
         for host, runs in per_host.items():
             runs.sort()
             if keep_recent:
