@@ -72,7 +72,7 @@ class PolicySet:
         declared = getattr(evaluator, "incremental", None)
         if declared is not None:
             return bool(declared)
-        return all(hasattr(evaluator, name) for name in ("update", "current", "due", "known", "state_filter"))
+        return all(hasattr(evaluator, name) for name in ("update", "settle", "current", "due", "known", "state_filter", "ready"))
 
     @property
     def evaluator(self) -> Evaluator:
@@ -188,11 +188,10 @@ def plan_live(
                 dropped.append(ident)
             else:
                 changed[ident] = fact
-        if dropped:  # those the engine held as candidates must be forgotten (one call, only if needed)
-            known = engine.known(kind)
-            changed.update((ident, None) for ident in dropped if ident in known)
-        engine.update(kind, changed, stamp)
-        for name, ids in engine.current(kind).items():
+        # Those the engine held as candidates must be forgotten: it tells them from the
+        # rest itself (asking it which it holds copied every id it held, each cycle).
+        changed.update(dict.fromkeys(dropped))
+        for name, ids in engine.settle(kind, changed, stamp).items():
             policy = by_name.get(name)
             if policy is not None and (due is None or name in due):
                 found.append(Found(policy, kind, ids, whole))
@@ -217,7 +216,7 @@ def refresh(
     `log_since` with a whole read, else only the actions logged since the last read."""
     live = policy_set.live
     engine: Any = policy_set.evaluator
-    engine.known(Kind.JOB)  # an isolated engine (re)starts here if it has to
+    engine.ready()  # an isolated engine (re)starts here if it has to
     starts = getattr(engine, "starts", 0)
     if starts != policy_set.engine_starts:
         live, policy_set.engine_starts = None, starts  # a fresh engine knows nothing: send it everything

@@ -230,6 +230,20 @@ class RuleEngine:
         with self._lock:
             self._put(memory, changed.items(), now)
 
+    def settle(self, kind: Kind, changed: Mapping[Any, dict[str, Any] | None], now: float | None = None
+               ) -> dict[str, list[Any]]:
+        """`update`, then `current`: what a cycle asks of each kind, in one call (one round
+        trip when the engine runs in a child process, `corral.daemon.isolated`)."""
+        memory = self._memory.get(kind)
+        if memory is None:
+            return {}
+        with self._lock:
+            self._put(memory, changed.items(), now)
+            return self._result(memory)
+
+    def ready(self) -> None:
+        """Nothing to start: the engine lives in this process (see `IsolatedEvaluator.ready`)."""
+
     def current(self, kind: Kind) -> dict[str, list[Any]]:
         """The active matches of `kind`, per policy name."""
         memory = self._memory.get(kind)

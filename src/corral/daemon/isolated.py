@@ -80,7 +80,7 @@ def _child_main(conn: Connection, policies: list[Policy], engine: str, fault_fil
 
 #: The calls the daemon makes: `evaluate` (the whole picture) and the incremental ones
 #: (`corral.engine.RuleEngine`: the engine keeps its memory, the daemon sends changes).
-_METHODS = frozenset({"evaluate", "update", "current", "due", "known", "state_filter"})
+_METHODS = frozenset({"evaluate", "update", "settle", "current", "due", "known", "state_filter"})
 
 
 class IsolatedEvaluator:
@@ -105,6 +105,7 @@ class IsolatedEvaluator:
         self._conn: Connection | None = None
         self.starts = 0
         self.crashes = 0
+        self._filters: dict[Kind, frozenset[str] | None] = {}
 
     @property
     def pid(self) -> int | None:
@@ -188,9 +189,21 @@ class IsolatedEvaluator:
     def update(self, kind: Kind, changed: dict[Any, dict[str, Any] | None], now: float | None = None) -> None:
         self._call("update", kind, changed, now)
 
+    def settle(self, kind: Kind, changed: dict[Any, dict[str, Any] | None], now: float | None = None
+               ) -> dict[str, list[Any]]:
+        result: dict[str, list[Any]] = self._call("settle", kind, changed, now)
+        return result
+
     def current(self, kind: Kind) -> dict[str, list[Any]]:
         result: dict[str, list[Any]] = self._call("current", kind)
         return result
+
+    def ready(self) -> None:
+        """Start the child if it is not running (a new one knows nothing: `starts` tells
+        the cycle to send it everything), without a round trip to a live one."""
+        if self._conn is None or self._proc is None or not self._proc.is_alive():
+            self._discard()
+            self._start()
 
     def due(self, kind: Kind, now: float) -> set[Any]:
         result: set[Any] = self._call("due", kind, now)
@@ -201,8 +214,11 @@ class IsolatedEvaluator:
         return result
 
     def state_filter(self, kind: Kind) -> frozenset[str] | None:
-        result: frozenset[str] | None = self._call("state_filter", kind)
-        return result
+        """Asked of the child once per kind: it depends on the policies alone, which a
+        restarted child is given again (a cycle asks for every kind)."""
+        if kind not in self._filters:
+            self._filters[kind] = self._call("state_filter", kind)
+        return self._filters[kind]
 
     def _discard(self) -> None:
         if self._conn is not None:
