@@ -72,7 +72,8 @@ class PolicySet:
         declared = getattr(evaluator, "incremental", None)
         if declared is not None:
             return bool(declared)
-        return all(hasattr(evaluator, name) for name in ("update", "settle", "current", "due", "known", "state_filter", "ready"))
+        methods = ("update", "settle", "current", "due_all", "known", "state_filter", "ready")
+        return all(hasattr(evaluator, name) for name in methods)
 
     @property
     def evaluator(self) -> Evaluator:
@@ -169,15 +170,15 @@ def plan_live(
     # not worked out when no policy reads them).
     narrow_builder = FactBuilder(farm, now, aggregates=live.agg, needs=policy_set.needs)
     stamp = now.timestamp()
-    found: list[Found] = []
-    for kind in Kind:
-        if not any(p.kind is kind for p in by_name.values()):
-            continue
+    kinds = [kind for kind in Kind if any(p.kind is kind for p in by_name.values())]
+    woken = engine.due_all(kinds, stamp)
+    changes: dict[Kind, dict[Any, dict[str, Any] | None]] = {}
+    for kind in kinds:
         allowed, screen = engine.state_filter(kind), policy_set.screens[kind]
         changed: dict[Any, dict[str, Any] | None] = {}
         dropped: list[Any] = []
         find = farm.lookup(kind)
-        for ident in dirty[kind] | engine.due(kind, stamp):
+        for ident in dirty[kind] | woken[kind]:
             entity = find(ident)
             # Not a candidate: gone, in a state no policy acts on, or its first stage
             # already fails every gate.
@@ -191,7 +192,10 @@ def plan_live(
         # Those the engine held as candidates must be forgotten: it tells them from the
         # rest itself (asking it which it holds copied every id it held, each cycle).
         changed.update(dict.fromkeys(dropped))
-        for name, ids in engine.settle(kind, changed, stamp).items():
+        changes[kind] = changed
+    found: list[Found] = []
+    for kind, current in engine.settle(changes, stamp).items():  # every kind in one call
+        for name, ids in current.items():
             policy = by_name.get(name)
             if policy is not None and (due is None or name in due):
                 found.append(Found(policy, kind, ids, whole))

@@ -230,16 +230,18 @@ class RuleEngine:
         with self._lock:
             self._put(memory, changed.items(), now)
 
-    def settle(self, kind: Kind, changed: Mapping[Any, dict[str, Any] | None], now: float | None = None
-               ) -> dict[str, list[Any]]:
-        """`update`, then `current`: what a cycle asks of each kind, in one call (one round
-        trip when the engine runs in a child process, `corral.daemon.isolated`)."""
-        memory = self._memory.get(kind)
-        if memory is None:
-            return {}
-        with self._lock:
-            self._put(memory, changed.items(), now)
-            return self._result(memory)
+    def settle(self, changes: Mapping[Kind, Mapping[Any, dict[str, Any] | None]], now: float | None = None
+               ) -> dict[Kind, dict[str, list[Any]]]:
+        """`update` each kind's changed facts, then `current` of each: what a cycle asks
+        of the engine, in one call (one round trip when the engine runs in a child
+        process, `corral.daemon.isolated`)."""
+        for kind, changed in changes.items():
+            self.update(kind, changed, now)
+        return {kind: self.current(kind) for kind in changes}
+
+    def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[Any]]:
+        """`due` of each kind, in one call (see `settle`)."""
+        return {kind: self.due(kind, now) for kind in kinds}
 
     def ready(self) -> None:
         """Nothing to start: the engine lives in this process (see `IsolatedEvaluator.ready`)."""

@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -80,7 +80,7 @@ def _child_main(conn: Connection, policies: list[Policy], engine: str, fault_fil
 
 #: The calls the daemon makes: `evaluate` (the whole picture) and the incremental ones
 #: (`corral.engine.RuleEngine`: the engine keeps its memory, the daemon sends changes).
-_METHODS = frozenset({"evaluate", "update", "settle", "current", "due", "known", "state_filter"})
+_METHODS = frozenset({"evaluate", "update", "settle", "current", "due", "due_all", "known", "state_filter"})
 
 
 class IsolatedEvaluator:
@@ -189,9 +189,13 @@ class IsolatedEvaluator:
     def update(self, kind: Kind, changed: dict[Any, dict[str, Any] | None], now: float | None = None) -> None:
         self._call("update", kind, changed, now)
 
-    def settle(self, kind: Kind, changed: dict[Any, dict[str, Any] | None], now: float | None = None
-               ) -> dict[str, list[Any]]:
-        result: dict[str, list[Any]] = self._call("settle", kind, changed, now)
+    def settle(self, changes: Mapping[Kind, Mapping[Any, dict[str, Any] | None]], now: float | None = None
+               ) -> dict[Kind, dict[str, list[Any]]]:
+        result: dict[Kind, dict[str, list[Any]]] = self._call("settle", dict(changes), now)
+        return result
+
+    def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[Any]]:
+        result: dict[Kind, set[Any]] = self._call("due_all", list(kinds), now)
         return result
 
     def current(self, kind: Kind) -> dict[str, list[Any]]:
