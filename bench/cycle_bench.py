@@ -376,6 +376,65 @@ def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) ->
     }
 
 
+def measure_isolated(url: str, frames: int, seed: int, rounds: int, first_round: int) -> dict[str, Any]:
+    """The committing steady cycles again, with the rule engine in a child process as
+    `corral run` runs it by default (`--isolate`: a crash of the engine costs a cycle,
+    not the daemon), so the price of that isolation (pickling each cycle's changed
+    facts and matches across a pipe) is measured, not guessed.  The headline figures
+    are the engine in process (`corral run --no-isolate`).  In a process of its own
+    (its peak RSS is not the daemon's figure), after a first committing cycle that reads
+    the farm whole; rounds numbered on from `first_round`."""
+    from corral.cycle import PolicySet, run_cycle
+    from corral.daemon.isolated import IsolatedEvaluator
+    from corral.policy.loader import builtin_dir, load_paths
+    from corral.store.store import Store
+
+    policies = load_paths([builtin_dir()]).policies
+    store = Store.open(url)
+    policy_set = PolicySet(policies, keep_live=True, evaluator_factory=lambda active: IsolatedEvaluator(active))
+    try:
+        run_cycle(store, policy_set, commit=True, now=NOW + timedelta(seconds=30 * (first_round - 1)))
+        steadies, floors, _, _ = steady_rounds(store, policy_set, frames, seed,
+                                               range(first_round, first_round + rounds), commit=True)
+    finally:
+        policy_set.evaluator.close()  # type: ignore[attr-defined]
+        store.close()
+    steady_s, floor = statistics.median(steadies), statistics.median(floors)
+    return {
+        "steady_isolated_cycle_s": round(steady_s, 4),
+        "io_floor_isolated_s": round(floor, 4),
+        "steady_isolated_cycles_s": [round(x, 4) for x in steadies],
+        "ratio_io_isolated": round(steady_s / floor, 2) if floor else None,
+    }
+
+
+def _send_result(conn: Any, fn: Any, args: tuple[Any, ...]) -> None:
+    try:
+        conn.send(("ok", fn(*args)))
+    except BaseException as err:  # reported to the parent, which stops the run
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+    finally:
+        conn.close()
+
+
+def in_own_process(fn: Any, *args: Any) -> Any:
+    """`fn(*args)` in a fresh process that may start processes of its own (a `Pool`'s
+    workers may not: the isolated engine is one)."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_send_result, args=(child, fn, args))
+    proc.start()
+    child.close()
+    try:
+        status, payload = parent.recv()
+    except EOFError:
+        status, payload = "error", f"the process died (exit code {proc.exitcode})"
+    proc.join()
+    if status != "ok":
+        raise SystemExit(f"{getattr(fn, '__name__', fn)} failed: {payload}")
+    return payload
+
+
 def _postgres_fresh(url: str) -> tuple[str, str]:
     """A fresh database for this run, so runs never see each other's rows."""
     import uuid
@@ -451,6 +510,7 @@ def main() -> None:
             cold_floor = pool.apply(measure_cold_floor, (url,))
         with ctx.Pool(1) as pool:
             result = pool.apply(measure, (url, args.frames, args.seed, args.rounds, cold_floor))
+        result.update(in_own_process(measure_isolated, url, args.frames, args.seed, args.rounds, 2 * args.rounds + 1))
         with ctx.Pool(1) as pool:
             py_floor, py_eval = pool.apply(measure_python_floor, (url, min(args.rounds, 3)))
         result["python_floor_s"] = round(py_floor, 4)
