@@ -14,7 +14,10 @@ daemon's, not the generator's):
   (untimed) has acted on the backlog the cold cycle found; `--rounds` times (default
   5), and the median is reported.  Before that, as many dry steady cycles (nothing
   applied, so each plans the whole backlog again) are reported as `steady_dry_*`:
-  what earlier tables called the steady cycle (see `measure`);
+  what earlier tables called the steady cycle (see `measure`).  The rule engine runs
+  in the daemon's process (`corral run --no-isolate`); the same committing cycles with
+  it in a child process, as `corral run` runs it by default, are measured after them
+  in a process of their own (`steady_isolated_*`, `ratio_io_isolated`);
 - floors, measured on the same database in the same run:
   * io floor: plain SQL queries returning just the rows changed since the previous
     cycle (every farm table, on the indexed change stamp `rev`), before each steady

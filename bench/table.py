@@ -3,9 +3,11 @@
     python bench/table.py [--sizes 10000,100000,1000000] [--postgres URL]
 
 Each run is `python bench/cycle_bench.py --frames N [--db URL] --json` in its own
-process; the table is printed as Markdown, the raw JSON lines to stderr.  The last two
-columns are the dry steady cycles (nothing applied, the backlog planned again each
-cycle), which tables before the committing steady cycle reported as the steady cycle.
+process; the table is printed as Markdown, the raw JSON lines to stderr.  Then two
+columns of dry steady cycles (nothing applied, the backlog planned again each cycle),
+which tables before the committing steady cycle reported as the steady cycle, and two
+of the committing steady cycles with the rule engine in a child process, as `corral run`
+runs it by default (the headline columns are `corral run --no-isolate`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ COLUMNS = (
     ("ratio_python", "ratio_python"),
     ("steady_dry_cycle_s", "dry steady cycle (s)"),
     ("ratio_io_dry", "ratio_io, dry"),
+    ("steady_isolated_cycle_s", "isolated steady cycle (s)"),
+    ("ratio_io_isolated", "ratio_io, isolated"),
 )
 
 
