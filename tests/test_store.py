@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -11,7 +11,7 @@ from unittest.mock import patch
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import insert, text, update
+from sqlalchemy import insert, make_url, text, update
 
 from conftest import NOW, later, snap
 from corral.states import Action, FrameState, JobState, Kind
@@ -63,6 +63,24 @@ def test_a_farm_read_whole_holds_one_string_per_instance_and_host_name(store: St
     assert failed.runs[0].instance is failed.instance is farm.instances["i2"].id
     assert failed.runs[0].host is failed.host is farm.instances["i2"].host
     assert farm.workers["n1"].name is running.host
+
+
+@pytest.mark.postgres
+def test_a_postgresql_session_reads_timestamps_in_utc_whatever_zone_the_server_starts_it_in(
+    postgres_url: str,
+) -> None:
+    """The store sets its sessions to UTC (timestamps then arrive as `datetime.UTC`, with
+    nothing to convert); a server or role whose sessions start in another zone changes
+    no instant corral reads or writes."""
+    tokyo = make_url(postgres_url).update_query_dict({"options": "-c timezone=Asia/Tokyo"})
+    with Store.open(tokyo.render_as_string(hide_password=False)) as store:
+        store.load_farm(snap(FARM), replace=True)
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW TIME ZONE").scalar_one() == "UTC"
+        farm = store.read_farm()
+    run = farm.jobs[12].frames[2].runs[0]
+    assert run.finished_at is not None and run.finished_at.tzinfo is UTC and run.finished_at.hour == 9
+    assert farm == snap(FARM)
 
 
 def test_timestamps_come_back_as_aware_utc(store: Store) -> None:

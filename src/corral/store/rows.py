@@ -87,7 +87,10 @@ def timestamp_parser(dialect: str, *, naive_sqlite: bool = False) -> Callable[[A
         return datetime.fromisoformat
 
     def parse(stamp: Any) -> datetime:
-        return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)  # type: ignore[no-any-return]
+        zone = stamp.tzinfo
+        if zone is UTC:  # what a session set to UTC gives (store.engine): taken as it is
+            return stamp  # type: ignore[no-any-return]
+        return stamp.replace(tzinfo=UTC) if zone is None else stamp.astimezone(UTC)  # type: ignore[no-any-return]
 
     return parse
 

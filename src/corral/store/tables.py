@@ -52,8 +52,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def as_utc(value: datetime | None) -> datetime | None:
     """Naive means UTC (that is how the store writes it); aware is converted."""
-    if value is None:
-        return None
+    if value is None or value.tzinfo is UTC:
+        return value
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
