@@ -72,7 +72,7 @@ class PolicySet:
         declared = getattr(evaluator, "incremental", None)
         if declared is not None:
             return bool(declared)
-        methods = ("update", "settle", "current", "due_all", "known", "state_filter", "ready")
+        methods = ("settle", "due_all", "known", "state_filter", "ready")  # the calls a cycle makes
         return all(hasattr(evaluator, name) for name in methods)
 
     @property

@@ -80,7 +80,7 @@ def _child_main(conn: Connection, policies: list[Policy], engine: str, fault_fil
 
 #: The calls the daemon makes: `evaluate` (the whole picture) and the incremental ones
 #: (`corral.engine.RuleEngine`: the engine keeps its memory, the daemon sends changes).
-_METHODS = frozenset({"evaluate", "update", "settle", "current", "due", "due_all", "known", "state_filter"})
+_METHODS = frozenset({"evaluate", "settle", "due_all", "known", "state_filter"})
 
 
 class IsolatedEvaluator:
@@ -184,11 +184,9 @@ class IsolatedEvaluator:
         result: dict[str, list[Any]] = self._call("evaluate", kind, list(facts), now)
         return result
 
-    # The incremental calls.  A new child starts with an empty memory: `starts` tells
-    # the cycle (corral.cycle.refresh) to send it every fact again.
-    def update(self, kind: Kind, changed: dict[Any, dict[str, Any] | None], now: float | None = None) -> None:
-        self._call("update", kind, changed, now)
-
+    # The incremental calls a cycle makes (two round trips: `due_all`, then `settle`).
+    # A new child starts with an empty memory: `starts` tells the cycle
+    # (corral.cycle.refresh) to send it every fact again.
     def settle(self, changes: Mapping[Kind, Mapping[Any, dict[str, Any] | None]], now: float | None = None
                ) -> dict[Kind, dict[str, list[Any]]]:
         result: dict[Kind, dict[str, list[Any]]] = self._call("settle", dict(changes), now)
@@ -198,20 +196,12 @@ class IsolatedEvaluator:
         result: dict[Kind, set[Any]] = self._call("due_all", list(kinds), now)
         return result
 
-    def current(self, kind: Kind) -> dict[str, list[Any]]:
-        result: dict[str, list[Any]] = self._call("current", kind)
-        return result
-
     def ready(self) -> None:
         """Start the child if it is not running (a new one knows nothing: `starts` tells
         the cycle to send it everything), without a round trip to a live one."""
         if self._conn is None or self._proc is None or not self._proc.is_alive():
             self._discard()
             self._start()
-
-    def due(self, kind: Kind, now: float) -> set[Any]:
-        result: set[Any] = self._call("due", kind, now)
-        return result
 
     def known(self, kind: Kind) -> set[Any]:
         result: set[Any] = self._call("known", kind)
