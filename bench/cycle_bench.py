@@ -6,7 +6,7 @@ Builds a farm of N frames (about 100 frames per job, 2,000 workers, a realistic 
 of states with a few percent failing), then, in a fresh process (so peak RSS is the
 daemon's, not the generator's):
 
-- cold cycle: the first evaluation of the built-in pack on a fresh PolicySet (what a
+- cold cycle: the first evaluation of the built-in pack in a fresh Session (what a
   daemon does when it starts), timed end to end (read, facts, evaluate, plan);
 - steady cycle: after 1% of the frame rows changed (as a supervisor would change
   them: pending->running, running->complete/failed with a run recorded), the next
@@ -201,14 +201,15 @@ _EVAL = [0.0]
 
 
 def timed_policy_set(policies: Any) -> tuple[Any, list[float]]:
-    """A fresh PolicySet whose rule evaluation is timed into the returned cell: the engine
+    """A fresh session whose rule evaluation is timed into the returned cell: the engine
     updates, and the first cycle's pass that picks the entities in some gate's states
     before any fact is built (LiveFarm.everything), which is rule evaluation too."""
-    from corral.cycle import PolicySet
     from corral.live import LiveFarm
+    from corral.policyset import PolicySet
+    from corral.session import Session
 
     _EVAL[0] = 0.0
-    policy_set = PolicySet(policies, keep_live=True)
+    policy_set = Session(PolicySet(policies), keep_live=True)
     evaluator: Any = policy_set.evaluator
     raw_update = evaluator.update
 
@@ -387,20 +388,22 @@ def measure_isolated(url: str, frames: int, seed: int, rounds: int, first_round:
     are the engine in process (`corral run --no-isolate`).  In a process of its own
     (its peak RSS is not the daemon's figure), after a first committing cycle that reads
     the farm whole; rounds numbered on from `first_round`."""
-    from corral.cycle import PolicySet, run_cycle
+    from corral.cycle import run_cycle
     from corral.daemon.isolated import IsolatedEvaluator
     from corral.policy.loader import builtin_dir, load_paths
+    from corral.policyset import PolicySet
+    from corral.session import Session
     from corral.store.store import Store
 
     policies = load_paths([builtin_dir()]).policies
     store = Store.open(url)
-    policy_set = PolicySet(policies, keep_live=True, evaluator_factory=lambda active: IsolatedEvaluator(active))
+    policy_set = Session(PolicySet(policies), keep_live=True, evaluator_factory=lambda active: IsolatedEvaluator(active))
     try:
         run_cycle(store, policy_set, commit=True, now=NOW + timedelta(seconds=30 * (first_round - 1)))
         steadies, floors, _, _ = steady_rounds(store, policy_set, frames, seed,
                                                range(first_round, first_round + rounds), commit=True)
     finally:
-        policy_set.evaluator.close()  # type: ignore[attr-defined]
+        policy_set.close()
         store.close()
     steady_s, floor = statistics.median(steadies), statistics.median(floors)
     return {

@@ -32,16 +32,19 @@ import cycle_bench as bench
 
 import corral.cycle as cycle
 import corral.live as live
+import corral.session as session_mod
 import corral.store.changes as changes
 import corral.store.store as store_mod
 from corral.engine import RuleEngine
 from corral.policy.loader import builtin_dir, load_paths
+from corral.policyset import PolicySet
+from corral.session import Session
 
 SPENT: dict[str, float] = defaultdict(float)
 
 #: (module or class, function, label): the parts of a steady cycle, outermost first.
 PARTS: tuple[tuple[Any, str, str], ...] = (
-    (cycle, "refresh", "read+apply"),
+    (session_mod.Session, "refresh", "read+apply"),
     (store_mod.Store, "read_changes", "  read changes"),
     (changes, "advance", "    advance stamp"),
     (live.LiveFarm, "apply", "  apply to live farm"),
@@ -96,7 +99,7 @@ def run(url: str, frames: int, seed: int, rounds: int, *, commit: bool = True) -
     if gen.exitcode != 0:
         raise SystemExit("farm generation failed")
     store = Store.open(url)
-    policy_set = cycle.PolicySet(load_paths([builtin_dir()]).policies, keep_live=True)
+    policy_set = Session(PolicySet(load_paths([builtin_dir()]).policies), keep_live=True)
     cycle.run_cycle(store, policy_set, commit=False, now=bench.NOW)
     if commit:  # as the benchmark does: the daemon acts on the cold cycle's backlog first
         cycle.run_cycle(store, policy_set, commit=True, now=bench.NOW)

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from corral.cycle import PolicySet, plan_farm
+from corral.cycle import plan_farm
 from corral.plan import Plan
 from corral.policy.loader import builtin_dir, load_paths
+from corral.policyset import PolicySet
 from corral.snapshot import load_snapshot_file, parse_snapshot
 
 NOW = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
@@ -42,7 +43,7 @@ def plan_for(
         result = load_paths([builtin_dir()], overrides)
         assert result.ok, result.errors
         policies = result.policies
-    plan, _ = plan_farm(farm, PolicySet(policies, engine=engine), now=NOW)
+    plan, _ = plan_farm(farm, PolicySet(policies), now=NOW, engine=engine)
     return plan
 
 
@@ -334,7 +335,7 @@ def test_quarantine_acts_on_none_when_too_much_of_the_farm_looks_sick(pack: list
 
 def test_example_farm_gets_the_documented_plan(pack: list[Any], engine: str) -> None:
     farm = load_snapshot_file(EXAMPLE)
-    plan, _ = plan_farm(farm, PolicySet(pack, engine=engine), now=NOW)
+    plan, _ = plan_farm(farm, PolicySet(pack), now=NOW, engine=engine)
     assert acts(plan) == {
         ("block-job-when-all-hosts-fail", "job", "102", "block"),
         ("keep-dependents-blocked", "job", "108", "block"),

@@ -253,24 +253,21 @@ def test_a_database_password_never_reaches_the_log(tmp_path: Path) -> None:
     assert mask_secrets("postgresql://ann:pw@db/x password=pw2 host=h") == "postgresql://ann:***@db/x password=*** host=h"
 
 
-class _Slow:
+class _Slow(ReferenceEvaluator):
     """An evaluator that takes its time and records overlapping calls."""
 
     running = 0
     overlap = False
     lock = threading.Lock()
 
-    def __init__(self, policies: list[Policy]) -> None:
-        self.inner = ReferenceEvaluator(policies)
-
-    def evaluate(self, kind: Kind, facts: Any) -> dict[str, list[Any]]:
+    def settle(self, changes: Any, now: float | None = None) -> dict[Kind, dict[str, list[Any]]]:
         with _Slow.lock:
             _Slow.running += 1
             _Slow.overlap |= _Slow.running > 1
         time.sleep(0.35)
         with _Slow.lock:
             _Slow.running -= 1
-        return self.inner.evaluate(kind, facts)
+        return super().settle(changes, now)
 
 
 def test_an_overrunning_cycle_makes_the_next_tick_skip_not_stack(tmp_path: Path, sqlite_template: Path) -> None:

@@ -9,9 +9,11 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from corral.cli import app
-from corral.cycle import PolicySet, run_cycle
+from corral.cycle import run_cycle
 from corral.explain import explain
 from corral.policy.loader import builtin_dir, load_paths
+from corral.policyset import PolicySet
+from corral.session import Session
 from corral.snapshot import load_snapshot_file
 from corral.states import Kind
 from corral.store.store import Store
@@ -52,7 +54,7 @@ def test_cooldown_from_the_store_is_a_skipped_verdict_and_history_is_listed(tmp_
     with Store.open(url) as store:
         store.init()
         store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
-        run_cycle(store, PolicySet(pack, engine="reference"), commit=True, now=datetime(2026, 11, 28, 2, tzinfo=UTC))
+        run_cycle(store, Session(PolicySet(pack), engine="reference"), commit=True, now=datetime(2026, 11, 28, 2, tzinfo=UTC))
     result = runner.invoke(app, ["explain", "instance", "101.3", "--db", url, "--now", "2026-11-28T02:10:00Z"])
     out = result.output
     assert result.exit_code == 0, out

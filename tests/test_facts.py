@@ -8,7 +8,6 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corral.cycle import screen_for
 from corral.facts import (
     _INSTANCE_FIRST,
     _JOB_FIRST,
@@ -26,6 +25,7 @@ from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
 from corral.policy.loader import builtin_dir, load_paths, load_texts
 from corral.policy.model import Policy, paths_read
 from corral.policy.reference import holds
+from corral.policyset import screen_for
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind
 from strategies import NOW, farms, policy_sets
 

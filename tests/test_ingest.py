@@ -18,9 +18,11 @@ from typer.testing import CliRunner
 from conftest import NOW, later
 from corral import Corral, Farm, JobState, event_json_schema, parse_frames
 from corral.cli import app
-from corral.cycle import PolicySet, run_cycle
+from corral.cycle import run_cycle
 from corral.ingest import BadEvent, parse_line
 from corral.policy.loader import builtin_dir, load_paths
+from corral.policyset import PolicySet
+from corral.session import Session
 from corral.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,7 +180,7 @@ def test_end_to_end_a_dependent_job_is_unblocked_once_its_upstream_frames_comple
     assert report.bad == [] and c.job(upstream.id).state == JobState.COMPLETE
     loaded = load_paths([builtin_dir()])
     assert loaded.errors == []
-    result = run_cycle(store, PolicySet(loaded.policies), commit=True, now=later(30))
+    result = run_cycle(store, Session(PolicySet(loaded.policies)), commit=True, now=later(30))
     assert result.report is not None and result.report.refused == []
     assert c.job(dependent.id).state == JobState.PENDING
     history = store.transitions(job=dependent.id)

@@ -17,13 +17,15 @@ from sqlalchemy import insert, text, update
 
 import corral.cycle as cycle_module
 from conftest import farms
-from corral.cycle import PolicySet, plan_farm, run_cycle
+from corral.cycle import plan_farm, run_cycle
 from corral.evaluate import ReferenceEvaluator
 from corral.facts import FIELDS, Aggregates, FactBuilder, Needs, frame_runs
 from corral.farm import Farm
 from corral.plan import Plan
 from corral.policy.loader import builtin_dir, load_paths, load_texts
 from corral.policy.model import Policy
+from corral.policyset import PolicySet
+from corral.session import Session
 from corral.snapshot import load_snapshot_file
 from corral.states import Kind
 from corral.store import Store
@@ -45,7 +47,7 @@ def _refusals(plan: Plan) -> set[tuple[Any, ...]]:
 
 def full_plan(store: Store, now: datetime) -> set[tuple[Any, ...]]:
     """What a cycle that reads the whole farm afresh would plan (the oracle)."""
-    plan, _ = plan_farm(store.read_farm(), PolicySet(PACK, engine="reference"), now=now,
+    plan, _ = plan_farm(store.read_farm(), PolicySet(PACK), engine="reference", now=now,
                         last_actions=_last(store, now))
     return summary(plan)
 
@@ -75,24 +77,29 @@ def supervisor_step(store: Store, rnd: random.Random, at: datetime, hosts: list[
                     state="running", host=host, started_at=at, state_since=at, version=fr.c.version + 1))
 
 
+def current(session: Session, kind: Kind) -> dict[str, list[object]]:
+    """The matches the session's engine holds for `kind` (asked with no change)."""
+    return session.evaluator.settle({kind: {}})[kind]
+
+
 def test_incremental_cycles_plan_what_a_full_read_plans(store: Store) -> None:
     store.init()
     store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
-    policy_set = PolicySet(PACK, keep_live=True)
+    session = Session(PolicySet(PACK), keep_live=True)
     rnd = random.Random(3)
     now = NIGHT
     for cycle in range(8):
         expected = full_plan(store, now)
-        result = run_cycle(store, policy_set, commit=cycle % 2 == 1, now=now)
+        result = run_cycle(store, session, commit=cycle % 2 == 1, now=now)
         assert summary(result.plan) == expected, f"cycle {cycle}"
         now += timedelta(minutes=3)
         supervisor_step(store, rnd, now)
     # after commits and supervisor writes, the live counts still match a fresh count of the farm
-    run_cycle(store, policy_set, commit=False, now=now)
-    live = policy_set.live
+    run_cycle(store, session, commit=False, now=now)
+    live = session.live
     assert live is not None
     # every field (but a worker's recent window, which no policy of the pack reads, so it is not kept)
-    assert not policy_set.reads_recent
+    assert not session.policy_set.reads_recent
     every = Needs.of({kind: {f for f in FIELDS[kind] if "recent_" not in f} for kind in Kind})
     fresh = FactBuilder(store.read_farm(), now, needs=every)
     kept = FactBuilder(live.farm, now, aggregates=live.agg, needs=every)
@@ -103,11 +110,11 @@ def test_incremental_cycles_plan_what_a_full_read_plans(store: Store) -> None:
 def test_time_based_conditions_fire_when_due_without_any_change(store: Store) -> None:
     store.init()
     store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
-    policy_set = PolicySet(PACK, keep_live=True)
+    session = Session(PolicySet(PACK), keep_live=True)
     early = datetime(2026, 11, 28, 1, 42, tzinfo=UTC)  # job 103 failed at 01:40: its 5m delay is not over
-    first = run_cycle(store, policy_set, commit=False, now=early)
+    first = run_cycle(store, session, commit=False, now=early)
     assert not any(t.policy == "retry-failed-jobs" for t in first.plan.transitions)
-    later = run_cycle(store, policy_set, commit=False, now=early + timedelta(minutes=4))
+    later = run_cycle(store, session, commit=False, now=early + timedelta(minutes=4))
     assert ("retry-failed-jobs", "103") in {(t.policy, t.ident) for t in later.plan.transitions}
     assert later.facts < 10  # nothing changed in the store: only the due entity was re-read
 
@@ -118,32 +125,32 @@ def test_an_action_logged_between_cycles_holds_its_entity_in_cooldown(store: Sto
     say) is seen, and its cooldown holds as a whole read of the log would."""
     store.init()
     store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
-    policy_set = PolicySet(PACK, keep_live=True)
+    session = Session(PolicySet(PACK), keep_live=True)
     early = datetime(2026, 11, 28, 1, 42, tzinfo=UTC)  # job 103 failed at 01:40; retry-failed-jobs waits 5m
-    run_cycle(store, policy_set, commit=False, now=early)
+    run_cycle(store, session, commit=False, now=early)
     with store.engine.begin() as conn:
         conn.execute(insert(table("transitions")).values(
             at=early + timedelta(minutes=1), kind="job", entity_id="103", job_id=103, action="retry",
             from_state="failed", to_state="retrying", actor="corral", policy="retry-failed-jobs", applied=True))
     now = early + timedelta(minutes=4)
-    result = run_cycle(store, policy_set, commit=False, now=now)
+    result = run_cycle(store, session, commit=False, now=now)
     assert ("retry-failed-jobs", "103") not in {(t.policy, t.ident) for t in result.plan.transitions}
     assert ("retry-failed-jobs", "103", "cooldown") in {(s.policy, s.ident, s.category) for s in result.plan.skipped}
     assert summary(result.plan) == full_plan(store, now)
     # and once the cooldown is over, the policy acts again
-    later = run_cycle(store, policy_set, commit=False, now=early + timedelta(minutes=7))
+    later = run_cycle(store, session, commit=False, now=early + timedelta(minutes=7))
     assert ("retry-failed-jobs", "103") in {(t.policy, t.ident) for t in later.plan.transitions}
 
 
 def test_deleting_rows_makes_the_next_cycle_read_the_whole_farm(store: Store) -> None:
     store.init()
     store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
-    policy_set = PolicySet(PACK, keep_live=True)
-    run_cycle(store, policy_set, commit=False, now=NIGHT)
+    session = Session(PolicySet(PACK), keep_live=True)
+    run_cycle(store, session, commit=False, now=NIGHT)
     store.load_farm(Farm(), replace=True)  # the farm is emptied
-    result = run_cycle(store, policy_set, commit=False, now=NIGHT)
+    result = run_cycle(store, session, commit=False, now=NIGHT)
     assert result.plan.transitions == []
-    assert policy_set.live is not None and policy_set.live.farm.jobs == {}
+    assert session.live is not None and session.live.farm.jobs == {}
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -151,11 +158,11 @@ def test_deleting_rows_makes_the_next_cycle_read_the_whole_farm(store: Store) ->
 def test_random_farms_and_changes_plan_the_same_both_ways(store: Store, farm: Farm, seed: int) -> None:
     store.init()
     store.load_farm(farm, replace=True)
-    policy_set = PolicySet(PACK, keep_live=True)
+    session = Session(PolicySet(PACK), keep_live=True)
     rnd = random.Random(seed)
     now = NIGHT
     for _ in range(3):
-        result = run_cycle(store, policy_set, commit=False, now=now)
+        result = run_cycle(store, session, commit=False, now=now)
         assert summary(result.plan) == full_plan(store, now)
         now += timedelta(minutes=rnd.choice([1, 4, 30]))
         supervisor_step(store, rnd, now)
@@ -241,7 +248,7 @@ def test_a_dry_running_daemon_plays_again_only_the_parts_of_the_plan_that_change
         job.state = job.derived_state()
     store.init()
     store.load_farm(Farm(jobs=jobs), replace=True)
-    policy_set = PolicySet(load_texts([("p.yaml", RETRY_ANY_FAILED_FRAME)]).policies, keep_live=True)
+    session = Session(PolicySet(load_texts([("p.yaml", RETRY_ANY_FAILED_FRAME)]).policies), keep_live=True)
     played: list[str] = []
     real_play = plan_module._play
 
@@ -250,17 +257,17 @@ def test_a_dry_running_daemon_plays_again_only_the_parts_of_the_plan_that_change
         return real_play(farm, m, now, reason)
 
     monkeypatch.setattr(plan_module, "_play", play)
-    first = run_cycle(store, policy_set, commit=False, now=NIGHT)
+    first = run_cycle(store, session, commit=False, now=NIGHT)
     assert sorted(t.ident for t in first.plan.transitions) == ["1:1", "2:1"] and sorted(played) == ["1:1", "2:1"]
     with store.engine.begin() as conn:  # the supervisor retried frame 2:1 itself, and it failed again
         conn.execute(update(table("frames")).where(table("frames").c.job_id == 2).values(retries=1))
     played.clear()
     later = NIGHT + timedelta(minutes=5)
-    second = run_cycle(store, policy_set, commit=False, now=later)
+    second = run_cycle(store, session, commit=False, now=later)
     assert played == ["2:1"]  # job 1 did not change: its part is reused
     assert [(t.ident, t.reason) for t in second.plan.transitions] == [("1:1", "retry 1:1, failed 5m ago")]
     assert [(s.ident, s.category) for s in second.plan.skipped] == [("2:1", "illegal")]
-    oracle, _ = plan_farm(store.read_farm(), PolicySet(policy_set.policies, engine="reference"), now=later)
+    oracle, _ = plan_farm(store.read_farm(), session.policy_set, engine="reference", now=later)
     assert summary(second.plan) == summary(oracle) and _refusals(second.plan) == _refusals(oracle)
 
 
@@ -269,45 +276,45 @@ def test_what_corral_itself_changed_reaches_the_facts_that_copy_it(store: Store)
     policies = load_texts([("p.yaml", KILL_AND_ORPHANS)]).policies
     store.init()
     store.load_farm(_two_jobs(), replace=True)
-    policy_set = PolicySet(policies, keep_live=True)
-    run_cycle(store, policy_set, commit=True, now=NIGHT)
+    session = Session(PolicySet(policies), keep_live=True)
+    run_cycle(store, session, commit=True, now=NIGHT)
     later = NIGHT + timedelta(minutes=1)
-    oracle, _ = plan_farm(store.read_farm(), PolicySet(policies, engine="reference"), now=later)
+    oracle, _ = plan_farm(store.read_farm(), PolicySet(policies), engine="reference", now=later)
     assert ("block-orphans", "2") in {(t.policy, t.ident) for t in oracle.transitions}
-    assert summary(run_cycle(store, policy_set, commit=False, now=later).plan) == summary(oracle)
+    assert summary(run_cycle(store, session, commit=False, now=later).plan) == summary(oracle)
 
 
 def test_a_sibling_failing_and_a_host_locked_reach_the_frames_that_copy_them(store: Store) -> None:
     policies = load_texts([("p.yaml", KILL_AND_ORPHANS)]).policies[2:]
     store.init()
     store.load_farm(_two_jobs(), replace=True)
-    policy_set = PolicySet(policies, keep_live=True)
-    run_cycle(store, policy_set, commit=False, now=NIGHT)
+    session = Session(PolicySet(policies), keep_live=True)
+    run_cycle(store, session, commit=False, now=NIGHT)
     fr, wk = table("frames"), table("workers")
     with store.engine.begin() as conn:  # the supervisor: frame 2:1 fails, host h2 is locked
         conn.execute(update(fr).where(fr.c.job_id == 2, fr.c.number == 1).values(state="failed", host="h1"))
         conn.execute(update(wk).where(wk.c.name == "h2").values(state="locked"))
     later = NIGHT + timedelta(minutes=1)
-    assert summary(run_cycle(store, policy_set, commit=False, now=later).plan) == full_plan_with(store, policies, later)
+    assert summary(run_cycle(store, session, commit=False, now=later).plan) == full_plan_with(store, policies, later)
 
 
 def test_a_cycle_that_fails_after_reading_makes_the_next_one_read_everything(store: Store, monkeypatch: Any) -> None:
     store.init()
     store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
-    policy_set = PolicySet(PACK, keep_live=True)
-    run_cycle(store, policy_set, commit=False, now=NIGHT)
-    assert policy_set.live is not None
+    session = Session(PolicySet(PACK), keep_live=True)
+    run_cycle(store, session, commit=False, now=NIGHT)
+    assert session.live is not None
 
     def blip(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the database went away")
 
     monkeypatch.setattr(cycle_module, "plan_live", blip)  # the changes were read and applied, then this
     with pytest.raises(RuntimeError):
-        run_cycle(store, policy_set, commit=False, now=NIGHT)
-    assert policy_set.live is None  # what that cycle read was never evaluated: start over
+        run_cycle(store, session, commit=False, now=NIGHT)
+    assert session.live is None  # what that cycle read was never evaluated: start over
     assert gc.isenabled()  # the cycle pauses the garbage collector, and a failed one too turns it back on
     monkeypatch.undo()
-    assert summary(run_cycle(store, policy_set, commit=False, now=NIGHT).plan) == full_plan(store, NIGHT)
+    assert summary(run_cycle(store, session, commit=False, now=NIGHT).plan) == full_plan(store, NIGHT)
 
 
 def test_a_cycle_leaves_the_garbage_collector_as_it_found_it(store: Store) -> None:
@@ -315,20 +322,20 @@ def test_a_cycle_leaves_the_garbage_collector_as_it_found_it(store: Store) -> No
     for a caller that had turned it off."""
     store.init()
     store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
-    policy_set = PolicySet(PACK, keep_live=True)
+    session = Session(PolicySet(PACK), keep_live=True)
     for _ in range(2):  # the first cycle reads the whole farm, the second only what changed
-        run_cycle(store, policy_set, commit=False, now=NIGHT)
+        run_cycle(store, session, commit=False, now=NIGHT)
         assert gc.isenabled()
     gc.disable()
     try:
-        run_cycle(store, policy_set, commit=False, now=NIGHT)
+        run_cycle(store, session, commit=False, now=NIGHT)
         assert not gc.isenabled()
     finally:
         gc.enable()
 
 
 def full_plan_with(store: Store, policies: list[Any], now: datetime) -> set[tuple[Any, ...]]:
-    plan, _ = plan_farm(store.read_farm(), PolicySet(policies, engine="reference"), now=now)
+    plan, _ = plan_farm(store.read_farm(), PolicySet(policies), engine="reference", now=now)
     return summary(plan)
 
 
@@ -345,19 +352,19 @@ def test_any_policies_see_every_change_of_the_fields_they_read(
     and so is the plan (whose unchanged parts the live farm's `PlanMemo` reuses)."""
     store.init()
     store.load_farm(farm, replace=True)
-    policy_set = PolicySet(policies, keep_live=True)
+    session = Session(PolicySet(policies), keep_live=True)
     enabled = [p for p in policies if p.enabled]
     rnd = random.Random(seed)
     now = NIGHT
     for cycle in range(3):
-        result = run_cycle(store, policy_set, commit=False, now=now)
-        whole, _ = plan_farm(store.read_farm(), PolicySet(policies, engine="reference"), now=now)
+        result = run_cycle(store, session, commit=False, now=now)
+        whole, _ = plan_farm(store.read_farm(), PolicySet(policies), engine="reference", now=now)
         assert summary(result.plan) == summary(whole), f"cycle {cycle}"
         assert _refusals(result.plan) == _refusals(whole), f"cycle {cycle}"
         fresh = FactBuilder(store.read_farm(), now)
         for kind in Kind:
             want = ReferenceEvaluator(enabled).evaluate(kind, fresh.facts(kind))
-            got = policy_set.evaluator.current(kind)
+            got = current(session, kind)
             assert {n: sorted(map(str, ids)) for n, ids in got.items()} == {
                 n: sorted(map(str, ids)) for n, ids in want.items()}, f"cycle {cycle}, {kind}"
         now += timedelta(minutes=rnd.choice([1, 4, 30]))
@@ -374,9 +381,9 @@ def test_a_host_that_starts_succeeding_on_a_job_reaches_the_job_s_other_instance
     loaded = load_texts(texts)
     assert loaded.errors == []
     policies = loaded.policies
-    policy_set = PolicySet(policies, keep_live=True)
-    run_cycle(store, policy_set, commit=False, now=NIGHT)
-    assert "102.1" not in policy_set.evaluator.current(Kind.INSTANCE)["others-succeed"]
+    session = Session(PolicySet(policies), keep_live=True)
+    run_cycle(store, session, commit=False, now=NIGHT)
+    assert "102.1" not in current(session, Kind.INSTANCE)["others-succeed"]
     at = NIGHT + timedelta(minutes=1)
     fr, runs = table("frames"), table("frame_runs")
     with store.engine.begin() as conn:
@@ -385,8 +392,8 @@ def test_a_host_that_starts_succeeding_on_a_job_reaches_the_job_s_other_instance
             version=fr.c.version + 1))
         conn.execute(insert(runs).values(job_id=102, number=10, host="render04", instance="102.2", state="complete",
                                          exit_code=0, started_at=at - timedelta(minutes=3), finished_at=at))
-    result = run_cycle(store, policy_set, commit=False, now=at)
-    assert "102.1" in policy_set.evaluator.current(Kind.INSTANCE)["others-succeed"]
+    result = run_cycle(store, session, commit=False, now=at)
+    assert "102.1" in current(session, Kind.INSTANCE)["others-succeed"]
     assert result.facts < 10  # and still only the entities that change could move were rebuilt
 
 
@@ -399,16 +406,16 @@ def test_a_frame_starting_reaches_its_host_when_a_policy_counts_running_frames(s
               f"    when: {{frames_running: {{gt: {running}}}}}\n    actions: [block]\n    reason: busy\n")]
     loaded = load_texts(texts)
     assert loaded.errors == []
-    policy_set = PolicySet(loaded.policies, keep_live=True)
-    run_cycle(store, policy_set, commit=False, now=NIGHT)
-    assert policy_set.evaluator.current(Kind.WORKER)["busy"] == []
+    session = Session(PolicySet(loaded.policies), keep_live=True)
+    run_cycle(store, session, commit=False, now=NIGHT)
+    assert current(session, Kind.WORKER)["busy"] == []
     fr = table("frames")
     with store.engine.begin() as conn:
         conn.execute(update(fr).where(fr.c.job_id == 101, fr.c.number == 28).values(
             state="running", host="render01", instance="101.1", started_at=NIGHT, state_since=NIGHT,
             version=fr.c.version + 1))
-    run_cycle(store, policy_set, commit=False, now=NIGHT + timedelta(minutes=1))
-    assert policy_set.evaluator.current(Kind.WORKER)["busy"] == ["render01"]
+    run_cycle(store, session, commit=False, now=NIGHT + timedelta(minutes=1))
+    assert current(session, Kind.WORKER)["busy"] == ["render01"]
 
 
 def test_reasons_cite_related_and_time_fields_the_same_as_a_full_read(store: Store) -> None:
@@ -422,9 +429,9 @@ def test_reasons_cite_related_and_time_fields_the_same_as_a_full_read(store: Sto
     assert loaded.ok, [str(e) for e in loaded.errors]
     store.init()
     store.load_farm(_two_jobs(), replace=True)
-    policy_set = PolicySet(loaded.policies, keep_live=True)
+    session = Session(PolicySet(loaded.policies), keep_live=True)
     later = NIGHT + timedelta(minutes=90)
-    got = summary(run_cycle(store, policy_set, commit=False, now=later).plan)
+    got = summary(run_cycle(store, session, commit=False, now=later).plan)
     assert got == full_plan_with(store, loaded.policies, later)
     assert any("downstream has 3 frames, 0 hosts; host h2 runs 0; pending" in t[-1] for t in got), got
 
@@ -435,17 +442,17 @@ def test_the_recent_window_is_kept_only_when_a_policy_reads_it(store: Store) -> 
     whole read of the farm."""
     store.init()
     store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
-    pack = PolicySet(PACK, keep_live=True)
+    pack = Session(PolicySet(PACK), keep_live=True)
     run_cycle(store, pack, commit=False, now=NIGHT)
-    assert pack.live is not None and not pack.reads_recent
+    assert pack.live is not None and not pack.policy_set.reads_recent
     assert not any(pack.live.agg.host_recent.values())
     texts = [("p.yaml", "policies:\n  - name: note-up\n    kind: worker\n    when: {state: up}\n    actions: [block]\n"
               "    reason: '{recent_failures} failed, {recent_successes} done lately'\n")]
     loaded = load_texts(texts)
     assert loaded.ok, [str(e) for e in loaded.errors]
-    policy_set = PolicySet(loaded.policies, keep_live=True)
-    assert policy_set.reads_recent
-    got = summary(run_cycle(store, policy_set, commit=False, now=NIGHT).plan)
+    session = Session(PolicySet(loaded.policies), keep_live=True)
+    assert session.policy_set.reads_recent
+    got = summary(run_cycle(store, session, commit=False, now=NIGHT).plan)
     assert got == full_plan_with(store, loaded.policies, NIGHT)
     assert any(not t[-1].startswith("0 failed, 0 done") for t in got), got
 
@@ -455,8 +462,8 @@ def test_a_changed_frame_row_keeps_the_farm_s_one_string_for_each_name(store: St
     own string, a new one is interned, and the frame reads exactly as a whole read has it."""
     store.init()
     store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
-    policy_set = PolicySet(PACK, keep_live=True)
-    run_cycle(store, policy_set, commit=False, now=NIGHT)
+    session = Session(PolicySet(PACK), keep_live=True)
+    run_cycle(store, session, commit=False, now=NIGHT)
     fr = table("frames")
     later = NIGHT + timedelta(minutes=1)
     with store.engine.begin() as conn:  # 113:31 finishes where it ran; 113:32 moves to a host new to the farm
@@ -464,9 +471,9 @@ def test_a_changed_frame_row_keeps_the_farm_s_one_string_for_each_name(store: St
             state="complete", finished_at=later, state_since=later, exit_code=0, version=fr.c.version + 1))
         conn.execute(update(fr).where(fr.c.job_id == 113, fr.c.number == 32).values(
             host="render" + "99", instance="113." + "9", version=fr.c.version + 1))
-    run_cycle(store, policy_set, commit=False, now=later)
-    assert policy_set.live is not None
-    farm = policy_set.live.farm
+    run_cycle(store, session, commit=False, now=later)
+    assert session.live is not None
+    farm = session.live.farm
     done, moved = farm.jobs[113].frames[31], farm.jobs[113].frames[32]
     assert done.instance is farm.instances["113.1"].id and done.host is farm.instances["113.1"].host
     assert moved.host is intern("render99") and moved.instance is intern("113.9")

@@ -11,9 +11,11 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from corral.cli import app
-from corral.cycle import PolicySet, run_cycle
+from corral.cycle import run_cycle
 from corral.policy.loader import builtin_dir, load_paths
+from corral.policyset import PolicySet
 from corral.replay import replay
+from corral.session import Session
 from corral.snapshot import parse_snapshot
 from corral.store.store import Store
 from corral.store.tables import TABLE_ORDER, table
@@ -56,7 +58,7 @@ def make_store(tmp_path: Path) -> str:
         store.init()
         store.load_farm(parse_snapshot(load_text(FARM, "farm"), "farm"), replace=True)
         for minutes in (0, 10):
-            run_cycle(store, PolicySet(pack, engine="reference"), commit=True, now=T0 + timedelta(minutes=minutes))
+            run_cycle(store, Session(PolicySet(pack), engine="reference"), commit=True, now=T0 + timedelta(minutes=minutes))
     return url
 
 

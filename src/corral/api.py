@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from corral.cycle import CycleResult, PolicySet
+from corral.cycle import CycleResult
 from corral.cycle import run_cycle as _run_cycle
 from corral.farm import Farm, Job, utcnow
 from corral.ingest import (
@@ -49,8 +49,10 @@ from corral.ingest import (
 from corral.plan import Plan
 from corral.policy.loader import builtin_dir, load_paths
 from corral.policy.model import Policy
+from corral.policyset import PolicySet, as_policy_set
+from corral.session import Session
 from corral.states import Action, Kind
-from corral.store import Done, Proposal, Store, StoreError, Transition
+from corral.store import Done, LogEntry, Proposal, Store, StoreError
 from corral.store.events import EventRejected, EventResult
 
 DEFAULT_DB = "sqlite:///corral.db"
@@ -78,7 +80,8 @@ class Corral:
     """One corral store, as a supervisor plugin or a script sees it.
 
     Cheap to keep open for the life of a process (it holds a connection pool and, once
-    used, the compiled policies).  `actor` is who supervisor news and actions are logged
+    used, a `Session`: the compiled policies, and the farm in memory once it has run a
+    cycle, so later cycles read only what changed).  `actor` is who supervisor news and actions are logged
     as (`supervisor` by default); `clock` gives the time of events that carry none.
     """
 
@@ -93,7 +96,7 @@ class Corral:
         self.store = store
         self.actor = actor
         self.clock = clock
-        self._policies = policies if policies is None or isinstance(policies, PolicySet) else PolicySet(policies)
+        self._session = None if policies is None else Session(as_policy_set(policies))
 
     @classmethod
     def open(cls, url: str | None = None, *, init: bool = False, actor: str = "supervisor") -> Corral:
@@ -111,6 +114,8 @@ class Corral:
         return self.store.init()
 
     def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
         self.store.close()
 
     def __enter__(self) -> Corral:
@@ -284,7 +289,7 @@ class Corral:
             raise KeyError(f"no job {job_id}")
         return job
 
-    def history(self, job: int | None = None, *, limit: int | None = None) -> list[Transition]:
+    def history(self, job: int | None = None, *, limit: int | None = None) -> list[LogEntry]:
         """The transition log, newest first (`job` includes its frames and instances)."""
         return self.store.transitions(job=job, limit=limit)
 
@@ -315,10 +320,14 @@ class Corral:
 
     def policies(self) -> PolicySet:
         """The policies in force: those given to the constructor or `use_policies`, else the built-in pack."""
-        if self._policies is None:
+        return self.session().policy_set
+
+    def session(self) -> Session:
+        """The session cycles run in (the built-in pack's, unless policies were given)."""
+        if self._session is None:
             self.use_policies()
-        assert self._policies is not None
-        return self._policies
+        assert self._session is not None
+        return self._session
 
     def use_policies(
         self,
@@ -328,17 +337,24 @@ class Corral:
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
         engine: str = "durable",
     ) -> PolicySet:
-        """Load policy files (and, with `builtin`, the built-in pack); PolicyLoadError on any error."""
+        """Load policy files (and, with `builtin`, the built-in pack); PolicyLoadError on any
+        error.  They replace the policies in force; the farm the session holds is kept."""
         loaded = load_paths([*([builtin_dir()] if builtin else []), *paths], overrides)
         if loaded.errors:
             raise PolicyLoadError([str(e) for e in loaded.errors])
-        self._policies = PolicySet(loaded.policies, engine=engine)
-        return self._policies
+        policy_set = PolicySet(loaded.policies)
+        if self._session is None or self._session.engine_name != engine:
+            if self._session is not None:
+                self._session.close()
+            self._session = Session(policy_set, engine=engine)
+        else:
+            self._session.swap(policy_set)
+        return policy_set
 
     def plan(self, *, now: datetime | None = None) -> Plan:
         """The dry run: what the policies would do now, with reasons; nothing is written."""
-        return _run_cycle(self.store, self.policies(), commit=False, now=now or self.clock()).plan
+        return _run_cycle(self.store, self.session(), commit=False, now=now or self.clock()).plan
 
     def run_cycle(self, *, now: datetime | None = None) -> CycleResult:
         """One cycle: evaluate, plan and apply with compare-and-set, logged with the cycle id."""
-        return _run_cycle(self.store, self.policies(), commit=True, now=now or self.clock())
+        return _run_cycle(self.store, self.session(), commit=True, now=now or self.clock())

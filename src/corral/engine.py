@@ -158,7 +158,8 @@ def _assert_native(handle: int, payload: str) -> tuple[int, int]:
 
 
 class RuleEngine:
-    """Policies compiled into durable_rules, evaluated incrementally, kind by kind."""
+    """Policies compiled into durable_rules, evaluated incrementally, kind by kind: the
+    `IncrementalEvaluator` port (`corral.ports`)."""
 
     def __init__(self, policies: Iterable[Policy]) -> None:
         self.policies = {p.name: p for p in policies}
@@ -243,8 +244,17 @@ class RuleEngine:
         """`due` of each kind, in one call (see `settle`)."""
         return {kind: self.due(kind, now) for kind in kinds}
 
+    @property
+    def starts(self) -> int:
+        """Its working memory lives as long as it does (see `IsolatedEvaluator.starts`)."""
+        return 1
+
     def ready(self) -> None:
         """Nothing to start: the engine lives in this process (see `IsolatedEvaluator.ready`)."""
+
+    def close(self) -> None:
+        """Nothing to release: the Host goes with the object (durable_rules cannot unregister
+        a ruleset; `delete_state` is what crashed, see the module docstring)."""
 
     def current(self, kind: Kind) -> dict[str, list[Any]]:
         """The active matches of `kind`, per policy name."""

@@ -1,35 +1,82 @@
 """Evaluation: which entities does each policy match?  Facts in, matches out.
 
-Two evaluators speak the same language: the durable_rules engine (`corral.engine`,
-the production path) and the reference evaluator (plain Python, the test oracle and
-the fallback).  Both are handed the full facts of a kind and answer with ids.
+Two evaluators speak the same language (the `Evaluator` and `IncrementalEvaluator`
+ports): the durable_rules engine (`corral.engine`, the production path) and the
+reference evaluator below (plain Python, the test oracle and the fallback).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from corral.facts import FactBuilder
+from corral.policy.compiler import admitted_states, gate_of
 from corral.policy.model import Policy
 from corral.policy.reference import matching
+from corral.ports import Evaluator, IncrementalEvaluator
 from corral.states import Kind
 
 
-class Evaluator(Protocol):
-    def evaluate(self, kind: Kind, facts: Iterable[dict[str, Any]]) -> dict[str, list[Any]]: ...
-
-
 class ReferenceEvaluator:
-    """The policy language in plain Python."""
+    """The policy language in plain Python (`corral.policy.reference`): the test oracle,
+    and the engine of `--engine reference`.
+
+    It speaks the incremental protocol too, simply: it holds the last fact sent for each
+    candidate and evaluates every held fact again when asked, and it says every held
+    entity is due each cycle (its time-based fields are rebuilt), so what it answers
+    never depends on scheduling.  Slower than the rule engine on a big farm, never
+    differently right."""
 
     def __init__(self, policies: Iterable[Policy]) -> None:
         self.policies = list(policies)
+        self._held: dict[Kind, dict[Any, dict[str, Any]]] = {kind: {} for kind in Kind}
 
     def evaluate(self, kind: Kind, facts: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
         facts = list(facts)
         return {p.name: matching(p, facts) for p in self.policies if p.kind is kind}
+
+    @property
+    def starts(self) -> int:
+        return 1  # its memory lives as long as it does
+
+    def ready(self) -> None:
+        """Nothing to start: it lives in this process."""
+
+    def state_filter(self, kind: Kind) -> frozenset[str] | None:
+        mine = [p for p in self.policies if p.kind is kind]
+        return frozenset() if not mine else admitted_states(gate_of(kind, p.when) for p in mine)
+
+    def known(self, kind: Kind) -> set[Any]:
+        return set(self._held[kind])
+
+    def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[Any]]:
+        return {kind: set(self._held[kind]) for kind in kinds}
+
+    def settle(self, changes: Mapping[Kind, Mapping[Any, dict[str, Any] | None]], now: float | None = None
+               ) -> dict[Kind, dict[str, list[Any]]]:
+        for kind, changed in changes.items():
+            held = self._held[kind]
+            for ident, fact in changed.items():
+                if fact is None:
+                    held.pop(ident, None)
+                else:
+                    held[ident] = fact
+        return {kind: self.evaluate(kind, self._held[kind].values()) for kind in changes}
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def make_evaluator(policies: Sequence[Policy], engine: str = "durable") -> IncrementalEvaluator:
+    """An evaluator of `policies` (the enabled ones) in this process: durable_rules
+    (`corral.engine`, imported only here and only when asked for) or the reference."""
+    if engine == "reference":
+        return ReferenceEvaluator(policies)
+    from corral.engine import RuleEngine
+
+    return RuleEngine(policies)
 
 
 class LazyFact(Mapping[str, Any]):

@@ -17,18 +17,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from corral.cycle import PolicySet, plan_farm
+from corral.cycle import plan_farm
 from corral.facts import FIELDS, MISSING, FactBuilder, get_path
 from corral.farm import Farm
 from corral.plan import Plan
 from corral.policy.loader import format_duration
 from corral.policy.model import All, Cmp, Cond, Not, Policy
 from corral.policy.reference import holds
+from corral.policyset import PolicySet
 from corral.states import Kind
 
 if TYPE_CHECKING:
+    from corral.ports import LogEntry
     from corral.store.store import Store
-    from corral.store.store import Transition as LogRow
 
 SYMBOLS = {
     "eq": "=", "ne": "≠", "lt": "<", "lte": "≤", "gt": ">", "gte": "≥", "in": "in", "not_in": "not in",
@@ -109,7 +110,7 @@ class Explanation:
     now: datetime
     verdicts: list[PolicyVerdict]
     other_kinds_disabled: list[str] = field(default_factory=list)
-    history: list[LogRow] | None = None
+    history: list[LogEntry] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -292,7 +293,7 @@ def explain(
     ident = normalise_id(kind, ident)
     check_entity(farm, kind, ident)
     if plan is None:
-        plan, _ = plan_farm(farm, PolicySet(policies, engine=engine), now=now, last_actions=dict(last_actions or {}))
+        plan, _ = plan_farm(farm, PolicySet(policies), now=now, engine=engine, last_actions=dict(last_actions or {}))
     fact = FactBuilder(farm, now).fact(kind, ident)
     state = str(farm.entity(kind, ident).state)
     verdicts = []
@@ -336,11 +337,11 @@ def _verdict(policy: Policy, matched: bool, plan: Plan, kind: Kind, ident: str) 
 # --- the log ------------------------------------------------------------------------------
 
 
-def entity_history(store: Store, kind: Kind, ident: str, limit: int = 10) -> list[LogRow]:
+def entity_history(store: Store, kind: Kind, ident: str, limit: int = 10) -> list[LogEntry]:
     """The entity's latest transitions, newest first (read only)."""
     from sqlalchemy import select
 
-    from corral.store.store import Transition as Row
+    from corral.ports import LogEntry as Row
     from corral.store.tables import as_utc, table
 
     store.check()
@@ -357,7 +358,7 @@ def entity_history(store: Store, kind: Kind, ident: str, limit: int = 10) -> lis
     return out
 
 
-def _row_json(r: LogRow) -> dict[str, Any]:
+def _row_json(r: LogEntry) -> dict[str, Any]:
     return {"at": r.at.isoformat(), "action": r.action, "from": r.from_state, "to": r.to_state, "actor": r.actor,
             "policy": r.policy, "reason": r.reason, "cycle": r.cycle_id, "applied": r.applied}
 

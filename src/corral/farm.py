@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
@@ -56,6 +56,8 @@ class FrameRun:
 
 @dataclass(slots=True)
 class Frame:
+    """A unit of work of a job.  Its row fields come first, in `SCHEMA` order."""
+
     job_id: int
     number: int
     state: FrameState = FrameState.PENDING
@@ -67,9 +69,9 @@ class Frame:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     state_since: datetime | None = None
+    version: int = 0
     depends_on: list[tuple[int, int]] = field(default_factory=list)
     runs: list[FrameRun] = field(default_factory=list)
-    version: int = 0
 
     @property
     def key(self) -> str:
@@ -78,6 +80,8 @@ class Frame:
 
 @dataclass(slots=True)
 class Instance:
+    """A job's worker process on one host.  Its fields are its row's, in `SCHEMA` order."""
+
     id: str
     job_id: int
     host: str
@@ -88,21 +92,23 @@ class Instance:
 
 @dataclass
 class Job:
+    """A job, with its frames and instances.  Its row fields come first, in `SCHEMA` order."""
+
     id: int
     name: str
     priority: int = 50
     state: JobState = JobState.PENDING
     hold: Hold = Hold.NONE
+    blocked_by: str | None = None
     retry_limit: int = 0
     retries: int = 0
-    depends_on: list[int] = field(default_factory=list)
     submitted_at: datetime | None = None
     state_since: datetime | None = None
     last_retry_at: datetime | None = None
-    blocked_by: str | None = None
+    version: int = 0
+    depends_on: list[int] = field(default_factory=list)
     frames: dict[int, Frame] = field(default_factory=dict)
     instances: dict[str, Instance] = field(default_factory=dict)
-    version: int = 0
 
     @property
     def retried(self) -> bool:
@@ -125,10 +131,100 @@ _RETRIES = attrgetter("retries")
 
 @dataclass(slots=True)
 class Worker:
+    """A host.  Its fields are its row's, in `SCHEMA` order."""
+
     name: str
     state: WorkerState = WorkerState.UP
     state_since: datetime | None = None
     version: int = 0
+
+
+@dataclass(frozen=True)
+class Column:
+    """One stored field of an entity: the dataclass attribute and the table column of
+    that name, and the kind of value it holds.
+
+    `type`: int, str, time (an aware UTC datetime) or the enum it holds (state, hold).
+    `key`: part of the row's primary key.  `writable`: corral may change it (keys and
+    `version` it never writes itself: the version moves with every write).  `shown`: a
+    job field its frames' and instances' facts show (`job.*`), so a change of it must
+    reach their facts too."""
+
+    name: str
+    type: str
+    key: bool = False
+    writable: bool = True
+    shown: bool = False
+
+    def __post_init__(self) -> None:
+        if self.key or self.name == "version":
+            object.__setattr__(self, "writable", False)
+
+
+_VERSION = Column("version", "int")
+
+#: Every stored field of each kind, in the order of the entity's dataclass fields and of
+#: the store's reads (`corral.store.rows`): the one list the columns read and written, the
+#: rows' unpacking, the key, the live farm's copies and the snapshot format are made
+#: from or checked against (tests/test_schema.py).
+SCHEMA: dict[Kind, tuple[Column, ...]] = {
+    Kind.JOB: (
+        Column("id", "int", key=True),
+        Column("name", "str", shown=True),
+        Column("priority", "int", shown=True),
+        Column("state", "state", shown=True),
+        Column("hold", "hold", shown=True),
+        Column("blocked_by", "str", shown=True),
+        Column("retry_limit", "int", shown=True),
+        Column("retries", "int", shown=True),
+        Column("submitted_at", "time"),
+        Column("state_since", "time"),
+        Column("last_retry_at", "time"),
+        _VERSION,
+    ),
+    Kind.FRAME: (
+        Column("job_id", "int", key=True),
+        Column("number", "int", key=True),
+        Column("state", "state"),
+        Column("host", "str"),
+        Column("instance", "str"),
+        Column("attempts", "int"),
+        Column("retries", "int"),
+        Column("exit_code", "int"),
+        Column("started_at", "time"),
+        Column("finished_at", "time"),
+        Column("state_since", "time"),
+        _VERSION,
+    ),
+    Kind.INSTANCE: (
+        Column("id", "str", key=True),
+        Column("job_id", "int"),
+        Column("host", "str"),
+        Column("state", "state"),
+        Column("state_since", "time"),
+        _VERSION,
+    ),
+    Kind.WORKER: (
+        Column("name", "str", key=True),
+        Column("state", "state"),
+        Column("state_since", "time"),
+        _VERSION,
+    ),
+}
+
+
+def columns(kind: Kind) -> tuple[str, ...]:
+    """Every stored field of `kind`, in order."""
+    return tuple(c.name for c in SCHEMA[kind])
+
+
+def key_columns(kind: Kind) -> tuple[str, ...]:
+    return tuple(c.name for c in SCHEMA[kind] if c.key)
+
+
+def writable_columns(kind: Kind) -> tuple[str, ...]:
+    """The columns corral may change (all but the key and the version)."""
+    return tuple(c.name for c in SCHEMA[kind] if c.writable)
 
 
 Entity = Job | Frame | Instance | Worker
@@ -166,6 +262,19 @@ class Farm:
         except (KeyError, ValueError):
             hint = " (a frame is named JOB:FRAME, e.g. 12:1001)" if kind is Kind.FRAME else ""
             raise KeyError(f"no {kind} '{ident}' in the farm{hint}") from None
+
+    def job_of(self, kind: Kind, ident: Any) -> int | None:
+        """The job an entity belongs to (a job is its own), by the id plans and the CLI
+        use: the job whose entities an action on it changes.  None for a worker, and for
+        an instance no longer in the farm."""
+        if kind is Kind.JOB:
+            return int(ident)
+        if kind is Kind.FRAME:
+            return int(str(ident).partition(":")[0])
+        if kind is Kind.INSTANCE:
+            inst = self.instances.get(str(ident))
+            return None if inst is None else inst.job_id
+        return None
 
     def lookup(self, kind: Kind) -> Callable[[Any], Entity | None]:
         """A lookup by the ids the live farm marks dirty (an int job id, a JOB:FRAME key,
@@ -223,14 +332,13 @@ def saved_fields(obj: Any) -> dict[str, Any]:
 
 def _own_fields(cls: type) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
     """A class's row fields (see `saved_fields`) and a getter of their values, as a tuple."""
-    known = _OWN_FIELDS.get(cls)
-    if known is None:
-        names = tuple(f.name for f in fields(cls) if f.name not in ("frames", "instances", "runs", "depends_on"))
-        known = _OWN_FIELDS[cls] = (names, attrgetter(*names))
-    return known
+    return _OWN_FIELDS[cls]
 
 
-_OWN_FIELDS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
+_OWN_FIELDS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {
+    cls: (columns(kind), attrgetter(*columns(kind)))
+    for cls, kind in ((Job, Kind.JOB), (Frame, Kind.FRAME), (Instance, Kind.INSTANCE), (Worker, Kind.WORKER))
+}
 
 
 def restore_fields(obj: Any, saved: dict[str, Any]) -> None:

@@ -15,22 +15,21 @@ in place (the applier, after its writes) brackets it with `uncount(jobs)` /
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from operator import attrgetter
 from sys import intern
 from typing import Any
 
 from corral.facts import DEFAULT_RECENT, Aggregates
-from corral.farm import Farm, Frame, Instance, Job, Worker
+from corral.farm import SCHEMA, Farm, Frame, Instance, Job, Worker
 from corral.plan import Cooldowns, PlanMemo
 from corral.policy.compiler import admitted_states, gate_of
 from corral.policy.model import Policy, paths_read
-from corral.states import VALUE, FrameState, Kind
-from corral.store.changes import FarmChanges, Mark
-from corral.store.rows import FRAME_STATES, RawFrameRow
-from corral.store.store import ActionLog
+from corral.ports import ActionLog, FarmChanges, FrameChange, Mark
+from corral.states import FrameState, Kind
 
 Dirty = dict[Kind, set[object]]
 
@@ -73,10 +72,12 @@ class Spread:
             running_on_workers="frames_running" in read[Kind.WORKER] or "worker.frames_running" in child,
         )
 
-_JOB_FIELDS = ("name", "priority", "state", "hold", "blocked_by", "retry_limit", "retries", "submitted_at",
-               "state_since", "last_retry_at", "version")
+#: The fields of a job, an instance and a worker a changed row brings (all but the key),
+#: copied into the entity the farm holds.
+_COPIED = {kind: tuple(c.name for c in SCHEMA[kind] if not c.key) for kind in Kind}
+_JOB_FIELDS, _INSTANCE_FIELDS, _WORKER_FIELDS = _COPIED[Kind.JOB], _COPIED[Kind.INSTANCE], _COPIED[Kind.WORKER]
 #: Job fields that frames and instances show as `job.*`: a change there touches them too.
-_JOB_SHOWN = ("name", "priority", "state", "hold", "blocked_by", "retry_limit", "retries")
+_JOB_SHOWN = tuple(c.name for c in SCHEMA[Kind.JOB] if c.shown)
 #: Job facts that come from the job's row alone (spread when the row changes).
 _JOB_SHOWN_FACTS = frozenset({"id", "name", "priority", "state", "suspended", "blocked_by", "retry_limit", "retries",
                               "retries_left", "time_in_state", "age", "since_retry"})
@@ -155,7 +156,7 @@ class LiveFarm:
             self._instance(inst, dirty)
         for worker in changes.workers:
             self._worker(worker, dirty)
-        self._frames(changes.frames, changes.parse_time, dirty)
+        self._frames(changes.frames, dirty)
         for job_id, number, run in changes.runs:
             owner = self.farm.jobs.get(job_id)
             ran = owner.frames.get(number) if owner else None
@@ -204,22 +205,6 @@ class LiveFarm:
                 dirty[Kind.FRAME].update(self.frame_dependents.get(str(key), ()))
         return dirty
 
-    def touched_by_corral(self, job_ids: Iterable[int], workers: Iterable[str], hosts: Iterable[str]) -> None:
-        """After the applier changed these in place, their facts (and what copies them)
-        must be rebuilt next cycle: the rows it wrote come back unchanged from the read."""
-        pending = self.pending
-        for job_id in job_ids:
-            job = self.farm.jobs.get(job_id)
-            if job is None:
-                continue
-            pending[Kind.JOB].add(job_id)
-            pending[Kind.JOB].update(self.dependents.get(job_id, ()))
-            pending[Kind.FRAME].update(f.key for f in job.frames.values())
-            pending[Kind.INSTANCE].update(job.instances)
-            pending[Kind.WORKER].update(f.host for f in job.frames.values() if f.host)
-        pending[Kind.WORKER].update(workers)
-        pending[Kind.WORKER].update(hosts)
-
     def _job(self, new: Job, dirty: Dirty) -> None:
         old = self.farm.jobs.get(new.id)
         dirty[Kind.JOB].add(new.id)
@@ -258,7 +243,8 @@ class LiveFarm:
             self.farm.reindex()
         else:
             self.host_instances[old.host].discard(old.id)
-            old.host, old.state, old.state_since, old.version = new.host, new.state, new.state_since, new.version
+            for name in _INSTANCE_FIELDS:
+                setattr(old, name, getattr(new, name))
         self.host_instances[new.host].add(new.id)
         dirty[Kind.INSTANCE].add(new.id)
         dirty[Kind.JOB].add(new.job_id)
@@ -268,86 +254,96 @@ class LiveFarm:
         if old is None:
             self.farm.workers[new.name] = new
         else:
-            old.state, old.state_since, old.version = new.state, new.state_since, new.version
+            for name in _WORKER_FIELDS:
+                setattr(old, name, getattr(new, name))
         dirty[Kind.WORKER].add(new.name)
         dirty[Kind.INSTANCE].update(self.host_instances.get(new.name, ()))
 
-    def _frames(self, rows: list[RawFrameRow], parse_time: Callable[[Any], datetime], dirty: Dirty) -> None:
+    def _frames(self, rows: list[FrameChange], dirty: Dirty) -> None:
         """The changed frame rows into the farm and the counts: the loop a steady cycle
         runs once per changed frame (ten thousand a cycle on a million-frame farm), so
-        what it reads is bound once, and `Aggregates.frame_state` is inlined.
+        what it reads is bound once.
 
-        The rows come as the driver gave them (`rows.raw_frame_rows`) and are decoded
-        here: a host or instance the row did not change is the frame's own string (the
-        farm's one string for that name), so only a new name is interned, and no parsed
-        tuple is made to be taken apart.  A row's fields go into the frame the farm
-        holds, not into a new object in its place: the farm's objects are frozen out of
-        the garbage collector's sight (see corral.cycle.refresh), and a new object per
-        changed row would pile up in its oldest generation, every full collection
-        walking more of them."""
-        jobs, agg, states = self.farm.jobs, self.agg, FRAME_STATES
-        job_frames, running_on_host, job_host_refs = agg.job_frames, agg.running_on_host, agg.job_host_refs
-        running, value = FrameState.RUNNING, VALUE  # counts keyed by plain strings (see VALUE)
-        dirty_frames, dirty_jobs, dirty_workers = dirty[Kind.FRAME], dirty[Kind.JOB], dirty[Kind.WORKER]
-        spread_to_workers = self.spread.running_on_workers
+        A host or instance name the row did not change stays the frame's own string (the
+        farm's one string for that name), so only a new name is interned.  A row's
+        fields go into the frame the farm holds, not into a new object in its place: the
+        farm's objects are frozen out of the garbage collector's sight (see
+        `Session.refresh`), and a new object per changed row would pile up in its oldest
+        generation, every full collection walking more of them."""
+        jobs = self.farm.jobs
+        dirty_frames, dirty_jobs = dirty[Kind.FRAME], dirty[Kind.JOB]
         # Frames in no state a frame policy admits need no fact (see Spread.frame_states),
         # unless other frames' facts copy theirs (dependencies).
         admitted = None if self.spread.frame_dependents else self.spread.frame_states
-        for job_id, number, stored, host, instance, attempts, retries, code, started, finished, since, version in rows:
+        moved: list[tuple[int, FrameState | None, str | None, FrameState, str | None]] = []
+        for job_id, number, state, host, instance, attempts, retries, code, started, finished, since, version in rows:
             job = jobs.get(job_id)
             if job is None:
                 continue
-            state = states[stored]
-            if started is not None:
-                started = parse_time(started)
-            if finished is not None:
-                finished = parse_time(finished)
-            if since is not None:
-                since = parse_time(since)
             frame = job.frames.get(number)
-            counts = job_frames[job_id]
             if frame is None:
-                was = None
+                was = old_host = None
                 job.frames[number] = frame = Frame(job_id, number, state, host and intern(host),
                                                    instance and intern(instance), attempts, retries, code,
-                                                   started, finished, since, version=version)
+                                                   started, finished, since, version)
                 host = frame.host
             else:
                 was, old_host = frame.state, frame.host
-                counts[value[was]] -= 1
-                if old_host:
-                    if was == running:
-                        running_on_host[old_host] -= 1
-                        job_host_refs[job_id][old_host] -= 1
-                    if spread_to_workers:
-                        dirty_workers.add(old_host)
                 host = old_host if host == old_host else host and intern(host)
                 old_instance = frame.instance
                 instance = old_instance if instance == old_instance else instance and intern(instance)
                 (frame.state, frame.host, frame.instance, frame.attempts, frame.retries, frame.exit_code,
                  frame.started_at, frame.finished_at, frame.state_since, frame.version) = (
                     state, host, instance, attempts, retries, code, started, finished, since, version)
-            counts[value[state]] += 1
-            if host:
-                if state == running:
-                    running_on_host[host] += 1
-                    job_host_refs[job_id][host] += 1
-                if spread_to_workers:
-                    dirty_workers.add(host)
+            moved.append((job_id, was, old_host, state, host))
             if admitted is None or state in admitted or was in admitted:
                 dirty_frames.add(f"{job_id}:{number}")
             dirty_jobs.add(job_id)
+        self.agg.frames_moved(moved)
+        if self.spread.running_on_workers:  # a frame starting or stopping moves its hosts' frames_running
+            dirty[Kind.WORKER].update(h for _, _, old, _, new in moved for h in (old, new) if h)
 
     # --- changes made in place by the applier -----------------------------------------
 
-    def uncount(self, job_ids: Iterable[int]) -> None:
-        for job_id in job_ids:
-            job = self.farm.jobs.get(job_id)
-            for frame in job.frames.values() if job else ():
-                self.agg.frame_state(frame, -1)
+    @contextmanager
+    def changed_in_place(self, job_ids: Collection[int], workers: Iterable[str]) -> Iterator[None]:
+        """Around a write that changes these jobs' entities and these workers in place
+        (the applier does, after its rows are written): the jobs' frames are taken out of
+        the counts before and counted again after (the invariant in the module
+        docstring), and their facts, and what copies them, are rebuilt next cycle (the
+        rows the write made come back from the next read looking unchanged)."""
+        jobs = [job for j in job_ids if (job := self.farm.jobs.get(j)) is not None]
+        hosts = {f.host for job in jobs for f in job.frames.values() if f.host}  # before: a requeue clears them
+        self._count(jobs, -1)
+        try:
+            yield
+        finally:
+            self._count(jobs, +1)
+        pending = self.pending
+        for job in jobs:
+            pending[Kind.JOB].add(job.id)
+            pending[Kind.JOB].update(self.dependents.get(job.id, ()))
+            pending[Kind.FRAME].update(f.key for f in job.frames.values())
+            pending[Kind.INSTANCE].update(job.instances)
+            pending[Kind.WORKER].update(f.host for f in job.frames.values() if f.host)
+        pending[Kind.WORKER].update(workers)
+        pending[Kind.WORKER].update(hosts)
 
-    def recount(self, job_ids: Iterable[int]) -> None:
-        for job_id in job_ids:
-            job = self.farm.jobs.get(job_id)
-            for frame in job.frames.values() if job else ():
-                self.agg.frame_state(frame, +1)
+    def _count(self, jobs: Iterable[Job], sign: int) -> None:
+        frame_state = self.agg.frame_state
+        for job in jobs:
+            for frame in job.frames.values():
+                frame_state(frame, sign)
+
+    # --- a new policy set -----------------------------------------------------------------
+
+    def retune(self, spread: Spread, *, keep_recent: bool) -> None:
+        """Serve a new policy set (`Session.swap`): spread changes as its policies read
+        them, keep the recent window's runs if they read it (counted again from the farm
+        if they were not kept), plan afresh (the memo's outcomes were the old policies'),
+        and read the cooldowns' whole window again next cycle (it may have grown)."""
+        self.spread = spread
+        if keep_recent and not self.agg.keep_recent:
+            self.agg = Aggregates.from_farm(self.farm, self.agg.recent, keep_recent=True)
+        self.plan_memo = PlanMemo()
+        self.log_after = None

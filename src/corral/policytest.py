@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from corral.cycle import PolicySet, plan_farm
+from corral.cycle import plan_farm
 from corral.effects import apply_action
 from corral.explain import failing_rows, trace_rows
 from corral.facts import FactBuilder
@@ -30,6 +30,7 @@ from corral.farm import Farm
 from corral.plan import Plan, Transition
 from corral.policy.loader import TEST_SUFFIXES, describe_value, load_paths, parse_duration
 from corral.policy.model import Policy
+from corral.policyset import PolicySet
 from corral.snapshot import SnapshotError, farm_to_snapshot, load_snapshot_file, parse_snapshot
 from corral.states import RULES, Action, IllegalAction, Kind
 from corral.yamlpos import Pos, PosDict, PosList, YamlError, load_text
@@ -604,7 +605,7 @@ def find_test_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]
 
 def run_step(farm: Farm, policies: Sequence[Policy], step: Step, history: dict[tuple[str, str, str], datetime],
              engine: str = "durable") -> tuple[StepResult, Plan]:
-    plan, _ = plan_farm(farm, PolicySet(policies, engine=engine), now=step.at, last_actions=history)
+    plan, _ = plan_farm(farm, PolicySet(policies), now=step.at, engine=engine, last_actions=history)
     result = StepResult(step.at)
     actual = list(plan.transitions)
     if step.expect is not None:
@@ -786,7 +787,7 @@ def init_test(
     """A starter test file: the farm trimmed to what the policy touches plus a few
     untouched entities, and the current plan as the expectations."""
     history = {k: v for k, v in (history or {}).items() if k[0] == policy.name}
-    full, _ = plan_farm(farm, PolicySet([policy], engine=engine), now=now, last_actions=dict(history))
+    full, _ = plan_farm(farm, PolicySet([policy]), now=now, engine=engine, last_actions=dict(history))
     acted = {(t.kind, t.ident) for t in full.transitions}
     candidates = [e for e in _entities(farm, policy.kind) if e not in acted]
     skipped = {(s.kind, s.ident) for s in full.skipped}
@@ -798,7 +799,7 @@ def init_test(
         _keep(farm, kind, ident, keep_jobs, keep_workers)
     trimmed = _trim(farm, keep_jobs, keep_workers)
     kept_history = {k: v for k, v in history.items() if _exists(trimmed, Kind(k[1]), k[2])}
-    plan, _ = plan_farm(trimmed, PolicySet([policy], engine=engine), now=now, last_actions=dict(kept_history))
+    plan, _ = plan_farm(trimmed, PolicySet([policy]), now=now, engine=engine, last_actions=dict(kept_history))
     still_untouched = [e for e in untouched if not any(t.kind is e[0] and t.ident == e[1] for t in plan.transitions)]
     return _write_test(policy, trimmed, plan, still_untouched, kept_history, now, rules,
                        changed=_acts(plan) != _acts(full))

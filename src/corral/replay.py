@@ -35,14 +35,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from corral.cycle import PolicySet, plan_farm
+from corral.cycle import plan_farm
+from corral.evaluate import make_evaluator
 from corral.farm import Farm, Frame, Instance, Job, Worker
 from corral.policy.model import Policy
+from corral.policyset import PolicySet
 from corral.states import Action, FrameState, Hold, InstanceState, JobState, Kind, WorkerState
 
 if TYPE_CHECKING:
+    from corral.ports import LogEntry
     from corral.store.store import Store
-    from corral.store.store import Transition as LogRow
 
 Key = tuple[str, str, str, str]  # policy, kind, id, action
 EXAMPLES = 5
@@ -93,7 +95,7 @@ class ReplayReport:
         }
 
 
-def _is_knock_on(row: LogRow) -> bool:
+def _is_knock_on(row: LogEntry) -> bool:
     """The job row written because a frame or instance action changed its job's derived state."""
     return row.kind is Kind.JOB and row.reason.startswith("follows ")
 
@@ -121,7 +123,7 @@ def _since_from_runs(farm: Farm, kind: Kind, ident: str, state: str, before: dat
     return max(times, default=None)
 
 
-def _undo(farm: Farm, row: LogRow, older_into: datetime | None) -> bool:
+def _undo(farm: Farm, row: LogEntry, older_into: datetime | None) -> bool:
     """Put the entity back in `row.from_state`; False when the time it entered it is unknown."""
     entity = _entity(farm, row.kind, row.entity_id)
     if entity is None or not row.from_state:
@@ -194,7 +196,7 @@ def replay(
 
 def replay_rows(
     farm: Farm,
-    rows: Sequence[LogRow],
+    rows: Sequence[LogEntry],
     policies: Sequence[Policy],
     *,
     since: datetime | None = None,
@@ -227,17 +229,18 @@ def replay_rows(
             at = r.at
             if since is None or at >= since:
                 before[r.cycle_id] = _as_of(farm, at)
-    by_cycle: dict[str, list[LogRow]] = defaultdict(list)
+    by_cycle: dict[str, list[LogEntry]] = defaultdict(list)
     for r in oldest_first:
         if r.cycle_id is not None:
             by_cycle[r.cycle_id].append(r)
-    policy_set = PolicySet(policies, engine=engine)
+    policy_set = PolicySet(policies)
+    evaluator = make_evaluator(policy_set.active, engine)  # one for every cycle: each is asked the whole picture
     names = {p.name for p in policies}
     for cycle_id in sorted(before, key=lambda c: first_row[c]):
         cycle_rows = by_cycle[cycle_id]
         at = cycle_rows[0].at
         last = _cooldowns(oldest_first, first_row[cycle_id])
-        plan, _ = plan_farm(before[cycle_id], policy_set, now=at, last_actions=last)
+        plan, _ = plan_farm(before[cycle_id], policy_set, now=at, evaluator=evaluator, last_actions=last)
         replayed = {(t.policy, str(t.kind), t.ident, str(t.action)) for t in plan.transitions}
         actual = {(r.policy, str(r.kind), r.entity_id, r.action) for r in cycle_rows
                   if r.policy is not None and not _is_knock_on(r)}
@@ -258,7 +261,7 @@ def replay_rows(
     return report
 
 
-def _cooldowns(oldest_first: Sequence[LogRow], before_id: int) -> dict[tuple[str, str, str], datetime]:
+def _cooldowns(oldest_first: Sequence[LogEntry], before_id: int) -> dict[tuple[str, str, str], datetime]:
     """When each (policy, kind, entity) last acted before a cycle, from applied log rows."""
     out: dict[tuple[str, str, str], datetime] = {}
     for r in oldest_first:

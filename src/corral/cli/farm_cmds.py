@@ -157,7 +157,7 @@ def status(as_json: JsonOption = False, db: DbOption = None) -> None:
     """Jobs with their state, priority and frame counts."""
     with open_store(db) as store:
         rows = job_summaries(store.read_farm())
-        paused = store.get_setting("paused") == "1"
+        paused = store.paused()
     if as_json:
         print_json(rows)
         return

@@ -141,12 +141,14 @@ def plan(
 
     Exit status: 0 when the plan is empty, 2 when it holds transitions, 1 on error.
     """
-    from corral.cycle import PolicySet, plan_farm, run_cycle
+    from corral.cycle import plan_farm, run_cycle
+    from corral.policyset import PolicySet
+    from corral.session import Session
 
     if engine not in ("durable", "reference"):
         fail(f"--engine must be durable or reference, not '{engine}'")
     loaded = load_or_fail(rules, only_rules, sets)
-    policy_set = PolicySet(loaded.policies, engine=engine)
+    policy_set = PolicySet(loaded.policies)
     when = parse_now(now)
     if snapshot is not None:
         from corral.snapshot import SnapshotError, load_snapshot_file
@@ -159,13 +161,13 @@ def plan(
             fail(f"{snapshot}: not a valid snapshot")
         except OSError as err:
             fail(f"cannot read {snapshot}: {err}")
-        result_plan, _ = plan_farm(farm, policy_set, now=when or datetime.now(UTC))
+        result_plan, _ = plan_farm(farm, policy_set, now=when or datetime.now(UTC), engine=engine)
     else:
         from corral.store.store import Store, StoreError
 
         try:
             with Store.open(db_url(db)) as store:
-                result_plan = run_cycle(store, policy_set, commit=False, now=when).plan
+                result_plan = run_cycle(store, Session(policy_set, engine=engine), commit=False, now=when).plan
         except StoreError as err:
             fail(str(err))
     if as_json:

@@ -163,9 +163,9 @@ def explain(
     farm, url = _read_farm(snapshot, db)
     last = {}
     if url is not None:
-        from corral.cycle import PolicySet
+        from corral.policyset import PolicySet
 
-        last = _last_actions(url, when - PolicySet(loaded.policies).history_window())
+        last = _last_actions(url, when - PolicySet(loaded.policies).history_window)
     try:
         result = do_explain(farm, loaded.policies, kind, ident, now=when, last_actions=last, engine=engine)
     except UnknownEntity as err:

@@ -2,8 +2,8 @@
 
 durable_rules is a C extension that has segfaulted and aborted the process it runs
 in (see shared/reference/durable-rules-notes.md).  `IsolatedEvaluator` speaks the
-`Evaluator` protocol in the daemon and forwards every `evaluate(kind, facts)` to a
-`RuleEngine` living in a child started with the *spawn* method (a fresh interpreter:
+`IncrementalEvaluator` port in the daemon and forwards every call to a `RuleEngine`
+(or, with engine="reference", a `ReferenceEvaluator`) living in a child started with the *spawn* method (a fresh interpreter:
 no inherited threads, locks or database connections).  If the child dies or stops
 answering, the call raises `EngineCrashed`: the cycle that asked is lost (nothing of
 it was applied, since evaluation comes before apply), and the next `evaluate` starts
@@ -48,16 +48,10 @@ def _child_main(conn: Connection, policies: list[Policy], engine: str, fault_fil
     """The child: build the evaluator, then answer (kind, facts) until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from corral.evaluate import Evaluator, ReferenceEvaluator
+    from corral.evaluate import make_evaluator
 
-    evaluator: Evaluator
     try:
-        if engine == "reference":
-            evaluator = ReferenceEvaluator(policies)
-        else:
-            from corral.engine import RuleEngine
-
-            evaluator = RuleEngine(policies)
+        evaluator = make_evaluator(policies, engine)
     except Exception as err:
         conn.send(("error", f"{type(err).__name__}: {err}"))
         return
@@ -84,7 +78,8 @@ _METHODS = frozenset({"evaluate", "settle", "due_all", "known", "state_filter"})
 
 
 class IsolatedEvaluator:
-    """An `Evaluator` whose engine runs in a child process (started on first use)."""
+    """An `IncrementalEvaluator` (`corral.ports`) whose engine runs in a child process
+    (started on first use)."""
 
     def __init__(
         self,
@@ -159,11 +154,6 @@ class IsolatedEvaluator:
             return f"the rule engine process died of {name} while {doing}"
         return f"the rule engine process exited (code {code}) while {doing}"
 
-    @property
-    def incremental(self) -> bool:
-        """Only the durable_rules engine keeps a working memory between calls."""
-        return self.engine != "reference"
-
     def _call(self, method: str, *args: Any) -> Any:
         conn = self._conn if self._conn is not None and self._proc is not None and self._proc.is_alive() else None
         if conn is None:
@@ -185,8 +175,8 @@ class IsolatedEvaluator:
         return result
 
     # The incremental calls a cycle makes (two round trips: `due_all`, then `settle`).
-    # A new child starts with an empty memory: `starts` tells the cycle
-    # (corral.cycle.refresh) to send it every fact again.
+    # A new child starts with an empty memory: `starts` tells the session
+    # (corral.session.Session.refresh) to send it every fact again.
     def settle(self, changes: Mapping[Kind, Mapping[Any, dict[str, Any] | None]], now: float | None = None
                ) -> dict[Kind, dict[str, list[Any]]]:
         result: dict[Kind, dict[str, list[Any]]] = self._call("settle", dict(changes), now)

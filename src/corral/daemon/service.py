@@ -4,7 +4,8 @@ Every tick (each `interval` seconds, never two at once: an overrunning cycle mak
 the next tick skip, it does not stack) the daemon
 
 1. waits out its back-off if the database was unreachable;
-2. reloads changed policy files (`PolicyWatcher`), building a new PolicySet;
+2. reloads changed policy files (`PolicyWatcher`), swapping the new PolicySet into its
+   one `Session` (which keeps the farm in memory);
 3. takes or confirms the store's lock (`leader`); without it, it is a hot standby;
 4. runs one cycle through `corral.cycle.run_cycle`, the code `corral plan` and
    `corral run --once` use, with the policies due now (`ScheduleTracker`).
@@ -24,7 +25,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,16 +34,18 @@ from typing import Any
 
 from sqlalchemy import exc as sa_exc
 
-from corral.cycle import CycleResult, PolicySet, run_cycle
+from corral.cycle import CycleResult, run_cycle
 from corral.daemon.backoff import Backoff
 from corral.daemon.isolated import EngineCrashed, IsolatedEvaluator
 from corral.daemon.leader import LeaderError, Leadership, leadership_for
 from corral.daemon.metrics import Metrics
 from corral.daemon.schedule import DEFAULT_GRACE, SETTING_PREFIX, ScheduleTracker
 from corral.daemon.watch import PolicyWatcher
-from corral.evaluate import Evaluator
 from corral.farm import utcnow
 from corral.policy.model import Policy
+from corral.policyset import PolicySet
+from corral.ports import IncrementalEvaluator
+from corral.session import EvaluatorFactory, Session
 from corral.store.engine import describe
 from corral.store.store import Store, StoreError
 
@@ -98,7 +101,7 @@ class Daemon:
         *,
         metrics: Metrics | None = None,
         leadership: Leadership | None = None,
-        evaluator_factory: Callable[[list[Policy]], Evaluator] | None = None,
+        evaluator_factory: EvaluatorFactory | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.config = config
@@ -110,9 +113,9 @@ class Daemon:
         self.backoff = Backoff(base=max(config.interval, 0.5), cap=max(config.backoff_cap, config.interval))
         self.clock = clock
         self._factory = evaluator_factory
-        self._isolated: list[IsolatedEvaluator] = []
         self._policies: list[Policy] | None = None
-        self.policy_set: PolicySet | None = None
+        #: The one session of the daemon's life: its engine, its farm in memory.
+        self.session: Session | None = None
         self._schedules_dirty = True
         self._stop = threading.Event()
         self._busy = threading.Lock()
@@ -122,18 +125,21 @@ class Daemon:
 
     # --- policies -----------------------------------------------------------------------
 
-    def _evaluator_factory(self) -> Callable[[list[Policy]], Evaluator] | None:
+    def _evaluator_factory(self) -> EvaluatorFactory | None:
         if self._factory is not None:
             return self._factory
         if not self.config.isolate:
             return None
+        engine, timeout = self.config.engine, self.config.engine_timeout
 
-        def make(active: list[Policy]) -> Evaluator:
-            ev = IsolatedEvaluator(active, engine=self.config.engine, timeout=self.config.engine_timeout)
-            self._isolated.append(ev)
-            return ev
+        def make(active: Sequence[Policy]) -> IncrementalEvaluator:
+            return IsolatedEvaluator(active, engine=engine, timeout=timeout)
 
         return make
+
+    @property
+    def policy_set(self) -> PolicySet | None:
+        return self.session.policy_set if self.session is not None else None
 
     def reload(self) -> bool:
         """Reload changed policy files; True when the policies in force changed."""
@@ -154,9 +160,12 @@ class Daemon:
             return False
         first = self._policies is None
         self._policies = policies
-        self._close_evaluators()
-        engine = "reference" if self.config.engine == "reference" else "durable"
-        self.policy_set = PolicySet(policies, engine=engine, evaluator_factory=self._evaluator_factory(), keep_live=True)
+        if self.session is None:
+            engine = "reference" if self.config.engine == "reference" else "durable"
+            self.session = Session(PolicySet(policies), engine=engine, evaluator_factory=self._evaluator_factory(),
+                                   keep_live=True)
+        else:
+            self.session.swap(PolicySet(policies))  # a new engine; the farm in memory stays
         self._schedules_dirty = True
         self.metrics.policies.set(len(policies))
         if not first:
@@ -164,11 +173,6 @@ class Daemon:
         log.info("%s %d policies from %d file(s)%s", "loaded" if first else "reloaded", len(policies),
                  len(self.watcher._good), f" (changed: {', '.join(report.changed)})" if not first else "")
         return True
-
-    def _close_evaluators(self) -> None:
-        for ev in self._isolated:
-            ev.close()
-        self._isolated.clear()
 
     # --- one tick -------------------------------------------------------------------------
 
@@ -253,15 +257,15 @@ class Daemon:
 
     def cycle(self) -> CycleResult:
         """One cycle now, as the leader: due policies, run_cycle, schedule bookkeeping, logs, metrics."""
-        assert self.policy_set is not None, "reload() first"
-        policy_set = self.policy_set
+        assert self.session is not None, "reload() first"
+        policy_set = self.session.policy_set
         now = self.clock()
         if self._schedules_dirty:
             self._load_schedules(policy_set.policies, now)
         scheduled = self.schedules.scheduled()
         due = {p.name for p in policy_set.policies if p.name not in scheduled} | self.schedules.due(now)
         log.debug("cycle starting", extra={"due": len(due)})
-        result = run_cycle(self.store, policy_set, commit=True, now=now, due=due)
+        result = run_cycle(self.store, self.session, commit=True, now=now, due=due)
         if result.committed and not result.paused:
             for name, at in self.schedules.fired(due & scheduled, now).items():
                 self.store.set_setting(self.prefix + name, at.isoformat())
@@ -271,7 +275,7 @@ class Daemon:
                                        "paused": result.paused, "applied": len(result.report.applied) if result.report else 0})
         return result
 
-    def _load_schedules(self, policies: list[Policy], now: datetime) -> None:
+    def _load_schedules(self, policies: Sequence[Policy], now: datetime) -> None:
         stored: dict[str, datetime | None] = {}
         for p in policies:
             if p.schedule:
@@ -372,7 +376,8 @@ class Daemon:
         signal.signal(signal.SIGINT, handler)
 
     def close(self) -> None:
-        self._close_evaluators()
+        if self.session is not None:
+            self.session.close()
         self.leader.release()
         self.metrics.leader.set(0)
         self.metrics.close()

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from corral.api import Corral
-from corral.cycle import PolicySet
 from corral.farm import Farm
 from corral.ingest import (
     BadLine,
@@ -50,6 +49,7 @@ from corral.ingest import (
 from corral.ingest import JobSpec as SubmitSpec
 from corral.policy.loader import builtin_dir, load_paths
 from corral.policy.model import Policy
+from corral.policyset import PolicySet
 from corral.sim.report import RunReport, Sample
 from corral.sim.scenario import HostSpec, JobSpec, Night
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind, WorkerState
@@ -133,10 +133,9 @@ class Simulation:
         self.scenario = night.scenario
         self.with_corral = policies is not None
         self.label = label or ("with_corral" if self.with_corral else "baseline")
-        # One PolicySet for the whole night, as the daemon keeps one: its engine and live
-        # farm carry over from cycle to cycle.
-        self.policy_set = PolicySet(list(policies)) if policies is not None else None
-        self.corral = Corral(store, actor="supervisor", clock=self.at, policies=self.policy_set)
+        # One session for the whole night, as the daemon keeps one: its engine and the
+        # farm in memory carry over from cycle to cycle.
+        self.corral = Corral(store, actor="supervisor", clock=self.at, policies=None if policies is None else PolicySet(policies))
         self.now = 0.0
         self.hosts = {h.name: _Host(h) for h in night.hosts}
         self.jobs = {j.id: _Job(j) for j in night.jobs}
@@ -377,11 +376,9 @@ class Simulation:
         self.cycle_seconds_max = max(self.cycle_seconds_max, spent)
         if result.report is None or not result.report.applied:
             return
-        live = self.policy_set.live if self.policy_set is not None else None
-        # After a committed cycle the policy set's live farm is the store as written
-        # (the applier updates it in place); without one, read the store.
-        farm = live.farm if live is not None else self.corral.farm()
-        self._learn(result.report.applied, farm)
+        # The farm the cycle planned on is the store as written (the applier updated it
+        # in place for what it applied).
+        self._learn(result.report.applied, result.farm)
 
     def _wrangle(self) -> None:
         """The baseline's wrangler: release every job whose dependencies are all complete."""

@@ -14,8 +14,7 @@ already applied (`_Undo`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -24,65 +23,15 @@ from sqlalchemy.engine import Connection
 
 from corral.effects import Outcome, apply_action
 from corral.farm import Entity, Farm, Frame, Instance, Job, restore_fields, saved_fields
-from corral.states import Action, IllegalAction, Kind
+from corral.ports import ApplyReport, Done, Proposal, Refusal
+from corral.states import IllegalAction, Kind
 from corral.store.rows import TABLES, key_of, values_of
 from corral.store.tables import table
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """One action someone wants applied: a policy (`policy` set) or a person (None).
-
-    `automatic` marks a policy's action (it spends the retry limit); `applied=False`
-    makes it an audit row: logged as "would have", nothing changes.
-    """
-
-    kind: Kind
-    ident: str
-    action: Action
-    params: Mapping[str, Any] = field(default_factory=dict)
-    reason: str = ""
-    policy: str | None = None
-    automatic: bool = False
-    applied: bool = True
-
-    def __str__(self) -> str:
-        return f"{self.action} {self.kind} {self.ident}"
-
-
-@dataclass(frozen=True)
-class Done:
-    """A proposal that was applied (or, for an audit proposal, would have been)."""
-
-    proposal: Proposal
-    entity_id: str
-    from_state: str
-    to_state: str
-    touched: tuple[str, ...]
-    job_change: tuple[int, str, str] | None = None
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A proposal that changed nothing, and why.  `stale`: a row moved since it was read."""
-
-    proposal: Proposal
-    reason: str
-    stale: bool = False
-
-
-@dataclass
-class ApplyReport:
-    applied: list[Done] = field(default_factory=list)
-    audited: list[Done] = field(default_factory=list)
-    refused: list[Refusal] = field(default_factory=list)
 
 
 class _Stale(Exception):
     def __init__(self, what: str) -> None:
         super().__init__(f"{what} changed since it was read")
-
-
 
 
 def _job_of(entity: Entity) -> int | None:

@@ -10,47 +10,11 @@ deleted) means the caller must read the whole farm again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
-
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from corral.farm import FrameRun, Instance, Job, Worker
-from corral.store.rows import (
-    RawFrameRow,
-    raw_frame_rows,
-    raw_rows,
-    read_instances,
-    read_jobs,
-    read_runs,
-    read_workers,
-    timestamp_parser,
-)
-
-
-@dataclass(frozen=True)
-class Mark:
-    """Where the previous read stood: the deletion generation and the change stamp."""
-
-    generation: int
-    value: int
-
-
-@dataclass
-class FarmChanges:
-    """Rows changed since a mark, as entities (frames without runs, jobs without children)."""
-
-    #: The store's timestamp parser, for the frame rows (`rows.timestamp_parser`).
-    parse_time: Callable[[Any], datetime]
-    jobs: list[Job] = field(default_factory=list)
-    frames: list[RawFrameRow] = field(default_factory=list)  # as the driver gives them: see rows.raw_frame_rows
-    instances: list[Instance] = field(default_factory=list)
-    workers: list[Worker] = field(default_factory=list)
-    runs: list[tuple[int, int, FrameRun]] = field(default_factory=list)  # (job, frame, run), in recorded order
-    depends_on: dict[int, list[int]] = field(default_factory=dict)  # job -> its whole new list
+from corral.ports import FarmChanges, Mark
+from corral.store.rows import changed_frames, raw_rows, read_instances, read_jobs, read_runs, read_workers
 
 
 def take_mark(conn: Connection, sqlite_value: int | None = None) -> Mark:
@@ -115,12 +79,12 @@ def read_changes(conn: Connection, since: Mark) -> FarmChanges:
     of small queries, and SQLAlchemy's statement handling and result processors would
     cost more than the rows.  Every value formatted into the SQL is an int.
     """
-    out = FarmChanges(parse_time=timestamp_parser(conn.dialect.name))
+    out = FarmChanges()
     where = f"rev >= {int(since.value)} OR rev IS NULL"  # a row written with the triggers off has no stamp yet
     out.jobs = read_jobs(conn, where)
     out.instances = read_instances(conn, where)
     out.workers = read_workers(conn, where)
-    out.frames = raw_frame_rows(conn, where)
+    out.frames = changed_frames(conn, where)
     out.runs = list(read_runs(conn, where))
     changed = sorted({int(j) for (j,) in raw_rows(conn, f"SELECT job_id FROM job_dependencies WHERE {where}")})  # noqa: S608
     if changed:

@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from corral.facts import frame_runs
-from corral.farm import Entity, Farm, Frame, FrameRun, Instance, Job, Worker, saved_fields
+from corral.farm import Entity, Farm, Frame, FrameRun, Instance, Job, Worker, columns, key_columns, saved_fields, writable_columns
+from corral.ports import FrameChange
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind, WorkerState
 
 
@@ -26,50 +27,22 @@ def plain(value: Any) -> Any:
 
 
 #: Columns corral may change on each kind of row (everything but the key and version).
-FIELDS: dict[Kind, tuple[str, ...]] = {
-    Kind.JOB: (
-        "name",
-        "priority",
-        "state",
-        "hold",
-        "blocked_by",
-        "retry_limit",
-        "retries",
-        "submitted_at",
-        "state_since",
-        "last_retry_at",
-    ),
-    Kind.FRAME: (
-        "state",
-        "host",
-        "instance",
-        "attempts",
-        "retries",
-        "exit_code",
-        "started_at",
-        "finished_at",
-        "state_since",
-    ),
-    Kind.INSTANCE: ("job_id", "host", "state", "state_since"),
-    Kind.WORKER: ("state", "state_since"),
-}
+WRITABLE: dict[Kind, tuple[str, ...]] = {kind: writable_columns(kind) for kind in Kind}
 
 TABLES = {Kind.JOB: "jobs", Kind.FRAME: "frames", Kind.INSTANCE: "instances", Kind.WORKER: "workers"}
+
+_KEYS = {kind: key_columns(kind) for kind in Kind}
 
 
 def key_of(kind: Kind, entity: Entity) -> dict[str, Any]:
     """The primary key of an entity's row."""
-    if isinstance(entity, Frame):
-        return {"job_id": entity.job_id, "number": entity.number}
-    if isinstance(entity, Worker):
-        return {"name": entity.name}
-    return {"id": entity.id}
+    return {name: getattr(entity, name) for name in _KEYS[kind]}
 
 
 def values_of(kind: Kind, source: Entity | dict[str, Any]) -> dict[str, Any]:
     """The writable columns of an entity (or of its `saved_fields`)."""
     data = source if isinstance(source, dict) else saved_fields(source)
-    return {name: plain(data[name]) for name in FIELDS[kind]}
+    return {name: plain(data[name]) for name in WRITABLE[kind]}
 
 
 def timestamp_parser(dialect: str, *, naive_sqlite: bool = False) -> Callable[[Any], datetime]:
@@ -111,23 +84,21 @@ def _stamps(columns: str, dialect: str) -> str:
 
 
 def job_columns(dialect: str) -> str:
-    """The columns the driver-level job reads unpack, in order."""
-    return _stamps("id, name, priority, state, hold, blocked_by, retry_limit, retries, submitted_at, state_since, "
-                   "last_retry_at, version", dialect)
+    """The columns the driver-level job reads unpack, in order (`corral.farm.SCHEMA`)."""
+    return _stamps(", ".join(columns(Kind.JOB)), dialect)
 
 
 def instance_columns(dialect: str) -> str:
-    return _stamps("id, job_id, host, state, state_since, version", dialect)
+    return _stamps(", ".join(columns(Kind.INSTANCE)), dialect)
 
 
 def worker_columns(dialect: str) -> str:
-    return _stamps("name, state, state_since, version", dialect)
+    return _stamps(", ".join(columns(Kind.WORKER)), dialect)
 
 
 def frame_columns(dialect: str) -> str:
     """The columns the driver-level frame reads unpack, in order (timestamps ready for `timestamp_parser`)."""
-    return _stamps("job_id, number, state, host, instance, attempts, retries, exit_code, started_at, finished_at, "
-                   "state_since, version", dialect)
+    return _stamps(", ".join(columns(Kind.FRAME)), dialect)
 
 
 def run_columns(dialect: str) -> str:
@@ -177,20 +148,16 @@ def read_jobs(conn: Connection, where: str = "") -> list[Job]:
     dialect = conn.dialect.name
     ts = _optional(timestamp_parser(dialect))
     sql = f"SELECT {job_columns(dialect)} FROM jobs{_clauses(where, '')}"  # noqa: S608
-    return [
-        Job(id=i, name=name, priority=prio, state=_JOB_STATES[st], hold=_HOLDS[hold], blocked_by=by, retry_limit=limit,
-            retries=retries, submitted_at=ts(submitted), state_since=ts(since), last_retry_at=ts(retried),
-            version=version)
-        for i, name, prio, st, hold, by, limit, retries, submitted, since, retried, version in raw_rows(conn, sql)
-    ]
+    return [Job(i, name, prio, _JOB_STATES[st], _HOLDS[hold], by, limit, retries, ts(submitted), ts(since), ts(retried),
+                version)
+            for i, name, prio, st, hold, by, limit, retries, submitted, since, retried, version in raw_rows(conn, sql)]
 
 
 def read_instances(conn: Connection, where: str = "", order: str = "") -> list[Instance]:
     dialect = conn.dialect.name
     ts = _optional(timestamp_parser(dialect))
     sql = f"SELECT {instance_columns(dialect)} FROM instances{_clauses(where, order)}"  # noqa: S608
-    return [Instance(id=intern(i), job_id=j, host=intern(host), state=_INSTANCE_STATES[st], state_since=ts(since),
-                     version=version)
+    return [Instance(intern(i), j, intern(host), _INSTANCE_STATES[st], ts(since), version)
             for i, j, host, st, since, version in raw_rows(conn, sql)]
 
 
@@ -198,16 +165,12 @@ def read_workers(conn: Connection, where: str = "", order: str = "") -> list[Wor
     dialect = conn.dialect.name
     ts = _optional(timestamp_parser(dialect))
     sql = f"SELECT {worker_columns(dialect)} FROM workers{_clauses(where, order)}"  # noqa: S608
-    return [Worker(name=intern(name), state=_WORKER_STATES[st], state_since=ts(since), version=version)
-            for name, st, since, version in raw_rows(conn, sql)]
+    return [Worker(intern(name), _WORKER_STATES[st], ts(since), version) for name, st, since, version in raw_rows(conn, sql)]
 
 
 #: A frame row as `frame_rows` yields it: a `Frame`'s own fields, in its order, parsed.
 FrameRow = tuple[int, int, FrameState, str | None, str | None, int, int, int | None, datetime | None, datetime | None,
                  datetime | None, int]
-#: A frame row as the driver gives it for `frame_columns`: the same fields, the state as
-#: stored, the names not interned and the timestamps not parsed (`raw_frame_rows`).
-RawFrameRow = tuple[Any, ...]
 #: Frame states by their stored value.
 FRAME_STATES: dict[str, FrameState] = {s.value: s for s in FrameState}
 
@@ -230,20 +193,24 @@ def frame_rows(conn: Connection, where: str = "", order: str = "", *, stream: bo
                None if since is None else ts(since), version)
 
 
-def raw_frame_rows(conn: Connection, where: str) -> list[RawFrameRow]:
-    """The frame rows a steady cycle reads, as the driver gives them.  The live farm
-    decodes each where it copies it into the frame it holds (`LiveFarm._frames`, with
-    `FRAME_STATES` and `timestamp_parser`): there a name the row did not change is the
-    frame's own string, not interned again, and no parsed tuple is made only to be
-    taken apart (1M frames: ten thousand rows a cycle)."""
-    sql = f"SELECT {frame_columns(conn.dialect.name)} FROM frames{_clauses(where, '')}"  # noqa: S608
-    return list(raw_rows(conn, sql))
+def changed_frames(conn: Connection, where: str) -> list[FrameChange]:
+    """The frame rows a steady cycle reads, decoded (the state a member, timestamps
+    parsed) but with the driver's strings for the names: the live farm keeps the one it
+    holds where a row did not change a name (`LiveFarm.apply`) and interns only a new
+    one, so no name is interned twice (1M frames: ten thousand rows a cycle)."""
+    dialect = conn.dialect.name
+    ts, states = timestamp_parser(dialect), FRAME_STATES
+    sql = f"SELECT {frame_columns(dialect)} FROM frames{_clauses(where, '')}"  # noqa: S608
+    return [(j, n, states[st], host, inst, attempts, retries, code,
+             None if started is None else ts(started), None if finished is None else ts(finished),
+             None if since is None else ts(since), version)
+            for j, n, st, host, inst, attempts, retries, code, started, finished, since, version in raw_rows(conn, sql)]
 
 
 def read_frames(conn: Connection, where: str = "", order: str = "", *, stream: bool = False) -> Iterator[Frame]:
     """`frame_rows` as `Frame`s."""
     for row in frame_rows(conn, where, order, stream=stream):
-        yield Frame(*row[:11], version=row[11])
+        yield Frame(*row)
 
 
 def read_runs(conn: Connection, where: str = "", *, stream: bool = False) -> Iterator[tuple[int, int, FrameRun]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,10 +18,10 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from corral.farm import Farm, utcnow
+from corral.ports import ActionLog, ApplyReport, FarmChanges, LastActions, LogEntry, Mark, Proposal
 from corral.states import Kind
 from corral.store import changes, migrate
-from corral.store.apply import ApplyReport, Proposal, apply_transitions
-from corral.store.changes import FarmChanges, Mark
+from corral.store.apply import apply_transitions
 from corral.store.engine import WRITE, describe, make_engine, normalise_url
 from corral.store.rows import farm_rows, raw_rows, read_farm, timestamp_param, timestamp_parser
 from corral.store.tables import TABLE_ORDER, as_utc, table
@@ -40,24 +39,8 @@ class SchemaMissing(StoreError):
     """The database has no corral schema, or an older one."""
 
 
-@dataclass(frozen=True)
-class Transition:
-    """One row of the log, as `corral history` and cooldowns see it."""
-
-    id: int
-    at: datetime
-    kind: Kind
-    entity_id: str
-    job_id: int | None
-    action: str
-    from_state: str
-    to_state: str
-    actor: str
-    policy: str | None
-    reason: str
-    cycle_id: str | None
-    applied: bool
-
+#: The setting `corral pause` sets to "1" and `corral resume` to "0".
+PAUSE_SETTING = "paused"
 
 #: Farm tables a snapshot load with `replace` empties (the log and settings are kept).
 FARM_TABLES = tuple(t for t in TABLE_ORDER if t not in ("transitions", "settings"))
@@ -294,7 +277,7 @@ class Store:
         actor: str | None = None,
         since: datetime | None = None,
         limit: int | None = None,
-    ) -> list[Transition]:
+    ) -> list[LogEntry]:
         """The log, newest first; `job` includes the job's frames and instances."""
         t = table("transitions")
         query = select(t).order_by(t.c.id.desc())
@@ -309,7 +292,7 @@ class Store:
         if limit is not None:
             query = query.limit(limit)
         with self._read() as conn:
-            return [_transition(r._mapping) for r in conn.execute(query)]
+            return [_log_entry(r._mapping) for r in conn.execute(query)]
 
     def last_actions(self, since: datetime, *, include_audit: bool = False) -> LastActions:
         """When each (policy, kind, entity) last acted since `since`: for per-entity cooldowns.
@@ -321,6 +304,10 @@ class Store:
             return _last_actions(conn, since, include_audit=include_audit)
 
     # --- settings -----------------------------------------------------------------
+
+    def paused(self) -> bool:
+        """Whether `corral pause` is in force (the `ActionSink` port's question)."""
+        return self.get_setting(PAUSE_SETTING) == "1"
 
     def get_setting(self, key: str, default: str | None = None) -> str | None:
         """On the driver's cursor: a committing cycle asks whether corral is paused every
@@ -348,10 +335,10 @@ class Store:
             return inspect(conn).has_table(name)
 
 
-def _transition(r: Any) -> Transition:
+def _log_entry(r: Any) -> LogEntry:
     at = as_utc(r["at"])
     assert at is not None
-    return Transition(
+    return LogEntry(
         id=r["id"],
         at=at,
         kind=Kind(r["kind"]),
@@ -376,10 +363,6 @@ def _pragma(dbapi_conn: Any, setting: str) -> None:
         cursor.close()
 
 
-#: When each (policy, kind, entity) last acted: see `Store.last_actions`.
-LastActions = dict[tuple[str | None, str, str], datetime]
-
-
 def _last_actions(conn: Connection, since: datetime, *, include_audit: bool = False) -> LastActions:
     """Read at the driver level, as the steady cycle's other reads are: it runs every
     cycle, and SQLAlchemy's statement handling cost twenty times the query (0.16 ms
@@ -396,16 +379,6 @@ def _last_actions(conn: Connection, since: datetime, *, include_audit: bool = Fa
         if last is not None:
             out[(policy, kind, entity_id)] = parse(last)
     return out
-
-
-@dataclass
-class ActionLog:
-    """Applied actions from the transition log, for cooldowns: (policy, kind, entity id,
-    when; a wrangler's have no policy), and `after`, the highest row id read, to read on
-    from."""
-
-    actions: list[tuple[str | None, str, str, datetime]]
-    after: int
 
 
 def read_log(conn: Connection, since: datetime, *, after: int | None = None) -> ActionLog:
