@@ -9,9 +9,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corral.facts import (
-    _INSTANCE_FIRST,
-    _JOB_FIRST,
-    _WORKER_FIRST,
     FIELDS,
     MISSING,
     Aggregates,
@@ -21,6 +18,7 @@ from corral.facts import (
     get_path,
     narrow,
 )
+from corral.facts.builder import FIRST
 from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
 from corral.policy.loader import builtin_dir, load_paths, load_texts
 from corral.policy.model import Policy, paths_read
@@ -313,26 +311,52 @@ def test_a_running_job_with_no_frame_complete_is_screened_out_on_its_host_counts
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(farm=farms())
 def test_each_first_stage_field_probed_alone_is_what_the_whole_fact_has(farm: Farm) -> None:
-    """A screen reads first-stage fields one by one (`_JOB_FIRST`, `_INSTANCE_FIRST`,
-    `_WORKER_FIRST`): every such field has its own definition, and it gives the value
-    the whole fact has (None where the fact leaves the field out)."""
-    tables: dict[Kind, dict[str, Any]] = {Kind.JOB: _JOB_FIRST, Kind.INSTANCE: _INSTANCE_FIRST,
-                                          Kind.WORKER: _WORKER_FIRST}
-    for kind, table in tables.items():
+    """A screen reads first-stage fields one by one (`corral.facts.builder.FIRST`): every
+    such field of a job, an instance and a worker has its own definition, and it gives
+    the value the whole fact has (None where the fact leaves the field out)."""
+    for kind, table in FIRST.items():
         assert {p for p in FIELDS[kind] if first_stage(kind, p)} <= set(table), kind
+        assert set(table) <= set(FIELDS[kind]), kind
     builder = FactBuilder(farm, NOW)
-    for job in farm.jobs.values():
-        whole, counts = builder.job(job), builder.agg.job_frames.get(job.id) or {}
-        for path, get in _JOB_FIRST.items():
-            assert get_path(whole, path) == _or_missing(get(job, counts)), (job.id, path)
-    for inst in farm.instances.values():
-        whole = builder.instance(inst.id)
-        for path, get in _INSTANCE_FIRST.items():
-            assert get_path(whole, path) == _or_missing(get(inst, builder)), (inst.id, path)
-    for name in {*farm.workers, *builder.agg.host_tail}:
-        whole = builder.worker(name)
-        for path, get in _WORKER_FIRST.items():
-            assert get_path(whole, path) == _or_missing(get(name, builder)), (name, path)
+    subjects: dict[Kind, list[tuple[Any, dict[str, Any]]]] = {
+        Kind.JOB: [(job, builder.job(job)) for job in farm.jobs.values()],
+        Kind.INSTANCE: [(inst, builder.instance(inst.id)) for inst in farm.instances.values()],
+        Kind.WORKER: [(name, builder.worker(name)) for name in {*farm.workers, *builder.agg.host_tail}],
+    }
+    for kind, pairs in subjects.items():
+        for subject, whole in pairs:
+            for path, get in FIRST[kind].items():
+                assert get_path(whole, path) == _or_missing(get(subject, builder)), (kind, whole["id"], path)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(farm=farms())
+def test_every_fact_has_exactly_the_fields_the_vocabulary_declares(farm: Farm) -> None:
+    """The vocabulary (`FIELDS`) is what `corral fields`, the docs, the JSON Schema and
+    the loader use; the builder writes some facts out by hand (a frame's whole fact):
+    each fact built with every group holds no field the vocabulary lacks, and every
+    field it declares that is not unknown for that entity."""
+    builder = FactBuilder(farm, NOW)
+    may_be_missing = {"blocked_by", "since_retry", "time_in_state", "age", "host", "instance", "exit_code", "run_time",
+                      "state"}
+    for kind in Kind:
+        declared = set(FIELDS[kind])
+        for fact in builder.facts(kind):
+            paths = _paths(fact)
+            assert paths <= declared, (kind, sorted(paths - declared))
+            own = {p for p in declared if "." not in p or p.startswith("dependencies.")}
+            missing = {p for p in own - paths if p.rpartition(".")[2] not in may_be_missing}
+            assert not missing, (kind, fact["id"], sorted(missing))
+
+
+def _paths(fact: dict[str, Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for key, value in fact.items():
+        if isinstance(value, dict):
+            out |= _paths(value, f"{prefix}{key}.")
+        else:
+            out.add(prefix + key)
+    return out
 
 
 def _or_missing(value: Any) -> Any:

@@ -359,22 +359,9 @@ class PlanMemo:
         self._parts = {part: (tuple(keys[part]), outcomes) for part, outcomes in kept.items()}
 
 
-def job_of(farm: Farm, kind: Kind, ident: str) -> int | None:
-    """The job whose entities an action on this entity changes (None: a worker, or an
-    instance no longer in the farm)."""
-    if kind is Kind.JOB:
-        return int(ident)
-    if kind is Kind.FRAME:
-        return int(ident.partition(":")[0])
-    if kind is Kind.INSTANCE:
-        inst = farm.instances.get(ident)
-        return None if inst is None else inst.job_id
-    return None
-
-
 def _part_of(farm: Farm, m: Match) -> tuple[str, Any]:
     """The independent part of a plan a match belongs to: its job's, or its worker's."""
-    job = job_of(farm, m.kind, m.ident)
+    job = farm.job_of(m.kind, m.ident)
     if job is not None:
         return ("job", job)
     return ("worker", m.ident) if m.kind is Kind.WORKER else ("instance", m.ident)

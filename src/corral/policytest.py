@@ -842,12 +842,10 @@ def _keep(farm: Farm, kind: Kind, ident: str, jobs: set[int], workers: set[str])
             if ident in hosts:
                 jobs.add(job.id)
         return
-    if kind is Kind.JOB:
-        jobs.add(int(ident))
-    elif kind is Kind.FRAME:
-        jobs.add(int(ident.partition(":")[0]))
-    else:
-        jobs.add(farm.instances[ident].job_id)
+    owner = farm.job_of(kind, ident)
+    if owner is None:
+        raise KeyError(f"no {kind} '{ident}' in the farm")
+    jobs.add(owner)
 
 
 def _trim(farm: Farm, jobs: set[int], workers: set[str]) -> Farm:

@@ -406,13 +406,10 @@ class Simulation:
             self.actions[label] += 1
             self.actions_by_kind[f"{p.action} {p.kind}"] += 1
             self.action_times.append((self.now, label))
-            if p.kind is Kind.JOB:
-                jobs.add(int(p.ident))
-            elif p.kind is Kind.FRAME:
-                jobs.add(int(p.ident.partition(":")[0]))
-            elif p.kind is Kind.INSTANCE:
-                jobs.add(int(p.ident.partition(".")[0]))
-            else:
+            job = farm.job_of(p.kind, p.ident)
+            if job is not None:
+                jobs.add(job)
+            elif p.kind is Kind.WORKER:
                 workers.add(p.ident)
         for job_id in sorted(jobs):
             self._sync_job(self.jobs[job_id], farm)

@@ -22,7 +22,7 @@ from sqlalchemy import and_, insert, update
 from sqlalchemy.engine import Connection
 
 from corral.effects import Outcome, apply_action
-from corral.farm import Entity, Farm, Frame, Instance, Job, restore_fields, saved_fields
+from corral.farm import Entity, Farm, restore_fields, saved_fields
 from corral.ports import ApplyReport, Done, Proposal, Refusal
 from corral.states import IllegalAction, Kind
 from corral.store.rows import TABLES, key_of, values_of
@@ -32,14 +32,6 @@ from corral.store.tables import table
 class _Stale(Exception):
     def __init__(self, what: str) -> None:
         super().__init__(f"{what} changed since it was read")
-
-
-def _job_of(entity: Entity) -> int | None:
-    if isinstance(entity, Job):
-        return entity.id
-    if isinstance(entity, Frame | Instance):
-        return entity.job_id
-    return None
 
 
 def _label(kind: Kind, entity: Entity) -> str:
@@ -76,9 +68,8 @@ def apply_transitions(
             except (IllegalAction, KeyError) as err:
                 report.refused.append(Refusal(p, str(err.args[0]) if isinstance(err, KeyError) else str(err)))
                 continue
-            entity = farm.entity(p.kind, p.ident)
             done = Done(p, out.ident, out.from_state, out.to_state, tuple(_label(k, e) for k, e, _, _ in after), out.job_change)
-            log = _log_rows(p, done, _job_of(entity), now, actor, cycle_id)
+            log = _log_rows(p, done, farm.job_of(p.kind, p.ident), now, actor, cycle_id)
             if not p.applied:
                 conn.execute(insert(table("transitions")), log)
                 report.audited.append(done)

@@ -1,0 +1,250 @@
+"""The counts facts are made of, kept by deltas so that a cycle updates them cheaply.
+
+A whole farm is counted once (`Aggregates.from_farm`); the daemon's live farm then
+feeds only what changed (`frames_moved`, `run`).  The invariant the incremental path
+rests on: the counts always count each frame's *current* fields and every run recorded
+(tests/test_live.py holds a live farm's counts to a fresh count after any changes).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from operator import attrgetter
+
+from corral.facts.vocabulary import DEFAULT_RECENT
+from corral.farm import Farm, Frame, FrameRun
+from corral.states import VALUE, FrameState
+
+
+def frame_runs(frame: Frame) -> list[FrameRun]:
+    """A frame's finished attempts; a snapshot that omits history gets its last one."""
+    if frame.runs:
+        return frame.runs
+    if frame.state in (FrameState.COMPLETE, FrameState.FAILED) and frame.host:
+        return [
+            FrameRun(frame.host, frame.instance, frame.state, frame.exit_code, frame.started_at, frame.finished_at)
+        ]
+    return []
+
+
+class _Tail:
+    """Finished runs since the last success, in finished order (for "in a row" counts).
+
+    Only the tail after the latest success matters for consecutive failures and for
+    the distinct jobs failed since a success, so older runs are dropped: the memory
+    this keeps is bounded by the failures in a row, not by history.
+    """
+
+    __slots__ = ("horizon", "runs")
+
+    def __init__(self) -> None:
+        self.horizon: tuple[datetime, int] | None = None  # (finished_at, seq) of the latest success
+        self.runs: list[tuple[datetime, int, int]] = []  # (finished_at, seq, job_id) of failures after it
+
+    def add(self, when: datetime, seq: int, ok: bool, job_id: int) -> None:
+        key = (when, seq)
+        if self.horizon is not None and key < self.horizon:
+            return  # happened before the latest success: no longer "in a row"
+        if ok:
+            # The failures up to it are no longer "in a row": the head of the sorted list,
+            # cut off where (finished_at, seq) passes the key (seqs are ints).
+            self.horizon = key
+            if self.runs:
+                del self.runs[:bisect_left(self.runs, (when, seq + 1))]
+        else:
+            insort(self.runs, (when, seq, job_id))
+
+    @classmethod
+    def of(cls, runs: list[tuple[datetime, int, bool, int]]) -> _Tail:
+        """The tail of runs sorted by (finished_at, seq)."""
+        tail = cls()
+        last_ok = max((i for i, r in enumerate(runs) if r[2]), default=-1)
+        if last_ok >= 0:
+            tail.horizon = (runs[last_ok][0], runs[last_ok][1])
+        tail.runs = [(w, s, j) for w, s, ok, j in runs[last_ok + 1:] if not ok]
+        return tail
+
+    @property
+    def failures(self) -> int:
+        return len(self.runs)
+
+    def distinct_jobs(self) -> int:
+        return len({r[2] for r in self.runs})
+
+
+_STATE = attrgetter("state")
+
+
+class Aggregates:
+    """The counts facts are made of, kept by deltas so a cycle can update them cheaply.
+
+    A full build feeds every frame and run once (`from_farm`); the daemon's live farm
+    then feeds only what changed: `frame_state(old, +/-)` for a frame whose state moved,
+    `run(...)` for each newly recorded run.  Runs are append-only history.
+    """
+
+    def __init__(self, recent: timedelta = DEFAULT_RECENT, *, keep_recent: bool = True) -> None:
+        """`keep_recent`: keep each host's runs for the recent window's counts (a daemon
+        whose policies read no `recent_*` field saves the work on every run it reads)."""
+        self.recent, self.keep_recent = recent, keep_recent
+        self._kept = 2 * recent  # how far back of a host's newest run `host_recent` keeps
+        self.seq = 0
+        self.job_frames: dict[int, Counter[str]] = defaultdict(Counter)
+        self.job_host_fail: Counter[tuple[int, str]] = Counter()
+        self.job_host_ok: Counter[tuple[int, str]] = Counter()
+        self.job_host_refs: dict[int, Counter[str]] = defaultdict(Counter)  # runs + running frames per host
+        self.running_on_host: Counter[str] = Counter()
+        self.host_tail: dict[str, _Tail] = defaultdict(_Tail)
+        #: Per host, its finished runs (finished_at, seq, ok) in order, for the recent
+        #: window's counts; only the last two windows before its newest run are kept (a
+        #: cycle asks for the window ending at its `now`, after the runs it has read), or
+        #: a daemon would hold every run of its life here, needed or not.
+        self.host_recent: dict[str, list[tuple[datetime, int, bool]]] = defaultdict(list)
+        self.inst_tail: dict[str, _Tail] = defaultdict(_Tail)
+        self.inst_failed: Counter[str] = Counter()
+        self.inst_ok: Counter[str] = Counter()
+
+    @classmethod
+    def from_farm(cls, farm: Farm, recent: timedelta = DEFAULT_RECENT, *, keep_recent: bool = True) -> Aggregates:
+        """The same counts `frame_state` and `run` would give, for a whole farm at once:
+        runs are grouped per host and instance and sorted once, instead of inserted one
+        by one (a million frames' history is read this way when the daemon starts)."""
+        agg = cls(recent, keep_recent=keep_recent)
+        per_host: dict[str, list[tuple[datetime, int, bool, int]]] = defaultdict(list)
+        per_inst: dict[str, list[tuple[datetime, int, bool, int]]] = defaultdict(list)
+        complete, failed, running = FrameState.COMPLETE, FrameState.FAILED, FrameState.RUNNING
+        finished = (complete, failed)
+        running_on_host, job_host_ok, job_host_fail = agg.running_on_host, agg.job_host_ok, agg.job_host_fail
+        inst_ok, inst_failed, value = agg.inst_ok, agg.inst_failed, VALUE.__getitem__
+        seq = agg.seq
+        for job in farm.jobs.values():
+            job_id = job.id
+            refs = agg.job_host_refs[job_id]
+            frames = job.frames.values()
+            # counted in C (`Counter` of the states' values); the loop below does the rest
+            # of `frame_state(frame, +1)` and `run(...)`, inlined: it runs once per frame
+            agg.job_frames[job_id] = Counter(map(value, map(_STATE, frames)))
+            for frame in frames:
+                state = frame.state
+                if state == running and frame.host:
+                    running_on_host[frame.host] += 1
+                    refs[frame.host] += 1
+                history = frame.runs or (frame_runs(frame) if state in finished else ())
+                for run in history:
+                    seq += 1
+                    host, instance, ok = run.host, run.instance, run.state == complete
+                    if not (ok or run.state == failed):
+                        if host:
+                            refs[host] += 1
+                        continue
+                    entry = (run.finished_at or _EPOCH, seq if run.id is None else run.id, ok, job_id)
+                    if host:
+                        refs[host] += 1
+                        (job_host_ok if ok else job_host_fail)[(job_id, host)] += 1
+                        per_host[host].append(entry)
+                    if instance:
+                        (inst_ok if ok else inst_failed)[instance] += 1
+                        per_inst[instance].append(entry)
+        agg.seq = seq
+        for host, runs in per_host.items():
+            runs.sort()
+            if keep_recent:
+                keep = runs[-1][0] - agg._kept
+                agg.host_recent[host] = [(w, s, ok) for w, s, ok, _ in runs if w >= keep]
+            agg.host_tail[host] = _Tail.of(runs)
+        for inst, runs in per_inst.items():
+            runs.sort()
+            agg.inst_tail[inst] = _Tail.of(runs)
+        return agg
+
+    def frame_state(self, frame: Frame, sign: int) -> None:
+        """Count (+1) or uncount (-1) a frame's current state."""
+        self.job_frames[frame.job_id][VALUE[frame.state]] += sign
+        if frame.state == FrameState.RUNNING and frame.host:
+            self.running_on_host[frame.host] += sign
+            self.job_host_refs[frame.job_id][frame.host] += sign
+
+    def frames_moved(self, moved: Iterable[tuple[int, FrameState | None, str | None, FrameState, str | None]]) -> None:
+        """`frame_state(-1)` then `frame_state(+1)` for each frame a change read moved:
+        (job id, state before or None for a new frame, host before, state, host).  One
+        call for a cycle's changed frames (ten thousand a cycle on a million-frame farm),
+        with what the loop reads bound once."""
+        job_frames, running_on_host, job_host_refs = self.job_frames, self.running_on_host, self.job_host_refs
+        running, value = FrameState.RUNNING, VALUE  # counts keyed by plain strings (see VALUE)
+        for job_id, was, old_host, state, host in moved:
+            counts = job_frames[job_id]
+            if was is not None:
+                counts[value[was]] -= 1
+                if old_host and was == running:
+                    running_on_host[old_host] -= 1
+                    job_host_refs[job_id][old_host] -= 1
+            counts[value[state]] += 1
+            if host and state == running:
+                running_on_host[host] += 1
+                job_host_refs[job_id][host] += 1
+
+    def run(self, job_id: int, run: FrameRun) -> bool:
+        """Record one finished attempt (append-only).  True when it is its host's first
+        success or first failure on the job: the host's standing there, which the job's
+        other instances show (`other_hosts_*`), moved.  (Told here, where the count is in
+        hand: asked of the counts before and after, it cost four more lookups a run in
+        tables of a million-frame farm's every host and job.)"""
+        self.seq += 1
+        seq = run.id if run.id is not None else self.seq
+        state, host, instance = run.state, run.host, run.instance
+        ok = state == FrameState.COMPLETE
+        failed = state == FrameState.FAILED
+        when = _ts(run.finished_at)
+        first = False
+        if host:
+            self.job_host_refs[job_id][host] += 1
+            if ok or failed:
+                counts, pair = (self.job_host_ok if ok else self.job_host_fail), (job_id, host)
+                n = counts[pair] + 1
+                counts[pair] = n
+                first = n == 1
+            if ok or failed:
+                self.host_tail[host].add(when, seq, ok, job_id)
+                if self.keep_recent:
+                    recent = self.host_recent[host]
+                    insort(recent, (when, seq, ok))
+                    keep = recent[-1][0] - self._kept
+                    if recent[0][0] < keep:
+                        del recent[:bisect_left(recent, (keep,))]
+        if instance and (ok or failed):
+            self.inst_tail[instance].add(when, seq, ok, job_id)
+            if ok:
+                self.inst_ok[instance] += 1
+            else:
+                self.inst_failed[instance] += 1
+        return first
+
+    def job_hosts(self, job_id: int) -> list[str]:
+        refs = self.job_host_refs.get(job_id)
+        return [h for h, n in refs.items() if n > 0] if refs else []
+
+    def recent_counts(self, host: str, now: datetime) -> tuple[int, int]:
+        """(failures, successes) of `host` within the recent window before `now`."""
+        if not self.keep_recent:
+            raise RuntimeError("these counts were kept without the recent window (keep_recent=False)")
+        runs = self.host_recent.get(host)
+        if not runs:
+            return 0, 0
+        cutoff = now - self.recent
+        first = bisect_left(runs, (cutoff, -1, False))
+        if first and runs[0][0] < now - self._kept:
+            del runs[:first]  # older than any window still asked for
+            first = 0
+        ok = sum(1 for r in runs[first:] if r[2])
+        return len(runs) - first - ok, ok
+
+
+
+def _ts(value: datetime | None) -> datetime:
+    return value if value is not None else _EPOCH
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
