@@ -1,4 +1,5 @@
-"""Applying one action to the in-memory farm, following the tables in `corral.states`.
+"""Applying one action to the in-memory farm: the table in `corral.states` moves the
+states, the action's class in `corral.actions` does the rest.
 
 The same function serves the planner (which plays proposals forward inside
 `Farm.scratch()`), the applier (which then writes the touched rows with
@@ -12,12 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from corral.farm import Entity, Farm, Frame, Instance, Job, Worker, entity_id
+from corral.actions import ActionDef, action_def
+from corral.farm import Entity, Farm, Frame, Instance, Job, entity_id
 from corral.states import (
-    ACTION_PARAMS,
     DERIVED,
     RULES,
     Action,
+    ActionRule,
     FrameState,
     Hold,
     IllegalAction,
@@ -48,17 +50,8 @@ class Outcome:
 
 
 def check_params(action: Action, params: Mapping[str, Any]) -> None:
-    """Refuse parameters the action does not take, with what it does take."""
-    allowed = ACTION_PARAMS[action]
-    for name, value in params.items():
-        if name not in allowed:
-            takes = ", ".join(allowed) or "no parameters"
-            raise ValueError(f"'{action}' takes {takes}; '{name}' is not one of them")
-        want = allowed[name]
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise ValueError(f"'{action}' parameter '{name}' must be {want.__name__}, not {value!r}")
-        if isinstance(value, int) and value < 0:
-            raise ValueError(f"'{action}' parameter '{name}' must be 0 or more, not {value}")
+    """Refuse parameters the action does not take, with what it does take (`corral.actions`)."""
+    action_def(action).check_params(params)
 
 
 def apply_action(
@@ -87,19 +80,27 @@ def apply_action(
     rule = RULES.get((kind, action))
     if rule is None or state not in rule.moves:
         raise IllegalAction(kind, ident, state, action)
+    definition = action_def(action)
     try:
-        check_params(action, params)
+        definition.check_params(params)
     except ValueError as err:
         raise IllegalAction(kind, ident, state, action, str(err)) from None
+    job = entity if isinstance(entity, Job) else farm.jobs[entity.job_id] if isinstance(entity, Frame | Instance) else None
+    why = definition.refuse(kind, entity, job, automatic=automatic)
+    if why:
+        raise IllegalAction(kind, ident, state, action, why)
     out = Outcome(kind, entity_id(kind, entity), action, state, state)
     if isinstance(entity, Job):
-        _job_action(farm, entity, action, params, automatic, now, out, actor)
+        _job_action(farm, entity, definition, rule, params, automatic, now, out, actor)
     elif isinstance(entity, Frame):
-        _frame_action(farm, entity, action, automatic, now, out)
+        assert job is not None
+        _frame_action(farm, job, entity, definition, rule, params, automatic, now, out)
     elif isinstance(entity, Instance):
-        _instance_action(farm, entity, action, params, now, out)
+        assert job is not None
+        _instance_action(farm, job, entity, definition, rule, params, now, out)
     else:
-        _worker_action(farm, entity, action, now, out)
+        _set_state(farm, out, Kind.WORKER, entity, WorkerState(rule.moves[entity.state]), now)
+        out.to_state = str(entity.state)
     return out
 
 
@@ -114,35 +115,20 @@ def _set_state(farm: Farm, out: Outcome, kind: Kind, entity: Entity, state: Any,
         entity.state_since = now
 
 
-def _job_action(
-    farm: Farm,
-    job: Job,
-    action: Action,
-    params: dict[str, Any],
-    automatic: bool,
-    now: datetime,
-    out: Outcome,
-    actor: str | None,
-) -> None:
-    rule = RULES[(Kind.JOB, action)]
-    if action is Action.UNBLOCK and job.state == JobState.PENDING and job.hold is not Hold.SUSPENDED:
-        raise IllegalAction(Kind.JOB, str(job.id), job.state, action, "it is pending but neither blocked nor suspended")
-    if action is Action.SUSPEND and job.hold is Hold.SUSPENDED:
-        raise IllegalAction(Kind.JOB, str(job.id), job.state, action, "it is suspended already")
-    if automatic and action in (Action.RETRY, Action.RESUBMIT) and job.hold is Hold.KILLED:
-        # The seed: "Killed jobs must be manually retried or resubmitted."
-        raise IllegalAction(Kind.JOB, str(job.id), job.state, action, "a killed job is retried or resubmitted by a person")
-    if action is Action.RETRY and automatic and job.retries >= job.retry_limit:
-        raise IllegalAction(
-            Kind.JOB, str(job.id), job.state, action, f"it has used all {job.retry_limit} of its retries"
-        )
+def _move_frame(farm: Farm, out: Outcome, frame: Frame, to: str | None, now: datetime) -> None:
+    if to is not None and to != frame.state:
+        _set_state(farm, out, Kind.FRAME, frame, to, now)
+        if to == FrameState.PENDING:
+            frame.host = frame.instance = None
+
+
+def _job_action(farm: Farm, job: Job, definition: ActionDef, rule: ActionRule, params: dict[str, Any],
+                automatic: bool, now: datetime, out: Outcome, actor: str | None) -> None:
+    """The table's moves of the job's frames and instances, its hold, the action's own
+    bookkeeping, then the job's state (set, or derived from its frames)."""
     _set_state(farm, out, Kind.JOB, job, job.state, now)
     for frame in job.frames.values():
-        to = rule.frames.get(frame.state)
-        if to is not None and to != frame.state:
-            _set_state(farm, out, Kind.FRAME, frame, to, now)
-            if to == FrameState.PENDING:
-                frame.host = frame.instance = None
+        _move_frame(farm, out, frame, definition.frame_to(Kind.JOB, frame, rule.frames.get(frame.state), params), now)
         if rule.resets and (frame.retries or frame.exit_code is not None):
             _set_state(farm, out, Kind.FRAME, frame, frame.state, now)  # written, even if already pending
             frame.retries, frame.exit_code = 0, None
@@ -153,15 +139,7 @@ def _job_action(
     if rule.hold is not None:
         job.hold = rule.hold
         job.blocked_by = actor if rule.hold is Hold.BLOCKED else None
-    if action is Action.RETRY:
-        job.last_retry_at = now
-        if automatic:
-            job.retries += 1
-    if rule.resets:
-        job.retries = 0
-        job.last_retry_at = None
-        job.priority = params.get("priority", job.priority)
-        job.retry_limit = params.get("retry_limit", job.retry_limit)
+    definition.bookkeep(Kind.JOB, job, params, automatic=automatic, now=now)
     new = job.derived_state() if rule.moves[out.from_state] == DERIVED else JobState(rule.moves[out.from_state])
     if new != job.state:
         job.state, job.state_since = new, now
@@ -183,53 +161,24 @@ def _follow(farm: Farm, job: Job, now: datetime, out: Outcome) -> None:
         out.job_change = (job.id, old, str(new))
 
 
-def _frame_action(farm: Farm, frame: Frame, action: Action, automatic: bool, now: datetime, out: Outcome) -> None:
-    job = farm.jobs[frame.job_id]
-    rule = RULES[(Kind.FRAME, action)]
+def _frame_action(farm: Farm, job: Job, frame: Frame, definition: ActionDef, rule: ActionRule,
+                  params: dict[str, Any], automatic: bool, now: datetime, out: Outcome) -> None:
     _check_job(farm, job, now, out)
-    if action is Action.RETRY and automatic and frame.retries >= job.retry_limit:
-        raise IllegalAction(
-            Kind.FRAME, frame.key, frame.state, action, f"it has used all {job.retry_limit} of its retries"
-        )
-    if automatic and action in (Action.RETRY, Action.UNBLOCK) and job.hold in (Hold.BLOCKED, Hold.KILLED):
-        # A held job must not run: automation requeuing its frames would only spend
-        # retries that a wrangler will want once the job is released.
-        raise IllegalAction(Kind.FRAME, frame.key, frame.state, action, f"its job {job.id} is {job.hold}")
-    to = FrameState(rule.moves[frame.state])
-    _set_state(farm, out, Kind.FRAME, frame, to, now)
-    if to == FrameState.PENDING:
+    _set_state(farm, out, Kind.FRAME, frame, FrameState(rule.moves[frame.state]), now)
+    if frame.state == FrameState.PENDING:
         frame.host = frame.instance = None
-    if action is Action.RETRY and automatic:
-        frame.retries += 1
-    if rule.resets:
-        frame.retries, frame.exit_code = 0, None
+    definition.bookkeep(Kind.FRAME, frame, params, automatic=automatic, now=now)
     out.to_state = str(frame.state)
     _follow(farm, job, now, out)
 
 
-def _instance_action(
-    farm: Farm, inst: Instance, action: Action, params: dict[str, Any], now: datetime, out: Outcome
-) -> None:
-    job = farm.jobs[inst.job_id]
-    rule = RULES[(Kind.INSTANCE, action)]
+def _instance_action(farm: Farm, job: Job, inst: Instance, definition: ActionDef, rule: ActionRule,
+                     params: dict[str, Any], now: datetime, out: Outcome) -> None:
     _check_job(farm, job, now, out)
     _set_state(farm, out, Kind.INSTANCE, inst, InstanceState(rule.moves[inst.state]), now)
-    requeue = bool(params.get("requeue_failed"))
     for frame in job.frames.values():
-        if frame.instance != inst.id:
-            continue
-        to = rule.frames.get(frame.state)
-        if requeue and frame.state == FrameState.FAILED:
-            to = FrameState.PENDING
-        if to is not None and to != frame.state:
-            _set_state(farm, out, Kind.FRAME, frame, to, now)
-            if to == FrameState.PENDING:
-                frame.host = frame.instance = None
+        if frame.instance == inst.id:
+            _move_frame(farm, out, frame, definition.frame_to(Kind.INSTANCE, frame, rule.frames.get(frame.state), params),
+                        now)
     out.to_state = str(inst.state)
     _follow(farm, job, now, out)
-
-
-def _worker_action(farm: Farm, worker: Worker, action: Action, now: datetime, out: Outcome) -> None:
-    rule = RULES[(Kind.WORKER, action)]
-    _set_state(farm, out, Kind.WORKER, worker, WorkerState(rule.moves[worker.state]), now)
-    out.to_state = str(worker.state)

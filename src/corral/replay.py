@@ -33,14 +33,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from corral.actions import action_def
 from corral.cycle import plan_farm
 from corral.evaluate import make_evaluator
 from corral.farm import Farm, Frame, Instance, Job, Worker
 from corral.policy.model import Policy
 from corral.policyset import PolicySet
-from corral.states import Action, FrameState, Hold, InstanceState, JobState, Kind, WorkerState
+from corral.states import FrameState, Hold, InstanceState, JobState, Kind, WorkerState, hold_for_state
 
 if TYPE_CHECKING:
     from corral.ports import LogEntry
@@ -129,28 +131,22 @@ def _undo(farm: Farm, row: LogEntry, older_into: datetime | None) -> bool:
     if entity is None or not row.from_state:
         return True  # a row with no former state (a job's submission) has nothing to undo
     since = older_into or _since_from_runs(farm, row.kind, row.entity_id, row.from_state, row.at)
-    if isinstance(entity, Job):
-        entity.state = JobState(row.from_state)
-        if not _is_knock_on(row):
-            entity.hold = {"blocked": Hold.BLOCKED, "killed": Hold.KILLED}.get(row.from_state, Hold.NONE)
-            if row.action == Action.SUSPEND:
-                entity.hold = Hold.NONE
-            if entity.hold is not Hold.BLOCKED:
-                entity.blocked_by = None
-            if row.action == Action.RETRY and row.policy is not None and entity.retries > 0:
-                entity.retries -= 1
-    elif isinstance(entity, Frame):
-        entity.state = FrameState(row.from_state)
-        if row.action == Action.RETRY and row.policy is not None and entity.retries > 0:
-            entity.retries -= 1
-    elif isinstance(entity, Instance):
-        entity.state = InstanceState(row.from_state)
-    else:
-        entity.state = WorkerState(row.from_state)
+    entity.state = _STATE_TYPES[row.kind](row.from_state)  # type: ignore[assignment]
     entity.state_since = since
-    if not _is_knock_on(row) and isinstance(entity, Job | Instance):
+    if _is_knock_on(row):
+        return since is not None  # only the job's derived state moved: nothing of its own to take back
+    if isinstance(entity, Job):
+        entity.hold = hold_for_state(row.from_state)
+        if entity.hold is not Hold.BLOCKED:
+            entity.blocked_by = None
+    action_def(row.action).unplay(row.kind, entity, automatic=row.policy is not None)
+    if isinstance(entity, Job | Instance):
         _undo_children(farm, entity, row.at)
     return since is not None
+
+
+_STATE_TYPES: dict[Kind, type[StrEnum]] = {Kind.JOB: JobState, Kind.FRAME: FrameState, Kind.INSTANCE: InstanceState,
+                                           Kind.WORKER: WorkerState}
 
 
 def _undo_children(farm: Farm, entity: Job | Instance, at: datetime) -> None:

@@ -238,19 +238,6 @@ RULES: dict[tuple[Kind, Action], ActionRule] = {
     (Kind.WORKER, Action.UNBLOCK): ActionRule(moves={W.LOCKED: W.UP}, meaning="return a quarantined host to service"),
 }
 
-#: Parameters each action accepts, with their types: a policy or a CLI call that passes
-#: anything else is refused before it runs.
-ACTION_PARAMS: dict[Action, dict[str, type]] = {
-    Action.BLOCK: {"requeue_failed": bool},
-    Action.UNBLOCK: {},
-    Action.INTERRUPT: {},
-    Action.KILL: {},
-    Action.RETRY: {},
-    Action.RESUBMIT: {"priority": int, "retry_limit": int},
-    Action.SUSPEND: {},
-}
-
-
 def actions_for(kind: Kind) -> list[Action]:
     """The actions that exist for `kind`, in the seed's order."""
     return [a for a in Action if (kind, a) in RULES]

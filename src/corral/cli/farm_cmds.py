@@ -25,10 +25,11 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
+from corral.actions import REGISTRY, Param
 from corral.cli.common import DbOption, JsonOption, console, db_url, err_console, print_json
 from corral.farm import Farm, utcnow
 from corral.snapshot import SnapshotError, farm_to_snapshot, load_snapshot_file
-from corral.states import ACTION_PARAMS, RULES, Action, FrameState, Kind, actions_for
+from corral.states import RULES, Action, FrameState, Kind, actions_for
 from corral.store import Proposal, Store, StoreError
 
 
@@ -41,13 +42,6 @@ ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="Why: kept in 
 
 #: How the id of each kind is written on the command line.
 _METAVAR = {Kind.JOB: "JOB", Kind.FRAME: "JOB:FRAME", Kind.INSTANCE: "ID", Kind.WORKER: "NAME"}
-#: Parameters that only mean something for some kinds (requeue_failed is about an instance's frames).
-_PARAM_KINDS = {"requeue_failed": {Kind.INSTANCE}}
-_PARAM_HELP = {
-    "priority": "New priority of the resubmitted job.",
-    "retry_limit": "New retry limit of the resubmitted job.",
-    "requeue_failed": "Also put the frames this instance failed back to pending.",
-}
 
 
 def actor() -> str:
@@ -198,18 +192,19 @@ def run_action(kind: Kind, action: Action, ident: str, params: dict[str, Any], r
         console.print(f"also changed: {', '.join(others)}", highlight=False)
 
 
-def _param(name: str, kind: type) -> inspect.Parameter:
-    flag = "--" + name.replace("_", "-")
-    if kind is bool:
-        annotation: Any = Annotated[bool, typer.Option(flag, help=_PARAM_HELP.get(name, ""))]
-        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=False)
-    annotation = Annotated[kind | None, typer.Option(flag, help=_PARAM_HELP.get(name, ""))]
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=None)
+def _param(param: Param) -> inspect.Parameter:
+    flag = "--" + param.name.replace("_", "-")
+    if param.type is bool:
+        annotation: Any = Annotated[bool, typer.Option(flag, help=param.help)]
+        return inspect.Parameter(param.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=False)
+    annotation = Annotated[param.type | None, typer.Option(flag, help=param.help)]
+    return inspect.Parameter(param.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=None)
 
 
 def make_action_command(kind: Kind, action: Action) -> Callable[..., None]:
     """A Typer command for (kind, action) whose options are the action's parameters."""
-    names = [n for n in ACTION_PARAMS[action] if kind in _PARAM_KINDS.get(n, {kind})]
+    params = REGISTRY[action].params_for(kind)
+    names = [p.name for p in params]
     metavar = _METAVAR[kind]
 
     def command(**kwargs: Any) -> None:
@@ -222,7 +217,7 @@ def make_action_command(kind: Kind, action: Action) -> Callable[..., None]:
             inspect.Parameter.KEYWORD_ONLY,
             annotation=Annotated[str, typer.Argument(metavar=metavar, help=f"The {kind} ({metavar}).")],
         ),
-        *(_param(n, ACTION_PARAMS[action][n]) for n in names),
+        *(_param(p) for p in params),
         inspect.Parameter("reason", inspect.Parameter.KEYWORD_ONLY, annotation=ReasonOption, default=""),
         inspect.Parameter("db", inspect.Parameter.KEYWORD_ONLY, annotation=DbOption, default=None),
     ]

@@ -19,10 +19,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from corral.actions import action_def
 from corral.facts import FIELDS, FieldSpec
 from corral.policy.model import ActionSpec, All, AnyOf, Cmp, Cond, Limits, Not, Policy, pinned_states
 from corral.policy.operators import OPERATORS, compiled_regex, resolve
-from corral.states import ACTION_PARAMS, RULES, Action, Kind, actions_for, legal_from
+from corral.states import RULES, Action, Kind, actions_for, legal_from
 from corral.yamlpos import Pos, PosDict, PosList, YamlError, load_text
 
 POLICY_KEYS: dict[str, str] = {
@@ -610,21 +611,22 @@ class _Checker:
         if not isinstance(params, dict):
             self.error(ppos, f"the parameters of '{action}' are a mapping such as {{priority: 10}}, not {_what(params)}")
             return None
-        allowed = ACTION_PARAMS[action]
+        definition = action_def(action)
+        allowed = [p.name for p in definition.params]
         checked: dict[str, Any] = {}
         for key, value in params.items():
             kpos = params.pos_of(key) if isinstance(params, PosDict) else ppos
             value = self._subst(value, kpos)
-            if key not in allowed:
+            param = definition.param(key)
+            if param is None:
                 self.error(kpos, f"'{action}' has no parameter '{key}'{suggest(key, allowed)}"
                            f" (it takes: {', '.join(allowed) or 'none'})")
                 continue
-            want = allowed[key]
             if value is _BAD:
                 continue
-            if not isinstance(value, want) or (isinstance(value, int) and want is int and (isinstance(value, bool) or value < 0)):
-                words = "a whole number of 0 or more" if want is int else "true or false"
-                self.error(kpos, f"'{action}' parameter '{key}' must be {words}, not {_what(value)}")
+            problem = param.problem(value)
+            if problem:
+                self.error(kpos, f"'{action}' parameter '{key}' {problem}, not {_what(value)}")
                 continue
             checked[key] = value
         return ActionSpec(action, tuple(sorted(checked.items())))

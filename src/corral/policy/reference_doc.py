@@ -1,7 +1,8 @@
 """Generates docs/policy-reference.md from the tables the code runs on.
 
 Fields, operators, actions and limits are documented from `corral.facts.FIELDS`,
-`corral.policy.operators.OPERATORS`, `corral.states.RULES` and the loader's key
+`corral.policy.operators.OPERATORS`, `corral.states.RULES`, `corral.actions.REGISTRY`
+and the loader's key
 tables, so the reference cannot drift from the code; a test compares the file in
 the repository with this output.  Regenerate with:
 
@@ -10,10 +11,11 @@ the repository with this output.  Regenerate with:
 
 from __future__ import annotations
 
+from corral.actions import REGISTRY
 from corral.facts import FIELDS
 from corral.policy.loader import LIMIT_KEYS, POLICY_KEYS
 from corral.policy.operators import OPERATORS
-from corral.states import ACTION_PARAMS, RULES, Kind, actions_for
+from corral.states import RULES, Kind, actions_for
 
 
 def render() -> str:
@@ -46,7 +48,7 @@ def render() -> str:
             rule = RULES[(kind, action)]
             froms = ", ".join(sorted(rule.moves))
             tos = ", ".join(sorted(set(rule.moves.values())))
-            params = ", ".join(f"`{n}` ({t.__name__})" for n, t in ACTION_PARAMS[action].items()) or "-"
+            params = ", ".join(f"`{p.name}` ({p.type.__name__})" for p in REGISTRY[action].params) or "-"
             out.append(f"| `{action}` | {froms} | {tos} | {params} | {rule.meaning} |")
         out.append("")
     out += ["`derived`: the job's state follows from its frames and instances afterwards (see states.md).", ""]

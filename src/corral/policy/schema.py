@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from corral.actions import REGISTRY
 from corral.facts import FIELDS, FieldSpec
 from corral.policy.loader import LIMIT_KEYS, POLICY_KEYS
 from corral.policy.operators import OPERATORS
-from corral.states import ACTION_PARAMS, Kind, actions_for
+from corral.states import Kind, actions_for
 
 _PARAM = {"type": "string", "pattern": r"^\$[A-Za-z0-9][A-Za-z0-9_.-]*$", "description": "a policy parameter"}
 _DURATION = {"type": "string", "pattern": r"^\s*(?:\d+(?:\.\d+)?\s*[dhms]\s*)+$", "description": "e.g. 90s, 10m, 1h30m"}
@@ -85,8 +86,9 @@ def _action_schema(kind: Kind) -> dict[str, Any]:
     with_params = []
     for action in actions_for(kind):
         params = {
-            name: {"type": "integer", "minimum": 0} if t is int else {"type": "boolean"}
-            for name, t in ACTION_PARAMS[action].items()
+            p.name: {"type": "integer", "minimum": 0, "description": p.help} if p.type is int
+            else {"type": "boolean", "description": p.help}
+            for p in REGISTRY[action].params
         }
         with_params.append({
             "type": "object",
