@@ -124,7 +124,8 @@ def test_a_wrong_parameter_is_refused_the_same_way_by_a_policy_and_by_the_farm()
     policy = ("policies:\n  - name: p\n    kind: job\n    when: {state: failed}\n"
               "    actions: [{resubmit: {priority: -3}}]\n    reason: r\n")
     loaded = load_texts([("p.yaml", policy)])
-    assert [e.message for e in loaded.errors] == ["'resubmit' parameter 'priority' must be a whole number of 0 or more, not the number -3"]
+    words = "'resubmit' parameter 'priority' must be a whole number of 0 or more"
+    assert [e.message for e in loaded.errors] == [f"{words}, not the number -3"]
     with pytest.raises(IllegalAction, match="'resubmit' parameter 'priority' must be a whole number of 0 or more, not -3"):
         apply_action(snap(FARM), Kind.JOB, "2", Action.RESUBMIT, now=NOW, params={"priority": -3})
     with pytest.raises(ValueError, match="'retry' takes no parameters; 'priority' is not one of them"):

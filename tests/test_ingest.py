@@ -19,7 +19,7 @@ from conftest import NOW, later
 from corral import Corral, Farm, JobState, event_json_schema, parse_frames
 from corral.cli import app
 from corral.cycle import run_cycle
-from corral.ingest import BadEvent, parse_line
+from corral.feed import BadEvent, parse_line
 from corral.policy.loader import builtin_dir, load_paths
 from corral.policyset import PolicySet
 from corral.session import Session

@@ -21,11 +21,10 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from corral.api import ActionRefused, Corral, PolicyLoadError
     from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
-    from corral.ingest import (
+    from corral.feed import (
         BadEvent,
         BadLine,
         Event,
-        IngestReport,
         JobSpec,
         SubmitState,
         event_json_schema,
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
         parse_line,
         validate_event,
     )
+    from corral.ingest import IngestReport
     from corral.states import Action, FrameState, InstanceState, JobState, Kind, WorkerState
     from corral.store import Store, StoreError
     from corral.store.events import EventRejected, EventResult
@@ -46,7 +46,6 @@ _EXPORTS: dict[str, str] = {
             "BadEvent",
             "BadLine",
             "Event",
-            "IngestReport",
             "JobSpec",
             "SubmitState",
             "event_json_schema",
@@ -54,8 +53,9 @@ _EXPORTS: dict[str, str] = {
             "parse_line",
             "validate_event",
         ),
-        "corral.ingest",
+        "corral.feed",
     ),
+    "IngestReport": "corral.ingest",
     **dict.fromkeys(("Action", "FrameState", "InstanceState", "JobState", "Kind", "WorkerState"), "corral.states"),
     **dict.fromkeys(("Store", "StoreError"), "corral.store"),
     **dict.fromkeys(("EventRejected", "EventResult"), "corral.store.events"),

@@ -28,14 +28,13 @@ from typing import Any
 from corral.cycle import CycleResult
 from corral.cycle import run_cycle as _run_cycle
 from corral.farm import Farm, Job, utcnow
-from corral.ingest import (
+from corral.feed import (
     BadLine,
     EndState,
     Event,
     FrameCompleted,
     FrameFailed,
     FrameStarted,
-    IngestReport,
     InstanceEnded,
     InstanceStarted,
     JobSpec,
@@ -43,9 +42,9 @@ from corral.ingest import (
     SubmitState,
     WorkerDown,
     WorkerUp,
-    ingest_lines,
     validate_event,
 )
+from corral.ingest import IngestReport, ingest_lines
 from corral.plan import Plan
 from corral.policy.loader import builtin_dir, load_paths
 from corral.policy.model import Policy

@@ -21,6 +21,7 @@ from corral.cycle import plan_farm
 from corral.facts import FIELDS, MISSING, FactBuilder, get_path
 from corral.farm import Farm
 from corral.plan import Plan
+from corral.policy.compiler import next_flip
 from corral.policy.loader import format_duration
 from corral.policy.model import All, Cmp, Cond, Not, Policy
 from corral.policy.reference import holds
@@ -36,7 +37,6 @@ SYMBOLS = {
     "regex": "matches", "glob": "like", "exists": "exists",
 }
 #: When negated, an order comparison turns into its opposite.
-_FLIP = {"lt": "gte", "lte": "gt", "gt": "lte", "gte": "lt"}
 
 
 class UnknownEntity(LookupError):
@@ -169,16 +169,13 @@ def _growing(path: str, fact: Mapping[str, Any], kind: Kind) -> bool:
     return True
 
 
-def _holds_in(cmp: Cmp, fact: Mapping[str, Any], kind: Kind, negated: bool) -> float | None:
-    """Seconds until a failing duration comparison would hold, if time alone can do it."""
+def _flips_in(cmp: Cmp, fact: Mapping[str, Any], kind: Kind) -> float | None:
+    """Seconds until a duration comparison changes its answer, if time alone moves it
+    (`next_flip`, which the engine schedules its wake-ups with)."""
     actual = get_path(dict(fact), cmp.path)
     if actual is MISSING or not _growing(cmp.path, fact, kind):
         return None
-    op = _FLIP.get(cmp.op, "") if negated else cmp.op
-    if not isinstance(actual, int | float) or op not in ("gte", "gt"):
-        return None
-    short = actual < cmp.value if op == "gte" else actual <= cmp.value
-    return float(cmp.value) - float(actual) + (1.0 if op == "gt" else 0.0) if short else None
+    return next_flip(cmp, actual, 0.0)
 
 
 # --- the trace --------------------------------------------------------------------------
@@ -194,7 +191,7 @@ def trace_rows(cond: Cond, fact: Mapping[str, Any], kind: Kind, depth: int = 0, 
     if isinstance(cond, Cmp):
         ftype = field_type(kind, cond.path)
         result = holds(cond, fact)
-        wait = None if result != negated else _holds_in(cond, fact, kind, negated)
+        wait = None if result != negated else _flips_in(cond, fact, kind)
         expected = show(cond.value, ftype)
         return [CondRow(
             depth, f"{cond.path} {SYMBOLS.get(cond.op, cond.op)} {expected}", result, True, relative(str(cond.pos or "")),
@@ -223,7 +220,7 @@ def failing_rows(rows: Sequence[CondRow]) -> list[CondRow]:
 
 def matches_in(policy: Policy, farm: Farm, kind: Kind, ident: str, now: datetime, fact: Mapping[str, Any]) -> float | None:
     """If waiting alone would make the policy match, how long (checked by re-evaluating later)."""
-    waits = sorted({_holds_in(c, fact, kind, neg) or 0.0 for c, neg in _cmps(policy.when)} - {0.0})
+    waits = sorted({_flips_in(c, fact, kind) or 0.0 for c, _ in _cmps(policy.when)} - {0.0})
     for wait in waits:
         later = now + timedelta(seconds=wait)
         if holds(policy.when, FactBuilder(farm, later).fact(kind, ident)):

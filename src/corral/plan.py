@@ -301,7 +301,7 @@ def plan_found(
 
 
 #: What playing one match did: the transitions it makes, or why it was refused.
-Outcome = tuple[list[Transition], list[Skipped]]
+Played = tuple[list[Transition], list[Skipped]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +333,7 @@ class PlanMemo:
     held back (a limit, an illegal action) until something changes."""
 
     def __init__(self) -> None:
-        self._parts: dict[tuple[str, Any], tuple[tuple[tuple[str, str], ...], list[Outcome]]] = {}
+        self._parts: dict[tuple[str, Any], tuple[tuple[tuple[str, str], ...], list[Played]]] = {}
 
     def play(self, farm: Farm, winners: Sequence[Match], reasons: Sequence[str], now: datetime, plan: Plan,
              changed: Container[tuple[str, Any]]) -> None:
@@ -341,17 +341,17 @@ class PlanMemo:
         keys: dict[tuple[str, Any], list[tuple[str, str]]] = defaultdict(list)
         for m, part in zip(winners, parts, strict=True):
             keys[part].append((m.policy.name, m.ident))
-        reuse: dict[tuple[str, Any], Iterator[Outcome]] = {}
+        reuse: dict[tuple[str, Any], Iterator[Played]] = {}
         for part, matches in keys.items():
             old = self._parts.get(part)
             if old is not None and part not in changed and old[0] == tuple(matches):
                 reuse[part] = iter(old[1])
-        kept: dict[tuple[str, Any], list[Outcome]] = defaultdict(list)
+        kept: dict[tuple[str, Any], list[Played]] = defaultdict(list)
         for m, reason, part in zip(winners, reasons, parts, strict=True):
             again = reuse.get(part)
             if again is not None:
                 done, refused = next(again)
-                outcome: Outcome = ([replace(t, reason=reason) for t in done], refused)
+                outcome: Played = ([replace(t, reason=reason) for t in done], refused)
             else:
                 outcome = _play(farm, m, now, reason)
             kept[part].append(outcome)
@@ -371,7 +371,7 @@ def _reason(m: Match) -> str:
     return render_reason(m.policy.reason, m.fact, dict(m.policy.params))
 
 
-def _record(plan: Plan, outcome: Outcome) -> None:
+def _record(plan: Plan, outcome: Played) -> None:
     plan.transitions.extend(outcome[0])
     plan.refused.extend(outcome[1])
 
@@ -435,7 +435,7 @@ def _resolve_conflicts(matches: list[Match], plan: Plan) -> list[Match]:
     return winners
 
 
-def _play(farm: Farm, m: Match, now: datetime, reason: str) -> Outcome:
+def _play(farm: Farm, m: Match, now: datetime, reason: str) -> Played:
     """Apply a match's actions to the (scratch) farm: the transitions, or the refusal."""
     done: list[Transition] = []
     for spec in m.policy.actions:

@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from corral.cli import farm_cmds
 from corral.cli.common import DbOption, JsonOption, console, err_console, print_json
 from corral.cli.farm_cmds import actor, fail, open_store
-from corral.ingest import IngestReport, SubmitState, event_json_schema, read_lines
+from corral.feed import SubmitState, event_json_schema
+from corral.ingest import IngestReport, read_lines
 from corral.snapshot import farm_to_snapshot
 from corral.states import Kind
 

@@ -2,14 +2,13 @@
 
 It is the test oracle for the durable_rules compiler (property tests demand that
 both find the same matches), the fallback when the engine cannot take a fact, and
-the source of condition-by-condition traces for `explain`.
+the reference the condition-by-condition traces of `explain` (`corral.explain.trace_rows`) are held to.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from corral.facts import MISSING, Screen, StateScreen, get_path
@@ -156,35 +155,3 @@ def screen(kind: Kind, gates: Sequence[tuple[Cmp, ...]], then: Screen | None = N
 def matching(policy: Policy, facts: Iterable[dict[str, Any]]) -> list[Any]:
     """Ids of the facts the policy matches, in the order given."""
     return [f["id"] for f in facts if holds(policy.when, f)]
-
-
-@dataclass(frozen=True)
-class Step:
-    """One comparison of a trace: where it is written, what was compared, the result."""
-
-    where: str
-    path: str
-    op: str
-    expected: Any
-    actual: Any
-    result: bool
-    negated: bool
-
-
-def trace(cond: Cond, fact: dict[str, Any], negated: bool = False) -> tuple[bool, list[Step]]:
-    """Evaluate and record every comparison (all of them, no short-circuit), for `explain`."""
-    if isinstance(cond, Cmp):
-        result = holds(cond, fact)
-        actual = get_path(fact, cond.path)
-        step = Step(str(cond.pos or ""), cond.path, cond.op, cond.value,
-                    None if actual is MISSING else actual, result, negated)
-        return result, [step]
-    if isinstance(cond, Not):
-        inner, steps = trace(cond.item, fact, not negated)
-        return not inner, steps
-    results, steps = [], []
-    for item in cond.items:
-        r, s = trace(item, fact, negated)
-        results.append(r)
-        steps.extend(s)
-    return (all(results) if isinstance(cond, All) else any(results)), steps

@@ -14,14 +14,14 @@ from collections.abc import Sequence
 
 from corral.policy.model import Policy
 from corral.sim.report import Comparison, RunReport, Sample
-from corral.sim.scenario import HostSpec, JobSpec, Night, Scenario, draw_night
+from corral.sim.scenario import Night, NightHost, NightJob, Scenario, draw_night
 from corral.sim.simulator import Progress, Simulation, builtin_policies, load_policies, open_farm, play
 
 __all__ = [
     "Comparison",
-    "HostSpec",
-    "JobSpec",
     "Night",
+    "NightHost",
+    "NightJob",
     "Progress",
     "RunReport",
     "Sample",

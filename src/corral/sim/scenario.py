@@ -51,7 +51,7 @@ class Scenario:
 
 
 @dataclass(frozen=True)
-class HostSpec:
+class NightHost:
     name: str
     cores: int
     speed: float
@@ -61,7 +61,7 @@ class HostSpec:
 
 
 @dataclass(frozen=True)
-class JobSpec:
+class NightJob:
     id: int
     name: str
     priority: int
@@ -80,8 +80,8 @@ class Night:
     """A scenario drawn: the hosts, the jobs and their chains."""
 
     scenario: Scenario
-    hosts: tuple[HostSpec, ...]
-    jobs: tuple[JobSpec, ...]
+    hosts: tuple[NightHost, ...]
+    jobs: tuple[NightJob, ...]
     chains: tuple[tuple[int, ...], ...]
 
     def faults(self) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def draw_night(scenario: Scenario) -> Night:
         if name in dropping:
             down = rng.uniform(0.1, 0.8) * horizon
             drop = (down, down + rng.uniform(20, 90) * 60)
-        hosts.append(HostSpec(name, rng.choice(HOST_CORES), round(rng.uniform(0.6, 1.6), 2), name in bad, drop))
+        hosts.append(NightHost(name, rng.choice(HOST_CORES), round(rng.uniform(0.6, 1.6), 2), name in bad, drop))
 
     # Chains: consecutive job ids, each job waiting on the one before it.
     sizes: list[int] = []
@@ -130,7 +130,7 @@ def draw_night(scenario: Scenario) -> Night:
     ids = list(range(1, scenario.jobs + 1))
     broken = _pick(rng, ids, scenario.broken_job_share)
     steps = ("sim", "fx", "lighting", "comp")
-    jobs: list[JobSpec] = []
+    jobs: list[NightJob] = []
     chains: list[tuple[int, ...]] = []
     next_id = 1
     for chain, size in enumerate(sizes):
@@ -144,7 +144,7 @@ def draw_night(scenario: Scenario) -> Night:
             durations = tuple(round(base * rng.uniform(0.8, 1.2), 1) for _ in range(count))
             flaky = frozenset(n for n in range(1, count + 1) if rng.random() < scenario.flaky_frame_share)
             jobs.append(
-                JobSpec(
+                NightJob(
                     id=job_id,
                     name=f"{shot}_{steps[k % len(steps)]}" + (f"{k // len(steps) + 1}" if k >= len(steps) else ""),
                     priority=rng.randint(3, 9) * 10,

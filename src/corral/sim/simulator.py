@@ -34,7 +34,7 @@ from typing import Any
 
 from corral.api import Corral
 from corral.farm import Farm
-from corral.ingest import (
+from corral.feed import (
     BadLine,
     Event,
     FrameCompleted,
@@ -46,12 +46,12 @@ from corral.ingest import (
     WorkerDown,
     WorkerUp,
 )
-from corral.ingest import JobSpec as SubmitSpec
+from corral.feed import JobSpec as SubmitSpec
 from corral.policy.loader import builtin_dir, load_paths
 from corral.policy.model import Policy
 from corral.policyset import PolicySet
 from corral.sim.report import RunReport, Sample
-from corral.sim.scenario import HostSpec, JobSpec, Night
+from corral.sim.scenario import Night, NightHost, NightJob
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind, WorkerState
 from corral.store import Done, Store
 
@@ -93,16 +93,15 @@ class _Work:
 
 @dataclass(eq=False)
 class _Host:
-    spec: HostSpec
+    spec: NightHost
     up: bool = True
     locked: bool = False
     work: _Work | None = None
-    last_job: int | None = None
 
 
 @dataclass(eq=False)
 class _Job:
-    spec: JobSpec
+    spec: NightJob
     submitted: bool = False
     #: No hold and not blocked: the supervisor may dispatch its pending frames.
     open: bool = False
@@ -349,7 +348,6 @@ class Simulation:
             end, code = length, 0
         work = _Work(host, job, frame, self.now, self.now + end, cause is None, code, cause)
         host.work = work
-        host.last_job = spec.id
         ident = instance_id(spec.id, host.spec.name)
         job.instances.add(ident)
         self._news_item(

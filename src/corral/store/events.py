@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import DataError, IntegrityError
 
 from corral.farm import utcnow
-from corral.ingest import (
+from corral.feed import (
     BadLine,
     Event,
     FrameCompleted,

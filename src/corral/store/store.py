@@ -27,7 +27,7 @@ from corral.store.rows import farm_rows, raw_rows, read_farm, timestamp_param, t
 from corral.store.tables import TABLE_ORDER, as_utc, table
 
 if TYPE_CHECKING:
-    from corral.ingest import BadLine, Event
+    from corral.feed import BadLine, Event
     from corral.store.events import EventResult
 
 
