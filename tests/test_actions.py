@@ -77,13 +77,12 @@ def test_every_action_has_an_inverse_or_says_why_not(action: Action) -> None:
             assert target in inverse.moves, f"{action} {kind} leaves it {target}; {definition.inverse} cannot start there"
 
 
-@pytest.mark.parametrize(("kind", "action"), sorted(RULES, key=str))
+@pytest.mark.parametrize(("kind", "action"), sorted((k, a) for k, a in RULES if REGISTRY[a].inverse is not None))
 def test_a_person_can_undo_what_an_action_did_with_its_inverse(kind: Kind, action: Action) -> None:
     """Played on every entity it may act on, then its inverse by a person: the inverse
     is always legal (what `corral undo` relies on)."""
     definition = REGISTRY[action]
-    if definition.inverse is None:
-        pytest.skip(definition.no_inverse)
+    assert definition.inverse is not None
     farm = snap(FARM)
     played = 0
     for entity in _entities(farm, kind):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from corral.farm import Farm
 from corral.sim import Scenario, Simulation, builtin_policies, compare, draw_night, open_farm, play
 from corral.sim.simulator import EPOCH, instance_id
@@ -123,6 +125,7 @@ def test_instance_ids_name_job_and_host() -> None:
     assert instance_id(12, "render03") == "12.render03"
 
 
+@pytest.mark.slow  # a whole default night, twice: run by CI's second step (pytest -m slow)
 def test_with_corral_the_default_night_wastes_fewer_core_hours() -> None:
     result = compare(Scenario())
     w, b = result.with_corral, result.baseline
