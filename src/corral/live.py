@@ -23,7 +23,7 @@ from operator import attrgetter
 from sys import intern
 from typing import Any
 
-from corral.facts import DEFAULT_RECENT, Aggregates
+from corral.facts import DEFAULT_RECENT, FIELDS, Aggregates
 from corral.farm import SCHEMA, Farm, Frame, Instance, Job, Worker
 from corral.plan import Cooldowns, PlanMemo
 from corral.policy.compiler import admitted_states, gate_of
@@ -78,9 +78,9 @@ _COPIED = {kind: tuple(c.name for c in SCHEMA[kind] if not c.key) for kind in Ki
 _JOB_FIELDS, _INSTANCE_FIELDS, _WORKER_FIELDS = _COPIED[Kind.JOB], _COPIED[Kind.INSTANCE], _COPIED[Kind.WORKER]
 #: Job fields that frames and instances show as `job.*`: a change there touches them too.
 _JOB_SHOWN = tuple(c.name for c in SCHEMA[Kind.JOB] if c.shown)
-#: Job facts that come from the job's row alone (spread when the row changes).
-_JOB_SHOWN_FACTS = frozenset({"id", "name", "priority", "state", "suspended", "blocked_by", "retry_limit", "retries",
-                              "retries_left", "time_in_state", "age", "since_retry"})
+#: Job facts that come from the job's row alone (its "row" and "times" groups): spread
+#: when the row changes; the others (counts) move with the job's frames.
+_JOB_SHOWN_FACTS = frozenset(name for name, spec in FIELDS[Kind.JOB].items() if spec.group in ("row", "times"))
 
 
 #: (A C-level getter: the run loop asks it of each frame's runs, a thousand a cycle.)

@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -55,6 +55,11 @@ def _child_main(conn: Connection, policies: list[Policy], engine: str, fault_fil
     except Exception as err:
         conn.send(("error", f"{type(err).__name__}: {err}"))
         return
+    # The calls the daemon makes (`corral.ports.IncrementalEvaluator`), by name over the pipe.
+    calls: dict[str, Callable[..., Any]] = {
+        "evaluate": evaluator.evaluate, "settle": evaluator.settle, "due_all": evaluator.due_all,
+        "known": evaluator.known, "state_filter": evaluator.state_filter,
+    }
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -65,16 +70,12 @@ def _child_main(conn: Connection, policies: list[Policy], engine: str, fault_fil
             os.unlink(fault_file)
             os.kill(os.getpid(), signal.SIGSEGV)
         try:
-            if method not in _METHODS:
+            call = calls.get(method)
+            if call is None:
                 raise ValueError(f"unknown engine call {method!r}")
-            conn.send(("ok", getattr(evaluator, method)(*args)))
+            conn.send(("ok", call(*args)))
         except Exception as err:
             conn.send(("error", f"{type(err).__name__}: {err}"))
-
-
-#: The calls the daemon makes: `evaluate` (the whole picture) and the incremental ones
-#: (`corral.engine.RuleEngine`: the engine keeps its memory, the daemon sends changes).
-_METHODS = frozenset({"evaluate", "settle", "due_all", "known", "state_filter"})
 
 
 class IsolatedEvaluator:

@@ -139,7 +139,8 @@ class Simulation:
         self.hosts = {h.name: _Host(h) for h in night.hosts}
         self.jobs = {j.id: _Job(j) for j in night.jobs}
         self._order = sorted(self.jobs.values(), key=lambda j: (-j.spec.priority, j.spec.id))
-        self._heap: list[tuple[float, int, int, str, Any]] = []
+        #: What happens next: (time, order among same-time happenings, sequence, handler, payload).
+        self._heap: list[tuple[float, int, int, Callable[[Any], None], Any]] = []
         self._seq = 0
         self._news: list[tuple[int, Event]] = []
         self._event_no = 0
@@ -163,9 +164,9 @@ class Simulation:
     def at(self, t: float | None = None) -> datetime:
         return EPOCH + timedelta(seconds=self.now if t is None else t)
 
-    def _schedule(self, t: float, order: int, what: str, payload: Any) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (t, order, self._seq, what, payload))
+    def _schedule(self, t: float, order: int, handler: Callable[[Any], None], payload: Any) -> None:
+        self._seq += 1  # unique: the heap never compares two handlers
+        heapq.heappush(self._heap, (t, order, self._seq, handler, payload))
 
     # --- news to the store ------------------------------------------------------------
 
@@ -193,20 +194,20 @@ class Simulation:
         horizon = s.hours * 3600.0
         started = time.perf_counter()
         for job in self.jobs.values():
-            self._schedule(job.spec.submit_at, 0, "submit", job)
+            self._schedule(job.spec.submit_at, 0, self._on_submit, job)
         for host in self.hosts.values():
             if host.spec.drop is not None:
                 down, up = host.spec.drop
-                self._schedule(down, 1, "down", host)
-                self._schedule(up, 1, "up", host)
+                self._schedule(down, 1, self._on_down, host)
+                self._schedule(up, 1, self._on_up, host)
         wrangle_every = s.wrangler_every_hours * 3600.0
         next_wrangle = wrangle_every if wrangle_every > 0 else float("inf")
         tick = 0.0
         while True:
             while self._heap and self._heap[0][0] <= tick:
-                t, _order, _seq, what, payload = heapq.heappop(self._heap)
+                t, _order, _seq, handler, payload = heapq.heappop(self._heap)
                 self.now = t
-                getattr(self, f"_on_{what}")(payload)
+                handler(payload)
             self.now = tick
             self.flush()
             if self.with_corral:
@@ -361,7 +362,7 @@ class Simulation:
                 instance=ident,
             )
         )
-        self._schedule(work.end, 2, "end", work)
+        self._schedule(work.end, 2, self._on_end, work)
 
     # --- corral and the wrangler ----------------------------------------------------
 
