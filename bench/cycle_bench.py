@@ -196,11 +196,11 @@ def python_floor(facts: dict[str, list[dict[str, Any]]]) -> float:
     return time.perf_counter() - t0
 
 
-#: Rule-evaluation time of the policy set made last by `timed_policy_set` (one runs at a time).
+#: Rule-evaluation time of the policy set made last by `timed_session` (one runs at a time).
 _EVAL = [0.0]
 
 
-def timed_policy_set(policies: Any) -> tuple[Any, list[float]]:
+def timed_session(policies: Any) -> tuple[Any, list[float]]:
     """A fresh session whose rule evaluation is timed into the returned cell: the engine
     updates, and the first cycle's pass that picks the entities in some gate's states
     before any fact is built (LiveFarm.everything), which is rule evaluation too."""
@@ -209,8 +209,8 @@ def timed_policy_set(policies: Any) -> tuple[Any, list[float]]:
     from corral.session import Session
 
     _EVAL[0] = 0.0
-    policy_set = Session(PolicySet(policies), keep_live=True)
-    evaluator: Any = policy_set.evaluator
+    session = Session(PolicySet(policies), keep_live=True)
+    evaluator: Any = session.evaluator
     raw_update = evaluator.update
 
     def timed_update(kind: Any, changed: Any, now: Any = None) -> Any:
@@ -231,7 +231,7 @@ def timed_policy_set(policies: Any) -> tuple[Any, list[float]]:
 
         timed_everything.timed = True  # type: ignore[attr-defined]
         LiveFarm.everything = timed_everything  # type: ignore[method-assign]
-    return policy_set, _EVAL
+    return session, _EVAL
 
 
 def measure_python_floor(url: str, rounds: int) -> tuple[float, float]:
@@ -256,10 +256,10 @@ def measure_python_floor(url: str, rounds: int) -> tuple[float, float]:
     floors, evals = [], []
     for _ in range(rounds):
         floors.append(python_floor(facts))
-        policy_set, eval_time = timed_policy_set(policies)
-        run_cycle(store, policy_set, commit=False, now=NOW)
+        session, eval_time = timed_session(policies)
+        run_cycle(store, session, commit=False, now=NOW)
         evals.append(eval_time[0])
-        del policy_set
+        del session
         gc.collect()
     store.close()
     return statistics.median(floors), statistics.median(evals)
@@ -292,7 +292,7 @@ def read_io_floor(store: Any, mark: int) -> float:
     return time.perf_counter() - t0
 
 
-def steady_rounds(store: Any, policy_set: Any, frames: int, seed: int, rounds: range, *, commit: bool
+def steady_rounds(store: Any, session: Any, frames: int, seed: int, rounds: range, *, commit: bool
                   ) -> tuple[list[float], list[float], list[float], list[Any]]:
     """`rounds` steady cycles, each after another 1% of the frame rows changed, with the
     io floor read just before it: (cycles, floors, rule evaluations, results)."""
@@ -300,13 +300,13 @@ def steady_rounds(store: Any, policy_set: Any, frames: int, seed: int, rounds: r
 
     cycles, floors, evals, results = [], [], [], []
     for r in rounds:
-        mark = policy_set.live.mark.value if policy_set.live else 0
+        mark = session.live.mark.value if session.live else 0
         later = NOW + timedelta(seconds=30 * r)
         change_one_percent(store, frames, seed + r, later)
         floors.append(read_io_floor(store, mark))
         _EVAL[0] = 0.0
         t0 = time.perf_counter()
-        results.append(run_cycle(store, policy_set, commit=commit, now=later))
+        results.append(run_cycle(store, session, commit=commit, now=later))
         cycles.append(time.perf_counter() - t0)
         evals.append(_EVAL[0])
     return cycles, floors, evals, results
@@ -331,18 +331,18 @@ def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) ->
     policies = load_paths([builtin_dir()]).policies
     store = Store.open(url)
 
-    policy_set, eval_time = timed_policy_set(policies)
+    session, eval_time = timed_session(policies)
     t0 = time.perf_counter()
-    cold = run_cycle(store, policy_set, commit=False, now=NOW)
+    cold = run_cycle(store, session, commit=False, now=NOW)
     cold_s = time.perf_counter() - t0
     cold_eval = eval_time[0]
 
-    dry, dry_floors, _, _ = steady_rounds(store, policy_set, frames, seed, range(1, rounds + 1), commit=False)
+    dry, dry_floors, _, _ = steady_rounds(store, session, frames, seed, range(1, rounds + 1), commit=False)
     t0 = time.perf_counter()
-    first = run_cycle(store, policy_set, commit=True, now=NOW + timedelta(seconds=30 * rounds))
+    first = run_cycle(store, session, commit=True, now=NOW + timedelta(seconds=30 * rounds))
     first_s = time.perf_counter() - t0
     steadies, io_floors, steady_evals, results = steady_rounds(
-        store, policy_set, frames, seed, range(rounds + 1, 2 * rounds + 1), commit=True)
+        store, session, frames, seed, range(rounds + 1, 2 * rounds + 1), commit=True)
     store.close()
     steady_s, io_floor = statistics.median(steadies), statistics.median(io_floors)
     dry_s, dry_floor = statistics.median(dry), statistics.median(dry_floors)
@@ -374,7 +374,7 @@ def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) ->
         "steady_timings": {k: round(v, 4) for k, v in last.timings.items()},
         "cold_transitions": len(cold.plan.transitions),
         "steady_transitions": len(last.plan.transitions),
-        "engine_facts": vars(policy_set.evaluator.stats) if hasattr(policy_set.evaluator, "stats") else None,
+        "engine_facts": vars(session.evaluator.stats) if hasattr(session.evaluator, "stats") else None,
         "ratio_io": round(steady_s / io_floor, 2) if io_floor else None,
         "ratio_cold": round(cold_s / cold_floor, 2) if cold_floor else None,
     }
@@ -397,13 +397,13 @@ def measure_isolated(url: str, frames: int, seed: int, rounds: int, first_round:
 
     policies = load_paths([builtin_dir()]).policies
     store = Store.open(url)
-    policy_set = Session(PolicySet(policies), keep_live=True, evaluator_factory=lambda active: IsolatedEvaluator(active))
+    session = Session(PolicySet(policies), keep_live=True, evaluator_factory=lambda active: IsolatedEvaluator(active))
     try:
-        run_cycle(store, policy_set, commit=True, now=NOW + timedelta(seconds=30 * (first_round - 1)))
-        steadies, floors, _, _ = steady_rounds(store, policy_set, frames, seed,
+        run_cycle(store, session, commit=True, now=NOW + timedelta(seconds=30 * (first_round - 1)))
+        steadies, floors, _, _ = steady_rounds(store, session, frames, seed,
                                                range(first_round, first_round + rounds), commit=True)
     finally:
-        policy_set.close()
+        session.close()
         store.close()
     steady_s, floor = statistics.median(steadies), statistics.median(floors)
     return {

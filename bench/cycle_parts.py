@@ -99,19 +99,19 @@ def run(url: str, frames: int, seed: int, rounds: int, *, commit: bool = True) -
     if gen.exitcode != 0:
         raise SystemExit("farm generation failed")
     store = Store.open(url)
-    policy_set = Session(PolicySet(load_paths([builtin_dir()]).policies), keep_live=True)
-    cycle.run_cycle(store, policy_set, commit=False, now=bench.NOW)
+    session = Session(PolicySet(load_paths([builtin_dir()]).policies), keep_live=True)
+    cycle.run_cycle(store, session, commit=False, now=bench.NOW)
     if commit:  # as the benchmark does: the daemon acts on the cold cycle's backlog first
-        cycle.run_cycle(store, policy_set, commit=True, now=bench.NOW)
+        cycle.run_cycle(store, session, commit=True, now=bench.NOW)
     rows: list[dict[str, float]] = []
     for r in range(1, rounds + 1):
         later = bench.NOW + timedelta(seconds=30 * r)
-        mark = policy_set.live.mark.value if policy_set.live else 0
+        mark = session.live.mark.value if session.live else 0
         bench.change_one_percent(store, frames, seed + r, later)
         floor = bench.read_io_floor(store, mark)  # as the benchmark does: the same rows, read just before
         SPENT.clear()
         t0 = time.perf_counter()
-        cycle.run_cycle(store, policy_set, commit=commit, now=later)
+        cycle.run_cycle(store, session, commit=commit, now=later)
         row = {"cycle": time.perf_counter() - t0, **SPENT, "io floor": floor}
         rows.append(row)
         print(f"round {r}: " + ", ".join(f"{k.strip()} {v * 1000:.1f}" for k, v in row.items()))

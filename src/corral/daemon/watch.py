@@ -12,7 +12,8 @@ loads every file again with the loader `corral check` uses.  Per file:
 
 A policy name already taken by a kept (last good) policy of another file is refused
 for the file that newly claims it, so names stay unique.  The caller builds a new
-PolicySet (and with it a new rule engine) from `policies` whenever `poll()` says so.
+PolicySet from `policies` whenever `poll()` says so and swaps it into its session (a new
+rule engine, the same farm in memory: `corral.session.Session.swap`).
 """
 
 from __future__ import annotations
