@@ -336,23 +336,7 @@ def _verdict(policy: Policy, matched: bool, plan: Plan, kind: Kind, ident: str) 
 
 def entity_history(store: Store, kind: Kind, ident: str, limit: int = 10) -> list[LogEntry]:
     """The entity's latest transitions, newest first (read only)."""
-    from sqlalchemy import select
-
-    from corral.ports import LogEntry as Row
-    from corral.store.tables import as_utc, table
-
-    store.check()
-    t = table("transitions")
-    query = (select(t).where(t.c.kind == str(kind), t.c.entity_id == ident).order_by(t.c.id.desc()).limit(limit))
-    out = []
-    with store.engine.connect() as conn:
-        for r in conn.execute(query):
-            m = r._mapping
-            at = as_utc(m["at"])
-            assert at is not None
-            out.append(Row(m["id"], at, Kind(m["kind"]), m["entity_id"], m["job_id"], m["action"], m["from_state"],
-                           m["to_state"], m["actor"], m["policy"], m["reason"], m["cycle_id"], bool(m["applied"])))
-    return out
+    return store.transitions(entity=(kind, ident), limit=limit)
 
 
 def _row_json(r: LogEntry) -> dict[str, Any]:

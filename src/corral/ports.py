@@ -194,8 +194,10 @@ class TransitionLog(Protocol):
         ...
 
     def transitions(self, job: int | None = None, policy: str | None = None, actor: str | None = None,
-                    since: datetime | None = None, limit: int | None = None) -> list[LogEntry]:
-        """The log, newest first; `job` includes the job's frames and instances."""
+                    since: datetime | None = None, limit: int | None = None, *,
+                    entity: tuple[Kind, str] | None = None) -> list[LogEntry]:
+        """The log, newest first; `job` includes the job's frames and instances; `entity`
+        (kind, id) is one entity's own rows."""
         ...
 
 

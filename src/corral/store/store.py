@@ -277,10 +277,15 @@ class Store:
         actor: str | None = None,
         since: datetime | None = None,
         limit: int | None = None,
+        *,
+        entity: tuple[Kind, str] | None = None,
     ) -> list[LogEntry]:
-        """The log, newest first; `job` includes the job's frames and instances."""
+        """The log, newest first; `job` includes the job's frames and instances; `entity`
+        (kind, id) is one entity's own rows."""
         t = table("transitions")
         query = select(t).order_by(t.c.id.desc())
+        if entity is not None:
+            query = query.where(t.c.kind == str(entity[0]), t.c.entity_id == entity[1])
         if job is not None:
             query = query.where(t.c.job_id == job)
         if policy is not None:
