@@ -29,7 +29,7 @@ from corral.plan import Cooldowns, PlanMemo
 from corral.policy.compiler import admitted_states, gate_of
 from corral.policy.model import Policy, paths_read
 from corral.ports import ActionLog, FarmChanges, FrameChange, Mark
-from corral.states import FrameState, Kind
+from corral.states import Kind
 
 Dirty = dict[Kind, set[object]]
 
@@ -270,12 +270,12 @@ class LiveFarm:
         farm's objects are frozen out of the garbage collector's sight (see
         `Session.refresh`), and a new object per changed row would pile up in its oldest
         generation, every full collection walking more of them."""
-        jobs = self.farm.jobs
-        dirty_frames, dirty_jobs = dirty[Kind.FRAME], dirty[Kind.JOB]
+        jobs, moved = self.farm.jobs, self.agg.frame_mover()
+        dirty_frames, dirty_jobs, dirty_workers = dirty[Kind.FRAME], dirty[Kind.JOB], dirty[Kind.WORKER]
+        spread_to_workers = self.spread.running_on_workers  # a frame starting or stopping moves its hosts' counts
         # Frames in no state a frame policy admits need no fact (see Spread.frame_states),
         # unless other frames' facts copy theirs (dependencies).
         admitted = None if self.spread.frame_dependents else self.spread.frame_states
-        moved: list[tuple[int, FrameState | None, str | None, FrameState, str | None]] = []
         for job_id, number, state, host, instance, attempts, retries, code, started, finished, since, version in rows:
             job = jobs.get(job_id)
             if job is None:
@@ -295,13 +295,15 @@ class LiveFarm:
                 (frame.state, frame.host, frame.instance, frame.attempts, frame.retries, frame.exit_code,
                  frame.started_at, frame.finished_at, frame.state_since, frame.version) = (
                     state, host, instance, attempts, retries, code, started, finished, since, version)
-            moved.append((job_id, was, old_host, state, host))
+            moved(job_id, was, old_host, state, host)
+            if spread_to_workers:
+                if old_host:
+                    dirty_workers.add(old_host)
+                if host:
+                    dirty_workers.add(host)
             if admitted is None or state in admitted or was in admitted:
                 dirty_frames.add(f"{job_id}:{number}")
             dirty_jobs.add(job_id)
-        self.agg.frames_moved(moved)
-        if self.spread.running_on_workers:  # a frame starting or stopping moves its hosts' frames_running
-            dirty[Kind.WORKER].update(h for _, _, old, _, new in moved for h in (old, new) if h)
 
     # --- changes made in place by the applier -----------------------------------------
 
