@@ -41,13 +41,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import random
 import resource
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -477,6 +478,30 @@ def _postgres_drop(url: str, name: str) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextmanager
+def scratch_store(db: str | None) -> Iterator[str]:
+    """The URL of a store for one run: a fresh database on `db`'s PostgreSQL server
+    (dropped afterwards), or, without `db`, a SQLite file in a temporary folder."""
+    if db:
+        url, name = _postgres_fresh(db)
+        try:
+            yield url
+        finally:
+            _postgres_drop(db, name)
+    else:
+        with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
+            yield f"sqlite:///{tmp}/farm.db"
+
+
+def generate_in_child(url: str, frames: int, seed: int) -> None:
+    """`generate` in a process of its own (its memory is not the measured process's)."""
+    gen = mp.get_context("spawn").Process(target=generate, args=(url, frames, seed))
+    gen.start()
+    gen.join()
+    if gen.exitcode != 0:
+        raise SystemExit("farm generation failed")
+
+
 def positive(text: str) -> int:
     """An argparse type: a whole number of at least 1 (frames, rounds)."""
     try:
@@ -496,22 +521,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=positive, default=5, help="steady cycles to take the median of (default 5)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    tmp = None
-    pg_name = None
-    if args.db:
-        url, pg_name = _postgres_fresh(args.db)
-    else:
-        tmp = tempfile.mkdtemp(prefix="corral-bench-")
-        url = f"sqlite:///{tmp}/farm.db"
-    try:
+    with scratch_store(args.db) as url:
         t0 = time.perf_counter()
-        ctx = mp.get_context("spawn")
-        gen = ctx.Process(target=generate, args=(url, args.frames, args.seed))
-        gen.start()
-        gen.join()
-        if gen.exitcode != 0:
-            raise SystemExit("farm generation failed")
+        generate_in_child(url, args.frames, args.seed)
         gen_s = time.perf_counter() - t0
+        ctx = mp.get_context("spawn")
         with ctx.Pool(1) as pool:
             cold_floor = pool.apply(measure_cold_floor, (url,))
         with ctx.Pool(1) as pool:
@@ -523,13 +537,6 @@ def main() -> None:
         result["rule_eval_s"] = round(py_eval, 4)
         result["ratio_python"] = round(py_eval / py_floor, 2) if py_floor else None
         result["generate_s"] = round(gen_s, 2)
-    finally:
-        if pg_name and args.db:
-            _postgres_drop(args.db, pg_name)
-        if tmp:
-            for p in Path(tmp).iterdir():
-                p.unlink()
-            os.rmdir(tmp)
     if args.json:
         print(json.dumps(result))
     else:

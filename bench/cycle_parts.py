@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import multiprocessing as mp
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -77,27 +75,14 @@ def main() -> None:
     args = parser.parse_args()
     for owner, name, label in PARTS:
         setattr(owner, name, _timed(getattr(owner, name), label))
-    pg_name = None
-    with tempfile.TemporaryDirectory(prefix="corral-parts-") as tmp:
-        if args.db:
-            url, pg_name = bench._postgres_fresh(args.db)
-        else:
-            url = f"sqlite:///{tmp}/farm.db"
-        try:
-            run(url, args.frames, args.seed, args.rounds, commit=not args.dry)
-        finally:
-            if pg_name:
-                bench._postgres_drop(args.db, pg_name)
+    with bench.scratch_store(args.db) as url:
+        run(url, args.frames, args.seed, args.rounds, commit=not args.dry)
 
 
 def run(url: str, frames: int, seed: int, rounds: int, *, commit: bool = True) -> None:
     from corral.store.store import Store
 
-    gen = mp.get_context("spawn").Process(target=bench.generate, args=(url, frames, seed))  # as cycle_bench does
-    gen.start()
-    gen.join()
-    if gen.exitcode != 0:
-        raise SystemExit("farm generation failed")
+    bench.generate_in_child(url, frames, seed)  # as cycle_bench does
     store = Store.open(url)
     session = Session(PolicySet(load_paths([builtin_dir()]).policies), keep_live=True)
     cycle.run_cycle(store, session, commit=False, now=bench.NOW)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import shutil
 import statistics
 import sys
@@ -38,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from cycle_bench import NOW, _postgres_drop, _postgres_fresh, change_one_percent, generate, in_own_process, positive  # noqa: E402
+from cycle_bench import NOW, change_one_percent, generate_in_child, in_own_process, positive, scratch_store  # noqa: E402
 
 #: The file and the parameter the "wrangler" edits, flipping between two values.
 EDITED = "retry-failed.yaml"
@@ -118,24 +117,9 @@ def main() -> None:
                         help="the rule engine in the daemon's process (corral run --no-isolate)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    tmp, pg_name = None, None
-    if args.db:
-        url, pg_name = _postgres_fresh(args.db)
-    else:
-        tmp = tempfile.mkdtemp(prefix="corral-bench-")
-        url = f"sqlite:///{tmp}/farm.db"
-    try:
-        gen = mp.get_context("spawn").Process(target=generate, args=(url, args.frames, args.seed))
-        gen.start()
-        gen.join()
-        if gen.exitcode != 0:
-            raise SystemExit("farm generation failed")
+    with scratch_store(args.db) as url:
+        generate_in_child(url, args.frames, args.seed)
         result = in_own_process(measure, url, args.frames, args.seed, args.rounds, args.isolate)
-    finally:
-        if pg_name and args.db:
-            _postgres_drop(args.db, pg_name)
-        if tmp:
-            shutil.rmtree(tmp)
     if args.json:
         print(json.dumps(result))
     else:
