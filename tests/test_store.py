@@ -331,9 +331,18 @@ def test_a_row_a_supervisor_inserts_is_stamped_at_once_and_read_once(store: Stor
             finished_at=later(1)))
         assert conn.execute(text("SELECT count(*) FROM frame_runs WHERE rev IS NULL")).scalar_one() == 0
     got, mark, _ = store.read_changes(mark)
-    assert got is not None and [(j, n, r.host, r.state) for j, n, r in got.runs] == [(12, 1, "n1", FrameState.COMPLETE)]
+    assert got is not None and (12, 1, "n1", FrameState.COMPLETE) in [(j, n, r.host, r.state) for j, n, r in got.runs]
     again, _, _ = store.read_changes(mark)
-    assert again is not None and again.runs == []
+    assert again is not None
+    if store.engine.dialect.name == "sqlite":  # the mark is this database's own counter
+        assert [(j, n, r.host, r.state) for j, n, r in got.runs] == [(12, 1, "n1", FrameState.COMPLETE)]
+        assert again.runs == []
+    else:
+        # PostgreSQL's mark is the oldest transaction open on the whole server when the read
+        # began: a session of another database (a parallel test run) can hold it back, and
+        # rows are then read again, which applying them makes harmless (corral.store.changes).
+        # The second read finds nothing the first did not.
+        assert {r.id for _, _, r in again.runs} <= {r.id for _, _, r in got.runs}
 
 
 def test_settings_are_stored_and_overwritten(store: Store) -> None:

@@ -16,7 +16,6 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from corral.evaluate import LazyFact, Match, find_matches, make_evaluator
 from corral.facts import FactBuilder
@@ -24,7 +23,7 @@ from corral.farm import Farm, utcnow
 from corral.live import Dirty, LiveFarm
 from corral.plan import Acted, Cooldowns, Found, Moved, Plan, make_plan, plan_found
 from corral.policyset import PolicySet
-from corral.ports import ApplyReport, CycleStore, Evaluator, IncrementalEvaluator, Proposal
+from corral.ports import ApplyReport, CycleStore, EntityId, Evaluator, Fact, IncrementalEvaluator, Proposal
 from corral.session import Session
 from corral.states import Kind
 
@@ -79,11 +78,11 @@ def plan_live(
     stamp = now.timestamp()
     kinds = policy_set.kinds
     woken = engine.due_all(kinds, stamp)
-    changes: dict[Kind, dict[Any, dict[str, Any] | None]] = {}
+    changes: dict[Kind, dict[EntityId, Fact | None]] = {}
     for kind in kinds:
         allowed, screen = engine.state_filter(kind), policy_set.screens[kind]
-        changed: dict[Any, dict[str, Any] | None] = {}
-        dropped: list[Any] = []
+        changed: dict[EntityId, Fact | None] = {}
+        dropped: list[EntityId] = []
         find = farm.lookup(kind)
         for ident in dirty[kind] | woken[kind]:
             entity = find(ident)

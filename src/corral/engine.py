@@ -56,6 +56,7 @@ from corral.facts import narrow
 from corral.policy.compiler import MARKER, CompiledKind, admitted_states, compile_kind, engine_can_read, next_flip
 from corral.policy.model import Cmp, Policy
 from corral.policy.reference import Predicate, any_gate, getter, holds, predicate
+from corral.ports import EntityId, Fact
 from corral.states import Kind
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ class RuleEngine:
         memory = self._memory.get(kind)
         return set(memory.compiled.paths) if memory else set()
 
-    def evaluate(self, kind: Kind, facts: Iterable[dict[str, Any]], now: float | None = None) -> dict[str, list[Any]]:
+    def evaluate(self, kind: Kind, facts: Iterable[Fact], now: float | None = None) -> dict[str, list[EntityId]]:
         """Matching fact ids per policy name, for the full current set of `kind` facts.
 
         Facts not passed this time are retracted: the caller passes the whole current
@@ -231,8 +232,8 @@ class RuleEngine:
         with self._lock:
             self._put(memory, changed.items(), now)
 
-    def settle(self, changes: Mapping[Kind, Mapping[Any, dict[str, Any] | None]], now: float | None = None
-               ) -> dict[Kind, dict[str, list[Any]]]:
+    def settle(self, changes: Mapping[Kind, Mapping[EntityId, Fact | None]], now: float | None = None
+               ) -> dict[Kind, dict[str, list[EntityId]]]:
         """`update` each kind's changed facts, then `current` of each: what a cycle asks
         of the engine, in one call (one round trip when the engine runs in a child
         process, `corral.daemon.isolated`)."""
@@ -240,7 +241,7 @@ class RuleEngine:
             self.update(kind, changed, now)
         return {kind: self.current(kind) for kind in changes}
 
-    def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[Any]]:
+    def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[EntityId]]:
         """`due` of each kind, in one call (see `settle`)."""
         return {kind: self.due(kind, now) for kind in kinds}
 
@@ -279,7 +280,7 @@ class RuleEngine:
                     out.add(ident)
         return out
 
-    def known(self, kind: Kind) -> set[Any]:
+    def known(self, kind: Kind) -> set[EntityId]:
         """Ids the engine holds for `kind` (to drop the ones that vanished on a full re-read)."""
         memory = self._memory.get(kind)
         return set(memory.key_of) if memory else set()

@@ -15,7 +15,7 @@ from corral.facts import FactBuilder
 from corral.policy.compiler import admitted_states, gate_of
 from corral.policy.model import Policy
 from corral.policy.reference import matching
-from corral.ports import Evaluator, IncrementalEvaluator
+from corral.ports import EntityId, Evaluator, Fact, IncrementalEvaluator
 from corral.states import Kind
 
 
@@ -33,7 +33,7 @@ class ReferenceEvaluator:
         self.policies = list(policies)
         self._held: dict[Kind, dict[Any, dict[str, Any]]] = {kind: {} for kind in Kind}
 
-    def evaluate(self, kind: Kind, facts: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
+    def evaluate(self, kind: Kind, facts: Iterable[Fact]) -> dict[str, list[EntityId]]:
         facts = list(facts)
         return {p.name: matching(p, facts) for p in self.policies if p.kind is kind}
 
@@ -48,14 +48,14 @@ class ReferenceEvaluator:
         mine = [p for p in self.policies if p.kind is kind]
         return frozenset() if not mine else admitted_states(gate_of(kind, p.when) for p in mine)
 
-    def known(self, kind: Kind) -> set[Any]:
+    def known(self, kind: Kind) -> set[EntityId]:
         return set(self._held[kind])
 
-    def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[Any]]:
+    def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[EntityId]]:
         return {kind: set(self._held[kind]) for kind in kinds}
 
-    def settle(self, changes: Mapping[Kind, Mapping[Any, dict[str, Any] | None]], now: float | None = None
-               ) -> dict[Kind, dict[str, list[Any]]]:
+    def settle(self, changes: Mapping[Kind, Mapping[EntityId, Fact | None]], now: float | None = None
+               ) -> dict[Kind, dict[str, list[EntityId]]]:
         for kind, changed in changes.items():
             held = self._held[kind]
             for ident, fact in changed.items():

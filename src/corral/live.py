@@ -28,10 +28,11 @@ from corral.farm import SCHEMA, Farm, Frame, Instance, Job, Worker
 from corral.plan import Cooldowns, PlanMemo
 from corral.policy.compiler import admitted_states, gate_of
 from corral.policy.model import Policy, paths_read
-from corral.ports import ActionLog, FarmChanges, FrameChange, Mark
+from corral.ports import ActionLog, EntityId, FarmChanges, FrameChange, Mark
 from corral.states import Kind
 
-Dirty = dict[Kind, set[object]]
+#: Per kind, the entities whose facts may have changed: rebuilt and sent to the engine.
+Dirty = dict[Kind, set[EntityId]]
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ class LiveFarm:
         spread, farm = self.spread, self.farm
         if spread.job_to_children:
             for job_id in list(dirty[Kind.JOB]):
-                job = farm.jobs.get(job_id)  # type: ignore[call-overload]
+                job = farm.jobs.get(int(job_id))
                 if job is not None:
                     dirty[Kind.FRAME].update(f.key for f in job.frames.values())
                     dirty[Kind.INSTANCE].update(job.instances)

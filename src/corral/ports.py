@@ -28,6 +28,13 @@ from typing import Any, Protocol
 from corral.farm import Farm, FrameRun, Instance, Job, Worker
 from corral.states import Action, FrameState, Kind
 
+#: An entity's id as the cycle passes it around: a job's number, a frame's "JOB:FRAME", an
+#: instance's id, a worker's name.
+EntityId = int | str
+#: A fact: the fields a policy can test (`corral.facts.vocabulary`), nested for the
+#: related entities it shows (`job.*`, `worker.*`, `dependencies.*`).
+Fact = dict[str, Any]
+
 # --- what a farm source hands over ----------------------------------------------------
 
 
@@ -208,7 +215,7 @@ class CycleStore(FarmSource, ActionSink, TransitionLog, Protocol):
 class Evaluator(Protocol):
     """Which entities each policy matches, for a whole picture of one kind."""
 
-    def evaluate(self, kind: Kind, facts: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
+    def evaluate(self, kind: Kind, facts: Iterable[Fact]) -> dict[str, list[EntityId]]:
         """Matching fact ids per policy name, for `facts`: every `kind` fact there is."""
         ...
 
@@ -235,17 +242,17 @@ class IncrementalEvaluator(Evaluator, Protocol):
         the caller need not build the facts of, say, every complete frame."""
         ...
 
-    def known(self, kind: Kind) -> set[Any]:
+    def known(self, kind: Kind) -> set[EntityId]:
         """The ids held for `kind` (to drop those that vanished on a whole re-read)."""
         ...
 
-    def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[Any]]:
+    def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[EntityId]]:
         """Per kind, the entities whose time-based conditions may have changed by `now`:
         their facts must be built and sent again."""
         ...
 
-    def settle(self, changes: Mapping[Kind, Mapping[Any, dict[str, Any] | None]], now: float | None = None
-               ) -> dict[Kind, dict[str, list[Any]]]:
+    def settle(self, changes: Mapping[Kind, Mapping[EntityId, Fact | None]], now: float | None = None
+               ) -> dict[Kind, dict[str, list[EntityId]]]:
         """Take in each kind's changed facts (None: no longer a candidate) and answer
         with the matches that stand, per kind and policy name."""
         ...

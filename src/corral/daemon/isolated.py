@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.policy.model import Policy
+from corral.ports import EntityId, Fact
 from corral.states import Kind
 
 log = logging.getLogger(__name__)
@@ -171,20 +172,20 @@ class IsolatedEvaluator:
             raise EngineCrashed(f"the rule engine failed ({doing}): {payload}")
         return payload
 
-    def evaluate(self, kind: Kind, facts: Iterable[dict[str, Any]], now: float | None = None) -> dict[str, list[Any]]:
-        result: dict[str, list[Any]] = self._call("evaluate", kind, list(facts), now)
+    def evaluate(self, kind: Kind, facts: Iterable[Fact], now: float | None = None) -> dict[str, list[EntityId]]:
+        result: dict[str, list[EntityId]] = self._call("evaluate", kind, list(facts), now)
         return result
 
     # The incremental calls a cycle makes (two round trips: `due_all`, then `settle`).
     # A new child starts with an empty memory: `starts` tells the session
     # (corral.session.Session.refresh) to send it every fact again.
-    def settle(self, changes: Mapping[Kind, Mapping[Any, dict[str, Any] | None]], now: float | None = None
-               ) -> dict[Kind, dict[str, list[Any]]]:
-        result: dict[Kind, dict[str, list[Any]]] = self._call("settle", dict(changes), now)
+    def settle(self, changes: Mapping[Kind, Mapping[EntityId, Fact | None]], now: float | None = None
+               ) -> dict[Kind, dict[str, list[EntityId]]]:
+        result: dict[Kind, dict[str, list[EntityId]]] = self._call("settle", dict(changes), now)
         return result
 
-    def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[Any]]:
-        result: dict[Kind, set[Any]] = self._call("due_all", list(kinds), now)
+    def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[EntityId]]:
+        result: dict[Kind, set[EntityId]] = self._call("due_all", list(kinds), now)
         return result
 
     def ready(self) -> None:
@@ -194,8 +195,8 @@ class IsolatedEvaluator:
             self._discard()
             self._start()
 
-    def known(self, kind: Kind) -> set[Any]:
-        result: set[Any] = self._call("known", kind)
+    def known(self, kind: Kind) -> set[EntityId]:
+        result: set[EntityId] = self._call("known", kind)
         return result
 
     def state_filter(self, kind: Kind) -> frozenset[str] | None:
