@@ -428,3 +428,25 @@ def test_the_change_stamp_skips_the_fsync_but_every_other_write_still_waits_for_
 )
 def test_postgresql_urls_use_psycopg_3(url: str, driver: str) -> None:
     assert normalise_url(url).drivername == driver
+
+
+def test_upgrading_names_the_policy_that_blocked_a_job_where_older_releases_wrote_corral(store_url: str) -> None:
+    """Migration 0005: jobs a policy blocked before the applier wrote policies' names take
+    the policy of their latest applied block from the log; a person's block, and a job
+    the log says nothing of, are left alone."""
+    from alembic import command
+
+    with Store.open(store_url) as store:
+        with store.engine.begin() as conn:
+            command.downgrade(migrate._config(conn), "0004")
+            for job, by in ((1, "corral"), (2, "user:ann"), (3, "corral")):
+                conn.execute(insert(table("jobs")).values(id=job, name=f"j{job}", state="blocked", hold="blocked",
+                                                          blocked_by=by, version=0))
+            for job, policy in ((1, "lock-something-else"), (1, "keep-dependents-blocked"), (2, None)):
+                conn.execute(insert(table("transitions")).values(
+                    at=NOW, kind="job", entity_id=str(job), job_id=job, action="block", from_state="pending",
+                    to_state="blocked", actor="corral" if policy else "user:ann", policy=policy, reason="r", applied=True))
+            assert migrate.current_revision(conn) == "0004"
+        assert store.init() == migrate.HEAD
+        by = {j.id: j.blocked_by for j in store.read_farm().jobs.values()}
+    assert by == {1: "keep-dependents-blocked", 2: "user:ann", 3: "corral"}

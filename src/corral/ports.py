@@ -125,6 +125,14 @@ class Proposal:
     def __str__(self) -> str:
         return f"{self.action} {self.kind} {self.ident}"
 
+    def author(self, actor: str) -> str:
+        """Who did it, as the entity remembers it (a job's `blocked_by`): the policy, for
+        a policy's action, else `actor`, who applied it.  The planner plays a policy's
+        match under the policy's name too, so what a cycle plans and what it applies
+        agree, and a policy can tell what another one did (unblock-when-dependencies-
+        complete releases what keep-dependents-blocked held)."""
+        return self.policy or actor
+
 
 @dataclass(frozen=True)
 class Done:

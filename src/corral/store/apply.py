@@ -44,7 +44,8 @@ def _simulate(
 ) -> tuple[Outcome, list[tuple[Kind, Entity, int, dict[str, Any]]]]:
     """Run the action on the farm and undo it at once, keeping the rows as they would be."""
     with farm.scratch():
-        out = apply_action(farm, p.kind, p.ident, p.action, now=now, params=p.params, automatic=p.automatic, actor=actor)
+        out = apply_action(farm, p.kind, p.ident, p.action, now=now, params=p.params, automatic=p.automatic,
+                           actor=p.author(actor))
         after = [(kind, entity, version, saved_fields(entity)) for kind, entity, version in out.touched]
     return out, after
 
