@@ -292,3 +292,22 @@ def test_glob_stars_anywhere_match_like_fnmatch_on_repetitive_names(value: str, 
     # The engine's own pattern matcher says '*aa' does not match 'aaaa' and refuses '*aaab'.
     expected = fnmatch.fnmatchcase(value, pattern)
     assert decide(Cmp("name", "glob", pattern), {"id": "w", "name": value}, Kind.WORKER) is expected
+
+
+def test_a_pattern_that_backtracks_catastrophically_in_python_is_matched_at_once() -> None:
+    """`(a+)+$` against 34 a's and a '!' takes Python's `re` minutes of backtracking (with
+    the interpreter held: no signal handler, no other thread runs); RE2 answers at once.
+    Run in a thread so a hang fails the test instead of stalling the run."""
+    import threading
+
+    from corral.policy.loader import load_texts
+    from corral.policy.reference import holds
+
+    policy = load_texts([("p.yaml", "policies:\n  - name: p\n    kind: job\n    when: {name: {regex: '(a+)+$'}}\n"
+                                    "    actions: [block]\n    reason: r\n")]).policies[0]
+    answers: list[bool] = []
+    worker = threading.Thread(target=lambda: answers.append(holds(policy.when, {"name": "a" * 34 + "!"})), daemon=True)
+    worker.start()
+    worker.join(20)
+    assert answers == [False], "the match did not finish in 20 s"
+    assert holds(policy.when, {"name": "aaa"})

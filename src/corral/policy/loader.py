@@ -22,7 +22,7 @@ from typing import Any
 from corral.actions import action_def
 from corral.facts import FIELDS, FieldSpec
 from corral.policy.model import ActionSpec, All, AnyOf, Cmp, Cond, Limits, Not, Policy, pinned_states
-from corral.policy.operators import OPERATORS, compiled_regex, resolve
+from corral.policy.operators import OPERATORS, BadPattern, compiled_regex, resolve
 from corral.states import RULES, Action, Kind, actions_for, legal_from
 from corral.yamlpos import Pos, PosDict, PosList, YamlError, load_text
 
@@ -504,8 +504,8 @@ class _Checker:
             if op.name == "regex":
                 try:
                     compiled_regex(value)
-                except Exception as err:  # re.error, recursion limits
-                    self.error(vpos, f"'{value}' is not a valid regular expression: {err}")
+                except BadPattern as err:
+                    self.error(vpos, f"'{value}' is not a regular expression corral can use: {err}")
                     return None
             return Cmp(path, op.name, value, opos)
         if op.value == "list":
