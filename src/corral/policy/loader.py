@@ -12,6 +12,7 @@ pass.  A file with any error contributes no policy at all: half a file is never 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,41 @@ class LoadResult:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+
+#: The longest duration a policy may name (a cooldown, a threshold, a schedule's `every`):
+#: a year.  Longer is nearly always a typo, and past about two thousand years a duration
+#: cannot even be taken from today's date (an OverflowError in every cycle).
+MAX_DURATION = 366 * 86400.0
+#: The largest number a comparison may use, either sign: what both a 64-bit integer and
+#: the rule engine's JSON numbers hold exactly.
+MAX_NUMBER = 2**53
+
+
+def duration_problem(seconds: float) -> str | None:
+    """What is wrong with a duration of `seconds`, in words (None: nothing)."""
+    if math.isnan(seconds) or seconds < 0:
+        return "a duration is 0 or more"
+    if seconds > MAX_DURATION:  # infinity too
+        return f"a duration is at most {format_duration(MAX_DURATION)} (a year)"
+    return None
+
+
+def number_problem(value: float) -> str | None:
+    """What is wrong with a number a condition compares with (None: nothing)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a number must be finite"
+    if abs(value) > MAX_NUMBER:
+        return f"a number is between -{MAX_NUMBER} and {MAX_NUMBER}"
+    return None
+
+
+def _as_float(value: int | float) -> float:
+    """A number as seconds; an integer too large for a float is infinitely long."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def parse_duration(text: str) -> float | None:
@@ -244,6 +280,9 @@ def describe_value(value: Any) -> str:
         return "nothing"
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
+    if isinstance(value, int) and abs(value) >= 10**30:
+        digits = len(str(abs(value)))
+        return f"the number {str(value)[:12]}... ({digits} digits)"
     if isinstance(value, int | float):
         return f"the number {value}"
     if isinstance(value, str):
@@ -401,11 +440,17 @@ class _Checker:
 
     def _duration(self, value: Any, pos: Pos, what: str) -> float | None:
         value = self._subst(value, pos)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-            return float(value)
-        seconds = parse_duration(value) if isinstance(value, str) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds: float | None = _as_float(value)
+        else:
+            seconds = parse_duration(value) if isinstance(value, str) else None
         if seconds is None:
             self.error(pos, f"`{what}` must be a duration such as 90s, 10m, 4h, 1h30m or 2d (or seconds), not {_what(value)}")
+            return None
+        problem = duration_problem(seconds)
+        if problem:
+            self.error(pos, f"`{what}`: {problem}, not {_what(value)}")
+            return None
         return seconds
 
     def _schedule(self) -> str | None:
@@ -418,8 +463,11 @@ class _Checker:
             return None
         every = EVERY_RE.match(value.strip())
         if every:
-            if parse_duration(every.group(1)) in (None, 0.0):
+            seconds = parse_duration(every.group(1))
+            if seconds in (None, 0.0):
                 self.error(pos, f"'{value}': after 'every' comes a duration such as 30s, 5m or 1h")
+            elif seconds is not None and (problem := duration_problem(seconds)):
+                self.error(pos, f"'{value}': {problem}")
             return value.strip()
         try:
             from apscheduler.triggers.cron import CronTrigger
@@ -539,17 +587,24 @@ class _Checker:
             if isinstance(value, bool):
                 self.error(pos, f"'{path}' is a duration; write 90s, 10m, 4h or 1h30m, not {_what(value)}")
                 return _BAD
-            if isinstance(value, int | float):
-                return float(value)
-            seconds = parse_duration(value) if isinstance(value, str) else None
+            seconds = _as_float(value) if isinstance(value, int | float) else (
+                parse_duration(value) if isinstance(value, str) else None)
             if seconds is None:
                 self.error(pos, f"'{path}' is a duration; write 90s, 10m, 4h or 1h30m, not {_what(value)}")
+                return _BAD
+            problem = duration_problem(seconds)
+            if problem:
+                self.error(pos, f"'{path}': {problem}, not {_what(value)}")
                 return _BAD
             return seconds
         if t in ("int", "float"):
             ok = isinstance(value, int) if t == "int" else isinstance(value, int | float)
             if isinstance(value, bool) or not ok:
                 self.error(pos, f"'{path}' is {_type_words(spec)}; compare it with a number, not {_what(value)}")
+                return _BAD
+            problem = number_problem(value)
+            if problem:
+                self.error(pos, f"'{path}': {problem}, not {_what(value)}")
                 return _BAD
             return value
         if t == "bool":
