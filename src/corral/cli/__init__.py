@@ -37,5 +37,5 @@ def main() -> None:
         app()
     except (StoreError, SQLAlchemyError) as err:
         message = str(err) if isinstance(err, StoreError) else f"database error: {str(err).splitlines()[0]}"
-        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
         raise SystemExit(1) from None

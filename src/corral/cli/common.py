@@ -13,8 +13,11 @@ from rich.markup import escape
 
 DEFAULT_DB = "sqlite:///corral.db"
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+#: No markup is parsed unless a print asks for it (`markup=True`, on a string of the
+#: command's own with anything else in it escaped): the farm's strings are shown as they
+#: are, through `visible` (corral.untrusted), never read as markup.
+console = Console(soft_wrap=True, markup=False)
+err_console = Console(stderr=True, soft_wrap=True, markup=False)
 
 DbOption = Annotated[
     str | None,

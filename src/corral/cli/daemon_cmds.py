@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from corral.cli.common import DbOption, JsonOption, console, db_url, fail, print_json
+from corral.untrusted import visible
 
 PAUSE_KEYS = ("paused", "paused_reason", "paused_by", "paused_at")
 _DURATION = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+$")
@@ -76,8 +77,8 @@ def history(
     for r in rows:
         by = f"policy {r.policy}" if r.policy else r.actor
         action = r.action if r.applied else f"would {r.action}"
-        table.add_row(f"{r.at:%Y-%m-%d %H:%M:%S}", f"{r.kind} {r.entity_id}", action, f"{r.from_state} → {r.to_state}",
-                      by, r.reason, r.cycle_id or "")
+        table.add_row(f"{r.at:%Y-%m-%d %H:%M:%S}", f"{r.kind} {visible(r.entity_id)}", action,
+                      f"{r.from_state} → {r.to_state}", visible(by), visible(r.reason), visible(r.cycle_id or ""))
     console.print(table)
 
 
@@ -97,7 +98,7 @@ def pause(
             store.set_setting("paused", "1")
     except StoreError as err:
         fail(str(err))
-    console.print(f"paused by {who} at {now}" + (f": {reason}" if reason else ""), highlight=False, markup=False)
+    console.print(visible(f"paused by {who} at {now}" + (f": {reason}" if reason else "")), highlight=False)
 
 
 def resume(db: DbOption = None) -> None:
@@ -147,15 +148,15 @@ def daemon_status(db: DbOption = None, as_json: JsonOption = False) -> None:
         return
     if data["paused"]:
         why = f": {data['paused_reason']}" if data["paused_reason"] else ""
-        console.print(f"PAUSED by {data['paused_by']} since {data['paused_at']}{why}", highlight=False, markup=False)
+        console.print(visible(f"PAUSED by {data['paused_by']} since {data['paused_at']}{why}"), highlight=False)
     else:
         console.print("active (not paused)")
     leader, last = data["leader"], data["last_cycle"]
-    console.print(f"leader: {leader['holder']} since {leader['since']}" if leader else "leader: none recorded",
-                  highlight=False, markup=False)
+    console.print(visible(f"leader: {leader['holder']} since {leader['since']}") if leader else "leader: none recorded",
+                  highlight=False)
     if last:
-        console.print(f"last cycle: {last['cycle']} at {last['at']}, {last.get('applied', 0)} applied"
-                      + (" (paused)" if last.get("paused") else ""), highlight=False, markup=False)
+        console.print(visible(f"last cycle: {last['cycle']} at {last['at']}, {last.get('applied', 0)} applied"
+                              + (" (paused)" if last.get("paused") else "")), highlight=False)
     else:
         console.print("last cycle: none recorded")
 

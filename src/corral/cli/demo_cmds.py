@@ -55,7 +55,7 @@ def _report(result: Comparison, wall: float) -> None:
     console.print(
         f"[bold]A simulated night[/]: {s['jobs']} jobs in {w.chains_total} dependency chains ({w.frames_total} frames), "
         f"{s['hosts']} hosts, {s['hours']:g} h, a cycle every {s['cycle_seconds']} s, seed {s['seed']}.",
-        highlight=False,
+        highlight=False, markup=True,
     )
     console.print(
         f"Faults: bad hosts {', '.join(faults['bad_hosts']) or 'none'}; broken jobs "
@@ -87,7 +87,7 @@ def _report(result: Comparison, wall: float) -> None:
         console.print(
             f"The farm is kept in {escape(result.db)}: try [bold]corral status --db {escape(result.db)}[/] and "
             f"[bold]corral history --db {escape(result.db)}[/].",
-            highlight=False,
+            highlight=False, markup=True,
         )
 
 

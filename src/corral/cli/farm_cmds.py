@@ -31,6 +31,7 @@ from corral.farm import Farm, utcnow
 from corral.snapshot import SnapshotError, farm_to_snapshot, load_snapshot_file
 from corral.states import RULES, Action, FrameState, Kind, actions_for
 from corral.store import Proposal, Store, StoreError
+from corral.untrusted import visible
 
 
 class Format(StrEnum):
@@ -51,7 +52,7 @@ def actor() -> str:
 
 def fail(message: str) -> NoReturn:
     """Like `common.fail`, but never wraps or reads markup: messages hold paths like jobs[0].id."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(visible(message))}", soft_wrap=True, markup=True)
     raise typer.Exit(1)
 
 
@@ -95,7 +96,7 @@ def load(
         farm = load_snapshot_file(file)
     except SnapshotError as err:
         for line in err.errors:
-            err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+            err_console.print(visible(line), highlight=False, soft_wrap=True)
         fail(f"{file}: {len(err.errors)} error(s); nothing was loaded")
     with open_store(db) as store:
         store.load_farm(farm, replace=replace)
@@ -156,10 +157,11 @@ def status(as_json: JsonOption = False, db: DbOption = None) -> None:
         print_json(rows)
         return
     if paused:
-        console.print("[bold yellow]corral is paused:[/] cycles run and report, nothing is applied (`corral resume`)")
+        console.print("[bold yellow]corral is paused:[/] cycles run and report, nothing is applied (`corral resume`)",
+                      markup=True)
     table = Table(title="jobs", caption="frames: pending, blocked, running, complete, failed, killed")
     table.add_column("id", justify="right", no_wrap=True, min_width=max((len(str(r["id"])) for r in rows), default=2))
-    widest = max((len(r["name"]) for r in rows), default=4)
+    widest = max((len(visible(r["name"])) for r in rows), default=4)
     table.add_column("name", no_wrap=True, min_width=min(widest, 40))
     table.add_column("state", no_wrap=True, min_width=8)
     table.add_column("prio", justify="right", no_wrap=True, min_width=4)
@@ -167,7 +169,7 @@ def status(as_json: JsonOption = False, db: DbOption = None) -> None:
         table.add_column(_SHORT[state], justify="right", no_wrap=True, min_width=4)
     for row in rows:
         counts = [str(n) if n else "·" for n in row["frames"].values()]
-        table.add_row(str(row["id"]), row["name"], row["state"], str(row["priority"]), *counts)
+        table.add_row(str(row["id"]), visible(row["name"]), row["state"], str(row["priority"]), *counts)
     console.print(table)
 
 
@@ -183,13 +185,13 @@ def run_action(kind: Kind, action: Action, ident: str, params: dict[str, Any], r
     if report.refused:
         fail(report.refused[0].reason)
     done = report.applied[0]
-    console.print(f"{kind} {done.entity_id}: {done.from_state} -> {done.to_state}", highlight=False)
+    console.print(f"{kind} {visible(done.entity_id)}: {done.from_state} -> {done.to_state}", highlight=False)
     if done.job_change is not None:
         job, old, new = done.job_change
         console.print(f"job {job}: {old} -> {new}", highlight=False)
     others = [t for t in done.touched if t != f"{kind} {done.entity_id}"]
     if others:
-        console.print(f"also changed: {', '.join(others)}", highlight=False)
+        console.print(f"also changed: {visible(', '.join(others))}", highlight=False)
 
 
 def _param(param: Param) -> inspect.Parameter:

@@ -24,6 +24,7 @@ from corral.feed import SubmitState, event_json_schema
 from corral.ingest import IngestReport, read_lines
 from corral.snapshot import farm_to_snapshot
 from corral.states import Kind
+from corral.untrusted import visible
 
 # --- corral job submit ---------------------------------------------------------------
 
@@ -130,11 +131,11 @@ def ingest(
 
     def report(part: IngestReport) -> None:
         for bad in part.bad:
-            err_console.print(f"{source}:{bad.line}: {bad.reason}", highlight=False, markup=False, soft_wrap=True)
+            err_console.print(visible(f"{source}:{bad.line}: {bad.reason}"), highlight=False, soft_wrap=True)
         if verbose:
             for done in part.applied:
                 change = f"; job {done.job_change[0]}: {done.job_change[1]} -> {done.job_change[2]}" if done.job_change else ""
-                console.print(f"{source}:{done.line}: {done.what}{change}", highlight=False, markup=False)
+                console.print(visible(f"{source}:{done.line}: {done.what}{change}"), highlight=False)
 
     with open_store(db) as store, _stop_on_signals() as caught:
         corral = Corral(store)

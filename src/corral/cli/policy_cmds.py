@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from corral.cli.common import DbOption, JsonOption, console, db_url, err_console, fail, print_json
 from corral.policy.loader import LoadResult, builtin_dir, load_paths
 from corral.states import Kind
+from corral.untrusted import visible
 
 RulesOption = Annotated[
     list[Path] | None,
@@ -184,12 +186,12 @@ def _print_plan(result: Any, show_skipped: bool) -> None:
         # A table with a readable reason column needs a wide terminal: list instead.
         console.print("Planned transitions (dry run: nothing was changed)")
         for policy in sorted({t.policy for t in result.transitions}):
-            console.print(f"[bold]{policy}[/]", highlight=False)
+            console.print(f"[bold]{escape(policy)}[/]", highlight=False, markup=True)
             for t in (t for t in result.transitions if t.policy == policy):
                 would = "would " if t.audit else ""
-                console.print(f"  {would}{t.action} {t.kind} {t.ident}: {t.from_state} → {t.to_state}",
-                              highlight=False, markup=False)
-                console.print(f"      {t.reason}", highlight=False, markup=False)
+                console.print(f"  {would}{t.action} {t.kind} {visible(t.ident)}: {t.from_state} → {t.to_state}",
+                              highlight=False)
+                console.print(f"      {visible(t.reason)}", highlight=False)
         audit = sum(1 for t in result.transitions if t.audit)
         console.print(f"{len(result.transitions)} transition(s)" + (f", {audit} in audit mode (reported only)" if audit else ""))
     else:
@@ -201,15 +203,15 @@ def _print_plan(result: Any, show_skipped: bool) -> None:
         for t in sorted(result.transitions, key=lambda t: (t.policy, str(t.kind))):
             would = "would " if t.audit else ""
             table.add_row(
-                t.policy if t.policy != last else "", str(t.kind), t.ident, would + str(t.action),
-                f"{t.from_state} → {t.to_state}", t.reason,
+                t.policy if t.policy != last else "", str(t.kind), visible(t.ident), would + str(t.action),
+                f"{t.from_state} → {t.to_state}", visible(t.reason),
             )
             last = t.policy
         console.print(table)
         audit = sum(1 for t in result.transitions if t.audit)
         console.print(f"{len(result.transitions)} transition(s)" + (f", {audit} in audit mode (reported only)" if audit else ""))
     for name, note in sorted(result.notes.items()):
-        console.print(f"[yellow]{name}[/]: {note}", highlight=False)
+        console.print(f"[yellow]{escape(name)}[/]: {escape(visible(note))}", highlight=False, markup=True)
     skipped = result.skipped  # made anew on each access (Plan.held): once
     if skipped:
         counts: dict[str, int] = defaultdict(int)
@@ -221,7 +223,7 @@ def _print_plan(result: Any, show_skipped: bool) -> None:
             for col in ("policy", "kind", "id", "action", "why"):
                 table.add_column(col, overflow="fold")
             for s in skipped:
-                table.add_row(s.policy, str(s.kind), s.ident, s.action, f"{s.category}: {s.why}")
+                table.add_row(s.policy, str(s.kind), visible(s.ident), s.action, visible(f"{s.category}: {s.why}"))
             console.print(table)
         else:
             console.print(f"skipped: {summary} (--skipped lists them)")

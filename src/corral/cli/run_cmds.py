@@ -8,6 +8,7 @@ import typer
 
 from corral.cli.common import DbOption, JsonOption, console, db_url, err_console, fail, print_json
 from corral.cli.policy_cmds import OnlyRulesOption, RulesOption, SetOption, parse_sets, policy_paths
+from corral.untrusted import visible
 
 
 def run(
@@ -106,10 +107,10 @@ def run(
     )
     for t in result.plan.transitions:
         verb = "would " if t.audit or result.paused else ""
-        console.print(f"  {t.policy}: {verb}{t.action} {t.kind} {t.ident} ({t.from_state} → {t.to_state}): {t.reason}",
-                      highlight=False, markup=False)
+        console.print(visible(f"  {t.policy}: {verb}{t.action} {t.kind} {t.ident} ({t.from_state} → {t.to_state}): "
+                              f"{t.reason}"), highlight=False)
     for r in refused:
-        console.print(f"  refused: {r.proposal}: {r.reason}", highlight=False, markup=False)
+        console.print(visible(f"  refused: {r.proposal}: {r.reason}"), highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,7 @@ import typer
 from corral.cli.common import DbOption, JsonOption, console, db_url, err_console, fail, print_json
 from corral.cli.policy_cmds import OnlyRulesOption, RulesOption, SetOption, load_or_fail, parse_now
 from corral.states import Kind
+from corral.untrusted import visible
 
 if TYPE_CHECKING:
     from corral.farm import Farm
@@ -23,7 +24,7 @@ EngineOption = Annotated[str, typer.Option("--engine", help="durable (default, a
 
 
 def _say(line: str) -> None:
-    console.print(line, highlight=False, markup=False)
+    console.print(visible(line), highlight=False)
 
 
 def _engine(engine: str) -> str:

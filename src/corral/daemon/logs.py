@@ -14,6 +14,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from corral.untrusted import visible
+
 #: user:password@ in any URL (postgresql://ann:s3cret@db/...), and password=... in libpq strings.
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?=@)")
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'[^']*'|\"[^\"]*\"|\S+)", re.IGNORECASE)
@@ -32,16 +34,25 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class HumanFormatter(logging.Formatter):
-    """`2026-11-28 02:00:00,123 INFO corral.daemon: message [cycle=... policy=...]`."""
+    """`2026-11-28 02:00:00,123 INFO corral.daemon: message [cycle=... policy=...]`.
+
+    One record, one line (and a traceback's lines after it): control characters in the
+    message and the fields (a newline in a job name, an escape sequence) are written out
+    (`corral.untrusted.visible`), so the farm's strings cannot forge a log line or
+    repaint a terminal.  The JSON format escapes them by its nature."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = visible(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extras = _extras(record)
         if extras:
-            fields = " ".join(f"{k}={v}" for k, v in extras.items())
+            fields = " ".join(f"{k}={visible(v)}" for k, v in extras.items())
             head, sep, tail = line.partition("\n")
             line = f"{head} [{fields}]{sep}{tail}"
         return mask_secrets(line)
