@@ -293,7 +293,9 @@ def test_a_change_read_brings_the_log_for_cooldowns_from_the_same_snapshot(store
     farm = store.read_farm()
     store.apply_transitions(farm, [Proposal(Kind.WORKER, "n1", Action.BLOCK, policy="q")], now=later(2), actor="corral")
     changes, _, whole = store.read_changes(mark, log_since=NOW)
-    assert changes is not None and [w.name for w in changes.workers] == ["n1"]
+    assert changes is not None and "n1" in [w.name for w in changes.workers]
+    if store.engine.dialect.name == "sqlite":  # PostgreSQL may read rows again (see the next-but-one test)
+        assert [w.name for w in changes.workers] == ["n1"]
     assert whole is not None and whole.actions == [("q", "worker", "n1", later(2))]
     assert store.last_actions(NOW) == {("q", "worker", "n1"): later(2)}
     assert store.read_changes(mark)[2] is None  # not asked for, not read

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from corral.api import Corral
-from corral.cli import app
+from corral.cli import app, common
 from corral.daemon.logs import setup_logging
 from corral.farm import Farm, Frame, Job, Worker
 from corral.states import FrameState, Kind
@@ -46,22 +46,32 @@ def _clean(output: str, *, whole: bool = True) -> None:
         assert "\\x1b[2J" in output and "\\nFAKE 2026" in output
 
 
+def _columns(monkeypatch: pytest.MonkeyPatch, columns: int) -> None:
+    """The CLI's consoles as wide as a pane of `columns` (they read $COLUMNS only once)."""
+    for console in (common.console, common.err_console):
+        monkeypatch.setattr(console, "_width", columns)
+
+
 @pytest.mark.parametrize("columns", [60, 200])
-def test_status_and_history_show_the_farm_s_strings_as_text(db: str, columns: int) -> None:
+def test_status_and_history_show_the_farm_s_strings_as_text(db: str, columns: int, monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    _columns(monkeypatch, columns)
     for args in (["status"], ["history"]):
-        result = runner.invoke(app, [*args, "--db", db], env={"COLUMNS": str(columns)})
+        result = runner.invoke(app, [*args, "--db", db])
         assert result.exit_code == 0, result.output
         _clean(result.output, whole=columns >= 200)
         assert "oops[/bold]" in result.output or columns < 200
 
 
-def test_plan_and_run_show_reasons_that_quote_a_nasty_name_as_text(db: str, tmp_path: Path) -> None:
+def test_plan_and_run_show_reasons_that_quote_a_nasty_name_as_text(db: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _columns(monkeypatch, 300)
     rules = tmp_path / "p.yaml"
     rules.write_text("policies:\n  - name: note\n    kind: job\n    when: {state: blocked}\n    actions: [unblock]\n"
                      "    reason: 'about {name}'\n")
     for args in (["plan", "--rules", str(rules), "--only-rules"],
                  ["run", "--once", "--no-isolate", "--rules", str(rules), "--only-rules"]):
-        result = runner.invoke(app, [*args, "--db", db], env={"COLUMNS": "300"})
+        result = runner.invoke(app, [*args, "--db", db])
         assert result.exit_code in (0, 2), result.output
         _clean(result.output)
 
