@@ -43,11 +43,14 @@ def write_rules(folder: Path, text: str = BLOCK_PENDING, name: str = "rules.yaml
     return path
 
 
-def corral(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """`python -m corral ARGS` with stdout+stderr to `log` (the way systemd would run it)."""
+def corral(*args: str, log: Path, env: dict[str, str] | None = None, faulty: bool = False) -> subprocess.Popen[bytes]:
+    """`python -m corral ARGS` with stdout+stderr to `log` (the way systemd would run it);
+    `faulty`: through tests/faulty_corral.py, whose engine child segfaults once when the
+    file named by $CORRAL_FAULT_FILE appears."""
     out = log.open("ab")
+    entry = [str(Path(__file__).parent / "faulty_corral.py")] if faulty else ["-m", "corral"]
     return subprocess.Popen(
-        [sys.executable, "-m", "corral", *args], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+        [sys.executable, *entry, *args], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
         env={**os.environ, **(env or {})}, start_new_session=True,
     )
 

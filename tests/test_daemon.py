@@ -25,6 +25,7 @@ from corral.policy.model import Policy
 from corral.states import Kind
 from corral.store import Store
 from daemon_helpers import BLOCK_PENDING, load, pending_farm, write_rules
+from engine_faults import SegfaultOnce
 
 AUDIT = BLOCK_PENDING.replace('reason: "held: {name} is pending"', 'reason: "held: {name} is pending"\n    mode: audit')
 
@@ -181,7 +182,7 @@ def test_the_isolated_engine_matches_and_a_segfault_costs_one_call(tmp_path: Pat
     policies = _policies(BLOCK_PENDING)
     facts = [{"id": 1, "state": "pending", "name": "a"}, {"id": 2, "state": "running", "name": "b"}]
     fault = tmp_path / "fault"
-    ev = IsolatedEvaluator(policies, fault_file=fault)
+    ev = SegfaultOnce(policies, fault)
     try:
         assert ev.evaluate(Kind.JOB, facts) == ReferenceEvaluator(policies).evaluate(Kind.JOB, facts)
         fault.touch()
@@ -198,7 +199,7 @@ def test_a_cycle_whose_engine_crashes_applies_nothing_and_the_next_cycle_recover
     url, rules = daemon_parts
     fault = tmp_path / "fault"
     fault.touch()
-    d = make(url, rules, evaluator_factory=lambda active: IsolatedEvaluator(active, fault_file=fault))
+    d = make(url, rules, evaluator_factory=lambda active: SegfaultOnce(active, fault))
     try:
         crashed = d.tick()
         assert crashed.outcome == "engine_crash"
@@ -311,3 +312,35 @@ def test_run_once_refuses_while_another_daemon_leads(tmp_path: Path, sqlite_temp
         first.close()
         second.close()
 
+
+
+def test_an_engine_killed_between_cycles_is_reported_and_the_next_cycle_runs_on_a_new_one(
+        tmp_path: Path, sqlite_template: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A death between two cycles (the kernel's OOM killer, a person's kill -9) is found by
+    the next cycle: a warning with its cause, counted with the other engine deaths, and a
+    new engine fed every candidate, so that cycle loses nothing."""
+    import os
+    import signal
+
+    shutil.copy(sqlite_template, tmp_path / "farm.db")
+    url = f"sqlite:///{tmp_path / 'farm.db'}"
+    load(url, pending_farm(2))
+    d = Daemon(DaemonConfig(db_url=url, paths=[write_rules(tmp_path / "rules")], isolate=True))
+    try:
+        d.reload()
+        assert d.tick().outcome == "ok"
+        evaluator = d.session.evaluator if d.session else None
+        assert isinstance(evaluator, IsolatedEvaluator) and evaluator.pid is not None
+        os.kill(evaluator.pid, signal.SIGKILL)
+        time.sleep(0.5)
+        with Store.open(url) as store:  # news for the next cycle to act on
+            store.load_farm(pending_farm(3, start=10), replace=False)
+        with caplog.at_level(logging.WARNING, logger="corral.daemon.isolated"):
+            tick = d.tick()
+        assert tick.outcome == "ok" and tick.result is not None and tick.result.report is not None
+        assert len(tick.result.report.applied) == 3
+        assert "died of SIGKILL while idle between cycles" in caplog.text
+        assert d.metrics.errors.labels("engine_crash")._value.get() == 1
+        assert d.metrics.cycles.labels("engine_crash")._value.get() == 0  # no cycle was lost
+    finally:
+        d.close()

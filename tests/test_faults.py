@@ -158,7 +158,7 @@ def test_an_engine_segfault_costs_one_cycle_and_the_next_one_applies(tmp_path: P
     fault.touch()
     log = tmp_path / "daemon.log"
     proc = corral("run", "--db", url, "--rules", str(rules), "--only-rules", "--interval", "0.5", "--metrics-port", "0",
-                  log=log, env={"CORRAL_TEST_ENGINE_FAULT": str(fault)})
+                  log=log, env={"CORRAL_FAULT_FILE": str(fault)}, faulty=True)
     try:
         wait_for(log_has(log, "5 applied"), 30, what="a cycle after the crash to apply")
         assert proc.poll() is None, "the daemon survived its engine's segfault"
@@ -171,3 +171,71 @@ def test_an_engine_segfault_costs_one_cycle_and_the_next_one_applies(tmp_path: P
         kill_group(proc)
     total, cycles = _check_consistent(url, 5)
     assert total == 5 and len(cycles) == 1
+
+
+def _children(pid: int) -> list[int]:
+    """The processes `pid` started, from any of its threads (Linux's /proc)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(p) for task in tasks.iterdir() for p in (task / "children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
+def test_a_daemon_killed_with_sigkill_takes_its_engine_child_with_it_and_logs_nothing_after(tmp_path: Path) -> None:
+    """No orphaned engine process, and no BrokenPipe traceback from one in the log."""
+    db = tmp_path / "farm.db"
+    url = f"sqlite:///{db}"
+    with Store.open(url) as store:
+        store.init()
+    load(url, pending_farm(3))
+    log = tmp_path / "daemon.log"
+    proc = corral("run", "--db", url, "--rules", str(write_rules(tmp_path / "rules")), "--only-rules",
+                  "--interval", "0.3", "--metrics-port", "0", log=log)
+    try:
+        wait_for(log_has(log, "3 applied"), 30, what="a first cycle")
+        engines = _children(proc.pid)
+        assert engines, "the daemon runs its engine in a child process"
+        assert stop(proc, signal.SIGKILL) == -signal.SIGKILL
+        wait_for(lambda: not any(_alive(pid) for pid in engines), 10, what="the engine child to die with its daemon")
+        time.sleep(0.5)
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text and "BrokenPipe" not in text, text
+    finally:
+        kill_group(proc)
+
+
+def test_an_engine_busy_when_its_daemon_is_killed_dies_with_it(tmp_path: Path) -> None:
+    """The child is told by the kernel when the daemon dies (Linux's parent-death signal),
+    so one deep in a call does not run on for the rest of it."""
+    db = tmp_path / "farm.db"
+    url = f"sqlite:///{db}"
+    with Store.open(url) as store:
+        store.init()
+    load(url, pending_farm(3))
+    fault, log = tmp_path / "hang", tmp_path / "daemon.log"
+    proc = corral("run", "--db", url, "--rules", str(write_rules(tmp_path / "rules")), "--only-rules",
+                  "--interval", "0.3", "--metrics-port", "0", log=log,
+                  env={"CORRAL_FAULT_FILE": str(fault), "CORRAL_FAULT_HANG": "1"}, faulty=True)
+    try:
+        wait_for(log_has(log, "3 applied"), 30, what="a first cycle")
+        engines = _children(proc.pid)
+        fault.touch()
+        wait_for(lambda: not fault.exists(), 10, what="the engine to take the next call and hang")
+        assert stop(proc, signal.SIGKILL) == -signal.SIGKILL
+        wait_for(lambda: not any(_alive(pid) for pid in engines), 10, what="the hung engine child to die with its daemon")
+    finally:
+        kill_group(proc)
+
+
+def test_an_engine_whose_daemon_has_gone_stops_without_a_word() -> None:
+    """What it would have answered goes nowhere: no BrokenPipe traceback in the log."""
+    from multiprocessing import Pipe
+
+    from corral.daemon.isolated import _send
+
+    daemon_end, engine_end = Pipe()
+    daemon_end.close()
+    assert _send(engine_end, ("ok", {"p": [1]})) is False

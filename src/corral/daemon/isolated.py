@@ -11,25 +11,28 @@ a fresh child.  The engine's working memory is rebuilt from the full picture the
 caller passes, so a new child gives the same answers.
 
 The child ignores SIGINT and SIGTERM (a Ctrl-C or systemd's stop signal goes to the
-whole process group; the daemon finishes its cycle and then closes the child) and
-exits by itself when the daemon's end of the pipe closes, e.g. when the daemon was
-killed.
+whole process group; the daemon finishes its cycle and then closes the child), dies
+with the daemon (Linux's parent-death signal: a daemon killed with SIGKILL leaves no
+engine behind), and otherwise exits quietly when the daemon's end of the pipe closes.
 
-Test hook: when the file named by $CORRAL_TEST_ENGINE_FAULT exists, the child deletes
-it and kills itself with SIGSEGV on its next evaluation (a one-shot segfault).
+Every death of the child is reported: during a call as `EngineCrashed` (the cycle is
+lost), between cycles as a warning with its cause when `ready` finds it dead, and in
+`crashes` either way.  (Fault injection lives in the tests, which wrap `child_main`:
+nothing in the shipped code looks for a test's trigger.)
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any
 
 from corral.policy.model import Policy
@@ -37,46 +40,70 @@ from corral.ports import EntityId, Fact
 from corral.states import Kind
 
 log = logging.getLogger(__name__)
-FAULT_ENV = "CORRAL_TEST_ENGINE_FAULT"
 _CTX = multiprocessing.get_context("spawn")
+#: prctl(2)'s option that sends a signal to this process when its parent dies.
+_PR_SET_PDEATHSIG = 1
 
 
 class EngineCrashed(Exception):
     """The engine child died or hung; the cycle that needed it is lost."""
 
 
-def _child_main(conn: Connection, policies: list[Policy], engine: str, fault_file: str | None) -> None:
-    """The child: build the evaluator, then answer (kind, facts) until the pipe closes."""
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when the daemon dies (Linux); elsewhere it exits
+    when the pipe closes, which is the next call."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the pipe still ends it
+            return
+    if os.getppid() != parent:  # the daemon died before the signal was armed
+        os._exit(0)
+
+
+def _child_main(conn: Connection, policies: list[Policy], engine: str, parent: int) -> None:
+    """The child: build the evaluator, then answer calls until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent(parent)
     from corral.evaluate import make_evaluator
 
     try:
         evaluator = make_evaluator(policies, engine)
     except Exception as err:
-        conn.send(("error", f"{type(err).__name__}: {err}"))
+        _send(conn, ("error", f"{type(err).__name__}: {err}"))
         return
     # The calls the daemon makes (`corral.ports.IncrementalEvaluator`), by name over the pipe.
     calls: dict[str, Callable[..., Any]] = {
         "evaluate": evaluator.evaluate, "settle": evaluator.settle, "due_all": evaluator.due_all,
         "known": evaluator.known, "state_filter": evaluator.state_filter,
     }
-    conn.send(("ready", os.getpid()))
+    if not _send(conn, ("ready", os.getpid())):
+        return
     while True:
         try:
             method, args = conn.recv()
         except (EOFError, OSError):
             return  # the daemon went away
-        if fault_file and os.path.exists(fault_file):
-            os.unlink(fault_file)
-            os.kill(os.getpid(), signal.SIGSEGV)
+        call = calls.get(method)
         try:
-            call = calls.get(method)
             if call is None:
                 raise ValueError(f"unknown engine call {method!r}")
-            conn.send(("ok", call(*args)))
+            answer: tuple[str, Any] = ("ok", call(*args))
         except Exception as err:
-            conn.send(("error", f"{type(err).__name__}: {err}"))
+            answer = ("error", f"{type(err).__name__}: {err}")
+        if not _send(conn, answer):
+            return
+
+
+def _send(conn: Connection, message: tuple[str, Any]) -> bool:
+    """Send to the daemon; False (and nothing written anywhere) when it has gone."""
+    try:
+        conn.send(message)
+    except (BrokenPipeError, EOFError, OSError):
+        return False
+    return True
 
 
 class IsolatedEvaluator:
@@ -90,14 +117,17 @@ class IsolatedEvaluator:
         engine: str = "durable",
         timeout: float = 120.0,
         start_timeout: float = 60.0,
-        fault_file: str | Path | None = None,
+        on_death: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_death(why)` is told of every death of the child (the daemon counts them)."""
         self.policies = list(policies)
+        self.on_death = on_death
         self.engine = engine
         self.timeout = timeout
         self.start_timeout = start_timeout
-        env_fault = os.environ.get(FAULT_ENV)
-        self.fault_file = str(fault_file) if fault_file is not None else env_fault
+        #: What the child runs: (pipe, policies, engine, the daemon's pid).  Tests wrap it
+        #: to inject faults; it must be a module-level function (the child imports it).
+        self.child_main: Callable[[Connection, list[Policy], str, int], None] = _child_main
         self._proc: BaseProcess | None = None
         self._conn: Connection | None = None
         self.starts = 0
@@ -111,7 +141,8 @@ class IsolatedEvaluator:
     def _start(self) -> Connection:
         parent, child = _CTX.Pipe()
         proc = _CTX.Process(
-            target=_child_main, args=(child, self.policies, self.engine, self.fault_file), name="corral-engine", daemon=True
+            target=self.child_main, args=(child, self.policies, self.engine, os.getpid()), name="corral-engine",
+            daemon=True
         )
         proc.start()
         child.close()
@@ -153,8 +184,12 @@ class IsolatedEvaluator:
                 name = signal.Signals(-code).name
             except ValueError:
                 name = f"signal {-code}"
-            return f"the rule engine process died of {name} while {doing}"
-        return f"the rule engine process exited (code {code}) while {doing}"
+            why = f"the rule engine process died of {name} while {doing}"
+        else:
+            why = f"the rule engine process exited (code {code}) while {doing}"
+        if self.on_death is not None:
+            self.on_death(why)
+        return why
 
     def _call(self, method: str, *args: Any) -> Any:
         conn = self._conn if self._conn is not None and self._proc is not None and self._proc.is_alive() else None
@@ -191,7 +226,12 @@ class IsolatedEvaluator:
     def ready(self) -> None:
         """Start the child if it is not running (a new one knows nothing: `starts` tells
         the cycle to send it everything), without a round trip to a live one."""
-        if self._conn is None or self._proc is None or not self._proc.is_alive():
+        if self._proc is not None and not self._proc.is_alive():
+            # It died since the last call (killed, out of memory...): say so, as a death
+            # during a call is (`EngineCrashed`), before starting another.
+            log.warning("%s; a new one starts and is sent every candidate again", self._death("idle between cycles"),
+                        extra={"event": "engine_crash"})
+        if self._conn is None or self._proc is None:
             self._discard()
             self._start()
 

@@ -133,9 +133,15 @@ class Daemon:
         engine, timeout = self.config.engine, self.config.engine_timeout
 
         def make(active: Sequence[Policy]) -> IncrementalEvaluator:
-            return IsolatedEvaluator(active, engine=engine, timeout=timeout)
+            return IsolatedEvaluator(active, engine=engine, timeout=timeout, on_death=self._engine_died)
 
         return make
+
+    def _engine_died(self, why: str) -> None:
+        """Every death of the engine child, during a cycle or between two, counted once
+        (`corral_errors_total{type="engine_crash"}`); a cycle it cost is counted apart
+        (`corral_cycles_total{outcome="engine_crash"}`)."""
+        self.metrics.errors.labels("engine_crash").inc()
 
     @property
     def policy_set(self) -> PolicySet | None:
@@ -200,7 +206,6 @@ class Daemon:
                 return Tick("standby")
             result = self.cycle()
         except EngineCrashed as err:
-            self.metrics.errors.labels("engine_crash").inc()
             self.metrics.cycles.labels("engine_crash").inc()
             log.error("cycle lost: %s; nothing was applied, the next cycle starts a fresh engine", err)
             return Tick("engine_crash", error=str(err))
