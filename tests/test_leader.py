@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 from pathlib import Path
 
 import pytest
 
-from corral.daemon.leader import AdvisoryLock, FileLock, NoLock, leadership_for
-from corral.store import Store
+from corral.daemon.leader import AdvisoryLock, FileLock, LeaderError, NoLock, leadership_for
+from corral.store import SchemaMissing, Store
 from corral.store.engine import normalise_url
 from daemon_helpers import corral, kill_group, load, log_has, pending_farm, stop, wait_for, write_rules
 
@@ -26,6 +28,44 @@ def test_a_file_lock_excludes_a_second_holder_until_released(tmp_path: Path) -> 
     first.release()
     assert second.acquire()
     second.release()
+
+
+def test_the_lock_file_is_the_daemon_user_s_alone(tmp_path: Path) -> None:
+    """flock works on a descriptor opened only for reading: a lock file others can read
+    would let any local user keep every daemon waiting as a standby."""
+    lock = FileLock(tmp_path / "a.db.lock")
+    assert lock.acquire()
+    assert stat.S_IMODE((tmp_path / "a.db.lock").stat().st_mode) == 0o600
+    lock.release()
+    old = tmp_path / "old.db.lock"  # what an older corral made
+    old.touch(mode=0o644)
+    old.chmod(0o644)
+    lock = FileLock(old)
+    assert lock.acquire() and stat.S_IMODE(old.stat().st_mode) == 0o600
+    lock.release()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
+def test_a_lock_file_another_user_owns_is_refused(tmp_path: Path) -> None:
+    planted = tmp_path / "a.db.lock"
+    planted.touch(mode=0o666)
+    os.chown(planted, 12345, 12345)
+    with pytest.raises(LeaderError, match="belongs to another user"):
+        FileLock(planted).acquire()
+
+
+def test_no_lock_file_is_left_beside_a_store_that_does_not_exist(tmp_path: Path) -> None:
+    lock = leadership_for(f"sqlite:///{tmp_path / 'missing.db'}")
+    with pytest.raises(SchemaMissing, match="run `corral db init`"):
+        lock.acquire()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_corral_makes_is_its_user_s_alone(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path / 'farm.db'}") as store:
+        store.init()
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes["farm.db"] == 0o600 and all(mode == 0o600 for mode in modes.values()), modes
 
 
 @pytest.mark.postgres

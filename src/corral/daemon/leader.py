@@ -27,12 +27,14 @@ import fcntl
 import hashlib
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy.engine import URL
 
 from corral.store.engine import describe, normalise_url
+from corral.store.store import SchemaMissing
 
 log = logging.getLogger(__name__)
 #: The advisory lock key: the first 8 bytes of sha256("corral-daemon"), as a signed bigint.
@@ -74,20 +76,35 @@ class NoLock:
 
 
 class FileLock:
-    """An fcntl lock on `<db>.lock`; the kernel releases it when the process dies."""
+    """An fcntl lock on `<db>.lock`; the kernel releases it when the process dies.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    The lock file is the daemon's user's alone (mode 0600), and a lock file someone else
+    owns is refused: `flock` works on a descriptor opened only for reading, so any user
+    who could open it could take the lock and keep every daemon waiting as a standby.
+    No lock file is made beside a store that does not exist."""
+
+    def __init__(self, path: Path, store: Path | None = None) -> None:
+        self.path, self.store = path, store
         self.held = False
         self._fd: int | None = None
 
     def acquire(self) -> bool:
         if self.held:
             return True
+        if self.store is not None and not self.store.exists():
+            if not self.store.parent.is_dir():  # a share not mounted yet, say: retried with back-off
+                raise LeaderError(f"the store's folder {self.store.parent} does not exist")
+            raise SchemaMissing(f"there is no store at {self.store}: run `corral db init` there, or point --db / "
+                                "$CORRAL_DB at one")
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as err:
             raise LeaderError(f"cannot open the lock file {self.path}: {err}") from err
+        try:
+            self._own(fd)
+        except LeaderError:
+            os.close(fd)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -97,6 +114,16 @@ class FileLock:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd, self.held = fd, True
         return True
+
+    def _own(self, fd: int) -> None:
+        """Refuse a lock file another user owns; make ours owner-only (an older corral
+        made it 0644)."""
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise LeaderError(f"the lock file {self.path} belongs to another user (uid {info.st_uid}): anyone who "
+                              "can open it can keep this daemon waiting; remove it, and run corral as one user")
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
 
     def check(self) -> bool:
         return self.held
@@ -180,5 +207,6 @@ def leadership_for(url: str | URL) -> Leadership:
     if backend == "sqlite":
         if parsed.database in (None, "", ":memory:") or str(parsed.database).startswith("file::memory:"):
             return NoLock()
-        return FileLock(Path(str(parsed.database)).resolve().with_name(Path(str(parsed.database)).name + ".lock"))
+        store = Path(str(parsed.database)).resolve()
+        return FileLock(store.with_name(store.name + ".lock"), store)
     raise LeaderError(f"no daemon lock for {backend} stores; use SQLite or PostgreSQL")

@@ -77,11 +77,28 @@ class Store:
     # --- schema -----------------------------------------------------------------
 
     def init(self) -> str:
-        """Bring the database to the newest schema; harmless when it is there already."""
+        """Bring the database to the newest schema; harmless when it is there already.
+
+        A SQLite store this makes is its user's alone (mode 0600, and so are its
+        write-ahead log and shared-memory files, which SQLite creates alike): it holds
+        the farm and the audit trail.  Give a group read access by hand if wranglers
+        other than the daemon's user run `corral status` on it."""
+        path = self._sqlite_path()
+        created = path is not None and not path.exists()
         with self._write() as conn:
             migrate.upgrade(conn)
             self._checked = True
-            return migrate.current_revision(conn) or ""
+            revision = migrate.current_revision(conn) or ""
+        if created and path is not None:
+            for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                if file.exists():
+                    file.chmod(0o600)
+        return revision
+
+    def _sqlite_path(self) -> Path | None:
+        """The SQLite file of this store (None: PostgreSQL, or SQLite in memory)."""
+        name = self.url.database if self.url.get_backend_name() == "sqlite" else None
+        return Path(name) if name and name != ":memory:" and not name.startswith("file:") else None
 
     def check(self) -> None:
         """Refuse to work on a database `corral db init` has not prepared (once per Store)."""
