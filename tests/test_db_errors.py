@@ -31,3 +31,31 @@ def test_a_read_only_command_does_not_create_the_store(tmp_path: Path) -> None:
     result = corral("status", cwd=tmp_path)
     assert result.returncode == 1 and "corral db init" in result.stderr
     assert not (tmp_path / "corral.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("host=db port=5432 password=s3cret-pw dbname=farm", "is a libpq connection string; corral takes a URL"),
+        ("postgresql://ann:s3cret-pw@127.0.0.1:notaport/farm", "its port is not a number"),
+        ("postgresql://postgres@127.0.0.1:5432/corral_no_such_db?password=s3cret-pw", "cannot open"),
+        ("postgresql://ann:s3cret-pw@127.0.0.1:1/farm", "Check that the server is running"),
+        ("postgresql://ann:s3cret-pw@127.0.0.1:5432/farm?sslmode=bogus", "invalid sslmode value"),
+    ],
+)
+def test_no_form_of_connection_string_shows_its_password(tmp_path: Path, url: str, says: str) -> None:
+    """A password in a URL's user part or its query, or in libpq's key=value form, is
+    masked in every message; a malformed address gets one line, not a traceback."""
+    for args in (["status"], ["run", "--once"], ["db", "init"]):
+        result = corral(*args, "--db", url, cwd=tmp_path)
+        assert result.returncode != 0, args
+        assert says in result.stderr and "s3cret-pw" not in result.stderr + result.stdout, (args, result.stderr)
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+
+
+def test_a_driver_message_that_quotes_the_password_is_masked() -> None:
+    from corral.store import Store
+
+    with Store.open("postgresql://ann:s3cret-pw@db/farm") as store:
+        assert store.masked('bad option near "s3cret-pw" in host=db password=other') == (
+            'bad option near "***" in host=db password=***')

@@ -11,6 +11,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from corral.store.engine import mask_secrets
+from corral.untrusted import visible
+
 DEFAULT_DB = "sqlite:///corral.db"
 
 #: No markup is parsed unless a print asks for it (`markup=True`, on a string of the
@@ -40,5 +43,6 @@ def print_json(data: Any) -> None:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+    """End the command with a one-line error (no password of any connection string in it)."""
+    err_console.print(f"[bold red]error:[/] {escape(visible(mask_secrets(message)))}", highlight=False, markup=True)
     raise typer.Exit(code)

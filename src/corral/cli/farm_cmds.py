@@ -31,6 +31,7 @@ from corral.farm import Farm, utcnow
 from corral.snapshot import SnapshotError, farm_to_snapshot, load_snapshot_file
 from corral.states import RULES, Action, FrameState, Kind, actions_for
 from corral.store import Proposal, Store, StoreError
+from corral.store.engine import describe, mask_secrets
 from corral.untrusted import visible
 
 
@@ -52,7 +53,7 @@ def actor() -> str:
 
 def fail(message: str) -> NoReturn:
     """Like `common.fail`, but never wraps or reads markup: messages hold paths like jobs[0].id."""
-    err_console.print(f"[bold red]error:[/] {escape(visible(message))}", soft_wrap=True, markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(visible(mask_secrets(message)))}", soft_wrap=True, markup=True)
     raise typer.Exit(1)
 
 
@@ -71,7 +72,7 @@ def open_store(db: str | None, *, check: bool = True) -> Iterator[Store]:
     except StoreError as err:
         fail(str(err))
     except SQLAlchemyError as err:
-        fail(f"database error on {store.url.render_as_string(hide_password=True)}: {err.__class__.__name__}: {err}")
+        fail(store.explain(err))
     finally:
         store.close()
 
@@ -83,7 +84,7 @@ def db_init(db: DbOption = None) -> None:
     """Create or upgrade the store's tables (harmless to run again)."""
     with open_store(db, check=False) as store:
         revision = store.init()
-    console.print(f"database {store.url.render_as_string(hide_password=True)} is ready (schema {revision})")
+    console.print(f"database {describe(store.url)} is ready (schema {revision})")
 
 
 def load(

@@ -77,9 +77,7 @@ def run(
         fail(str(err))
     except Exception as err:
         daemon.close()
-        from corral.daemon.logs import mask_secrets
-
-        fail(mask_secrets(f"cycle failed, nothing applied: {type(err).__name__}: {err}"))
+        fail(daemon.store.masked(f"cycle failed, nothing applied: {type(err).__name__}: {err}"))
     errors = daemon.watcher.errors
     daemon.close()
     for error in errors:

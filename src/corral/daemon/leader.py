@@ -154,7 +154,8 @@ class AdvisoryLock:
                 keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
             )
         except psycopg.Error as err:
-            raise LeaderError(f"cannot connect to {describe(self.url)} for the daemon lock: {err}") from err
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise LeaderError(f"cannot connect to {describe(self.url)} for the daemon lock: {first}") from err
 
     def acquire(self) -> bool:
         import psycopg

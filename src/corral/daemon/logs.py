@@ -9,24 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from corral.store.engine import MASK, mask_secrets
 from corral.untrusted import visible
 
-#: user:password@ in any URL (postgresql://ann:s3cret@db/...), and password=... in libpq strings.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?=@)")
-_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'[^']*'|\"[^\"]*\"|\S+)", re.IGNORECASE)
-MASK = "***"
+__all__ = ["MASK", "HumanFormatter", "JsonFormatter", "mask_secrets", "setup_logging"]
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
-
-
-def mask_secrets(text: str) -> str:
-    """Replace passwords in URLs and key=value connection strings by ***."""
-    text = _URL_PASSWORD.sub(lambda m: m["head"] + MASK, text)
-    return _KV_PASSWORD.sub(lambda m: m["head"] + MASK, text)
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:

@@ -215,17 +215,18 @@ class Daemon:
                 self.metrics.errors.labels("db_unreachable").inc()
                 self.metrics.cycles.labels("db_unreachable").inc()
                 log.error("database %s unreachable (%s: %s); retrying in %.0fs (attempt %d)",
-                          describe(self.store.url), type(err).__name__, _first_line(err), delay, self.backoff.failures)
+                          describe(self.store.url), type(err).__name__, self.store.masked(_first_line(err)), delay,
+                          self.backoff.failures)
                 return Tick("db_unreachable", error=str(err))
             if isinstance(err, StoreError):
                 delay = self.backoff.failed(time.monotonic())
                 self.metrics.errors.labels("store").inc()
                 self.metrics.cycles.labels("error").inc()
-                log.error("store not usable: %s; retrying in %.0fs", err, delay)
+                log.error("store not usable: %s; retrying in %.0fs", self.store.masked(str(err)), delay)
                 return Tick("error", error=str(err))
             self.metrics.errors.labels(type(err).__name__).inc()
             self.metrics.cycles.labels("error").inc()
-            log.exception("cycle failed (nothing of it was applied): %s", err)
+            log.exception("cycle failed (nothing of it was applied): %s", self.store.masked(str(err)))
             return Tick("error", error=str(err))
         if self.backoff.failures:
             log.info("database %s reachable again", describe(self.store.url))
@@ -326,7 +327,10 @@ class Daemon:
     # --- running ------------------------------------------------------------------------------
 
     def run_once(self) -> CycleResult:
-        """`corral run --once`: one cycle as the leader; raises instead of retrying."""
+        """`corral run --once`: one cycle as the leader; raises instead of retrying.  The
+        store is checked first, so a missing or unreachable one is said as every other
+        command says it (not as a failure to take the lock)."""
+        self.store.check()
         self.reload()
         try:
             if not self.leader.acquire():

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -23,17 +24,49 @@ WRITE = "corral_write"
 _POSTGRES_NAMES = {"postgres", "postgresql", "postgresql+psycopg2", "postgresql+psycopg"}
 
 
+#: user:password@ in any URL (postgresql://ann:s3cret@db/...).
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?=@)")
+#: password=... in libpq key=value strings and URL query strings (?password=..., &sslpassword=...).
+_KV_PASSWORD = re.compile(r"(?P<head>\b(?:ssl)?password\s*=\s*)(?P<secret>'[^']*'|\"[^\"]*\"|[^\s&;'\"]+)", re.IGNORECASE)
+MASK = "***"
+
+
+def mask_secrets(text: str) -> str:
+    """Every password a connection string can hold, as ***: in a URL's user part, in its
+    query (`?password=`), and in libpq's key=value form.  Every message and log line that
+    may quote a database's address goes through it."""
+    text = _URL_PASSWORD.sub(lambda m: m["head"] + MASK, text)
+    return _KV_PASSWORD.sub(lambda m: m["head"] + MASK, text)
+
+
+class BadUrl(ValueError):
+    """A database address corral cannot use; the message (no password in it) says why."""
+
+
 def normalise_url(url: str | URL) -> URL:
-    """Parse `url` and point PostgreSQL URLs at the psycopg 3 driver."""
-    parsed = make_url(url) if isinstance(url, str) else url
+    """Parse `url` and point PostgreSQL URLs at the psycopg 3 driver; BadUrl, with the
+    address masked, when it is no URL (a libpq key=value string, a port that is no number)."""
+    if isinstance(url, str):
+        if "://" not in url and "=" in url:
+            raise BadUrl(f"'{mask_secrets(url)}' is a libpq connection string; corral takes a URL: "
+                         "postgresql://USER@HOST:PORT/DATABASE (with the password in $PGPASSWORD or ~/.pgpass), "
+                         "or sqlite:///PATH")
+        try:
+            parsed = make_url(url)
+        except ValueError as err:  # SQLAlchemy's ArgumentError is one; a port like ':abc' raises int()'s
+            reason = "its port is not a number" if "int()" in str(err) else "it cannot be parsed"
+            raise BadUrl(f"'{mask_secrets(url)}' is not a database URL corral can use: {reason}; give "
+                         "sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE with --db or $CORRAL_DB") from None
+    else:
+        parsed = url
     if parsed.drivername in _POSTGRES_NAMES:
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
 
 
 def describe(url: URL) -> str:
-    """The URL for messages: never print a password."""
-    return url.render_as_string(hide_password=True)
+    """The URL for messages: never a password, in the user part or the query."""
+    return mask_secrets(url.render_as_string(hide_password=True))
 
 
 def make_engine(url: str | URL, *, busy_timeout: float = 30.0) -> Engine:

@@ -22,7 +22,7 @@ from corral.ports import ActionLog, ApplyReport, FarmChanges, LastActions, LogEn
 from corral.states import Kind
 from corral.store import changes, migrate
 from corral.store.apply import apply_transitions
-from corral.store.engine import WRITE, describe, make_engine, normalise_url
+from corral.store.engine import MASK, WRITE, BadUrl, describe, make_engine, mask_secrets, normalise_url
 from corral.store.rows import farm_rows, raw_rows, read_farm, timestamp_param, timestamp_parser
 from corral.store.tables import TABLE_ORDER, as_utc, table
 
@@ -59,11 +59,32 @@ class Store:
         try:
             parsed = normalise_url(url)
             return cls(make_engine(parsed, busy_timeout=busy_timeout), parsed)
+        except BadUrl as err:
+            raise StoreError(str(err)) from None
         except (ArgumentError, NoSuchModuleError) as err:
             raise StoreError(
-                f"'{url}' is not a database URL corral can use ({err}); "
+                f"'{mask_secrets(url)}' is not a database URL corral can use ({mask_secrets(str(err))}); "
                 "give sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE with --db or $CORRAL_DB"
             ) from None
+
+    def explain(self, err: BaseException) -> str:
+        """One line for a database error, with what to do, and no password in it."""
+        if isinstance(err, OperationalError):
+            orig = err.orig if err.orig is not None else err
+            reason = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+            return (f"cannot open {describe(self.url)}: {self.masked(reason)}. Check that the server is running and the "
+                    "host, port and database name are right (create the database with createdb), or that the SQLite "
+                    "file's folder exists")
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return f"database error on {describe(self.url)}: {type(err).__name__}: {self.masked(first)}"
+
+    def masked(self, text: str) -> str:
+        """`text` (a driver's message, say) with this store's password, and any other a
+        connection string in it holds, as ***."""
+        password = self.url.password
+        if password:
+            text = text.replace(str(password), MASK)
+        return mask_secrets(text)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -112,11 +133,7 @@ class Store:
             with self.engine.connect() as conn:
                 current = migrate.current_revision(conn)
         except OperationalError as err:
-            reason = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
-            raise StoreError(
-                f"cannot open {describe(self.url)}: {reason}. Check that the server is running and the host, port "
-                "and database name are right (create the database with createdb), or that the SQLite file's folder exists"
-            ) from None
+            raise StoreError(self.explain(err)) from None
         head = migrate.head_revision()
         if current is None:
             raise SchemaMissing(f"{describe(self.url)} has no corral tables yet: run `corral db init` first")
