@@ -344,3 +344,26 @@ def test_an_engine_killed_between_cycles_is_reported_and_the_next_cycle_runs_on_
         assert d.metrics.cycles.labels("engine_crash")._value.get() == 0  # no cycle was lost
     finally:
         d.close()
+
+
+def test_a_transition_is_logged_after_the_rows_that_caused_it(tmp_path: Path, sqlite_template: Path) -> None:
+    """The cycle's time is read once the farm has been read: a job the supervisor
+    submitted while the cycle was starting is acted on at a time after its submission,
+    so the log's order is the order things happened."""
+    shutil.copy(sqlite_template, tmp_path / "farm.db")
+    url = f"sqlite:///{tmp_path / 'farm.db'}"
+    start = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
+    ticks = iter(start + timedelta(seconds=s) for s in range(0, 1000, 5))  # each reading of the clock, 5 s on
+    farm = pending_farm(1)
+    farm.jobs[1].submitted_at = start + timedelta(seconds=2)  # written while the cycle was starting
+    load(url, farm)
+    d = make(url, write_rules(tmp_path / "rules"), clock=lambda: next(ticks))
+    try:
+        d.reload()
+        result = d.cycle()
+        assert result.report is not None and len(result.report.applied) == 1
+        with Store.open(url) as store:
+            (row,) = store.transitions()
+        assert row.at > farm.jobs[1].submitted_at and row.at == result.at
+    finally:
+        d.close()

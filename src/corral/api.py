@@ -352,8 +352,8 @@ class Corral:
 
     def plan(self, *, now: datetime | None = None) -> Plan:
         """The dry run: what the policies would do now, with reasons; nothing is written."""
-        return _run_cycle(self.store, self.session(), commit=False, now=now or self.clock()).plan
+        return _run_cycle(self.store, self.session(), commit=False, now=now, clock=self.clock).plan
 
     def run_cycle(self, *, now: datetime | None = None) -> CycleResult:
         """One cycle: evaluate, plan and apply with compare-and-set, logged with the cycle id."""
-        return _run_cycle(self.store, self.session(), commit=True, now=now or self.clock())
+        return _run_cycle(self.store, self.session(), commit=True, now=now, clock=self.clock)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import time
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -161,6 +161,7 @@ def run_cycle(
     now: datetime | None = None,
     due: Collection[str] | None = None,
     cycle_id: str | None = None,
+    clock: Callable[[], datetime] = utcnow,
 ) -> CycleResult:
     """Read, evaluate, plan; apply with compare-and-set when `commit` and not paused.
 
@@ -168,20 +169,27 @@ def run_cycle(
     corral is paused (`corral pause`) the cycle runs and reports but applies nothing.
     A dry run of a session that holds no farm in memory reads the store whole and
     writes nothing; otherwise the session's farm is brought up to date (`Session.refresh`).
+
+    The cycle's time (`now`, unless given) is read from `clock` once the farm has been
+    read: the facts are evaluated as of then, and every transition is logged at then
+    (its `at`), so each comes after the rows that caused it were written.  (Taken before
+    the read, a transition could be stamped seconds before the submission of its own
+    job.)  A simulation or a test gives `now` and fixes it.
     """
-    now = now or utcnow()
-    cycle_id = cycle_id or new_cycle_id(now)
     t0 = time.perf_counter()
     if commit or session.keep_live or session.live is not None:
         try:
             with collector_paused():
-                live, dirty, last = session.refresh(store, now - session.policy_set.history_window)
-                return _cycle(store, session, live, dirty, commit=commit, now=now, due=due, cycle_id=cycle_id,
-                              t0=t0, last_read=last)
+                read_from = (now or clock()) - session.policy_set.history_window
+                live, dirty, last = session.refresh(store, read_from)
+                return _cycle(store, session, live, dirty, commit=commit, now=now or clock(), due=due,
+                              cycle_id=cycle_id, t0=t0, last_read=last)
         except BaseException:
             session.forget()
             raise
-    return _cycle(store, session, None, None, commit=commit, now=now, due=due, cycle_id=cycle_id, t0=t0)
+    farm = store.read_farm()
+    return _cycle(store, session, None, None, commit=commit, now=now or clock(), due=due, cycle_id=cycle_id, t0=t0,
+                  farm=farm)
 
 
 def _cycle(
@@ -193,18 +201,21 @@ def _cycle(
     commit: bool,
     now: datetime,
     due: Collection[str] | None,
-    cycle_id: str,
+    cycle_id: str | None,
     t0: float,
     last_read: Cooldowns | None = None,
+    farm: Farm | None = None,
 ) -> CycleResult:
-    """`last_read`: the cooldowns, when the read that brought the farm up to date read them."""
+    """`last_read`: the cooldowns, when the read that brought the farm up to date read
+    them; `farm`: the farm read whole (without a live farm)."""
     policy_set = session.policy_set
+    cycle_id = cycle_id or new_cycle_id(now)
     timings: dict[str, float] = {}
     if live is not None and dirty is not None:
         farm = live.farm
         facts = sum(len(ids) for ids in dirty.values())
     else:
-        farm = store.read_farm()
+        assert farm is not None
         facts = len(farm.jobs) + len(farm.instances) + len(farm.workers) + sum(len(j.frames) for j in farm.jobs.values())
     last = last_read if last_read is not None else Cooldowns(store.last_actions(now - policy_set.history_window))
     t1 = time.perf_counter()

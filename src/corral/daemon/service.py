@@ -271,7 +271,7 @@ class Daemon:
         scheduled = self.schedules.scheduled()
         due = {p.name for p in policy_set.policies if p.name not in scheduled} | self.schedules.due(now)
         log.debug("cycle starting", extra={"due": len(due)})
-        result = run_cycle(self.store, self.session, commit=True, now=now, due=due)
+        result = run_cycle(self.store, self.session, commit=True, due=due, clock=self.clock)
         if result.committed and not result.paused:
             for name, at in self.schedules.fired(due & scheduled, now).items():
                 self.store.set_setting(self.prefix + name, at.isoformat())
