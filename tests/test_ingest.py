@@ -141,6 +141,12 @@ BAD = {
     line(id="b8", type="job_submitted", job={"name": "x", "frames": "5-1"}): "range 5-1 runs backwards",
     line(id="b9", type="frame_started", job=11, frame=1, host="n1", at="yesterday"): "at: Input should be a valid datetime",
     line(type="worker_up", host="n1"): "id: required field is missing",
+    # the hardening audit's: one line nested a thousand deep once ended the whole file, and
+    # wrong JSON types were taken by coercion
+    '{"id": "b10", "type": "worker_up", "host": ' + "[" * 1000 + "]" * 1000 + "}": "nested more than 32 levels deep",
+    line(id="b11", type="frame_failed", job=True, frame=1, exit_code=1): "job: Input should be a valid integer",
+    line(id="b12", type="frame_failed", job=11, frame=1, exit_code="0"): "exit_code: Input should be a valid integer",
+    line(id="b13\u0000", type="worker_up", host="n1"): "id: holds the control character",
 }
 
 

@@ -28,6 +28,14 @@ from corral.states import (
     derive_job_state,
 )
 
+#: The largest id, frame number or count a farm may hold: the store's integer columns.
+MAX_INT = 2**31 - 1
+#: A job may not have more frames than this: a typo like 1-99999999 would otherwise fill
+#: the memory and then the disk.
+MAX_FRAMES = 1_000_000
+#: The longest name (a job's, a host's, an instance id): the store's text columns.
+MAX_NAME = 255
+
 
 def utcnow() -> datetime:
     """The one clock the shell reads; the core is always handed `now`."""

@@ -33,10 +33,12 @@ from pydantic import (
     WithJsonSchema,
 )
 
-#: The largest id or frame number the store's integer columns hold.
-MAX_INT = 2**31 - 1
-#: A job may not have more frames than this (a typo like 1-10000000 would otherwise fill the disk).
-MAX_FRAMES = 1_000_000
+from corral.farm import MAX_FRAMES, MAX_INT, MAX_NAME
+from corral.untrusted import no_controls
+
+#: How deep a line's JSON may nest (an event is two levels deep): a deeper one is a bad
+#: line, not a RecursionError that ends the whole file.
+MAX_JSON_DEPTH = 32
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -99,10 +101,12 @@ Stamp = Annotated[
     AfterValidator(_utc),
     Field(description="ISO 8601 (e.g. 2024-06-01T12:00:00Z); no zone means UTC; absent: the time of ingest"),
 ]
-JobId = Annotated[int, Field(ge=0, le=MAX_INT, description="the supervisor's job id")]
-FrameNo = Annotated[int, Field(ge=0, le=MAX_INT, description="frame number")]
-Name = Annotated[str, Field(min_length=1, max_length=255)]
-ExitCode = Annotated[int, Field(ge=-(2**31), le=MAX_INT)]
+# Numbers are strict: `"job": true` or `"exit_code": "0"` is a supervisor's bug to report,
+# not a value to guess at.
+JobId = Annotated[int, Field(strict=True, ge=0, le=MAX_INT, description="the supervisor's job id")]
+FrameNo = Annotated[int, Field(strict=True, ge=0, le=MAX_INT, description="frame number")]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(no_controls)]
+ExitCode = Annotated[int, Field(strict=True, ge=-(2**31), le=MAX_INT)]
 FrameList = Annotated[
     list[FrameNo],
     BeforeValidator(_frames),
@@ -139,14 +143,14 @@ class JobSpec(_Model):
         "Absent: corral picks the next free id (the smallest above every stored job)",
     )
     name: Name
-    priority: Annotated[int, Field(ge=-(2**31), le=MAX_INT)] = 50
+    priority: Annotated[int, Field(strict=True, ge=-(2**31), le=MAX_INT)] = 50
     state: SubmitState = Field(
         default=SubmitState.PENDING,
         description="pending (may start at once) or blocked (held until unblocked, usually once its dependencies complete)",
     )
     frames: FrameList
     depends_on: list[JobId] = Field(default_factory=list, description="ids of the jobs this job waits on")
-    retry_limit: Annotated[int, Field(ge=0, le=MAX_INT)] = Field(
+    retry_limit: Annotated[int, Field(strict=True, ge=0, le=MAX_INT)] = Field(
         default=0, description="how many times automation may retry the job (and each frame)"
     )
 
@@ -287,7 +291,26 @@ def parse_line(text: str) -> Event:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise BadEvent(f"not JSON: {err.msg} at column {err.colno}") from None
+    except RecursionError:
+        raise BadEvent(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    if _deeper_than(data, MAX_JSON_DEPTH):
+        raise BadEvent(f"nested more than {MAX_JSON_DEPTH} levels deep")
     return validate_event(data)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest more than `limit` levels in a parsed JSON value
+    (walked without recursion: the value may be as deep as the parser allowed)."""
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth + 1 > limit:
+            return True
+        todo.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _json_kind(value: Any) -> str:

@@ -214,7 +214,7 @@ def ingest_lines(
 def _peek_id(text: str) -> str | None:
     try:
         data = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return None
     value = data.get("id") if isinstance(data, dict) else None
     return value if isinstance(value, str) else None

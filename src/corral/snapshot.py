@@ -20,9 +20,10 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
+from corral.farm import MAX_FRAMES, MAX_INT, MAX_NAME, Farm, Frame, FrameRun, Instance, Job, Worker
 from corral.states import FrameState, Hold, InstanceState, JobState, WorkerState, hold_for_state
-from corral.yamlpos import Pos, PosDict, PosList, YamlError, load_text
+from corral.untrusted import no_controls
+from corral.yamlpos import Pos, PosDict, PosList, YamlError, load_text, read_text
 
 
 class SnapshotError(Exception):
@@ -41,9 +42,11 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 Stamp = Annotated[datetime | None, AfterValidator(_utc), Field(description="ISO 8601; no zone means UTC")]
-Count = Annotated[int, Field(strict=True, ge=0)]
-FrameRef = Annotated[str, Field(pattern=r"^\d+:\d+$", description="JOB:FRAME, e.g. 12:1001")]
-Name = Annotated[str, Field(min_length=1)]
+Count = Annotated[int, Field(strict=True, ge=0, le=MAX_INT)]
+Int = Annotated[int, Field(strict=True, ge=-MAX_INT - 1, le=MAX_INT)]
+FrameRef = Annotated[str, Field(pattern=r"^\d{1,10}:\d{1,10}$", description="JOB:FRAME, e.g. 12:1001")]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(no_controls)]
+Text = Annotated[str, Field(max_length=MAX_NAME), AfterValidator(no_controls)]
 
 
 class _Model(BaseModel):
@@ -53,10 +56,10 @@ class _Model(BaseModel):
 class RunModel(_Model):
     """A finished attempt at a frame (history: failure counts per host come from these)."""
 
-    host: str | None = None
-    instance: str | None = None
+    host: Text | None = None
+    instance: Text | None = None
     state: FrameState
-    exit_code: Annotated[int, Field(strict=True)] | None = None
+    exit_code: Int | None = None
     started_at: Stamp = None
     finished_at: Stamp = None
 
@@ -65,13 +68,13 @@ class FrameModel(_Model):
     """One frame, or with `range` ("1-100") many frames that share every other field."""
 
     number: Count | None = None
-    range: Annotated[str, Field(pattern=r"^\d+-\d+$", description="FIRST-LAST, inclusive")] | None = None
+    range: Annotated[str, Field(pattern=r"^\d{1,10}-\d{1,10}$", description="FIRST-LAST, inclusive")] | None = None
     state: FrameState = FrameState.PENDING
-    host: str | None = None
-    instance: str | None = None
+    host: Text | None = None
+    instance: Text | None = None
     attempts: Count = 0
     retries: Count = 0
-    exit_code: Annotated[int, Field(strict=True)] | None = None
+    exit_code: Int | None = None
     started_at: Stamp = None
     finished_at: Stamp = None
     state_since: Stamp = None
@@ -86,7 +89,17 @@ class FrameModel(_Model):
             first, last = (int(x) for x in self.range.split("-"))
             if first > last:
                 raise ValueError(f"range {self.range} runs backwards")
+            if last > MAX_INT:
+                raise ValueError(f"range {self.range} goes past the largest frame number, {MAX_INT}")
+            if last - first + 1 > MAX_FRAMES:
+                raise ValueError(f"range {self.range} is {last - first + 1:,} frames; a job has at most {MAX_FRAMES:,}")
         return self
+
+    def count(self) -> int:
+        if self.range is None:
+            return 1
+        first, last = (int(x) for x in self.range.split("-"))
+        return last - first + 1
 
     def numbers(self) -> list[int]:
         if self.number is not None:
@@ -108,12 +121,12 @@ class JobModel(_Model):
 
     id: Count
     name: Name
-    priority: Annotated[int, Field(strict=True)] = 50
+    priority: Int = 50
     state: JobState | None = Field(
         default=None, description="omit to derive; blocked and killed are holds a person or policy put on the job"
     )
     suspended: bool = Field(default=False, description="suspended jobs show as pending until unblocked")
-    blocked_by: str | None = Field(default=None, description="who blocked the job (user:NAME, or a policy)")
+    blocked_by: Text | None = Field(default=None, description="who blocked the job (user:NAME, or a policy)")
     retry_limit: Count = 0
     retries: Count = 0
     submitted_at: Stamp = None
@@ -179,6 +192,8 @@ class _Errors:
 
     def add(self, path: Path_, message: str, *, key: bool = False) -> None:
         pos = _place(self.root, path, key=key)
+        if pos is None and not path:  # the document itself (a number, a list): it starts at the start
+            pos = Pos(self.source, 1, 1)
         where = str(pos) if pos else self.source
         line, col = (pos.line, pos.column) if pos else (0, 0)
         self.items.append((line, col, f"{where}: {_path_text(path)}: {message}"))
@@ -274,6 +289,10 @@ ParsedJob = tuple[int, JobModel, list[tuple[int, FrameModel]], list[tuple[int, I
 
 def _parse_job(errors: _Errors, at: Path_, raw: Any) -> ParsedJob | None:
     frames = _valid(errors, (*at, "frames"), _items(errors, raw, (*at, "frames")), FrameModel)
+    total = sum(fm.count() for _, fm in frames)
+    if total > MAX_FRAMES:
+        errors.add((*at, "frames"), f"the job has {total:,} frames; a job has at most {MAX_FRAMES:,}")
+        frames = []  # (not expanded: a million and more frame objects for an error)
     instances = _valid(errors, (*at, "instances"), _items(errors, raw, (*at, "instances")), InstanceModel)
     header = {k: v for k, v in raw.items() if k not in ("frames", "instances")} if isinstance(raw, dict) else raw
     try:
@@ -297,9 +316,10 @@ def _raw_frames(data: Any) -> dict[Any, set[Any]]:
             if isinstance(frame, dict):
                 numbers.add(frame.get("number"))
                 text = frame.get("range")
-                if isinstance(text, str) and re.fullmatch(r"\d+-\d+", text):
+                if isinstance(text, str) and re.fullmatch(r"\d{1,10}-\d{1,10}", text):
                     first, last = (int(x) for x in text.split("-"))
-                    numbers.update(range(first, last + 1))
+                    if 0 <= last - first < MAX_FRAMES:  # a longer range is an error of its own
+                        numbers.update(range(first, last + 1))
     return out
 
 
@@ -435,9 +455,11 @@ def load_snapshot_file(path: str | Path) -> Farm:
     """YAML or JSON (by suffix, else by the first character), errors with positions."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except OSError as err:
         raise SnapshotError([f"{path}: cannot read: {err.strerror}"]) from None
+    except YamlError as err:
+        raise SnapshotError([str(err)]) from None
     return parse_snapshot(read_document(text, str(path), json_=_is_json(path, text)), str(path))
 
 
@@ -460,6 +482,8 @@ def read_document(text: str, source: str, *, json_: bool = False) -> Any:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise SnapshotError([f"{source}:{err.lineno}:{err.colno}: JSON syntax error: {err.msg}"]) from None
+    except RecursionError:
+        raise SnapshotError([f"{source}:1:1: nested too deep"]) from None
     try:
         with_pos = load_text(text, source)
     except YamlError:

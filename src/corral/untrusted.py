@@ -17,6 +17,16 @@ import re
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def no_controls(text: str) -> str:
+    """`text` as it is, or ValueError when it holds a control character: a name (of a job,
+    a host, an instance, an event) is written by a program, and one that holds a NUL or
+    an escape is a bug in it (PostgreSQL refuses NUL in text outright)."""
+    found = _CONTROL.search(text)
+    if found:
+        raise ValueError(f"holds the control character {_escape(found)} at {found.start() + 1}: names are plain text")
+    return text
+
+
 def _escape(match: re.Match[str]) -> str:
     return repr(match.group())[1:-1]
 

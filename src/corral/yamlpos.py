@@ -65,10 +65,68 @@ def _pos(file: str, node: yaml.Node) -> Pos:
     return Pos(file, mark.line + 1, mark.column + 1)
 
 
+#: How deep mappings and lists may nest: a policy needs a handful of levels, a snapshot
+#: four; far deeper is a mistake or an attack (Python's recursion would end it, later).
+MAX_DEPTH = 64
+#: How many values a document may grow to through aliases (`*name` repeats what `&name`
+#: marked, without copying it): at most this many beyond the values written out, then at
+#: most ten times those.  A "billion laughs" file of 70 values that expands to millions is
+#: refused at the alias that crosses the line.
+ALIAS_ALLOWANCE = 10_000
+
+
 class _PositionLoader(yaml.SafeLoader):
-    """SafeLoader whose containers carry positions (safe: it constructs plain data only)."""
+    """SafeLoader whose containers carry positions (safe: it constructs plain data only),
+    with bounds on nesting and on what aliases expand to."""
 
     filename = "<string>"
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._written = 0  # values written out (nodes composed from events, not aliases)
+        self._sizes: dict[int, int] = {}  # id(node) -> values it stands for, aliases expanded
+        self._expanded = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            node = super().compose_node(parent, index)
+            self._grow(self._sizes.get(id(node), 1), event.start_mark)
+            return node
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
+                                              self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if node is not None:
+            self._written += 1
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            self._sizes[id(node)] = 1 + sum(self._sizes.get(id(c), 1) for c in children)
+            self._grow(1, node.start_mark)
+        return node
+
+    def _grow(self, values: int, mark: Any) -> None:
+        self._expanded += values
+        if self._expanded > max(ALIAS_ALLOWANCE + self._written, 10 * self._written) and values > 1:
+            raise yaml.composer.ComposerError(
+                None, None, f"this alias makes the document more than {self._expanded:,} values long, far more than "
+                "it writes out; write the values, or use fewer nested aliases", mark)
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        """A date or time YAML reads as one; an impossible one (2026-02-30) is an error here."""
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as err:
+            raise yaml.constructor.ConstructorError(None, None, f"'{node.value}' is not a real date or time: {err}",
+                                                    node.start_mark) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> PosDict:  # type: ignore[override]
         self.flatten_mapping(node)
@@ -101,14 +159,29 @@ class _PositionLoader(yaml.SafeLoader):
 
 _PositionLoader.add_constructor("tag:yaml.org,2002:map", _PositionLoader.construct_mapping)
 _PositionLoader.add_constructor("tag:yaml.org,2002:seq", _PositionLoader.construct_sequence)
+_PositionLoader.add_constructor("tag:yaml.org,2002:timestamp", _PositionLoader.construct_yaml_timestamp)
+
+
+def text_pos(filename: str, text: str, offset: int) -> Pos:
+    """The line and column of a character offset in `text`."""
+    line = text.count("\n", 0, offset) + 1
+    return Pos(filename, line, offset - (text.rfind("\n", 0, offset) + 1) + 1)
 
 
 def load_text(text: str, filename: str = "<string>") -> Any:
-    """Parse one YAML document safely, keeping positions; YamlError on bad syntax."""
-    loader = _PositionLoader(text)
-    loader.filename = filename
+    """Parse one YAML document safely, keeping positions; YamlError on bad syntax, on a
+    character YAML does not allow (NUL, most control characters), on nesting deeper than
+    MAX_DEPTH and on aliases that expand far beyond the document."""
+    loader: _PositionLoader | None = None
     try:
+        loader = _PositionLoader(text)  # the reader checks every character here
+        loader.filename = filename
         return loader.get_single_data()
+    except yaml.reader.ReaderError as err:
+        shown = repr(chr(err.character)) if isinstance(err.character, int) else repr(err.character)
+        raise YamlError(text_pos(filename, text, err.position),
+                        f"the character {shown} is not allowed in YAML: remove it (or quote it as an escape in "
+                        "double quotes, e.g. \"\\t\")") from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         pos = Pos(filename, mark.line + 1, mark.column + 1) if mark else Pos(filename, 1, 1)
@@ -116,13 +189,27 @@ def load_text(text: str, filename: str = "<string>") -> Any:
         raise YamlError(pos, f"YAML syntax error: {problem}") from None
     except yaml.YAMLError as err:
         raise YamlError(Pos(filename, 1, 1), f"YAML error: {err}") from None
+    except RecursionError:  # a construct deeper than MAX_DEPTH allows got past the composer
+        raise YamlError(Pos(filename, 1, 1), f"nested more than {MAX_DEPTH} levels deep") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def read_text(path: str | Path) -> str:
+    """A file's text as UTF-8; YamlError at the line and column of a byte that is not."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        before = data[: err.start].decode("utf-8", errors="replace")
+        raise YamlError(text_pos(str(path), before, len(before)),
+                        f"byte {data[err.start]:#04x} is not UTF-8: save the file as UTF-8") from None
 
 
 def load_file(path: str | Path) -> Any:
-    path = Path(path)
-    return load_text(path.read_text(encoding="utf-8"), str(path))
+    return load_text(read_text(path), str(path))
 
 
 def position(container: Any, key: str | int | None = None) -> Pos | None:
