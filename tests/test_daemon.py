@@ -360,6 +360,7 @@ def test_a_transition_is_logged_after_the_rows_that_caused_it(tmp_path: Path, sq
     d = make(url, write_rules(tmp_path / "rules"), clock=lambda: next(ticks))
     try:
         d.reload()
+        assert d.leader.acquire()
         result = d.cycle()
         assert result.report is not None and len(result.report.applied) == 1
         with Store.open(url) as store:

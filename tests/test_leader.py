@@ -1,64 +1,81 @@
-"""One active daemon per store: the lock, and a standby taking over from a daemon killed with SIGKILL."""
+"""One active daemon per store, held by a lease: exclusive, renewed, fenced, and given up
+or lost however the leader stops (killed, frozen with SIGSTOP, or cut off by a network
+gone silent), with a standby taking over within two intervals (corral.daemon.leader)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import stat
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from corral.daemon.leader import AdvisoryLock, FileLock, LeaderError, NoLock, leadership_for
-from corral.store import SchemaMissing, Store
-from corral.store.engine import normalise_url
+from corral.daemon.leader import Lease, LeaseLost
+from corral.daemon.service import Daemon, DaemonConfig
+from corral.store import Store
 from daemon_helpers import corral, kill_group, load, log_has, pending_farm, stop, wait_for, write_rules
 
 
-def test_the_lock_fits_the_store(tmp_path: Path) -> None:
-    assert isinstance(leadership_for(f"sqlite:///{tmp_path / 'a.db'}"), FileLock)
-    assert isinstance(leadership_for("sqlite://"), NoLock)
-    assert isinstance(leadership_for("postgresql://u:p@localhost/db"), AdvisoryLock)
+def test_a_lease_excludes_a_second_holder_until_it_runs_out_or_is_given_up(store: Store) -> None:
+    store.init()
+    token = store.take_lease("a", 0.5)
+    assert token is not None and store.lease_state().alive and store.lease_state().holder == "a"
+    assert store.take_lease("b", 0.5) is None
+    assert store.renew_lease("a", token, 0.5) and not store.renew_lease("b", token, 0.5)
+    time.sleep(0.7)
+    assert not store.lease_state().alive
+    assert not store.renew_lease("a", token, 0.5)  # run out: renewing is no longer proof
+    token_b = store.take_lease("b", 5)
+    assert token_b is not None and token_b > token
+    store.give_up_lease("b", token_b)
+    assert not store.lease_state().alive and store.take_lease("c", 5) is not None
 
 
-def test_a_file_lock_excludes_a_second_holder_until_released(tmp_path: Path) -> None:
-    first, second = FileLock(tmp_path / "a.db.lock"), FileLock(tmp_path / "a.db.lock")
-    assert first.acquire() and first.check()
-    assert not second.acquire()
-    first.release()
-    assert second.acquire()
-    second.release()
+def test_a_daemon_that_lost_its_lease_writes_nothing(store: Store) -> None:
+    """The fence: every writing transaction of the leader's store proves the lease first."""
+    store.init()
+    lease = Lease(store, "a", ttl=2)
+    try:
+        assert lease.acquire()
+        store.set_setting("k", "one")  # held: the write goes through
+        store.give_up_lease("a", lease.token or 0)  # as if it ran out, and...
+        with Store.open(store.url.render_as_string(hide_password=False)) as other:
+            assert other.take_lease("b", 30) is not None  # ...another daemon took it
+        with pytest.raises(LeaseLost):
+            store.set_setting("k", "two")
+        assert not lease.check()
+        assert store.get_setting("k") == "one"
+    finally:
+        lease.release()
 
 
-def test_the_lock_file_is_the_daemon_user_s_alone(tmp_path: Path) -> None:
-    """flock works on a descriptor opened only for reading: a lock file others can read
-    would let any local user keep every daemon waiting as a standby."""
-    lock = FileLock(tmp_path / "a.db.lock")
-    assert lock.acquire()
-    assert stat.S_IMODE((tmp_path / "a.db.lock").stat().st_mode) == 0o600
-    lock.release()
-    old = tmp_path / "old.db.lock"  # what an older corral made
-    old.touch(mode=0o644)
-    old.chmod(0o644)
-    lock = FileLock(old)
-    assert lock.acquire() and stat.S_IMODE(old.stat().st_mode) == 0o600
-    lock.release()
+def test_a_leader_that_cannot_renew_stops_acting_within_its_lease(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renewal that hangs (a network gone silent) is no proof: `check` fails once the
+    lease's time has passed on the leader's own clock, even with the call still hanging."""
+    store.init()
+    lease = Lease(store, "a", ttl=2)
+    hang = threading.Event()
 
+    def renew_hangs(*args: object) -> bool:
+        hang.wait(30)
+        return False
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
-def test_a_lock_file_another_user_owns_is_refused(tmp_path: Path) -> None:
-    planted = tmp_path / "a.db.lock"
-    planted.touch(mode=0o666)
-    os.chown(planted, 12345, 12345)
-    with pytest.raises(LeaderError, match="belongs to another user"):
-        FileLock(planted).acquire()
-
-
-def test_no_lock_file_is_left_beside_a_store_that_does_not_exist(tmp_path: Path) -> None:
-    lock = leadership_for(f"sqlite:///{tmp_path / 'missing.db'}")
-    with pytest.raises(SchemaMissing, match="run `corral db init`"):
-        lock.acquire()
-    assert list(tmp_path.iterdir()) == []
+    try:
+        assert lease.acquire() and lease.check()
+        monkeypatch.setattr(store, "renew_lease", renew_hangs)
+        time.sleep(1.0)
+        assert lease.check()  # within its lease: still the leader
+        wait_for(lambda: not lease.check(), 5, what="the leader to give up a lease it cannot renew")
+    finally:
+        hang.set()
+        lease.release()
 
 
 def test_a_store_corral_makes_is_its_user_s_alone(tmp_path: Path) -> None:
@@ -68,58 +85,154 @@ def test_a_store_corral_makes_is_its_user_s_alone(tmp_path: Path) -> None:
     assert modes["farm.db"] == 0o600 and all(mode == 0o600 for mode in modes.values()), modes
 
 
-@pytest.mark.postgres
-def test_an_advisory_lock_excludes_a_second_session_and_dies_with_its_connection(postgres_url: str) -> None:
-    first, second = AdvisoryLock(normalise_url(postgres_url)), AdvisoryLock(normalise_url(postgres_url))
-    try:
-        assert first.acquire() and first.check()
-        assert not second.acquire()
-        first._conn.close()  # the session ends as if the daemon died: the server releases the lock
-        assert not first.check()
-        wait_for(second.acquire, 10, what="the server to end the session (asynchronous) and free the lock")
-    finally:
-        first.release()
-        second.release()
+def test_run_once_on_a_missing_store_says_so_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "corral", "run", "--once"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1 and "run `corral db init`" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
-def _takeover(url: str, tmp_path: Path) -> None:
+# --- takeover, however the leader stops --------------------------------------------------
+
+ARGS = ("--only-rules", "--interval", "1", "--engine", "reference", "--no-isolate")
+
+
+def _two_daemons(url: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], Path, Path]:
     load(url, pending_farm(3))
     rules = write_rules(tmp_path / "rules")
-    args = ("run", "--db", url, "--rules", str(rules), "--only-rules", "--interval", "0.3", "--engine", "reference",
-            "--no-isolate")
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
-    a = corral(*args, log=log_a)
-    b = None
-    try:
-        wait_for(log_has(log_a, "3 applied"), 30, what="the first daemon to lead and apply")
-        b = corral(*args, log=log_b)
-        wait_for(log_has(log_b, "standby:"), 30, what="the second daemon to stand by")
-        assert "leader:" not in log_b.read_text()
-        load(url, pending_farm(2, start=100))  # work only the survivor will do
-        a.send_signal(signal.SIGKILL)
-        a.wait(10)
-        wait_for(log_has(log_b, "2 applied"), 10, what="the standby to take over within an interval or so")
-        assert "leader:" in log_b.read_text()
-        assert stop(b, signal.SIGTERM) == 0
-    finally:
-        kill_group(a)
-        if b is not None:
-            kill_group(b)
+    a = corral("run", "--db", url, "--rules", str(rules), *ARGS, log=log_a)
+    wait_for(log_has(log_a, "3 applied"), 30, what="the first daemon to lead and apply")
+    b = corral("run", "--db", url, "--rules", str(rules), *ARGS, log=log_b)
+    wait_for(log_has(log_b, "standby:"), 30, what="the second daemon to stand by")
+    assert "leader:" not in log_b.read_text()
+    return a, b, log_a, log_b
+
+
+def _each_job_blocked_once(url: str) -> None:
     with Store.open(url) as store:
         log = store.transitions()
     assert sorted(int(t.entity_id) for t in log) == [1, 2, 3, 100, 101], "each job blocked once, by exactly one daemon"
 
 
-def test_a_standby_takes_over_from_a_killed_daemon_sqlite(tmp_path: Path, sqlite_template: Path) -> None:
-    import shutil
+@pytest.mark.parametrize("how", ["SIGKILL", pytest.param("SIGSTOP", marks=pytest.mark.slow)])
+def test_a_standby_takes_over_within_two_intervals_however_the_leader_stops(
+        store_url: str, tmp_path: Path, how: str) -> None:
+    """Killed, or frozen and later thawed: the standby acts within two intervals (a lease
+    of 2 s, the shortest, and an interval of 1 s here: 3 s), and a thawed leader, whose
+    lease another daemon now holds, stands by instead of acting."""
+    a, b, log_a, log_b = _two_daemons(store_url, tmp_path)
+    try:
+        _add_jobs(store_url)
+        stopped = time.monotonic()
+        a.send_signal(signal.SIGKILL if how == "SIGKILL" else signal.SIGSTOP)
+        wait_for(log_has(log_b, "2 applied"), 15, what="the standby to take over")
+        took = time.monotonic() - stopped
+        assert took < 3 + 3, f"took {took:.1f} s: the bound is a lease (2 s) and an interval (1 s), and a tick"
+        assert "leader:" in log_b.read_text()
+        if how == "SIGSTOP":
+            a.send_signal(signal.SIGCONT)
+            wait_for(log_has(log_a, "lost the daemon lease"), 15, what="the thawed leader to find its lease gone")
+            time.sleep(2)
+            assert a.poll() is None and "2 applied" not in log_a.read_text()
+        assert stop(b, signal.SIGTERM) == 0
+    finally:
+        kill_group(a)
+        kill_group(b)
+    _each_job_blocked_once(store_url)
 
-    shutil.copy(sqlite_template, tmp_path / "farm.db")
-    url = f"sqlite:///{tmp_path / 'farm.db'}"
-    _takeover(url, tmp_path)
+
+def _add_jobs(url: str) -> None:
+    """Work only the survivor will do (added, not replacing the farm)."""
+    with Store.open(url) as store:
+        store.load_farm(pending_farm(2, start=100), replace=False)
+
+
+class _Proxy:
+    """A TCP relay to PostgreSQL that can go silent: it stops passing bytes either way
+    without closing anything, as a network that black-holes packets does."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.silent = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            while self.silent.is_set():
+                time.sleep(0.05)  # held, never delivered
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
 
 
 @pytest.mark.postgres
-def test_a_standby_takes_over_from_a_killed_daemon_postgres(tmp_path: Path, store_url: str) -> None:
+def test_a_leader_cut_off_by_a_silent_network_is_replaced_within_two_intervals(
+        store_url: str, tmp_path: Path) -> None:
     if not store_url.startswith("postgresql"):
-        pytest.skip("the SQLite case has its own test")
-    _takeover(store_url, tmp_path)
+        pytest.skip("PostgreSQL only: SQLite is a local file")
+    from sqlalchemy.engine import make_url
+
+    load(store_url, pending_farm(3))
+    proxy = _Proxy(make_url(store_url).port or 5432)
+    via_proxy = make_url(store_url).set(port=proxy.port).render_as_string(hide_password=False)
+    rules = write_rules(tmp_path / "rules")
+    config = {"paths": [rules], "interval": 1.0, "engine": "reference", "isolate": False}
+    leader, standby = Daemon(DaemonConfig(db_url=via_proxy, **config)), Daemon(DaemonConfig(db_url=store_url, **config))
+    stuck: threading.Thread | None = None
+    try:
+        assert leader.tick().outcome == "ok" and standby.tick().outcome == "standby"
+        _add_jobs(store_url)
+        proxy.silent.set()
+        started = time.monotonic()
+        stuck = threading.Thread(target=leader.tick, daemon=True)  # its cycle hangs on the silent network
+        stuck.start()
+        while standby.tick().outcome != "ok":
+            assert time.monotonic() - started < 8, "no takeover"
+            time.sleep(0.25)
+        took = time.monotonic() - started
+        assert took < 3 + 1.5, f"took {took:.1f} s: the bound is a lease (2 s) and an interval (1 s)"
+        assert not leader.leader.check()  # it cannot prove its lease: it does not act
+    finally:
+        proxy.silent.clear()
+        if stuck is not None:
+            stuck.join(30)
+        leader.close()
+        standby.close()
+        proxy.server.close()
+    _each_job_blocked_once(store_url)
+
+
+def test_a_daemon_status_says_whether_a_daemon_leads_now(tmp_path: Path, sqlite_template: Path) -> None:
+    shutil.copy(sqlite_template, tmp_path / "farm.db")
+    url = f"sqlite:///{tmp_path / 'farm.db'}"
+    d = Daemon(DaemonConfig(db_url=url, paths=[write_rules(tmp_path / "rules")], engine="reference", isolate=False))
+    status = [sys.executable, "-m", "corral", "daemon-status", "--db", url]
+    try:
+        assert d.tick().outcome == "ok"
+        alive = subprocess.run(status, capture_output=True, text=True, timeout=60).stdout
+        assert f"leader: {d.holder} since" in alive and "alive" in alive
+    finally:
+        d.close()
+    gone = subprocess.run(status, capture_output=True, text=True, timeout=60).stdout
+    assert "leader: none" in gone and d.holder in gone, gone
+    assert os.path.exists(tmp_path / "farm.db")

@@ -119,12 +119,13 @@ def resume(db: DbOption = None) -> None:
 
 def daemon_status(db: DbOption = None, as_json: JsonOption = False) -> None:
     """Whether corral is paused (by whom, why), which daemon leads, and its last cycle."""
-    from corral.daemon.service import HEARTBEAT_SETTING, LEADER_SETTING
+    from corral.daemon.service import HEARTBEAT_SETTING
     from corral.store.store import StoreError
 
     try:
         with _open(db) as store:
-            values = {k: store.get_setting(k) for k in (*PAUSE_KEYS, LEADER_SETTING, HEARTBEAT_SETTING)}
+            values = {k: store.get_setting(k) for k in (*PAUSE_KEYS, HEARTBEAT_SETTING)}
+            lease = store.lease_state()
     except StoreError as err:
         fail(str(err))
 
@@ -140,7 +141,12 @@ def daemon_status(db: DbOption = None, as_json: JsonOption = False) -> None:
         "paused_by": values["paused_by"] if values["paused"] == "1" else None,
         "paused_at": values["paused_at"] if values["paused"] == "1" else None,
         "paused_reason": values["paused_reason"] if values["paused"] == "1" else None,
-        "leader": parsed(LEADER_SETTING),
+        "leader": {
+            "alive": lease.alive,  # a daemon holds the store's lease now
+            "holder": lease.holder,
+            "since": _iso(lease.since),
+            "expires": _iso(lease.expires),
+        } if lease.holder else None,
         "last_cycle": parsed(HEARTBEAT_SETTING),
     }
     if as_json:
@@ -152,13 +158,23 @@ def daemon_status(db: DbOption = None, as_json: JsonOption = False) -> None:
     else:
         console.print("active (not paused)")
     leader, last = data["leader"], data["last_cycle"]
-    console.print(visible(f"leader: {leader['holder']} since {leader['since']}") if leader else "leader: none recorded",
-                  highlight=False)
+    if leader and leader["alive"]:
+        console.print(visible(f"leader: {leader['holder']} since {leader['since']} (alive: its lease runs to "
+                              f"{leader['expires']})"), highlight=False)
+    elif leader:
+        console.print(visible(f"leader: none (the last, {leader['holder']}, let its lease go at {leader['expires']})"),
+                      highlight=False)
+    else:
+        console.print("leader: none (no daemon has led this store)", highlight=False)
     if last:
         console.print(visible(f"last cycle: {last['cycle']} at {last['at']}, {last.get('applied', 0)} applied"
                               + (" (paused)" if last.get("paused") else "")), highlight=False)
     else:
         console.print("last cycle: none recorded")
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 def register(app: typer.Typer) -> None:

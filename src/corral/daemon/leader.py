@@ -1,213 +1,165 @@
-"""One active daemon per store: a lock the daemon holds for its life, and a dead one cannot keep.
+"""One active daemon per store: a lease the leader renews, which ends with whatever stops it.
 
-* PostgreSQL: a session-level advisory lock (`pg_try_advisory_lock`) taken on a
-  dedicated connection that stays open as long as the daemon runs.  The server
-  releases it when that session ends, whether the daemon exited, crashed, was
-  killed or lost its network (TCP keepalives bound how long a silent peer counts as
-  alive).  Advisory locks are per database, so each store has its own.
-* SQLite: an OS lock (`fcntl.lockf`, exclusive, non-blocking) on `<db file>.lock`.
-  The kernel drops it the moment the holding process dies, even on SIGKILL, so a
-  standby can take over on its next tick; there is no lease to renew, no expiry to
-  tune, no clock to trust, and no extra write every cycle competing with the
-  supervisor for SQLite's single write lock.  (A lease row in `settings` would need
-  all three.)  The one condition, a local filesystem, is one SQLite imposes anyway.
-* In-memory SQLite: nothing to share, so no lock.
+The leader holds the store's lease (one row, `daemon_lease`: corral.store.lease) for
+`ttl` seconds at a time, by the database's clock, and a thread renews it every third of
+that.  A standby tries to take it on each of its ticks and wins once it has expired.
+Three guarantees follow, however the leader stops (exits, crashes, is killed, is frozen
+with SIGSTOP, or loses its network without a word):
 
-A daemon that cannot take the lock is a hot standby: it tries again every tick and
-acts on the first tick after the holder is gone, i.e. within one interval.
-`check()` is called before every cycle; a leader whose lock connection broke stops
-acting until it wins the lock again.  Even in the unlikely race where two daemons
-act at once, compare-and-set keeps the second from writing over the first.
+* **Takeover within `ttl` plus a standby's interval.**  The daemon's `ttl` is its interval
+  (at least 2 s), so a standby acts within two intervals of the leader's last renewal.
+  A leader that stops cleanly gives the lease up at once.
+* **A leader that cannot prove its lease stops acting.**  `check()` is false once the
+  lease has not been renewed for `ttl` by the leader's own clock, whether the renewal
+  failed or hangs: the daemon stands by from its next tick.
+* **Fencing.**  Every writing transaction of the leader's store renews the lease first,
+  in the same transaction (`fence`), and refuses to go on (LeaseLost) if another daemon
+  holds it or it ran out.  A leader frozen in the middle of a cycle and thawed after a
+  standby took over commits nothing of it.  (On PostgreSQL the thawed session cannot
+  hold the lease row either: the server ends a session left idle in a transaction, see
+  corral.store.engine.)
+
+The lock this replaces (an advisory lock, a file lock) was released by the system when
+the process died, but a frozen process never dies: that is what the lease is for.  The
+price is a small write every `ttl / 3` seconds, and a takeover that waits for the lease
+to run out after a crash (an interval or two) instead of being immediate.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import logging
-import os
-import stat
-from pathlib import Path
-from typing import Any, Protocol
+import threading
+import time
+from typing import Protocol
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import Connection
 
-from corral.store.engine import describe, normalise_url
-from corral.store.store import SchemaMissing
+from corral.store import lease
+from corral.store.store import Store
 
 log = logging.getLogger(__name__)
-#: The advisory lock key: the first 8 bytes of sha256("corral-daemon"), as a signed bigint.
-LOCK_KEY = int.from_bytes(hashlib.sha256(b"corral-daemon").digest()[:8], "big", signed=True)
+
+#: The shortest lease: renewing more often than every ~0.7 s would be all the daemon does.
+MIN_TTL = 2.0
 
 
 class LeaderError(Exception):
-    """The lock could not even be tried (the database is unreachable)."""
+    """The lease could not even be tried (the database is unreachable)."""
+
+
+class LeaseLost(Exception):
+    """This daemon no longer holds the lease: the transaction that found out writes nothing."""
 
 
 class Leadership(Protocol):
     held: bool
 
     def acquire(self) -> bool:
-        """Take the lock if free (True when held afterwards); raises LeaderError when unreachable."""
+        """Take the lease if free (True when held afterwards); raises LeaderError when unreachable."""
         ...
 
     def check(self) -> bool:
-        """Still holding it?  False (and released) when the lock was lost."""
+        """Still holding it?  False (and let go) when it is lost or cannot be proved."""
         ...
 
     def release(self) -> None: ...
 
 
-class NoLock:
-    """For an in-memory store: the process is the only one that can see it."""
+class Lease:
+    """The store's lease, held by `holder` (host:pid) for `ttl` seconds at a time."""
 
-    held = False
+    def __init__(self, store: Store, holder: str, ttl: float) -> None:
+        self.store, self.holder, self.ttl = store, holder, max(float(ttl), MIN_TTL)
+        self.held = False
+        self.token: int | None = None
+        self._renewed = 0.0  # time.monotonic() of the last renewal that succeeded
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        # Every write of this store needs the lease from now on: a daemon that does not
+        # hold it (a standby, a leader that lost it) writes nothing.
+        store.fence = self.fence
+
+    # --- leadership --------------------------------------------------------------------
 
     def acquire(self) -> bool:
-        self.held = True
-        return True
-
-    def check(self) -> bool:
-        return self.held
-
-    def release(self) -> None:
-        self.held = False
-
-
-class FileLock:
-    """An fcntl lock on `<db>.lock`; the kernel releases it when the process dies.
-
-    The lock file is the daemon's user's alone (mode 0600), and a lock file someone else
-    owns is refused: `flock` works on a descriptor opened only for reading, so any user
-    who could open it could take the lock and keep every daemon waiting as a standby.
-    No lock file is made beside a store that does not exist."""
-
-    def __init__(self, path: Path, store: Path | None = None) -> None:
-        self.path, self.store = path, store
-        self.held = False
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        if self.held:
-            return True
-        if self.store is not None and not self.store.exists():
-            if not self.store.parent.is_dir():  # a share not mounted yet, say: retried with back-off
-                raise LeaderError(f"the store's folder {self.store.parent} does not exist")
-            raise SchemaMissing(f"there is no store at {self.store}: run `corral db init` there, or point --db / "
-                                "$CORRAL_DB at one")
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        except OSError as err:
-            raise LeaderError(f"cannot open the lock file {self.path}: {err}") from err
-        try:
-            self._own(fd)
-        except LeaderError:
-            os.close(fd)
-            raise
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd, self.held = fd, True
-        return True
-
-    def _own(self, fd: int) -> None:
-        """Refuse a lock file another user owns; make ours owner-only (an older corral
-        made it 0644)."""
-        info = os.fstat(fd)
-        if info.st_uid != os.geteuid():
-            raise LeaderError(f"the lock file {self.path} belongs to another user (uid {info.st_uid}): anyone who "
-                              "can open it can keep this daemon waiting; remove it, and run corral as one user")
-        if stat.S_IMODE(info.st_mode) & 0o077:
-            os.fchmod(fd, 0o600)
-
-    def check(self) -> bool:
-        return self.held
-
-    def release(self) -> None:
-        fd, self._fd, self.held = self._fd, None, False
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-
-class AdvisoryLock:
-    """`pg_try_advisory_lock` on a connection of its own, held for the daemon's life."""
-
-    def __init__(self, url: URL, key: int = LOCK_KEY, connect_timeout: int = 5) -> None:
-        self.url, self.key, self.connect_timeout = url, key, connect_timeout
-        self.held = False
-        self._conn: Any = None
-
-    def _connect(self) -> Any:
-        import psycopg
-
-        conninfo = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        try:
-            return psycopg.connect(
-                conninfo, autocommit=True, connect_timeout=self.connect_timeout, application_name="corral-daemon",
-                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
-            )
-        except psycopg.Error as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise LeaderError(f"cannot connect to {describe(self.url)} for the daemon lock: {first}") from err
-
-    def acquire(self) -> bool:
-        import psycopg
-
         if self.held and self.check():
             return True
-        if self._conn is None:
-            self._conn = self._connect()
         try:
-            row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-        except psycopg.Error as err:
-            self._drop()
-            raise LeaderError(f"cannot take the daemon lock on {describe(self.url)}: {err}") from err
-        self.held = bool(row and row[0])
-        return self.held
+            token = self.store.take_lease(self.holder, self.ttl)
+        except Exception as err:
+            if isinstance(err, LeaderError):
+                raise
+            raise LeaderError(f"cannot take the daemon lease: {self.store.masked(str(err).splitlines()[0])}") from err
+        if token is None:
+            return False
+        with self._lock:
+            self.held, self.token, self._renewed = True, token, time.monotonic()
+            self._lost.clear()
+        self._start_heartbeat()
+        return True
 
     def check(self) -> bool:
-        """A round trip on the lock's own session: if it broke, the server has released the lock."""
-        import psycopg
-
-        if not self.held or self._conn is None:
+        """Held, not lost, and renewed within `ttl` by this process's clock (a renewal that
+        hangs, on a network gone silent, counts as failed once `ttl` has passed)."""
+        if not self.held:
             return False
-        try:
-            self._conn.execute("SELECT 1").fetchone()
-        except psycopg.Error as err:
-            log.error("lost the daemon lock: its connection to %s broke (%s)", describe(self.url), err)
-            self._drop()
+        if self._lost.is_set() or time.monotonic() - self._renewed > self.ttl:
+            why = "another daemon took it" if self._lost.is_set() else f"not renewed for {self.ttl:g}s"
+            log.error("lost the daemon lease (%s): standing by; this daemon acts again once it holds the lease", why)
+            self._let_go()
             return False
         return True
 
-    def _drop(self) -> None:
-        conn, self._conn, self.held = self._conn, None, False
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
-
     def release(self) -> None:
-        if self._conn is not None and self.held:
-            with contextlib.suppress(Exception):
-                self._conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
-        self._drop()
+        """Give the lease up (a standby takes it on its next tick) and stop renewing."""
+        token = self.token
+        held = self.held
+        self._let_go()
+        if held and token is not None:
+            try:
+                self.store.give_up_lease(self.holder, token)
+            except Exception as err:  # the database is away: the lease runs out by itself
+                log.debug("could not give the lease up: %s", err)
 
+    # --- fencing ---------------------------------------------------------------------------
 
-def leadership_for(url: str | URL) -> Leadership:
-    """The right lock for the store at `url`."""
-    parsed = normalise_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "postgresql":
-        return AdvisoryLock(parsed)
-    if backend == "sqlite":
-        if parsed.database in (None, "", ":memory:") or str(parsed.database).startswith("file::memory:"):
-            return NoLock()
-        store = Path(str(parsed.database)).resolve()
-        return FileLock(store.with_name(store.name + ".lock"), store)
-    raise LeaderError(f"no daemon lock for {backend} stores; use SQLite or PostgreSQL")
+    def fence(self, conn: Connection) -> None:
+        """In a writing transaction of the store, first: renew the lease in it, or raise
+        LeaseLost (the transaction then writes nothing)."""
+        token = self.token
+        if token is None or not lease.renew(conn, self.holder, token, self.ttl):
+            self._lost.set()
+            raise LeaseLost("this daemon no longer holds the store's lease: another daemon leads; nothing was written")
+        self._renewed = time.monotonic()
+
+    # --- the heartbeat ------------------------------------------------------------------
+
+    def _start_heartbeat(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name="corral-lease", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            token = self.token
+            if token is None:
+                return
+            try:
+                renewed = self.store.renew_lease(self.holder, token, self.ttl)
+            except Exception as err:  # the database is away: `check` gives up once ttl has passed
+                log.warning("could not renew the daemon lease: %s", self.store.masked(str(err).splitlines()[0]))
+                continue
+            if renewed:
+                self._renewed = time.monotonic()
+            else:
+                self._lost.set()
+                return
+
+    def _let_go(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self.held, self.token = False, None

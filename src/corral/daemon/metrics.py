@@ -7,8 +7,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 #: Cycle outcomes: ok, paused (ran, applied nothing), error, engine_crash, db_unreachable,
-#: overrun (skipped because the previous cycle was still running), standby (not the leader).
-OUTCOMES = ("ok", "paused", "error", "engine_crash", "db_unreachable", "overrun", "standby")
+#: overrun (skipped because the previous cycle was still running), standby (not the leader),
+#: lease_lost (its commit found another daemon holding the lease: nothing was written).
+OUTCOMES = ("ok", "paused", "error", "engine_crash", "db_unreachable", "overrun", "standby", "lease_lost")
 
 
 class Metrics:

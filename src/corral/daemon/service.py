@@ -25,6 +25,7 @@ import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -37,7 +38,7 @@ from sqlalchemy import exc as sa_exc
 from corral.cycle import CycleResult, run_cycle
 from corral.daemon.backoff import Backoff
 from corral.daemon.isolated import EngineCrashed, IsolatedEvaluator
-from corral.daemon.leader import LeaderError, Leadership, leadership_for
+from corral.daemon.leader import LeaderError, Leadership, Lease, LeaseLost
 from corral.daemon.metrics import Metrics
 from corral.daemon.schedule import DEFAULT_GRACE, SETTING_PREFIX, ScheduleTracker
 from corral.daemon.watch import PolicyWatcher
@@ -51,7 +52,6 @@ from corral.store.store import Store, StoreError
 
 log = logging.getLogger("corral.daemon")
 HEARTBEAT_SETTING = "daemon:last_cycle"
-LEADER_SETTING = "daemon:leader"
 
 
 class AnotherDaemon(Exception):
@@ -107,7 +107,11 @@ class Daemon:
         self.config = config
         self.metrics = metrics or Metrics()
         self.store = Store.open(config.db_url)
-        self.leader = leadership or leadership_for(self.store.url)
+        # host:pid, and which daemon of the process (tests and tools run several in one)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
+        # The lease lasts an interval (renewed every third of it): a standby acts within two
+        # intervals of the leader's last renewal, however the leader stopped.
+        self.leader = leadership or Lease(self.store, self.holder, ttl=config.interval)
         self.watcher = PolicyWatcher(config.paths, config.overrides)
         self.schedules = ScheduleTracker(config.schedule_grace)
         self.backoff = Backoff(base=max(config.interval, 0.5), cap=max(config.backoff_cap, config.interval))
@@ -120,7 +124,6 @@ class Daemon:
         self._stop = threading.Event()
         self._busy = threading.Lock()
         self._was_standby = False
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self.prefix = ("schedule-dry:" if config.dry_run else SETTING_PREFIX)
 
     # --- policies -----------------------------------------------------------------------
@@ -205,6 +208,10 @@ class Daemon:
                 self.metrics.cycles.labels("standby").inc()
                 return Tick("standby")
             result = self.cycle()
+        except LeaseLost as err:
+            self.metrics.cycles.labels("lease_lost").inc()
+            log.error("cycle not applied: %s", err)
+            return Tick("lease_lost", error=str(err))
         except EngineCrashed as err:
             self.metrics.cycles.labels("engine_crash").inc()
             log.error("cycle lost: %s; nothing was applied, the next cycle starts a fresh engine", err)
@@ -243,7 +250,7 @@ class Daemon:
         if not self.leader.acquire():
             self.metrics.leader.set(0)
             if not self._was_standby:
-                log.info("standby: another corral daemon holds the lock on %s; taking over when it stops",
+                log.info("standby: another corral daemon holds the lease on %s; taking over when it runs out",
                          describe(self.store.url))
                 self._was_standby = True
             return False
@@ -251,7 +258,6 @@ class Daemon:
         self._was_standby = False
         log.info("leader: this daemon (%s) now acts on %s", self.holder, describe(self.store.url))
         self._schedules_dirty = True  # another daemon may have fired schedules meanwhile
-        self._note(LEADER_SETTING, {"holder": self.holder, "since": utcnow().isoformat()})
         return True
 
     def _note(self, key: str, value: dict[str, Any]) -> None:
@@ -334,7 +340,7 @@ class Daemon:
         self.reload()
         try:
             if not self.leader.acquire():
-                raise AnotherDaemon(f"another corral daemon holds the lock on {describe(self.store.url)}; "
+                raise AnotherDaemon(f"another corral daemon holds the lease on {describe(self.store.url)}; "
                                     "it is already applying the policies")
             return self.cycle()
         finally:

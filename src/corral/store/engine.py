@@ -18,6 +18,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.pool import StaticPool
 
+#: How long PostgreSQL lets one of corral's sessions sit idle inside a transaction.
+IDLE_IN_TRANSACTION_MS = 60_000
 #: Execution option that marks a connection as about to write (BEGIN IMMEDIATE on SQLite).
 WRITE = "corral_write"
 
@@ -96,6 +98,10 @@ def _postgres_events(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("SET TIME ZONE 'UTC'")
+            # corral never leaves a transaction idle (a --follow batch waits a second at
+            # most): one that is, is a process frozen or cut off in the middle of it, whose
+            # row locks (the daemon's lease among them) the server then frees.
+            cursor.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS:d}")
         finally:
             cursor.close()
         dbapi_connection.commit()

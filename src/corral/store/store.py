@@ -20,7 +20,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from corral.farm import Farm, utcnow
 from corral.ports import ActionLog, ApplyReport, FarmChanges, LastActions, LogEntry, Mark, Proposal
 from corral.states import Kind
-from corral.store import changes, migrate
+from corral.store import changes, lease, migrate
 from corral.store.apply import apply_transitions
 from corral.store.engine import MASK, WRITE, BadUrl, describe, make_engine, mask_secrets, normalise_url
 from corral.store.rows import farm_rows, raw_rows, read_farm, timestamp_param, timestamp_parser
@@ -52,6 +52,9 @@ class Store:
     def __init__(self, engine: Engine, url: URL) -> None:
         self.engine, self.url = engine, url
         self._checked = False
+        #: Run first in every writing transaction (the daemon's lease check: a leader that
+        #: lost its lease writes nothing, corral.daemon.leader.Lease.fence); None: no check.
+        self.fence: Callable[[Connection], None] | None = None
 
     @classmethod
     def open(cls, url: str, *, busy_timeout: float = 30.0) -> Store:
@@ -147,11 +150,14 @@ class Store:
     # --- connections --------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A transaction that will write: it takes SQLite's write lock up front."""
+    def _write(self, *, fenced: bool = True) -> Iterator[Connection]:
+        """A transaction that will write: it takes SQLite's write lock up front, and first
+        runs the `fence` (unless `fenced` is False: the lease's own statements)."""
         with self.engine.connect() as conn:
             conn = conn.execution_options(**{WRITE: True})
             with conn.begin():
+                if fenced and self.fence is not None:
+                    self.fence(conn)
                 yield conn
 
     @contextmanager
@@ -341,6 +347,26 @@ class Store:
         """
         with self._read() as conn:
             return _last_actions(conn, since, include_audit=include_audit)
+
+    # --- the daemon's lease (corral.store.lease; the policy is corral.daemon.leader) ---
+
+    def take_lease(self, holder: str, ttl: float) -> int | None:
+        """The lease for `ttl` seconds, if free, expired or ours: its token (else None)."""
+        self.check()
+        with self._write(fenced=False) as conn:
+            return lease.take(conn, holder, ttl)
+
+    def renew_lease(self, holder: str, token: int, ttl: float) -> bool:
+        with self._write(fenced=False) as conn:
+            return lease.renew(conn, holder, token, ttl)
+
+    def give_up_lease(self, holder: str, token: int) -> None:
+        with self._write(fenced=False) as conn:
+            lease.give_up(conn, holder, token)
+
+    def lease_state(self) -> lease.LeaseState:
+        with self._read() as conn:
+            return lease.read(conn)
 
     # --- settings -----------------------------------------------------------------
 

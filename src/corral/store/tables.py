@@ -252,6 +252,20 @@ class RevisionRow(SQLModel, table=True):
     generation: int = Field(sa_type=BigInteger)
 
 
+class DaemonLeaseRow(SQLModel, table=True):
+    """One row: which daemon leads (`holder`), its lease's number (`token`, one more at each
+    taking) and until when it holds it (`expires`, seconds since the epoch by the
+    database's clock, so daemons on several hosts agree).  See corral.daemon.leader."""
+
+    __tablename__ = "daemon_lease"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    holder: str | None = Field(default=None, sa_type=String(255))
+    token: int = Field(default=0, sa_type=BigInteger)
+    expires: float | None = None
+    since: float | None = None
+
+
 metadata: MetaData = SQLModel.metadata
 
 #: Tables in the order rows must be inserted (parents first); delete in reverse.

@@ -1,0 +1,91 @@
+"""The daemon's lease in the store: take it, renew it, give it up, read it.
+
+One row (`daemon_lease`, migration 0006).  Every time is the database's own clock
+(`_NOW`), so daemons on several hosts compare one clock, not theirs.  Each statement
+decides in one UPDATE whether it may act, so two daemons racing for the lease cannot
+both win: the database serialises the updates of one row.  The policy (who renews when,
+what a leader does when it cannot) is corral.daemon.leader's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Connection
+
+#: The database's clock, in seconds since the epoch.
+_NOW = {
+    "postgresql": "EXTRACT(EPOCH FROM clock_timestamp())::float8",
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+}
+
+
+#: How long a lease statement waits for the row: a standby must not hang behind a leader
+#: frozen inside its commit (PostgreSQL ends that session; see corral.store.engine).
+LOCK_TIMEOUT_MS = 2000
+
+
+def _update(conn: Connection, text: str, params: tuple[object, ...]) -> int:
+    """Run one UPDATE of the lease row, waiting at most LOCK_TIMEOUT_MS for it on
+    PostgreSQL (and only for it: the rest of the transaction waits as it always does);
+    the number of rows it changed."""
+    bounded = conn.dialect.name == "postgresql"
+    if bounded:
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS:d}")
+    try:
+        return int(conn.exec_driver_sql(_sql(conn, text), params).rowcount)
+    finally:
+        if bounded:
+            conn.exec_driver_sql("SET LOCAL lock_timeout TO DEFAULT")
+
+
+def _sql(conn: Connection, text: str) -> str:
+    """`text` with NOW replaced by the dialect's clock and :params by its placeholders."""
+    dialect = conn.dialect.name
+    return text.replace("NOW", _NOW[dialect]).replace(":p", "?" if dialect == "sqlite" else "%s")
+
+
+def take(conn: Connection, holder: str, ttl: float) -> int | None:
+    """Take the lease for `ttl` seconds if nobody holds it, it expired, or `holder` has it:
+    its new token, or None when another daemon holds it."""
+    took = _update(conn, ("UPDATE daemon_lease SET holder = :p, token = token + 1, expires = NOW + :p, since = NOW "
+                          "WHERE id = 1 AND (holder IS NULL OR expires IS NULL OR expires < NOW OR holder = :p)"),
+                   (holder, ttl, holder))
+    if took != 1:
+        return None
+    token = conn.exec_driver_sql("SELECT token FROM daemon_lease WHERE id = 1").scalar_one()
+    return int(token)
+
+
+def renew(conn: Connection, holder: str, token: int, ttl: float) -> bool:
+    """Extend the lease by `ttl` from now if `holder` still holds it under `token` and it has
+    not expired: False means the lease is lost (another daemon took it, or it ran out)."""
+    return _update(conn, "UPDATE daemon_lease SET expires = NOW + :p WHERE id = 1 AND holder = :p AND token = :p "
+                         "AND expires >= NOW", (ttl, holder, token)) == 1
+
+
+def give_up(conn: Connection, holder: str, token: int) -> None:
+    """End the lease now (a standby may take it on its next tick)."""
+    _update(conn, "UPDATE daemon_lease SET expires = NOW - 1 WHERE id = 1 AND holder = :p AND token = :p", (holder, token))
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """The lease as read: who holds it (or held it last), since when and until when, and
+    the database's clock at the reading (all seconds since the epoch)."""
+
+    holder: str | None
+    token: int
+    since: float | None
+    expires: float | None
+    now: float
+
+    @property
+    def alive(self) -> bool:
+        """Whether a daemon holds it now."""
+        return self.holder is not None and self.expires is not None and self.expires > self.now
+
+
+def read(conn: Connection) -> LeaseState:
+    row = conn.exec_driver_sql(_sql(conn, "SELECT holder, token, since, expires, NOW FROM daemon_lease WHERE id = 1")).one()
+    return LeaseState(row[0], int(row[1]), row[2], row[3], float(row[4]))
