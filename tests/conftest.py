@@ -179,9 +179,13 @@ def later(minutes: int) -> datetime:
     return NOW + timedelta(minutes=minutes)
 
 
+#: The test files whose PostgreSQL tests count what a cycle read (rows, facts, plan parts).
+COUNTING_READS = ("tests/test_live.py", "tests/test_store.py", "tests/test_session.py")
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """A parallel run hands every test that talks to PostgreSQL (its id says so:
-    `[postgresql]`, or `postgres` in its name) to one worker, the rest as they come.
+    """A parallel run hands the PostgreSQL tests (`[postgresql]` in their id) of the files
+    that count what a cycle read (COUNTING_READS) to one worker, the rest as they come.
 
     Each run has its own database, but PostgreSQL's change mark is the oldest transaction
     open on the whole server (corral.store.changes): another worker's open transaction
@@ -192,6 +196,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class OnePostgresWorker(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "postgresql" if "postgres" in nodeid else nodeid
+            counts_reads = nodeid.startswith(COUNTING_READS)
+            return "postgresql" if "postgres" in nodeid and counts_reads else nodeid
 
     return OnePostgresWorker(config, log)
