@@ -257,3 +257,29 @@ def test_an_engine_whose_daemon_has_gone_stops_without_a_word() -> None:
     daemon_end, engine_end = Pipe()
     daemon_end.close()
     assert _send(engine_end, ("ok", {"p": [1]})) is False
+
+
+def test_a_stop_is_honoured_within_seconds_even_when_the_cycle_hangs(tmp_path: Path) -> None:
+    """SIGTERM waits --stop-grace for the cycle running, then the daemon exits anyway and
+    the cycle's transaction rolls back: nothing of it is applied."""
+    db = tmp_path / "farm.db"
+    url = f"sqlite:///{db}"
+    with Store.open(url) as store:
+        store.init()
+    load(url, pending_farm(3))
+    fault, log = tmp_path / "hang", tmp_path / "daemon.log"
+    fault.touch()  # the engine's first call hangs (a minute)
+    proc = corral("run", "--db", url, "--rules", str(write_rules(tmp_path / "rules")), "--only-rules",
+                  "--interval", "30", "--stop-grace", "1", "--metrics-port", "0", log=log,
+                  env={"CORRAL_FAULT_FILE": str(fault), "CORRAL_FAULT_HANG": "1"}, faulty=True)
+    try:
+        wait_for(lambda: not fault.exists(), 30, what="the cycle to reach the engine and hang")
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, log.read_text()
+        assert time.monotonic() - signalled < 6
+    finally:
+        kill_group(proc)
+    assert "did not finish within 1s: exiting now" in log.read_text()
+    total, _ = _check_consistent(url, 3)
+    assert total == 0

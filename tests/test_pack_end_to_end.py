@@ -78,3 +78,81 @@ def test_a_job_a_person_blocked_stays_blocked_when_its_dependencies_complete(sto
         assert farm.jobs[109].state != JobState.BLOCKED
     finally:
         daemon.close()
+
+
+#: Job 1 fails on both of its hosts, more than 5 frames each, and completes none; it still
+#: has frames to render and retries left.  Job 2 renders well and has one failed frame.
+BROKEN = """
+jobs:
+  - id: 1
+    name: broken
+    retry_limit: 2
+    instances: [{id: "1.a", host: h1, state: running}, {id: "1.b", host: h2, state: running}]
+    frames:
+""" + "".join(
+    f"      - {{number: {n}, state: failed, host: h{1 + n % 2}, instance: '1.{'ab'[n % 2]}', exit_code: 1, "
+    f"started_at: '2026-11-28T01:40:00Z', finished_at: '2026-11-28T01:45:00Z', state_since: '2026-11-28T01:45:00Z'}}\n"
+    for n in range(1, 15)) + """      - {range: 15-30, state: pending}
+  - id: 2
+    name: healthy
+    retry_limit: 2
+    instances: [{id: "2.a", host: h3, state: running}]
+    frames:
+      - {number: 1, state: failed, host: h3, instance: "2.a", exit_code: 1, started_at: '2026-11-28T01:40:00Z',
+         finished_at: '2026-11-28T01:45:00Z', state_since: '2026-11-28T01:45:00Z'}
+      - {number: 2, state: running, host: h3, instance: "2.a", started_at: '2026-11-28T01:50:00Z'}
+      - {range: 3-10, state: complete, host: h3, instance: "2.a"}
+workers: [{name: h1}, {name: h2}, {name: h3}]
+"""
+
+
+def test_a_job_blocked_for_failing_everywhere_is_left_alone_by_the_policies_that_read_its_state(store: Store) -> None:
+    """block-job-when-all-hosts-fail writes the job's state; retry-failed-frames, lock-host-
+    out-of-job and block-failing-instance read it, in that cycle (played after it: priority)
+    and in the next ones (from the store), and leave a blocked job's frames and instances be."""
+    from conftest import snap
+
+    store.init()
+    store.load_farm(snap(BROKEN), replace=True)
+    at = [NIGHT]
+    daemon = _daemon(store.url.render_as_string(hide_password=False), at)
+    try:
+        first = daemon.run_once()
+        acted = {(d.proposal.policy, d.proposal.kind.value, d.entity_id) for d in first.report.applied}
+        assert ("block-job-when-all-hosts-fail", "job", "1") in acted
+        assert not {a for a in acted if a[1] in ("frame", "instance") and a[2].startswith("1")}, acted
+        assert ("retry-failed-frames", "frame", "2:1") in acted  # the healthy job's frame is retried
+        for minutes in (5, 30):
+            at[0] = NIGHT + timedelta(minutes=minutes)
+            later = daemon.run_once()
+            touched = {d.entity_id for d in later.report.applied} if later.report else set()
+            assert not {t for t in touched if t == "1" or t.startswith(("1:", "1."))}, touched
+        farm = store.read_farm()
+        assert farm.jobs[1].state == JobState.BLOCKED and farm.jobs[1].blocked_by == "block-job-when-all-hosts-fail"
+        assert all(f.retries == 0 for f in farm.jobs[1].frames.values())
+    finally:
+        daemon.close()
+
+
+def test_a_frame_is_retried_until_its_retries_are_spent_and_then_left(store: Store) -> None:
+    """retry-failed-frames reads `retries_left`, which its own applied retries write."""
+    from conftest import snap
+
+    store.init()
+    store.load_farm(snap(BROKEN), replace=True)
+    at = [NIGHT]
+    daemon = _daemon(store.url.render_as_string(hide_password=False), at)
+    supervisor = Corral(store, clock=lambda: at[0])
+    retried = []
+    try:
+        for step in range(4):
+            at[0] = NIGHT + timedelta(minutes=10 * step)
+            result = daemon.run_once()
+            retried.append(any(d.entity_id == "2:1" for d in result.report.applied) if result.report else False)
+            if retried[-1]:  # the supervisor runs it again, and it fails again
+                supervisor.frame_started(2, 1, host="h3", instance="2.a", at=at[0] + timedelta(minutes=1))
+                supervisor.frame_failed(2, 1, exit_code=1, at=at[0] + timedelta(minutes=2))
+        assert retried == [True, True, False, False]
+        assert store.read_farm().jobs[2].frames[1].retries == 2
+    finally:
+        daemon.close()

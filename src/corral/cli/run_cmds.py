@@ -30,12 +30,17 @@ def run(
     isolate: Annotated[
         bool, typer.Option("--isolate/--no-isolate", help="Run the rule engine in a child process (a crash costs a cycle).")
     ] = True,
+    stop_grace: Annotated[
+        float, typer.Option("--stop-grace", help="Seconds a stop waits for the current cycle before exiting anyway.",
+                            min=0.0)
+    ] = 10.0,
     as_json: JsonOption = False,
 ) -> None:
     """Apply the policies to the store every --interval seconds (compare-and-set, logged), or once.
 
     One daemon acts per store; a second one waits as a hot standby. SIGTERM or Ctrl-C
-    finishes the current cycle, then exits 0. `corral pause` stops it applying anything.
+    finishes the current cycle (for --stop-grace seconds at most: then its transaction
+    rolls back), then exits 0. `corral pause` stops it applying anything.
     """
     from pathlib import Path
 
@@ -54,7 +59,7 @@ def run(
     setup_logging(log_format, level)
     config = DaemonConfig(
         db_url=db_url(db), paths=[Path(p) for p in policy_paths(rules, only_rules)], overrides=parse_sets(sets),
-        interval=interval, dry_run=dry_run, engine=engine, isolate=isolate,
+        interval=interval, dry_run=dry_run, engine=engine, isolate=isolate, stop_grace=stop_grace,
     )
     daemon = Daemon(config)
     if metrics_port is not None:

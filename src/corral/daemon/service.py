@@ -82,6 +82,8 @@ class DaemonConfig:
     isolate: bool = True  # run the engine in a child process
     engine_timeout: float = 120.0
     backoff_cap: float = 300.0
+    #: How long a stop (SIGTERM, SIGINT) waits for the cycle running to finish.
+    stop_grace: float = 10.0
     schedule_grace: timedelta = DEFAULT_GRACE
 
 
@@ -350,7 +352,10 @@ class Daemon:
         self._stop.set()
 
     def run_forever(self, *, install_signals: bool = True) -> None:
-        """Tick every interval until stop() or SIGTERM/SIGINT; the cycle running then finishes first."""
+        """Tick every interval until stop() or SIGTERM/SIGINT.  The cycle running then
+        finishes first, for `stop_grace` seconds at most: past that the daemon exits
+        anyway and the cycle's transaction rolls back (nothing of it is applied), so a
+        stop is honoured within seconds whatever a cycle is doing."""
         from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.triggers.interval import IntervalTrigger
@@ -372,9 +377,16 @@ class Daemon:
         try:
             while not self._stop.wait(0.2):
                 pass
-            log.info("stopping: finishing the current cycle")
+            log.info("stopping: finishing the current cycle (%gs at most)", self.config.stop_grace)
         finally:
-            scheduler.shutdown(wait=True)
+            scheduler.shutdown(wait=False)
+            finished = self._busy.acquire(timeout=self.config.stop_grace)
+            if not finished:
+                log.warning("the cycle did not finish within %gs: exiting now; its transaction rolls back and "
+                            "nothing of it is applied", self.config.stop_grace)
+                self.leader.release()
+                os._exit(0)  # the cycle's thread cannot be interrupted; the process can end
+            self._busy.release()
             self.close()
         log.info("corral daemon stopped")
 
