@@ -21,10 +21,12 @@ from corral.cycle import plan_farm, run_cycle
 from corral.evaluate import ReferenceEvaluator
 from corral.facts import FIELDS, Aggregates, FactBuilder, Needs, frame_runs
 from corral.farm import Farm
+from corral.live import LiveFarm
 from corral.plan import Plan
 from corral.policy.loader import builtin_dir, load_paths, load_texts
 from corral.policy.model import Policy
 from corral.policyset import PolicySet
+from corral.ports import Mark
 from corral.session import Session
 from corral.snapshot import load_snapshot_file
 from corral.states import Kind
@@ -117,6 +119,30 @@ def test_time_based_conditions_fire_when_due_without_any_change(store: Store) ->
     later = run_cycle(store, session, commit=False, now=early + timedelta(minutes=4))
     assert ("retry-failed-jobs", "103") in {(t.policy, t.ident) for t in later.plan.transitions}
     assert later.facts < 10  # nothing changed in the store: only the due entity was re-read
+
+
+def test_rows_read_again_unchanged_rebuild_no_fact(store: Store) -> None:
+    """Reads overlap (on PostgreSQL, by as much as the oldest transaction open anywhere on
+    the server): a row that comes back unchanged must cost no evaluation, and a changed
+    one among them only its own."""
+    store.init()
+    store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
+    farm, mark, _ = store.read_farm_marked()
+    live = LiveFarm(farm, mark, spread=PolicySet(PACK).spread)
+    start = Mark(mark.generation, 0)  # as if a transaction open since the beginning held the mark back
+    again, later, _ = store.read_changes(start)
+    assert again is not None and again.jobs and again.frames and again.instances and again.workers
+    assert live.apply(again, later) == {kind: set() for kind in Kind}
+
+    fr = table("frames")
+    with store.engine.begin() as conn:
+        conn.execute(update(fr).where(fr.c.job_id == 101, fr.c.number == 21).values(
+            exit_code=7, version=fr.c.version + 1))
+    again, later, _ = store.read_changes(start)
+    assert again is not None
+    dirty = live.apply(again, later)
+    assert dirty[Kind.FRAME] == {"101:21"} and dirty[Kind.JOB] == {101}
+    assert farm.jobs[101].frames[21].exit_code == 7
 
 
 def test_an_action_logged_between_cycles_holds_its_entity_in_cooldown(store: Store) -> None:

@@ -7,6 +7,12 @@ the farm and the `Aggregates` in place and says which entities' facts may have
 changed (`Dirty`); the cycle rebuilds only those facts and sends only those to the
 rule engine.
 
+A row can come back unchanged: reads overlap where a transaction was still open at
+the last one, and on PostgreSQL the change mark is the oldest transaction open on the
+whole server (`corral.store.changes`), so a long transaction in another database has
+every cycle read again what was written since it began.  Such a row changes nothing
+and dirties nothing: the read costs the rows, never the evaluation.
+
 Invariant: `agg` always counts each frame's *current* fields.  Whoever changes frames
 in place (the applier, after its writes) brackets it with `uncount(jobs)` /
 `recount(jobs)`.
@@ -208,11 +214,14 @@ class LiveFarm:
 
     def _job(self, new: Job, dirty: Dirty) -> None:
         old = self.farm.jobs.get(new.id)
-        dirty[Kind.JOB].add(new.id)
         if old is None:
+            dirty[Kind.JOB].add(new.id)
             new.frames, new.instances, new.depends_on = {}, {}, []
             self.farm.jobs[new.id] = new
             return
+        if all(getattr(old, f) == getattr(new, f) for f in _JOB_FIELDS):
+            return  # read again, unchanged (see the module docstring)
+        dirty[Kind.JOB].add(new.id)
         shown = any(getattr(old, f) != getattr(new, f) for f in _JOB_SHOWN)
         state_moved = old.state != new.state
         for name in _JOB_FIELDS:
@@ -225,7 +234,7 @@ class LiveFarm:
 
     def _deps(self, job_id: int, deps: list[int], dirty: Dirty) -> None:
         job = self.farm.jobs.get(job_id)
-        if job is None:
+        if job is None or job.depends_on == deps:
             return
         for dep in job.depends_on:
             self.dependents[dep].discard(job_id)
@@ -242,6 +251,8 @@ class LiveFarm:
         if old is None:
             job.instances[new.id] = new
             self.farm.reindex()
+        elif all(getattr(old, f) == getattr(new, f) for f in _INSTANCE_FIELDS):
+            return  # read again, unchanged
         else:
             self.host_instances[old.host].discard(old.id)
             for name in _INSTANCE_FIELDS:
@@ -254,6 +265,8 @@ class LiveFarm:
         old = self.farm.workers.get(new.name)
         if old is None:
             self.farm.workers[new.name] = new
+        elif all(getattr(old, f) == getattr(new, f) for f in _WORKER_FIELDS):
+            return  # read again, unchanged
         else:
             for name in _WORKER_FIELDS:
                 setattr(old, name, getattr(new, name))
@@ -289,6 +302,11 @@ class LiveFarm:
                                                    started, finished, since, version)
                 host = frame.host
             else:
+                if (frame.version == version and frame.state == state and frame.host == host
+                        and frame.instance == instance and frame.attempts == attempts and frame.retries == retries
+                        and frame.exit_code == code and frame.started_at == started
+                        and frame.finished_at == finished and frame.state_since == since):
+                    continue  # read again, unchanged
                 was, old_host = frame.state, frame.host
                 host = old_host if host == old_host else host and intern(host)
                 old_instance = frame.instance
