@@ -368,3 +368,43 @@ def test_a_transition_is_logged_after_the_rows_that_caused_it(tmp_path: Path, sq
         assert row.at > farm.jobs[1].submitted_at and row.at == result.at
     finally:
         d.close()
+
+
+@pytest.mark.postgres
+def test_a_transaction_left_open_elsewhere_on_the_server_is_named_and_costs_no_evaluation(
+        store_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL reads start from the oldest transaction open on the whole server: one
+    left open in another database has every cycle take in again what was written since.
+    The cycles stay right and evaluate nothing for it, and the daemon says who to ask."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only: SQLite's reads start from a counter of its own")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from corral.farm import Farm, Job, JobState
+
+    other = create_engine(make_url(store_url).set(database="postgres", query={"application_name": "nightly-report"}))
+    holder = other.connect()
+    try:
+        holder.begin()
+        pid = holder.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        holder.execute(text("SELECT txid_current()"))  # it has written: it holds the mark from now
+        load(store_url, Farm(jobs={i: Job(id=i, name=f"shot{i:05d}", state=JobState.RUNNING) for i in range(1, 1201)}))
+        d = make(store_url, write_rules(tmp_path / "rules"))
+        try:
+            with caplog.at_level(logging.WARNING, logger="corral.daemon"):
+                ticks = [d.tick() for _ in range(4)]
+            results = [t.result for t in ticks]
+            assert all(t.outcome == "ok" for t in ticks)
+            assert [r.reread for r in results if r] == [0, 1200, 1200, 1200]  # whole read, then the same rows again
+            assert all(r and r.facts == 0 for r in results[1:])  # ... which change no fact
+            assert d.metrics.reread._value.get() == 1200
+        finally:
+            d.close()
+        warnings = [r.getMessage() for r in caplog.records if "took in again" in r.getMessage()]
+        assert len(warnings) == 1, warnings  # once, on the third such cycle
+        assert f"pid {pid}" in warnings[0] and "database postgres" in warnings[0] and "nightly-report" in warnings[0]
+        assert "idle in transaction" in warnings[0]
+    finally:
+        holder.close()
+        other.dispose()

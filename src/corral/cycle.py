@@ -135,7 +135,8 @@ def collector_paused() -> Iterator[None]:
 @dataclass
 class CycleResult:
     """What a cycle did.  `facts`: the entities whose facts were (re)built this cycle;
-    `farm`: the farm it planned on, with what was applied applied (in place)."""
+    `farm`: the farm it planned on, with what was applied applied (in place); `reread`:
+    rows its read brought back unchanged (see `corral.live`)."""
 
     cycle_id: str
     at: datetime
@@ -147,6 +148,7 @@ class CycleResult:
     paused: bool = False
     report: ApplyReport | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    reread: int = 0
 
 
 def new_cycle_id(now: datetime) -> str:
@@ -227,7 +229,7 @@ def _cycle(
     t2 = time.perf_counter()
     timings["evaluate"] = t2 - t1
     result = CycleResult(cycle_id, now, plan, sum(plan.matched.values()), facts, committed=False, farm=farm,
-                         timings=timings)
+                         timings=timings, reread=live.reread if live is not None else 0)
     if not commit:
         return result
     result.paused = store.paused()

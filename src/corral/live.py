@@ -106,6 +106,8 @@ class LiveFarm:
         self.farm, self.mark = farm, mark
         self.spread = spread or Spread()
         self.pending: Dirty = no_dirt()
+        #: Rows the last `apply` was given that changed nothing (read again).
+        self.reread = 0
         self.agg = Aggregates.from_farm(farm, recent, keep_recent=keep_recent)
         #: What the previous plan over this farm did, part by part (see `PlanMemo`).
         self.plan_memo = PlanMemo()
@@ -155,6 +157,7 @@ class LiveFarm:
 
     def apply(self, changes: FarmChanges, mark: Mark) -> Dirty:
         dirty, self.pending = self.pending, no_dirt()
+        self.reread = 0
         for job in changes.jobs:
             self._job(job, dirty)
         for job_id, deps in changes.depends_on.items():
@@ -220,6 +223,7 @@ class LiveFarm:
             self.farm.jobs[new.id] = new
             return
         if all(getattr(old, f) == getattr(new, f) for f in _JOB_FIELDS):
+            self.reread += 1
             return  # read again, unchanged (see the module docstring)
         dirty[Kind.JOB].add(new.id)
         shown = any(getattr(old, f) != getattr(new, f) for f in _JOB_SHOWN)
@@ -252,6 +256,7 @@ class LiveFarm:
             job.instances[new.id] = new
             self.farm.reindex()
         elif all(getattr(old, f) == getattr(new, f) for f in _INSTANCE_FIELDS):
+            self.reread += 1
             return  # read again, unchanged
         else:
             self.host_instances[old.host].discard(old.id)
@@ -266,6 +271,7 @@ class LiveFarm:
         if old is None:
             self.farm.workers[new.name] = new
         elif all(getattr(old, f) == getattr(new, f) for f in _WORKER_FIELDS):
+            self.reread += 1
             return  # read again, unchanged
         else:
             for name in _WORKER_FIELDS:
@@ -290,6 +296,7 @@ class LiveFarm:
         # Frames in no state a frame policy admits need no fact (see Spread.frame_states),
         # unless other frames' facts copy theirs (dependencies).
         admitted = None if self.spread.frame_dependents else self.spread.frame_states
+        unchanged = 0
         for job_id, number, state, host, instance, attempts, retries, code, started, finished, since, version in rows:
             job = jobs.get(job_id)
             if job is None:
@@ -306,6 +313,7 @@ class LiveFarm:
                         and frame.instance == instance and frame.attempts == attempts and frame.retries == retries
                         and frame.exit_code == code and frame.started_at == started
                         and frame.finished_at == finished and frame.state_since == since):
+                    unchanged += 1
                     continue  # read again, unchanged
                 was, old_host = frame.state, frame.host
                 host = old_host if host == old_host else host and intern(host)
@@ -323,6 +331,7 @@ class LiveFarm:
             if admitted is None or state in admitted or was in admitted:
                 dirty_frames.add(f"{job_id}:{number}")
             dirty_jobs.add(job_id)
+        self.reread += unchanged
 
     # --- changes made in place by the applier -----------------------------------------
 

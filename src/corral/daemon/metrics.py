@@ -23,6 +23,9 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=r,
         )
         self.facts = Gauge("corral_facts_read", "Facts (jobs, frames, instances, workers) read by the last cycle.", registry=r)
+        self.reread = Gauge(
+            "corral_rows_reread", "Rows the last cycle's read took in again unchanged (PostgreSQL: a transaction "
+            "left open elsewhere on the server holds back where reads start).", registry=r)
         self.matches = Counter("corral_matches", "Entities matched, per policy.", ["policy"], registry=r)
         self.transitions = Counter(
             "corral_transitions", "Transitions per policy: applied, audited (would have) or refused.",

@@ -53,6 +53,11 @@ from corral.store.store import Store, StoreError
 log = logging.getLogger("corral.daemon")
 HEARTBEAT_SETTING = "daemon:last_cycle"
 
+#: A read that brings back this many rows unchanged, this many cycles in a row, has the
+#: daemon say which transaction holds the change mark back (`_watch_rereads`); again
+#: every REREAD_AGAIN cycles while it lasts.
+REREAD_WARN, REREAD_CYCLES, REREAD_AGAIN = 1000, 3, 120
+
 
 class AnotherDaemon(Exception):
     """Another corral daemon holds this store's lock."""
@@ -126,6 +131,7 @@ class Daemon:
         self._stop = threading.Event()
         self._busy = threading.Lock()
         self._was_standby = False
+        self._rereads = 0  # cycles in a row whose read brought back REREAD_WARN rows unchanged
         self.prefix = ("schedule-dry:" if config.dry_run else SETTING_PREFIX)
 
     # --- policies -----------------------------------------------------------------------
@@ -285,9 +291,37 @@ class Daemon:
                 self.store.set_setting(self.prefix + name, at.isoformat())
                 log.info("scheduled policy %s fired (due %s)", name, at.isoformat(), extra={"cycle": result.cycle_id})
         self._report(result)
+        self._watch_rereads(result)
         self._note(HEARTBEAT_SETTING, {"cycle": result.cycle_id, "at": result.at.isoformat(), "holder": self.holder,
                                        "paused": result.paused, "applied": len(result.report.applied) if result.report else 0})
         return result
+
+    def _watch_rereads(self, result: CycleResult) -> None:
+        """Say who makes every read take in the same rows again.  On PostgreSQL a read
+        starts from the oldest transaction open on the whole server (corral.store.changes):
+        one left open in any database (a session idle in transaction, a long batch) has
+        each cycle read again all that was written since.  Still correct (those rows
+        change nothing, corral.live), but the read grows with it, and only someone who
+        can end that transaction can fix it: name it."""
+        self.metrics.reread.set(result.reread)
+        if result.reread < REREAD_WARN:
+            self._rereads = 0
+            return
+        self._rereads += 1
+        if self._rereads < REREAD_CYCLES or (self._rereads - REREAD_CYCLES) % REREAD_AGAIN:
+            return
+        try:
+            holder = self.store.mark_holder()
+        except Exception as err:  # a diagnosis: never fails the cycle
+            log.debug("could not ask who holds the change mark: %s", err)
+            holder = None
+        who = holder or ("one this role cannot see (a superuser finds it in pg_stat_activity: the oldest "
+                         "backend_xid)")
+        log.warning("the last %d reads each took in again %d or more rows that had not changed: a transaction "
+                    "left open on the PostgreSQL server holds back where reads start: %s. End it (or set "
+                    "idle_in_transaction_session_timeout on the server); until then every cycle reads again all "
+                    "that was written since it began (no action is lost or repeated, cycles are only slower)",
+                    self._rereads, REREAD_WARN, who, extra={"cycle": result.cycle_id})
 
     def _load_schedules(self, policies: Sequence[Policy], now: datetime) -> None:
         stored: dict[str, datetime | None] = {}

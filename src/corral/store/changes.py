@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from corral.ports import FarmChanges, Mark
 from corral.store.rows import changed_frames, raw_rows, read_instances, read_jobs, read_runs, read_workers
+from corral.untrusted import visible
 
 
 def take_mark(conn: Connection, sqlite_value: int | None = None) -> Mark:
@@ -31,6 +32,27 @@ def take_mark(conn: Connection, sqlite_value: int | None = None) -> Mark:
         return Mark(int(row[0]), int(row[1]))
     assert sqlite_value is not None, "SQLite reads advance the counter first"
     return Mark(generation(conn), sqlite_value)
+
+
+def mark_holder(conn: Connection) -> str | None:
+    """PostgreSQL: who holds the change mark back, in words; None if no transaction
+    this role may see has written anything (or on SQLite, whose mark nothing holds).
+
+    The mark is the oldest transaction with an id still open on the whole server
+    (`take_mark`): while it stays open, every read takes in again every row written
+    since it began.  No query text: it could hold anything."""
+    if conn.dialect.name != "postgresql":
+        return None
+    row = conn.exec_driver_sql(
+        "SELECT pid, datname, usename, application_name, state, xact_start FROM pg_stat_activity "
+        "WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() ORDER BY age(backend_xid) DESC LIMIT 1"
+    ).first()
+    if row is None:
+        return None
+    pid, database, user, app, state, since = row
+    parts = [f"{visible(user)} on database {visible(database)}", visible(app) if app else "", visible(state),
+             f"open since {since:%Y-%m-%d %H:%M:%S %Z}".rstrip() if since is not None else ""]
+    return f"pid {pid} ({', '.join(p for p in parts if p)})"
 
 
 TRACKED = ("jobs", "frames", "instances", "workers", "frame_runs", "job_dependencies")

@@ -224,6 +224,13 @@ class Store:
             log = None if log_since is None else read_log(conn, log_since, after=log_after)
             return changes.read_changes(conn, since), mark, log
 
+    def mark_holder(self) -> str | None:
+        """Who holds PostgreSQL's change mark back (`corral.store.changes.mark_holder`)."""
+        if self.engine.dialect.name != "postgresql":
+            return None
+        with self.engine.connect() as conn:
+            return changes.mark_holder(conn)
+
     @contextmanager
     def _marked(self) -> Iterator[tuple[Connection, Mark]]:
         """A read snapshot and its mark.  Never holds SQLite's write lock while reading
