@@ -14,10 +14,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from corral.daemon.leader import Lease, LeaseLost
+from corral.daemon.leader import LeaderError, Lease, LeaseLost
 from corral.daemon.service import Daemon, DaemonConfig
 from corral.store import Store
 from daemon_helpers import corral, kill_group, load, log_has, pending_farm, stop, wait_for, write_rules
@@ -76,6 +77,106 @@ def test_a_leader_that_cannot_renew_stops_acting_within_its_lease(store: Store, 
     finally:
         hang.set()
         lease.release()
+
+
+def test_a_renewal_of_an_earlier_lease_that_comes_back_late_leaves_the_new_lease_alone(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The renewal of lease 1 hangs; the leader gives it up (check), takes the lease again
+    (lease 2), and only then does the hung renewal come back, refused.  Lease 2 holds, and
+    its own heartbeat keeps it."""
+    store.init()
+    lease = Lease(store, "a", ttl=2)
+    hang, renewed = threading.Event(), []
+    real_renew = store.renew_lease
+
+    def renew(holder: str, token: int, ttl: float) -> bool:
+        renewed.append(token)
+        if token == first:
+            hang.wait(30)
+            return False  # refused: by now the lease has another token
+        return real_renew(holder, token, ttl)
+
+    monkeypatch.setattr(store, "renew_lease", renew)
+    try:
+        assert lease.acquire()
+        first = lease.token
+        wait_for(lambda: not lease.check(), 5, what="the leader to give up a lease it cannot renew")
+        assert lease.acquire() and lease.token != first
+        hang.set()  # the renewal of lease 1 returns now, refused
+        wait_for(lambda: lease.token in renewed, 5, what="lease 2's own heartbeat")
+        time.sleep(1.0)
+        assert lease.check(), "a late answer about lease 1 cost lease 2"
+    finally:
+        hang.set()
+        lease.release()
+
+
+def test_a_lease_error_without_a_message_still_says_what_failed(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.init()
+    lease = Lease(store, "a", ttl=2)
+
+    def times_out(*args: object) -> int:
+        raise TimeoutError()
+
+    monkeypatch.setattr(store, "take_lease", times_out)
+    with pytest.raises(LeaderError, match="cannot take the daemon lease: TimeoutError"):
+        lease.acquire()
+
+
+def test_a_daemon_on_a_store_without_the_schema_says_so_rather_than_unreachable(tmp_path: Path) -> None:
+    rules = write_rules(tmp_path / "rules")
+    db = tmp_path / "farm.db"
+    db.touch()
+    d = Daemon(DaemonConfig(db_url=f"sqlite:///{db}", paths=[rules], engine="reference", isolate=False))
+    try:
+        tick = d.tick()
+    finally:
+        d.close()
+    assert tick.outcome == "error" and "corral db init" in (tick.error or ""), tick
+
+
+@pytest.mark.postgres
+def test_a_lease_row_locked_by_a_transaction_that_does_not_end_is_waited_for_two_seconds(store: Store) -> None:
+    """A daemon frozen inside its commit holds the lease row's lock.  A standby's take
+    waits 2 s for it, then says 'not taken' (no outage, no back-off); a leader's write
+    says it could not prove its lease and writes nothing; and once the lock is gone,
+    the lease is taken at once."""
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no row locks (its write lock is its busy timeout)")
+    store.init()
+    other = Store.open(store.url.render_as_string(hide_password=False))
+    frozen = store.engine.connect()
+
+    def lock_the_row() -> Any:
+        tx = frozen.begin()
+        frozen.exec_driver_sql("UPDATE daemon_lease SET holder = holder WHERE id = 1")  # the frozen commit's lock
+        return tx
+
+    try:
+        token = store.take_lease("leader", 30)
+        assert token is not None
+        tx = lock_the_row()
+        leader = Lease(other, "leader", ttl=2)
+        leader.token, leader.held = token, True  # a leader whose write meets the locked row
+        started = time.monotonic()
+        with pytest.raises(LeaseLost, match="could not prove it holds the store's lease"):
+            other.set_setting("k", "v")
+        assert 1.8 < time.monotonic() - started < 5
+        tx.rollback()
+        assert other.get_setting("k") is None
+
+        store.give_up_lease("leader", token)
+        tx = lock_the_row()
+        standby = Lease(other, "standby", ttl=2)
+        started = time.monotonic()
+        assert standby.acquire() is False  # not taken, no error: tried again next tick
+        assert 1.8 < time.monotonic() - started < 5
+        tx.rollback()
+        assert standby.acquire() is True
+        standby.release()
+    finally:
+        frozen.close()
+        other.close()
 
 
 def test_a_store_corral_makes_is_its_user_s_alone(tmp_path: Path) -> None:

@@ -31,12 +31,12 @@ def main() -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from corral.cli.common import err_console
-    from corral.store.engine import mask_secrets
+    from corral.store.engine import first_line, mask_secrets
     from corral.store.store import StoreError
 
     try:
         app()
     except (StoreError, SQLAlchemyError) as err:
-        message = str(err) if isinstance(err, StoreError) else f"database error: {str(err).splitlines()[0]}"
+        message = str(err) if isinstance(err, StoreError) else f"database error: {first_line(err)}"
         err_console.print(f"[bold red]error:[/] {escape(mask_secrets(message))}", highlight=False, markup=True)
         raise SystemExit(1) from None

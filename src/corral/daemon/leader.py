@@ -35,7 +35,8 @@ from typing import Protocol
 from sqlalchemy.engine import Connection
 
 from corral.store import lease
-from corral.store.store import Store
+from corral.store.engine import first_line
+from corral.store.store import NoStoreFile, SchemaMissing, Store
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,7 @@ class Lease:
         self.token: int | None = None
         self._renewed = 0.0  # time.monotonic() of the last renewal that succeeded
         self._lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()  # the current lease's heartbeat stops when it is set
         self._lock = threading.Lock()
         # Every write of this store needs the lease from now on: a daemon that does not
         # hold it (a standby, a leader that lost it) writes nothing.
@@ -88,16 +88,20 @@ class Lease:
             return True
         try:
             token = self.store.take_lease(self.holder, self.ttl)
+        except SchemaMissing as err:
+            if not isinstance(err, NoStoreFile):
+                raise  # the database answered: it needs `corral db init`, which waiting will not bring
+            raise LeaderError(str(err)) from err
+        except LeaderError:
+            raise
         except Exception as err:
-            if isinstance(err, LeaderError):
-                raise
-            raise LeaderError(f"cannot take the daemon lease: {self.store.masked(str(err).splitlines()[0])}") from err
+            raise LeaderError(f"cannot take the daemon lease: {self.store.masked(first_line(err))}") from err
         if token is None:
             return False
         with self._lock:
             self.held, self.token, self._renewed = True, token, time.monotonic()
             self._lost.clear()
-        self._start_heartbeat()
+        self._start_heartbeat(token)
         return True
 
     def check(self) -> bool:
@@ -129,35 +133,40 @@ class Lease:
         """In a writing transaction of the store, first: renew the lease in it, or raise
         LeaseLost (the transaction then writes nothing)."""
         token = self.token
-        if token is None or not lease.renew(conn, self.holder, token, self.ttl):
+        try:
+            renewed = token is not None and lease.renew(conn, self.holder, token, self.ttl)
+        except lease.LeaseBusy as err:  # nothing is known: this transaction writes nothing, the lease may stand
+            raise LeaseLost(f"this daemon could not prove it holds the store's lease ({err}); nothing was "
+                            "written") from None
+        if not renewed:
             self._lost.set()
             raise LeaseLost("this daemon no longer holds the store's lease: another daemon leads; nothing was written")
         self._renewed = time.monotonic()
 
     # --- the heartbeat ------------------------------------------------------------------
 
-    def _start_heartbeat(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._beat, name="corral-lease", daemon=True)
-        self._thread.start()
+    def _start_heartbeat(self, token: int) -> None:
+        """A thread that renews this lease (`token`) until it is let go.  Each lease has its
+        own thread and stop: one still hanging in a renewal of an earlier lease (on a
+        network gone silent) ends on its own and cannot touch this one."""
+        self._stop.set()
+        self._stop = stop = threading.Event()
+        threading.Thread(target=self._beat, args=(token, stop), name="corral-lease", daemon=True).start()
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
-            token = self.token
-            if token is None:
-                return
+    def _beat(self, token: int, stop: threading.Event) -> None:
+        while not stop.wait(self.ttl / 3):
             try:
                 renewed = self.store.renew_lease(self.holder, token, self.ttl)
-            except Exception as err:  # the database is away: `check` gives up once ttl has passed
-                log.warning("could not renew the daemon lease: %s", self.store.masked(str(err).splitlines()[0]))
+            except Exception as err:  # the database is away, or the row busy: `check` gives up once ttl has passed
+                log.warning("could not renew the daemon lease: %s", self.store.masked(first_line(err)))
                 continue
-            if renewed:
+            with self._lock:
+                if stop.is_set() or self.token != token:
+                    return  # let go meanwhile: a later lease is not this thread's to judge
+                if not renewed:
+                    self._lost.set()
+                    return
                 self._renewed = time.monotonic()
-            else:
-                self._lost.set()
-                return
 
     def _let_go(self) -> None:
         self._stop.set()

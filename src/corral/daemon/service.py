@@ -47,7 +47,7 @@ from corral.policy.model import Policy
 from corral.policyset import PolicySet
 from corral.ports import IncrementalEvaluator
 from corral.session import EvaluatorFactory, Session
-from corral.store.engine import describe
+from corral.store.engine import describe, first_line
 from corral.store.store import Store, StoreError
 
 log = logging.getLogger("corral.daemon")
@@ -230,7 +230,7 @@ class Daemon:
                 self.metrics.errors.labels("db_unreachable").inc()
                 self.metrics.cycles.labels("db_unreachable").inc()
                 log.error("database %s unreachable (%s: %s); retrying in %.0fs (attempt %d)",
-                          describe(self.store.url), type(err).__name__, self.store.masked(_first_line(err)), delay,
+                          describe(self.store.url), type(err).__name__, self.store.masked(first_line(err)), delay,
                           self.backoff.failures)
                 return Tick("db_unreachable", error=str(err))
             if isinstance(err, StoreError):
@@ -443,7 +443,3 @@ class Daemon:
         self.metrics.leader.set(0)
         self.metrics.close()
         self.store.close()
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -33,6 +33,13 @@ _KV_PASSWORD = re.compile(r"(?P<head>\b(?:ssl)?password\s*=\s*)(?P<secret>'[^']*
 MASK = "***"
 
 
+def first_line(err: BaseException) -> str:
+    """An error's first line, or its type's name when it has no message: a driver's
+    message goes on with the statement and its parameters, which a log line must not."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def mask_secrets(text: str) -> str:
     """Every password a connection string can hold, as ***: in a URL's user part, in its
     query (`?password=`), and in libpq's key=value form.  Every message and log line that

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 
 #: The database's clock, in seconds since the epoch.
 _NOW = {
@@ -25,18 +26,34 @@ _NOW = {
 LOCK_TIMEOUT_MS = 2000
 
 
+class LeaseBusy(Exception):
+    """The lease row stayed locked for LOCK_TIMEOUT_MS by another transaction (a daemon
+    frozen inside its commit, say): nothing is known of the lease, and the transaction
+    that asked is over (PostgreSQL aborted it)."""
+
+
+#: PostgreSQL's lock_not_available: the wait for a lock ran past lock_timeout.
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
 def _update(conn: Connection, text: str, params: tuple[object, ...]) -> int:
     """Run one UPDATE of the lease row, waiting at most LOCK_TIMEOUT_MS for it on
     PostgreSQL (and only for it: the rest of the transaction waits as it always does);
-    the number of rows it changed."""
+    the number of rows it changed.  Raises LeaseBusy when the wait runs out (the
+    transaction is aborted then: nothing more can run in it, not even the reset)."""
     bounded = conn.dialect.name == "postgresql"
     if bounded:
         conn.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS:d}")
     try:
-        return int(conn.exec_driver_sql(_sql(conn, text), params).rowcount)
-    finally:
-        if bounded:
-            conn.exec_driver_sql("SET LOCAL lock_timeout TO DEFAULT")
+        changed = int(conn.exec_driver_sql(_sql(conn, text), params).rowcount)
+    except OperationalError as err:
+        if getattr(err.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+            raise LeaseBusy(f"the lease row stayed locked for {LOCK_TIMEOUT_MS / 1000:g}s by another "
+                            "transaction") from None
+        raise
+    if bounded:
+        conn.exec_driver_sql("SET LOCAL lock_timeout TO DEFAULT")
+    return changed
 
 
 def _sql(conn: Connection, text: str) -> str:
@@ -53,8 +70,7 @@ def take(conn: Connection, holder: str, ttl: float) -> int | None:
                    (holder, ttl, holder))
     if took != 1:
         return None
-    token = conn.exec_driver_sql("SELECT token FROM daemon_lease WHERE id = 1").scalar_one()
-    return int(token)
+    return int(conn.exec_driver_sql("SELECT token FROM daemon_lease WHERE id = 1").scalar_one())
 
 
 def renew(conn: Connection, holder: str, token: int, ttl: float) -> bool:

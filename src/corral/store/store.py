@@ -22,7 +22,7 @@ from corral.ports import ActionLog, ApplyReport, FarmChanges, LastActions, LogEn
 from corral.states import Kind
 from corral.store import changes, lease, migrate
 from corral.store.apply import apply_transitions
-from corral.store.engine import MASK, WRITE, BadUrl, describe, make_engine, mask_secrets, normalise_url
+from corral.store.engine import MASK, WRITE, BadUrl, describe, first_line, make_engine, mask_secrets, normalise_url
 from corral.store.rows import farm_rows, raw_rows, read_farm, timestamp_param, timestamp_parser
 from corral.store.tables import TABLE_ORDER, as_utc, table
 
@@ -37,6 +37,10 @@ class StoreError(Exception):
 
 class SchemaMissing(StoreError):
     """The database has no corral schema, or an older one."""
+
+
+class NoStoreFile(SchemaMissing):
+    """The SQLite file is not there (yet: a daemon waits for a mount as for a server)."""
 
 
 #: The setting `corral pause` sets to "1" and `corral resume` to "0".
@@ -74,12 +78,10 @@ class Store:
         """One line for a database error, with what to do, and no password in it."""
         if isinstance(err, OperationalError):
             orig = err.orig if err.orig is not None else err
-            reason = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-            return (f"cannot open {describe(self.url)}: {self.masked(reason)}. Check that the server is running and the "
-                    "host, port and database name are right (create the database with createdb), or that the SQLite "
-                    "file's folder exists")
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        return f"database error on {describe(self.url)}: {type(err).__name__}: {self.masked(first)}"
+            return (f"cannot open {describe(self.url)}: {self.masked(first_line(orig))}. Check that the server is "
+                    "running and the host, port and database name are right (create the database with createdb), "
+                    "or that the SQLite file's folder exists")
+        return f"database error on {describe(self.url)}: {type(err).__name__}: {self.masked(first_line(err))}"
 
     def masked(self, text: str) -> str:
         """`text` (a driver's message, say) with this store's password, and any other a
@@ -131,7 +133,7 @@ class Store:
         path = self.url.database if self.url.get_backend_name() == "sqlite" else None
         if path and path != ":memory:" and not Path(path).exists():
             # Connecting would create an empty file: say what to do instead.
-            raise SchemaMissing(f"there is no store at {path}: run `corral db init` there, or point --db / $CORRAL_DB at one")
+            raise NoStoreFile(f"there is no store at {path}: run `corral db init` there, or point --db / $CORRAL_DB at one")
         try:
             with self.engine.connect() as conn:
                 current = migrate.current_revision(conn)
@@ -358,12 +360,19 @@ class Store:
     # --- the daemon's lease (corral.store.lease; the policy is corral.daemon.leader) ---
 
     def take_lease(self, holder: str, ttl: float) -> int | None:
-        """The lease for `ttl` seconds, if free, expired or ours: its token (else None)."""
+        """The lease for `ttl` seconds, if free, expired or ours: its token (else None,
+        also when its row is locked by a transaction that does not end: another daemon's
+        commit, to be tried again next tick)."""
         self.check()
-        with self._write(fenced=False) as conn:
-            return lease.take(conn, holder, ttl)
+        try:
+            with self._write(fenced=False) as conn:
+                return lease.take(conn, holder, ttl)
+        except lease.LeaseBusy:
+            return None
 
     def renew_lease(self, holder: str, token: int, ttl: float) -> bool:
+        """Whether the lease was renewed (False: it is lost).  Raises LeaseBusy when its row
+        stayed locked: nothing is known, try again (corral.daemon.leader)."""
         with self._write(fenced=False) as conn:
             return lease.renew(conn, holder, token, ttl)
 
