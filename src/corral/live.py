@@ -30,7 +30,7 @@ from sys import intern
 from typing import Any
 
 from corral.facts import DEFAULT_RECENT, FIELDS, Aggregates
-from corral.farm import SCHEMA, Farm, Frame, Instance, Job, Worker
+from corral.farm import SCHEMA, Farm, Frame, Instance, Job, Worker, columns
 from corral.plan import Cooldowns, PlanMemo
 from corral.policy.compiler import admitted_states, gate_of
 from corral.policy.model import Policy, paths_read
@@ -83,6 +83,10 @@ class Spread:
 #: copied into the entity the farm holds.
 _COPIED = {kind: tuple(c.name for c in SCHEMA[kind] if not c.key) for kind in Kind}
 _JOB_FIELDS, _INSTANCE_FIELDS, _WORKER_FIELDS = _COPIED[Kind.JOB], _COPIED[Kind.INSTANCE], _COPIED[Kind.WORKER]
+#: Those fields as a tuple, to tell a row read again unchanged (a C-level getter each).
+_JOB_ROW, _INSTANCE_ROW, _WORKER_ROW = (attrgetter(*_COPIED[k]) for k in (Kind.JOB, Kind.INSTANCE, Kind.WORKER))
+#: A frame's row fields in `FrameChange` order (tests/test_schema.py holds the two together).
+_FRAME_ROW = attrgetter(*columns(Kind.FRAME))
 #: Job fields that frames and instances show as `job.*`: a change there touches them too.
 _JOB_SHOWN = tuple(c.name for c in SCHEMA[Kind.JOB] if c.shown)
 #: Job facts that come from the job's row alone (its "row" and "times" groups): spread
@@ -106,8 +110,10 @@ class LiveFarm:
         self.farm, self.mark = farm, mark
         self.spread = spread or Spread()
         self.pending: Dirty = no_dirt()
-        #: Rows the last `apply` was given that changed nothing (read again).
+        #: Rows the last `apply` was given that changed nothing (read again), but for the
+        #: ones corral's own last write made (they come back once, looking unchanged).
         self.reread = 0
+        self._written: tuple[set[int], set[str]] = (set(), set())  # (jobs, workers) of that write
         self.agg = Aggregates.from_farm(farm, recent, keep_recent=keep_recent)
         #: What the previous plan over this farm did, part by part (see `PlanMemo`).
         self.plan_memo = PlanMemo()
@@ -157,16 +163,17 @@ class LiveFarm:
 
     def apply(self, changes: FarmChanges, mark: Mark) -> Dirty:
         dirty, self.pending = self.pending, no_dirt()
-        self.reread = 0
+        self.reread, (own_jobs, own_workers) = 0, self._written
+        self._written = (set(), set())
         for job in changes.jobs:
-            self._job(job, dirty)
+            self._job(job, dirty, own_jobs)
         for job_id, deps in changes.depends_on.items():
             self._deps(job_id, deps, dirty)
         for inst in changes.instances:
-            self._instance(inst, dirty)
+            self._instance(inst, dirty, own_jobs)
         for worker in changes.workers:
-            self._worker(worker, dirty)
-        self._frames(changes.frames, dirty)
+            self._worker(worker, dirty, own_workers)
+        self._frames(changes.frames, dirty, own_jobs)
         for job_id, number, run in changes.runs:
             owner = self.farm.jobs.get(job_id)
             ran = owner.frames.get(number) if owner else None
@@ -215,15 +222,15 @@ class LiveFarm:
                 dirty[Kind.FRAME].update(self.frame_dependents.get(str(key), ()))
         return dirty
 
-    def _job(self, new: Job, dirty: Dirty) -> None:
+    def _job(self, new: Job, dirty: Dirty, own: set[int]) -> None:
         old = self.farm.jobs.get(new.id)
         if old is None:
             dirty[Kind.JOB].add(new.id)
             new.frames, new.instances, new.depends_on = {}, {}, []
             self.farm.jobs[new.id] = new
             return
-        if all(getattr(old, f) == getattr(new, f) for f in _JOB_FIELDS):
-            self.reread += 1
+        if _JOB_ROW(old) == _JOB_ROW(new):
+            self.reread += new.id not in own
             return  # read again, unchanged (see the module docstring)
         dirty[Kind.JOB].add(new.id)
         shown = any(getattr(old, f) != getattr(new, f) for f in _JOB_SHOWN)
@@ -247,7 +254,7 @@ class LiveFarm:
             self.dependents[dep].add(job_id)
         dirty[Kind.JOB].add(job_id)
 
-    def _instance(self, new: Instance, dirty: Dirty) -> None:
+    def _instance(self, new: Instance, dirty: Dirty, own: set[int]) -> None:
         job = self.farm.jobs.get(new.job_id)
         if job is None:
             return
@@ -255,8 +262,8 @@ class LiveFarm:
         if old is None:
             job.instances[new.id] = new
             self.farm.reindex()
-        elif all(getattr(old, f) == getattr(new, f) for f in _INSTANCE_FIELDS):
-            self.reread += 1
+        elif _INSTANCE_ROW(old) == _INSTANCE_ROW(new):
+            self.reread += new.job_id not in own
             return  # read again, unchanged
         else:
             self.host_instances[old.host].discard(old.id)
@@ -266,12 +273,12 @@ class LiveFarm:
         dirty[Kind.INSTANCE].add(new.id)
         dirty[Kind.JOB].add(new.job_id)
 
-    def _worker(self, new: Worker, dirty: Dirty) -> None:
+    def _worker(self, new: Worker, dirty: Dirty, own: set[str]) -> None:
         old = self.farm.workers.get(new.name)
         if old is None:
             self.farm.workers[new.name] = new
-        elif all(getattr(old, f) == getattr(new, f) for f in _WORKER_FIELDS):
-            self.reread += 1
+        elif _WORKER_ROW(old) == _WORKER_ROW(new):
+            self.reread += new.name not in own
             return  # read again, unchanged
         else:
             for name in _WORKER_FIELDS:
@@ -279,7 +286,7 @@ class LiveFarm:
         dirty[Kind.WORKER].add(new.name)
         dirty[Kind.INSTANCE].update(self.host_instances.get(new.name, ()))
 
-    def _frames(self, rows: list[FrameChange], dirty: Dirty) -> None:
+    def _frames(self, rows: list[FrameChange], dirty: Dirty, own: set[int]) -> None:
         """The changed frame rows into the farm and the counts: the loop a steady cycle
         runs once per changed frame (ten thousand a cycle on a million-frame farm), so
         what it reads is bound once.
@@ -297,7 +304,8 @@ class LiveFarm:
         # unless other frames' facts copy theirs (dependencies).
         admitted = None if self.spread.frame_dependents else self.spread.frame_states
         unchanged = 0
-        for job_id, number, state, host, instance, attempts, retries, code, started, finished, since, version in rows:
+        for row in rows:
+            job_id, number, state, host, instance, attempts, retries, code, started, finished, since, version = row
             job = jobs.get(job_id)
             if job is None:
                 continue
@@ -309,11 +317,8 @@ class LiveFarm:
                                                    started, finished, since, version)
                 host = frame.host
             else:
-                if (frame.version == version and frame.state == state and frame.host == host
-                        and frame.instance == instance and frame.attempts == attempts and frame.retries == retries
-                        and frame.exit_code == code and frame.started_at == started
-                        and frame.finished_at == finished and frame.state_since == since):
-                    unchanged += 1
+                if _FRAME_ROW(frame) == row:
+                    unchanged += job_id not in own
                     continue  # read again, unchanged
                 was, old_host = frame.state, frame.host
                 host = old_host if host == old_host else host and intern(host)
@@ -358,6 +363,8 @@ class LiveFarm:
             pending[Kind.WORKER].update(f.host for f in job.frames.values() if f.host)
         pending[Kind.WORKER].update(workers)
         pending[Kind.WORKER].update(hosts)
+        self._written[0].update(job.id for job in jobs)
+        self._written[1].update(workers)
 
     def _count(self, jobs: Iterable[Job], sign: int) -> None:
         frame_state = self.agg.frame_state
