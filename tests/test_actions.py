@@ -123,10 +123,15 @@ def test_a_wrong_parameter_is_refused_the_same_way_by_a_policy_and_by_the_farm()
     policy = ("policies:\n  - name: p\n    kind: job\n    when: {state: failed}\n"
               "    actions: [{resubmit: {priority: -3}}]\n    reason: r\n")
     loaded = load_texts([("p.yaml", policy)])
-    words = "'resubmit' parameter 'priority' must be a whole number of 0 or more"
+    words = "'resubmit' parameter 'priority' must be a whole number from 0 to 2,147,483,647"
     assert [e.message for e in loaded.errors] == [f"{words}, not the number -3"]
-    with pytest.raises(IllegalAction, match="'resubmit' parameter 'priority' must be a whole number of 0 or more, not -3"):
+    with pytest.raises(IllegalAction, match=f"{words}, not -3"):
         apply_action(snap(FARM), Kind.JOB, "2", Action.RESUBMIT, now=NOW, params={"priority": -3})
+    # past what the store's columns hold: refused at load, not by every cycle's commit
+    huge = load_texts([("p.yaml", policy.replace("-3", "99999999999999999999"))])
+    assert [(e.pos.line, e.message) for e in huge.errors] == [(5, f"{words}, not the number 99999999999999999999")]
+    with pytest.raises(IllegalAction, match=f"{words}, not 2147483648"):
+        apply_action(snap(FARM), Kind.JOB, "2", Action.RESUBMIT, now=NOW, params={"priority": 2**31})
     with pytest.raises(ValueError, match="'retry' takes no parameters; 'priority' is not one of them"):
         action_def("retry").check_params({"priority": 1})
 

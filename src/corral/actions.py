@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from corral.farm import Frame, Instance, Job, Worker
+from corral.farm import MAX_INT, Frame, Instance, Job, Worker
 from corral.states import RULES, Action, ActionRule, FrameState, Hold, JobState, Kind
 
 Entity = Job | Frame | Instance | Worker
@@ -30,7 +30,8 @@ Entity = Job | Frame | Instance | Worker
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter of an action: a whole number of 0 or more, or true/false.
+    """One parameter of an action: a whole number from 0 to MAX_INT (what the store's
+    columns hold), or true/false.
     `kinds`: the kinds of entity it means something for (None: all the action applies to)."""
 
     name: str
@@ -40,13 +41,13 @@ class Param:
 
     @property
     def words(self) -> str:
-        return "a whole number of 0 or more" if self.type is int else "true or false"
+        return f"a whole number from 0 to {MAX_INT:,}" if self.type is int else "true or false"
 
     def problem(self, value: Any) -> str | None:
         """What is wrong with `value` for this parameter, in words (None: nothing)."""
         if self.type is bool:
             return None if isinstance(value, bool) else f"must be {self.words}"
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
             return f"must be {self.words}"
         return None
 
