@@ -283,3 +283,31 @@ def test_a_stop_is_honoured_within_seconds_even_when_the_cycle_hangs(tmp_path: P
     assert "did not finish within 1s: exiting now" in log.read_text()
     total, _ = _check_consistent(url, 3)
     assert total == 0
+
+
+def test_a_stop_is_honoured_within_seconds_when_the_database_is_what_hangs(tmp_path: Path) -> None:
+    """Another writer holds SQLite's write lock: the cycle waits on it (30 s busy timeout),
+    and so would giving the lease up.  The daemon exits within the grace and a second or so."""
+    import sqlite3
+
+    db = tmp_path / "farm.db"
+    url = f"sqlite:///{db}"
+    with Store.open(url) as store:
+        store.init()
+    load(url, pending_farm(3))
+    log = tmp_path / "daemon.log"
+    proc = corral("run", "--db", url, "--rules", str(write_rules(tmp_path / "rules")), "--only-rules",
+                  "--interval", "2", "--stop-grace", "1", "--engine", "reference", "--no-isolate", log=log)
+    locker = sqlite3.connect(db, isolation_level=None, timeout=30)
+    try:
+        wait_for(log_has(log, "3 applied"), 30, what="the daemon to lead and apply")
+        locker.execute("BEGIN IMMEDIATE")  # a writer that does not let go
+        time.sleep(3)  # the next cycle now waits for the write lock
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, log.read_text()
+        assert time.monotonic() - signalled < 5, log.read_text()
+    finally:
+        locker.close()
+        kill_group(proc)
+    assert "did not finish within 1s: exiting now" in log.read_text()

@@ -418,7 +418,11 @@ class Daemon:
             if not finished:
                 log.warning("the cycle did not finish within %gs: exiting now; its transaction rolls back and "
                             "nothing of it is applied", self.config.stop_grace)
-                self.leader.release()
+                # Give the lease up if the database answers at once; it may be why the cycle
+                # hangs, and then the lease runs out by itself (an interval).
+                release = threading.Thread(target=self.leader.release, daemon=True)
+                release.start()
+                release.join(1.0)
                 os._exit(0)  # the cycle's thread cannot be interrupted; the process can end
             self._busy.release()
             self.close()
