@@ -193,6 +193,22 @@ def test_the_isolated_engine_matches_and_a_segfault_costs_one_call(tmp_path: Pat
         ev.close()
 
 
+def test_an_engine_that_hangs_is_stopped_replaced_and_counted_as_lost(tmp_path: Path) -> None:
+    policies = _policies(BLOCK_PENDING)
+    facts = [{"id": 1, "state": "pending", "name": "a"}]
+    fault, lost = tmp_path / "fault", []
+    ev = SegfaultOnce(policies, fault, hang=True, timeout=1.0, on_death=lost.append)
+    try:
+        assert ev.evaluate(Kind.JOB, facts) == {"block-pending": [1]}
+        fault.touch()
+        with pytest.raises(EngineCrashed, match="did not answer within 1s"):
+            ev.evaluate(Kind.JOB, facts)
+        assert ev.evaluate(Kind.JOB, facts) == {"block-pending": [1]} and ev.starts == 2
+        assert ev.crashes == 1 and len(lost) == 1 and "did not answer" in lost[0]
+    finally:
+        ev.close()
+
+
 def test_a_cycle_whose_engine_crashes_applies_nothing_and_the_next_cycle_recovers(
     daemon_parts: tuple[str, Path], tmp_path: Path
 ) -> None:

@@ -151,7 +151,7 @@ class IsolatedEvaluator:
         status, payload = self._receive(self.start_timeout, "starting")
         if status != "ready":
             self.close()
-            raise EngineCrashed(f"the rule engine could not start: {payload}")
+            raise EngineCrashed(self._lost(f"the rule engine could not start: {payload}"))
         log.debug("engine child %s started", payload)
         return parent
 
@@ -165,7 +165,8 @@ class IsolatedEvaluator:
                     raise EngineCrashed(self._death(doing))
                 if time.monotonic() >= deadline:
                     self.close()
-                    raise EngineCrashed(f"the rule engine did not answer within {timeout:g}s while {doing}; it was stopped")
+                    raise EngineCrashed(self._lost(f"the rule engine did not answer within {timeout:g}s while {doing}; "
+                                                   "it was stopped"))
             message: tuple[str, Any] = conn.recv()
             return message
         except (EOFError, OSError, BrokenPipeError) as err:
@@ -177,7 +178,6 @@ class IsolatedEvaluator:
         if proc is not None:
             proc.join(1.0)
             code = proc.exitcode
-        self.crashes += 1
         self._discard()
         if code is not None and code < 0:
             try:
@@ -187,6 +187,11 @@ class IsolatedEvaluator:
             why = f"the rule engine process died of {name} while {doing}"
         else:
             why = f"the rule engine process exited (code {code}) while {doing}"
+        return self._lost(why)
+
+    def _lost(self, why: str) -> str:
+        """Count an engine lost (died, hung, or could not start) and tell `on_death`; `why`."""
+        self.crashes += 1
         if self.on_death is not None:
             self.on_death(why)
         return why
