@@ -134,3 +134,16 @@ def test_limits_and_schedules_load_as_numbers_and_text() -> None:
 def test_an_override_for_an_unknown_policy_is_reported_with_a_suggestion() -> None:
     result = load_texts([("g.yaml", GOOD)], overrides={"retry-faild": {"x": 1}})
     assert [e.message for e in result.errors] == ["no loaded policy is named 'retry-faild'; did you mean 'retry-failed'?"]
+
+
+def test_a_byte_that_is_not_utf8_is_shown_where_it_is_in_a_policy_file_and_a_test_file(tmp_path: Path) -> None:
+    from corral.policytest.reader import read_test_file
+
+    text = b"policies:\n  - name: p\n    reason: \"caf\xe9\"\n"
+    (tmp_path / "p.yaml").write_bytes(text)
+    loaded = load_paths([tmp_path / "p.yaml"])
+    assert [str(e) for e in loaded.errors] == [f"{tmp_path / 'p.yaml'}:3:17: byte 0xe9 is not UTF-8: save the file as UTF-8"]
+    assert loaded.bad_files == [str(tmp_path / "p.yaml")]
+    (tmp_path / "p.test.yaml").write_bytes(text)
+    _, errors = read_test_file(tmp_path / "p.test.yaml", "reference")
+    assert [str(e) for e in errors] == [f"{tmp_path / 'p.test.yaml'}:3:17: byte 0xe9 is not UTF-8: save the file as UTF-8"]

@@ -25,7 +25,7 @@ from corral.facts import FIELDS, FieldSpec
 from corral.policy.model import ActionSpec, All, AnyOf, Cmp, Cond, Limits, Not, Policy, pinned_states
 from corral.policy.operators import OPERATORS, BadPattern, compiled_regex, resolve
 from corral.states import RULES, Action, Kind, actions_for, legal_from
-from corral.yamlpos import Pos, PosDict, PosList, YamlError, load_text
+from corral.yamlpos import Pos, PosDict, PosList, YamlError, load_text, read_text
 
 POLICY_KEYS: dict[str, str] = {
     "name": "unique name of the policy (letters, digits, - and _), used in plans and the history",
@@ -177,9 +177,12 @@ def load_paths(
     texts: list[tuple[str, str]] = []
     for path in files:
         try:
-            texts.append((str(path), path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as err:
-            result.errors.append(PolicyError(Pos(str(path), 1, 1), f"cannot read the file: {err}"))
+            texts.append((str(path), read_text(path)))
+        except YamlError as err:  # a byte that is not UTF-8, at its line and column
+            result.errors.append(PolicyError(err.pos, err.message))
+            result.bad_files.append(str(path))
+        except OSError as err:
+            result.errors.append(PolicyError(Pos(str(path), 1, 1), f"cannot read the file: {err.strerror or err}"))
             result.bad_files.append(str(path))
     return load_texts(texts, overrides, result)
 

@@ -31,7 +31,7 @@ from corral.policytest.model import (
 )
 from corral.snapshot import SnapshotError, load_snapshot_file, parse_snapshot
 from corral.states import RULES, Action, Kind
-from corral.yamlpos import Pos, PosDict, PosList, YamlError, load_text
+from corral.yamlpos import Pos, PosDict, PosList, YamlError, load_text, read_text
 
 _what = describe_value
 
@@ -55,12 +55,12 @@ class _Reader:
     def read(self) -> PolicyTestFile | None:
         start = Pos(str(self.path), 1, 1)
         try:
-            data = load_text(self.path.read_text(encoding="utf-8"), str(self.path))
+            data = load_text(read_text(self.path), str(self.path))
         except YamlError as err:
             self.error(err.pos, err.message)
             return None
-        except (OSError, UnicodeDecodeError) as err:
-            self.error(start, f"cannot read the file: {err}")
+        except OSError as err:
+            self.error(start, f"cannot read the file: {err.strerror or err}")
             return None
         if not isinstance(data, PosDict):
             self.error(getattr(data, "start", start), "a test file is a mapping with `policies:` and `cases:`")
