@@ -87,7 +87,7 @@ def pause(
     reason: Annotated[str, typer.Option("--reason", help="Why (shown by daemon-status).")] = "",
 ) -> None:
     """Stop corral applying anything: cycles keep running and reporting, nothing is changed."""
-    from corral.store.store import StoreError
+    from corral.store.store import PAUSE_SETTING, StoreError
 
     who, now = getpass.getuser(), datetime.now(UTC).isoformat(timespec="seconds")
     try:
@@ -95,7 +95,7 @@ def pause(
             store.set_setting("paused_reason", reason)
             store.set_setting("paused_by", who)
             store.set_setting("paused_at", now)
-            store.set_setting("paused", "1")
+            store.set_setting(PAUSE_SETTING, "1")
     except StoreError as err:
         fail(str(err))
     console.print(visible(f"paused by {who} at {now}" + (f": {reason}" if reason else "")), highlight=False)
@@ -103,12 +103,12 @@ def pause(
 
 def resume(db: DbOption = None) -> None:
     """Let corral apply its policies again (from its next cycle)."""
-    from corral.store.store import StoreError
+    from corral.store.store import PAUSE_SETTING, StoreError
 
     try:
         with _open(db) as store:
-            was = store.get_setting("paused") == "1"
-            store.set_setting("paused", "0")
+            was = store.paused()
+            store.set_setting(PAUSE_SETTING, "0")
             store.set_setting("paused_by", getpass.getuser())
             store.set_setting("paused_at", datetime.now(UTC).isoformat(timespec="seconds"))
             store.set_setting("paused_reason", "")
