@@ -317,7 +317,7 @@ class LiveFarm:
                                                    started, finished, since, version)
                 host = frame.host
             else:
-                if _FRAME_ROW(frame) == row:
+                if frame.version == version and _FRAME_ROW(frame) == row:  # (a write moves the version)
                     unchanged += job_id not in own
                     continue  # read again, unchanged
                 was, old_host = frame.state, frame.host
