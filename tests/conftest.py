@@ -86,7 +86,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: P
         return f"sqlite:///{path}"
     url: str = request.getfixturevalue("postgres_url")
     with psycopg.connect(_libpq(url), autocommit=True) as conn:
-        tables = sql.SQL(", ").join(sql.Identifier(t) for t in (*FARM_TABLES, "transitions", "settings"))
+        tables = sql.SQL(", ").join(sql.Identifier(t) for t in (*FARM_TABLES, "transitions", "settings", "outbox"))
         conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(tables))
         conn.execute("UPDATE daemon_lease SET holder = NULL, token = 0, expires = NULL, since = NULL")
     return url

@@ -9,6 +9,9 @@ here too, so the core never imports the store, the rule engine or a farm manager
 - `ActionSink`: applies a plan's `Proposal`s with compare-and-set and reports each as
   applied, audited or refused (`ApplyReport`); says whether corral is paused;
 - `TransitionLog`: the audit trail, read back (`LogEntry`, `LastActions`);
+- `Sink`: a farm manager (or a command, a webhook) that carries out what the
+  `ActionSink` applied: handed outbox rows (`corral.outbox.Entry`) one at a time, it
+  answers delivered, refused or failed (`corral.outbox.Outcome`);
 - `Evaluator` and `IncrementalEvaluator`: which entities each policy matches, for a
   whole picture or kept between cycles (`corral.engine.RuleEngine`, the reference
   evaluator in `corral.evaluate`, and `corral.daemon.isolated.IsolatedEvaluator`, the
@@ -26,6 +29,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from corral.farm import Farm, FrameRun, Instance, Job, Worker
+from corral.outbox import Entry, Outcome
 from corral.states import Action, FrameState, Kind
 
 #: An entity's id as the cycle passes it around: a job's number, a frame's "JOB:FRAME", an
@@ -121,6 +125,9 @@ class Proposal:
     policy: str | None = None
     automatic: bool = False
     applied: bool = True
+    #: Queue it for the configured sinks (`corral.outbox`).  False for what a sink itself
+    #: reported (a take-back after a refusal): the supervisor already has it so.
+    deliver: bool = True
 
     def __str__(self) -> str:
         return f"{self.action} {self.kind} {self.ident}"
@@ -218,6 +225,35 @@ class TransitionLog(Protocol):
 
 class CycleStore(FarmSource, ActionSink, TransitionLog, Protocol):
     """The three ports a cycle talks to, which corral's store implements together."""
+
+
+class Sink(Protocol):
+    """A destination for decisions: a farm manager, a command per action, a webhook.
+
+    Not to be confused with the `ActionSink`, which applies a plan to corral's store:
+    a `Sink` carries an applied action on to the supervisor, from the outbox
+    (`corral.deliver`).  A sink never raises for a failed send: it answers `Failed`.
+    """
+
+    name: str
+
+    def carries(self) -> frozenset[tuple[Kind, Action]]:
+        """The (kind, action) pairs it can deliver; other rows are never queued for it."""
+        ...
+
+    def deliver(self, entry: Entry) -> Outcome:
+        """Send one row; `entry.key` is the same on every attempt (for the receiver to
+        recognise a repeat)."""
+        ...
+
+    def took(self, entry: Entry) -> bool | None:
+        """Whether the supervisor already carries out `entry` (asked after a send was
+        interrupted, for an action that is not harmless twice); None: cannot tell."""
+        ...
+
+    def close(self) -> None:
+        """Release what it holds (connections)."""
+        ...
 
 
 class Evaluator(Protocol):

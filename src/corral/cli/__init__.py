@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from corral.cli import daemon_cmds, demo_cmds, farm_cmds, feed_cmds, policy_cmds, run_cmds, trust_cmds
+from corral.cli import daemon_cmds, demo_cmds, farm_cmds, feed_cmds, outbox_cmds, policy_cmds, run_cmds, trust_cmds
 
 app = typer.Typer(
     name="corral",
@@ -22,6 +22,7 @@ daemon_cmds.register(app)
 feed_cmds.register(app)
 trust_cmds.register(app)
 demo_cmds.register(app)
+outbox_cmds.register(app)
 
 
 def main() -> None:

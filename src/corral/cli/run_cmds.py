@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -34,6 +35,11 @@ def run(
         float, typer.Option("--stop-grace", help="Seconds a stop waits for the current cycle before exiting anyway.",
                             min=0.0)
     ] = 10.0,
+    sinks: Annotated[
+        Path | None,
+        typer.Option("--sinks", help="The sinks file: where applied actions are delivered (default: sinks.yaml in a "
+                     "--rules folder; none: corral's store is the farm).", show_default=False),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Apply the policies to the store every --interval seconds (compare-and-set, logged), or once.
@@ -42,8 +48,8 @@ def run(
     finishes the current cycle (for --stop-grace seconds at most: then its transaction
     rolls back), then exits 0. `corral pause` stops it applying anything.
     """
-    from pathlib import Path
-
+    from corral.cli.outbox_cmds import sinks_file
+    from corral.daemon.courier import SinksFileError
     from corral.daemon.isolated import EngineCrashed
     from corral.daemon.logs import setup_logging
     from corral.daemon.service import AnotherDaemon, Daemon, DaemonConfig
@@ -60,8 +66,14 @@ def run(
     config = DaemonConfig(
         db_url=db_url(db), paths=[Path(p) for p in policy_paths(rules, only_rules)], overrides=parse_sets(sets),
         interval=interval, dry_run=dry_run, engine=engine, isolate=isolate, stop_grace=stop_grace,
+        sinks_file=sinks_file(sinks, rules, only_rules),
     )
-    daemon = Daemon(config)
+    try:
+        daemon = Daemon(config)
+    except SinksFileError as err:
+        for line in err.errors:
+            err_console.print(line, highlight=False, markup=False)
+        fail(str(err))
     if metrics_port is not None:
         try:
             port = daemon.metrics.serve(metrics_port)
@@ -84,6 +96,7 @@ def run(
         daemon.close()
         fail(daemon.store.masked(f"cycle failed, nothing applied: {type(err).__name__}: {err}"))
     errors = daemon.watcher.errors
+    delivery = daemon.last_delivery
     daemon.close()
     for error in errors:
         err_console.print(f"skipped: {error}", highlight=False, markup=False)
@@ -101,6 +114,9 @@ def run(
             "refused": [{"action": str(r.proposal), "reason": r.reason} for r in refused],
             "skipped_files": sorted({e.pos.file for e in errors}),
             "timings": result.timings,
+            "delivered": None if delivery is None else {
+                "delivered": len(delivery.delivered), "refused": len(delivery.refused), "failed": len(delivery.failed),
+                "dead": len(delivery.dead), "doubt": len(delivery.doubt), "waiting": delivery.waiting},
         })
         return
     state = " (paused: nothing applied)" if result.paused else ""
@@ -114,6 +130,11 @@ def run(
                               f"{t.reason}"), highlight=False)
     for r in refused:
         console.print(visible(f"  refused: {r.proposal}: {r.reason}"), highlight=False)
+    if delivery is not None:
+        console.print(f"delivered {len(delivery.delivered)}, refused {len(delivery.refused)}, failed "
+                      f"{len(delivery.failed) + len(delivery.dead)}; {delivery.waiting} waiting (`corral outbox`)")
+        for entry, said in delivery.refused + delivery.failed + delivery.dead:
+            console.print(visible(f"  {entry.describe()} to {entry.sink}: {said}"), highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -41,6 +41,13 @@ class Metrics:
         self.policies = Gauge("corral_policies", "Policies in force.", registry=r)
         self.policy_errors = Gauge("corral_policy_file_errors", "Errors in policy files at the last (re)load.", registry=r)
         self.reloads = Counter("corral_reloads", "Policy reloads, by result (ok or rejected).", ["result"], registry=r)
+        self.outbox_sent = Counter(
+            "corral_outbox_sends", "Outbox rows sent, per sink and outcome (delivered, refused, failed, dead, doubt).",
+            ["sink", "outcome"], registry=r)
+        self.outbox_unsettled = Gauge("corral_outbox_unsettled", "Outbox rows not yet delivered (pending, sending, in "
+                                      "doubt), per sink.", ["sink"], registry=r)
+        self.outbox_oldest = Gauge("corral_outbox_oldest_unsettled_seconds",
+                                   "Age of the oldest outbox row not yet delivered (0: none).", registry=r)
         self._server: Any = None
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> int:

@@ -37,11 +37,13 @@ from sqlalchemy import exc as sa_exc
 
 from corral.cycle import CycleResult, run_cycle
 from corral.daemon.backoff import Backoff
+from corral.daemon.courier import Courier, load_sinks_file
 from corral.daemon.isolated import EngineCrashed, IsolatedEvaluator
 from corral.daemon.leader import LeaderError, Leadership, Lease, LeaseLost
 from corral.daemon.metrics import Metrics
 from corral.daemon.schedule import DEFAULT_GRACE, SETTING_PREFIX, ScheduleTracker
 from corral.daemon.watch import PolicyWatcher
+from corral.deliver import DeliveryReport
 from corral.farm import utcnow
 from corral.policy.model import Policy
 from corral.policyset import PolicySet
@@ -90,6 +92,9 @@ class DaemonConfig:
     #: How long a stop (SIGTERM, SIGINT) waits for the cycle running to finish.
     stop_grace: float = 10.0
     schedule_grace: timedelta = DEFAULT_GRACE
+    #: The sinks file (`corral.sinks.config`): where applied actions are delivered.  None:
+    #: nowhere (corral's store is the farm, as with `corral ingest`).
+    sinks_file: Path | None = None
 
 
 @dataclass
@@ -133,6 +138,11 @@ class Daemon:
         self._was_standby = False
         self._rereads = 0  # cycles in a row whose read brought back REREAD_WARN rows unchanged
         self.prefix = ("schedule-dry:" if config.dry_run else SETTING_PREFIX)
+        sinks_config, sinks = load_sinks_file(config.sinks_file)  # a bad file stops the start: raises SinksFileError
+        self.courier = Courier(self.store, sinks_config, sinks, clock=clock, metrics=self.metrics)
+        self._published = False  # the sinks' routes, published once this daemon leads
+        self._scheduler: Any = None
+        self.last_delivery: DeliveryReport | None = None  # run_once's
 
     # --- policies -----------------------------------------------------------------------
 
@@ -215,6 +225,9 @@ class Daemon:
             if not self._lead():
                 self.metrics.cycles.labels("standby").inc()
                 return Tick("standby")
+            if not self._published:
+                self.courier.publish()
+                self._published = True
             result = self.cycle()
         except LeaseLost as err:
             self.metrics.cycles.labels("lease_lost").inc()
@@ -247,6 +260,8 @@ class Daemon:
             log.info("database %s reachable again", describe(self.store.url))
         self.backoff.reset()
         outcome = "paused" if result.paused else "ok"
+        if result.report is not None and result.report.applied and self._scheduler is not None:
+            self._deliver_soon()
         self.metrics.cycles.labels(outcome).inc()
         self.metrics.duration.observe(time.perf_counter() - started)
         self.metrics.last_success.set(time.time())
@@ -264,9 +279,32 @@ class Daemon:
             return False
         self.metrics.leader.set(1)
         self._was_standby = False
+        self._published = False  # publish this daemon's sinks again: another leader may have had others
         log.info("leader: this daemon (%s) now acts on %s", self.holder, describe(self.store.url))
         self._schedules_dirty = True  # another daemon may have fired schedules meanwhile
         return True
+
+    # --- delivery ------------------------------------------------------------------------
+
+    def deliver(self) -> None:
+        """One delivery pass while this daemon leads; never raises (the daemon's promise)."""
+        if self._stop.is_set() or not self.courier.sinks or not self.leader.held:
+            return
+        try:
+            self.courier.run(stop=self._stop.is_set)
+        except LeaseLost as err:
+            log.error("delivery stopped: %s", err)
+        except Exception as err:
+            kind = "db_unreachable" if _db_error(err) else "delivery"
+            self.metrics.errors.labels(kind).inc()
+            log.error("delivery pass failed (%s: %s); every row stays queued", type(err).__name__,
+                      self.store.masked(first_line(err)))
+
+    def _deliver_soon(self) -> None:
+        try:
+            self._scheduler.modify_job("deliver", next_run_time=datetime.now().astimezone())
+        except Exception as err:  # the scheduler shutting down
+            log.debug("could not schedule a delivery: %s", err)
 
     def _note(self, key: str, value: dict[str, Any]) -> None:
         """Best-effort status in settings for `corral daemon-status` (never fails a cycle)."""
@@ -378,7 +416,11 @@ class Daemon:
             if not self.leader.acquire():
                 raise AnotherDaemon(f"another corral daemon holds the lease on {describe(self.store.url)}; "
                                     "it is already applying the policies")
-            return self.cycle()
+            self.courier.publish()
+            result = self.cycle()
+            if self.courier.sinks:  # what it applied, delivered before it exits (a failed send waits for the next run)
+                self.last_delivery = self.courier.run(stop=self._stop.is_set)
+            return result
         finally:
             self.leader.release()
 
@@ -407,6 +449,10 @@ class Daemon:
         scheduler.add_listener(on_overrun, EVENT_JOB_MAX_INSTANCES)
         scheduler.add_job(self.tick, IntervalTrigger(seconds=self.config.interval), id="cycle", max_instances=1,
                           coalesce=True, misfire_grace_time=None, next_run_time=datetime.now().astimezone())
+        if self.courier.sinks:
+            scheduler.add_job(self.deliver, IntervalTrigger(seconds=self.courier.delivery.every), id="deliver",
+                              max_instances=1, coalesce=True, misfire_grace_time=None)
+            self._scheduler = scheduler
         scheduler.start()
         try:
             while not self._stop.wait(0.2):
@@ -441,6 +487,7 @@ class Daemon:
         signal.signal(signal.SIGINT, handler)
 
     def close(self) -> None:
+        self.courier.close()
         if self.session is not None:
             self.session.close()
         self.leader.release()

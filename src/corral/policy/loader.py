@@ -56,6 +56,8 @@ TEMPLATE_RE = re.compile(r"\{([^{}]*)\}")
 UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 COMBINATORS = ("all", "any", "not")
 TEST_SUFFIXES = (".test.yaml", ".test.yml")
+#: A policy folder's sinks file (`corral.sinks.config`) is not a policy file.
+SINKS_FILES = ("sinks.yaml", "sinks.yml")
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def builtin_dir() -> Path:
 
 
 def policy_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[PolicyError]]:
-    """Expand folders to their *.yaml/*.yml files (test files excluded), in name order."""
+    """Expand folders to their *.yaml/*.yml files (test files and the sinks file excluded), in name order."""
     out: list[Path] = []
     errors: list[PolicyError] = []
     for raw in paths:
@@ -157,7 +159,8 @@ def policy_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[PolicyEr
         if path.is_dir():
             found = sorted(
                 p for p in path.iterdir()
-                if p.suffix in (".yaml", ".yml") and not p.name.endswith(TEST_SUFFIXES) and p.is_file()
+                if p.suffix in (".yaml", ".yml") and not p.name.endswith(TEST_SUFFIXES) and p.name not in SINKS_FILES
+                and p.is_file()
             )
             out.extend(found)
         elif path.is_file():

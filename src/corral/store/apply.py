@@ -7,6 +7,10 @@ moved, the whole proposal is refused, its SAVEPOINT rolled back, the in-memory f
 left as it was, and the next proposal tried.  Anything else that goes wrong raises and
 the caller's transaction rolls the whole batch back: a failed cycle never half-applies.
 
+With sinks configured, each applied proposal is also queued in the outbox, in the same
+savepoint (`corral.store.outbox.enqueue`): what the store holds as done and what will be
+delivered to the farm manager never disagree.
+
 The farm is changed in memory only after its rows were written, so a refused or
 failed proposal never has to be undone there; a batch that raises undoes the ones
 already applied (`_Undo`).
@@ -25,6 +29,7 @@ from corral.effects import Outcome, apply_action
 from corral.farm import Entity, Farm, restore_fields, saved_fields
 from corral.ports import ApplyReport, Done, Proposal, Refusal
 from corral.states import IllegalAction, Kind
+from corral.store import outbox
 from corral.store.rows import TABLES, key_of, values_of
 from corral.store.tables import table
 
@@ -62,6 +67,7 @@ def apply_transitions(
     """Apply `proposals` in order on `conn` (already in a transaction) and on `farm`."""
     report = ApplyReport()
     undo: list[tuple[Entity, dict[str, Any]]] = []
+    routes = outbox.routes(conn)  # the configured sinks: each applied action is queued for them
     try:
         for p in proposals:
             try:
@@ -79,7 +85,14 @@ def apply_transitions(
             try:
                 for kind, ent, version, values in after:
                     _compare_and_set(conn, kind, ent, version, values, now)
-                conn.execute(insert(table("transitions")), log)
+                if routes and p.deliver:
+                    transitions = table("transitions")
+                    logged = conn.execute(insert(transitions).returning(transitions.c.id), log[:1]).scalar()
+                    if log[1:]:
+                        conn.execute(insert(transitions), log[1:])
+                    outbox.enqueue(conn, routes, farm, p, done, logged, now=now, actor=actor, cycle_id=cycle_id)
+                else:
+                    conn.execute(insert(table("transitions")), log)
             except _Stale as err:
                 savepoint.rollback()
                 report.refused.append(Refusal(p, f"refused: {err}; the farm moved on, nothing was changed", True))

@@ -265,6 +265,33 @@ def read_farm(conn: Connection) -> Farm:
     return Farm(jobs=jobs, workers=workers)
 
 
+def read_part(conn: Connection, *, job: int | None = None, worker: str | None = None) -> Farm:
+    """One job (its frames, runs, instances, and the jobs it waits on) or one worker, with
+    versions: what one action reads and writes (`corral.effects` touches nothing else),
+    for applying it without reading the whole farm (the outbox's take-back)."""
+    farm = Farm()
+    if worker is not None:
+        farm.workers = {w.name: w for w in read_workers(conn) if w.name == worker}  # (no user text in SQL)
+    if job is None:
+        return farm
+    job_id = int(job)
+    farm.jobs = {j.id: j for j in read_jobs(conn, f"id = {job_id}")}
+    if job_id not in farm.jobs:
+        return farm
+    deps = [d for (d,) in raw_rows(conn, f"SELECT depends_on FROM job_dependencies WHERE job_id = {job_id} ORDER BY position")]  # noqa: S608
+    farm.jobs[job_id].depends_on = deps
+    for dep in read_jobs(conn, f"id IN ({', '.join(str(int(d)) for d in deps)})") if deps else []:
+        farm.jobs.setdefault(dep.id, dep)
+    target = farm.jobs[job_id]
+    for inst in read_instances(conn, f"job_id = {job_id}", "id"):
+        target.instances[inst.id] = inst
+    for frame in read_frames(conn, f"job_id = {job_id}", "number"):
+        target.frames[frame.number] = frame
+    for _j, n, run in read_runs(conn, f"job_id = {job_id}"):
+        target.frames[n].runs.append(run)
+    return farm
+
+
 def interned_names(conn: Connection) -> list[str]:
     """The farm's instance ids and their hosts' names, interned before a whole read, as copies
     made one after another, so that the one string of each name lies in a few

@@ -18,9 +18,10 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from corral.farm import Farm, utcnow
+from corral.outbox import Entry, Route, Status, routes_text
 from corral.ports import ActionLog, ApplyReport, FarmChanges, LastActions, LogEntry, Mark, Proposal
 from corral.states import Kind
-from corral.store import changes, lease, migrate
+from corral.store import changes, lease, migrate, outbox
 from corral.store.apply import apply_transitions
 from corral.store.engine import MASK, WRITE, BadUrl, describe, first_line, make_engine, mask_secrets, normalise_url
 from corral.store.rows import farm_rows, raw_rows, read_farm, timestamp_param, timestamp_parser
@@ -46,8 +47,8 @@ class NoStoreFile(SchemaMissing):
 #: The setting `corral pause` sets to "1" and `corral resume` to "0".
 PAUSE_SETTING = "paused"
 
-#: Farm tables a snapshot load with `replace` empties (the log and settings are kept).
-FARM_TABLES = tuple(t for t in TABLE_ORDER if t not in ("transitions", "settings"))
+#: Farm tables a snapshot load with `replace` empties (the log, settings and outbox are kept).
+FARM_TABLES = tuple(t for t in TABLE_ORDER if t not in ("transitions", "settings", "outbox"))
 
 
 class Store:
@@ -408,6 +409,53 @@ class Store:
             now = utcnow()
             if conn.execute(update(s).where(s.c.key == key).values(value=value, updated_at=now)).rowcount == 0:
                 conn.execute(insert(s).values(key=key, value=value, updated_at=now))
+
+    # --- the outbox (corral.outbox, corral.store.outbox) -------------------------------
+
+    def set_routes(self, routes: Sequence[Route]) -> None:
+        """Record the configured sinks: from now on every applied transition is queued for
+        those that carry it, whoever applies it."""
+        self.set_setting(outbox.ROUTES_SETTING, routes_text(routes))
+
+    def routes(self) -> tuple[Route, ...]:
+        self.check()
+        with self._read() as conn:
+            return outbox.routes(conn)
+
+    def outbox_rows(self, statuses: Iterable[Status] | None = None, limit: int | None = None) -> list[Entry]:
+        """Outbox rows, newest first (`statuses`: only those)."""
+        self.check()
+        with self._read() as conn:
+            return outbox.listing(conn, statuses, limit)
+
+    def outbox_entry(self, entry_id: int) -> Entry | None:
+        self.check()
+        with self._read() as conn:
+            return outbox.get(conn, entry_id)
+
+    def outbox_unsettled(self) -> list[Entry]:
+        """The rows not yet settled, oldest first: what a delivery pass works on."""
+        self.check()
+        with self._read() as conn:
+            return outbox.unsettled(conn)
+
+    def outbox_mark(self, entry_id: int, status: Status, *, expect: Iterable[Status] | None = None,
+                    **values: Any) -> bool:
+        """Move a row to `status`, only from `expect` (False: it was not there any more)."""
+        self.check()
+        with self._write() as conn:
+            return outbox.mark(conn, entry_id, status, expect=expect, **values)
+
+    def outbox_refused(self, entry: Entry, answer: str, now: datetime) -> str:
+        """A refusal, recorded and taken back in one transaction (`corral.store.outbox.refuse`)."""
+        self.check()
+        with self._write() as conn:
+            return outbox.refuse(conn, entry, answer, now)
+
+    def outbox_backlog(self) -> outbox.Backlog:
+        self.check()
+        with self._read() as conn:
+            return outbox.backlog(conn)
 
     # --- tests and tools ----------------------------------------------------------
 

@@ -266,6 +266,48 @@ class DaemonLeaseRow(SQLModel, table=True):
     since: float | None = None
 
 
+class OutboxRow(SQLModel, table=True):
+    """One action to deliver to one sink (a farm manager, a command, a webhook): written in
+    the transaction that applied the transition, so nothing corral decides is lost or
+    delivered without having been decided (see corral.outbox).
+
+    `key` is the idempotency key the sink is handed (unique: a row is one delivery);
+    `target` (JSON) names the entity as the sink needs it (job, frame, host...).
+    `status`: pending, sending (a delivery under way: found so after a crash, it is in
+    doubt), delivered, refused (the supervisor said no: `answer`), dead (gave up after
+    the attempt limit), dropped (by a person: `answer` says who).
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_status", "status", "next_at"),
+        Index("ix_outbox_entity", "sink", "kind", "entity_id"),
+        Index("ix_outbox_key", "key", unique=True),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger().with_variant(Integer(), "sqlite"))
+    key: str = Field(sa_type=String(64))
+    sink: str = Field(sa_type=String(255))
+    at: datetime = Field(sa_type=UTCDateTime)
+    transition_id: int | None = Field(default=None, sa_type=BigInteger)
+    kind: str = Field(sa_type=String(STATE))
+    entity_id: str = Field(sa_type=String(255))
+    job_id: int | None = None
+    action: str = Field(sa_type=String(STATE))
+    params: str = Field(default="{}", sa_type=Text)
+    target: str = Field(default="{}", sa_type=Text)
+    actor: str = Field(sa_type=String(255))
+    policy: str | None = Field(default=None, sa_type=String(255))
+    reason: str = Field(default="", sa_type=Text)
+    cycle_id: str | None = Field(default=None, sa_type=String(64))
+    status: str = Field(default="pending", sa_type=String(STATE))
+    attempts: int = 0
+    next_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = Field(default=None, sa_type=Text)
+    answer: str | None = Field(default=None, sa_type=Text)
+    done_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
 metadata: MetaData = SQLModel.metadata
 
 #: Tables in the order rows must be inserted (parents first); delete in reverse.
@@ -280,6 +322,7 @@ TABLE_ORDER = (
     "applied_events",
     "transitions",
     "settings",
+    "outbox",
 )
 
 

@@ -1,0 +1,130 @@
+"""The `command` sink: one argv template per action and kind, run without a shell.
+
+For farm managers driven from their command line (Qube!'s `qbblock`, Deadline's
+`deadlinecommand`, Tractor's `tq`, OpenCue's `cueadmin`): the built-in presets
+(`corral/sinks/presets/*.yaml`, cited in docs/sinks.md) give their documented commands,
+and a sink's own `commands` add to or replace them.
+
+A template is a list of words; `{field}` in a word is replaced by the row's value (see
+`FIELDS`), nothing else is interpreted: no shell, no globbing, no attribute access.
+An unknown field, or one the kind does not have (`{frame}` for a job), is refused when
+the file is checked, at its line.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.outbox import Delivered, Entry, Failed, Outcome, Refused
+from corral.states import Action, Kind
+
+#: The fields every template may name, and those each kind adds.
+COMMON_FIELDS = ("action", "kind", "entity", "policy", "reason", "key", "cycle", "actor")
+KIND_FIELDS: dict[Kind, tuple[str, ...]] = {
+    Kind.JOB: ("job", "job_name"),
+    Kind.FRAME: ("job", "job_name", "frame"),
+    Kind.INSTANCE: ("job", "job_name", "instance", "host"),
+    Kind.WORKER: ("worker", "host"),
+}
+#: Everything a template may name, for the docs and the JSON Schema.
+FIELDS = tuple(dict.fromkeys(COMMON_FIELDS + tuple(f for fs in KIND_FIELDS.values() for f in fs)))
+#: The most of a command's output kept with the row (its last characters).
+OUTPUT_KEPT = 2000
+
+
+def template_fields(word: str) -> list[str]:
+    """The fields a template word names; raises ValueError for a malformed word (an
+    unmatched brace, a conversion or format spec, an index or attribute)."""
+    names = []
+    for _literal, name, spec, conversion in string.Formatter().parse(word):
+        if name is None:
+            continue
+        if spec or conversion:
+            raise ValueError(f"'{{{name}}}' has a format or conversion: write the field name alone, as {{{name.split('!')[0]}}}")
+        if not name.isidentifier():
+            raise ValueError(f"'{{{name}}}' is not a field name: write one of {', '.join(FIELDS)}")
+        names.append(name)
+    return names
+
+
+def template_problem(kind: Kind, argv: Sequence[str]) -> str | None:
+    """What is wrong with a template for `kind` (None: nothing)."""
+    if not argv or not all(isinstance(w, str) for w in argv):
+        return "a command is a non-empty list of words (strings), the program first"
+    allowed = COMMON_FIELDS + KIND_FIELDS[kind]
+    for word in argv:
+        try:
+            names = template_fields(word)
+        except ValueError as err:
+            return str(err)
+        for name in names:
+            if name not in allowed:
+                where = [k.value for k, fs in KIND_FIELDS.items() if name in fs]
+                hint = f": only a {' or '.join(where)} has it" if where else f"; the fields are {', '.join(allowed)}"
+                return f"unknown field {{{name}}} for a {kind.value}{hint}"
+    if "{" in argv[0]:
+        return "the program (the first word) is fixed text, never a field"
+    return None
+
+
+def values_of(entry: Entry) -> dict[str, str]:
+    """The row's fields as template values (absent ones empty)."""
+    values: dict[str, Any] = {
+        "action": entry.action.value, "kind": entry.kind.value, "entity": entry.entity_id,
+        "policy": entry.policy or "", "reason": entry.reason, "key": entry.key, "cycle": entry.cycle_id or "",
+        "actor": entry.actor,
+    }
+    values.update(entry.target)
+    return {k: "" if v is None else str(v) for k, v in values.items()}
+
+
+def render(argv: Sequence[str], entry: Entry) -> list[str]:
+    values = values_of(entry)
+    return [word.format_map(values) for word in argv]
+
+
+@dataclass
+class CommandSink:
+    """Runs `commands[action][kind]` for each row; exit 0 is delivered, an exit status in
+    `refused_codes` is the supervisor saying no, anything else (another status, a
+    timeout, a program not found) is a failed send, retried."""
+
+    name: str
+    commands: Mapping[Action, Mapping[Kind, Sequence[str]]]
+    timeout: float = 30.0
+    refused_codes: frozenset[int] = frozenset()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def carries(self) -> frozenset[tuple[Kind, Action]]:
+        return frozenset((kind, action) for action, kinds in self.commands.items() for kind in kinds)
+
+    def deliver(self, entry: Entry) -> Outcome:
+        template = self.commands.get(entry.action, {}).get(entry.kind)
+        if template is None:
+            return Failed(f"no command for {entry.action} {entry.kind} (sinks file changed since it was queued?)")
+        argv = render(template, entry)
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout, check=False,
+                                  env={**os.environ, **self.env} if self.env else None, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return Failed(f"{argv[0]} did not finish within {self.timeout:g}s (killed)")
+        except OSError as err:
+            return Failed(f"cannot run {argv[0]}: {err.strerror or err}")
+        output = (done.stdout + done.stderr).strip()[-OUTPUT_KEPT:]
+        said = f"exit {done.returncode}" + (f": {output}" if output else "")
+        if done.returncode == 0:
+            return Delivered(said)
+        if done.returncode in self.refused_codes:
+            return Refused(said)
+        return Failed(said)
+
+    def took(self, entry: Entry) -> bool | None:
+        return None  # a command line cannot be asked: an interrupted retry waits for a person
+
+    def close(self) -> None:
+        pass
