@@ -12,6 +12,8 @@ here too, so the core never imports the store, the rule engine or a farm manager
 - `Sink`: a farm manager (or a command, a webhook) that carries out what the
   `ActionSink` applied: handed outbox rows (`corral.outbox.Entry`) one at a time, it
   answers delivered, refused or failed (`corral.outbox.Outcome`);
+- `FarmReader`: a farm manager whose own picture of the farm a sync writes into the
+  store before each cycle (Afanasy);
 - `Evaluator` and `IncrementalEvaluator`: which entities each policy matches, for a
   whole picture or kept between cycles (`corral.engine.RuleEngine`, the reference
   evaluator in `corral.evaluate`, and `corral.daemon.isolated.IsolatedEvaluator`, the
@@ -254,6 +256,26 @@ class Sink(Protocol):
     def close(self) -> None:
         """Release what it holds (connections)."""
         ...
+
+
+class FarmReader(Protocol):
+    """A farm manager corral can read (Afanasy): its own picture of the farm, which a sync
+    writes into the store (`corral.store.sync`) before each cycle.  The manager is the
+    truth for what it owns; the store stays the `FarmSource` the cycle reads."""
+
+    name: str
+
+    def read(self, now: datetime) -> tuple[Farm, list[str]]:
+        """The whole farm as the manager has it, and the problems met reading it (an
+        unparseable line skipped...), in words.  Raises `FarmUnreachable` when the
+        manager cannot be read at all."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class FarmUnreachable(Exception):
+    """The farm manager did not answer, or answered nonsense: nothing was read."""
 
 
 class Evaluator(Protocol):

@@ -11,6 +11,12 @@ from corral.cli.common import DbOption, JsonOption, console, db_url, err_console
 from corral.cli.policy_cmds import OnlyRulesOption, RulesOption, SetOption, parse_sets, policy_paths
 from corral.untrusted import visible
 
+FarmOption = Annotated[
+    str | None,
+    typer.Option("--farm", help="Read the farm from this farm manager before each cycle: afanasy://HOST[:51000] "
+                 "(default: corral's store is the farm).", show_default=False),
+]
+
 
 def run(
     rules: RulesOption = None,
@@ -40,6 +46,7 @@ def run(
         typer.Option("--sinks", help="The sinks file: where applied actions are delivered (default: sinks.yaml in a "
                      "--rules folder; none: corral's store is the farm).", show_default=False),
     ] = None,
+    farm: FarmOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Apply the policies to the store every --interval seconds (compare-and-set, logged), or once.
@@ -53,6 +60,8 @@ def run(
     from corral.daemon.isolated import EngineCrashed
     from corral.daemon.logs import setup_logging
     from corral.daemon.service import AnotherDaemon, Daemon, DaemonConfig
+    from corral.farms import BadFarmUrl
+    from corral.ports import FarmUnreachable
     from corral.store.store import StoreError
 
     if engine not in ("durable", "reference"):
@@ -66,13 +75,15 @@ def run(
     config = DaemonConfig(
         db_url=db_url(db), paths=[Path(p) for p in policy_paths(rules, only_rules)], overrides=parse_sets(sets),
         interval=interval, dry_run=dry_run, engine=engine, isolate=isolate, stop_grace=stop_grace,
-        sinks_file=sinks_file(sinks, rules, only_rules),
+        sinks_file=sinks_file(sinks, rules, only_rules), farm_url=farm,
     )
     try:
         daemon = Daemon(config)
     except SinksFileError as err:
         for line in err.errors:
             err_console.print(line, highlight=False, markup=False)
+        fail(str(err))
+    except BadFarmUrl as err:
         fail(str(err))
     if metrics_port is not None:
         try:
@@ -92,6 +103,9 @@ def run(
     except (StoreError, EngineCrashed) as err:
         daemon.close()
         fail(str(err))
+    except FarmUnreachable as err:
+        daemon.close()
+        fail(f"cannot read the farm manager: {err}; nothing was decided or applied")
     except Exception as err:
         daemon.close()
         fail(daemon.store.masked(f"cycle failed, nothing applied: {type(err).__name__}: {err}"))
@@ -137,5 +151,51 @@ def run(
             console.print(visible(f"  {entry.describe()} to {entry.sink}: {said}"), highlight=False)
 
 
+def sync(
+    farm: Annotated[str, typer.Option("--farm", help="The farm manager: afanasy://HOST[:51000].")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Read the farm manager once and write its picture into the store (no policy runs).
+
+    Changed rows only; an action corral queued but has not delivered yet is kept; a
+    person's undo of corral's block is recorded (`corral history`)."""
+    from corral.farm import utcnow
+    from corral.farms import BadFarmUrl, open_farm
+    from corral.ports import FarmUnreachable
+    from corral.store.store import Store, StoreError
+
+    try:
+        reader = open_farm(farm)
+    except BadFarmUrl as err:
+        fail(str(err))
+    try:
+        now = utcnow()
+        truth, problems = reader.read(now)
+        with Store.open(db_url(db)) as store:
+            report = store.sync_farm(truth, now=now, actor=reader.name)
+    except FarmUnreachable as err:
+        fail(f"cannot read the farm manager: {err}; the store is unchanged")
+    except StoreError as err:
+        fail(str(err))
+    finally:
+        reader.close()
+    if as_json:
+        print_json({"jobs": len(truth.jobs), "workers": len(truth.workers), "inserted": report.inserted,
+                    "updated": report.updated, "deleted": report.deleted, "runs": report.runs, "held": report.held,
+                    "overridden": report.overridden, "problems": problems})
+        return
+    console.print(f"synced {len(truth.jobs)} jobs and {len(truth.workers)} workers from {reader.name}: "
+                  f"{report.inserted} rows inserted, {report.updated} updated, {report.deleted} deleted, "
+                  f"{report.runs} runs recorded")
+    for line in report.held:
+        console.print(visible(f"  kept as corral has it (an action on its way): {line}"), highlight=False)
+    for line in report.overridden:
+        console.print(visible(f"  a person overrode corral: {line}"), highlight=False)
+    for line in problems:
+        err_console.print(visible(f"  skipped: {line}"), highlight=False, markup=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(run)
+    app.command()(sync)

@@ -8,8 +8,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 #: Cycle outcomes: ok, paused (ran, applied nothing), error, engine_crash, db_unreachable,
 #: overrun (skipped because the previous cycle was still running), standby (not the leader),
-#: lease_lost (its commit found another daemon holding the lease: nothing was written).
-OUTCOMES = ("ok", "paused", "error", "engine_crash", "db_unreachable", "overrun", "standby", "lease_lost")
+#: lease_lost (its commit found another daemon holding the lease: nothing was written),
+#: farm_unreachable (the farm manager could not be read: no cycle on a stale picture).
+OUTCOMES = ("ok", "paused", "error", "engine_crash", "db_unreachable", "overrun", "standby", "lease_lost",
+            "farm_unreachable")
 
 
 class Metrics:

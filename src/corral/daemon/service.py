@@ -45,12 +45,14 @@ from corral.daemon.schedule import DEFAULT_GRACE, SETTING_PREFIX, ScheduleTracke
 from corral.daemon.watch import PolicyWatcher
 from corral.deliver import DeliveryReport
 from corral.farm import utcnow
+from corral.farms import open_farm
 from corral.policy.model import Policy
 from corral.policyset import PolicySet
-from corral.ports import IncrementalEvaluator
+from corral.ports import FarmReader, FarmUnreachable, IncrementalEvaluator
 from corral.session import EvaluatorFactory, Session
 from corral.store.engine import describe, first_line
 from corral.store.store import Store, StoreError
+from corral.store.sync import SyncReport
 
 log = logging.getLogger("corral.daemon")
 HEARTBEAT_SETTING = "daemon:last_cycle"
@@ -95,6 +97,9 @@ class DaemonConfig:
     #: The sinks file (`corral.sinks.config`): where applied actions are delivered.  None:
     #: nowhere (corral's store is the farm, as with `corral ingest`).
     sinks_file: Path | None = None
+    #: The farm manager to read and sync from before each cycle (`corral.farms`,
+    #: afanasy://HOST:PORT).  None: corral's store is the farm.
+    farm_url: str | None = None
 
 
 @dataclass
@@ -141,6 +146,8 @@ class Daemon:
         sinks_config, sinks = load_sinks_file(config.sinks_file)  # a bad file stops the start: raises SinksFileError
         self.courier = Courier(self.store, sinks_config, sinks, clock=clock, metrics=self.metrics)
         self._published = False  # the sinks' routes, published once this daemon leads
+        self.farm: FarmReader | None = open_farm(config.farm_url) if config.farm_url else None
+        self.last_sync: SyncReport | None = None
         self._scheduler: Any = None
         self.last_delivery: DeliveryReport | None = None  # run_once's
 
@@ -228,11 +235,18 @@ class Daemon:
             if not self._published:
                 self.courier.publish()
                 self._published = True
+            self.sync()
             result = self.cycle()
         except LeaseLost as err:
             self.metrics.cycles.labels("lease_lost").inc()
             log.error("cycle not applied: %s", err)
             return Tick("lease_lost", error=str(err))
+        except FarmUnreachable as err:
+            delay = self.backoff.failed(time.monotonic())
+            self.metrics.errors.labels("farm_unreachable").inc()
+            self.metrics.cycles.labels("farm_unreachable").inc()
+            log.error("farm manager unreachable (%s); no cycle on a stale picture: retrying in %.0fs", err, delay)
+            return Tick("farm_unreachable", error=str(err))
         except EngineCrashed as err:
             self.metrics.cycles.labels("engine_crash").inc()
             log.error("cycle lost: %s; nothing was applied, the next cycle starts a fresh engine", err)
@@ -283,6 +297,28 @@ class Daemon:
         log.info("leader: this daemon (%s) now acts on %s", self.holder, describe(self.store.url))
         self._schedules_dirty = True  # another daemon may have fired schedules meanwhile
         return True
+
+    # --- the farm manager -------------------------------------------------------------------
+
+    def sync(self) -> SyncReport | None:
+        """Read the farm manager (if any) and write its picture into the store, before a
+        cycle: the cycle decides on the farm as the manager has it now.  Raises
+        FarmUnreachable (the cycle is skipped: a decision on a stale picture could undo a
+        person's work)."""
+        if self.farm is None:
+            return None
+        now = self.clock()
+        truth, problems = self.farm.read(now)
+        for problem in problems:
+            log.warning("%s: %s", self.farm.name, problem)
+        report = self.store.sync_farm(truth, now=now, actor=self.farm.name)
+        for override in report.overridden:
+            log.warning("a person overrode corral in %s: %s", self.farm.name, override)
+        if report.changed:
+            log.info("synced from %s: %d rows inserted, %d updated, %d deleted, %d runs", self.farm.name,
+                     report.inserted, report.updated, report.deleted, report.runs)
+        self.last_sync = report
+        return report
 
     # --- delivery ------------------------------------------------------------------------
 
@@ -417,6 +453,7 @@ class Daemon:
                 raise AnotherDaemon(f"another corral daemon holds the lease on {describe(self.store.url)}; "
                                     "it is already applying the policies")
             self.courier.publish()
+            self.sync()
             result = self.cycle()
             if self.courier.sinks:  # what it applied, delivered before it exits (a failed send waits for the next run)
                 self.last_delivery = self.courier.run(stop=self._stop.is_set)
@@ -488,6 +525,8 @@ class Daemon:
 
     def close(self) -> None:
         self.courier.close()
+        if self.farm is not None:
+            self.farm.close()
         if self.session is not None:
             self.session.close()
         self.leader.release()

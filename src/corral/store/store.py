@@ -21,10 +21,11 @@ from corral.farm import Farm, utcnow
 from corral.outbox import Entry, Route, Status, routes_text
 from corral.ports import ActionLog, ApplyReport, FarmChanges, LastActions, LogEntry, Mark, Proposal
 from corral.states import Kind
-from corral.store import changes, lease, migrate, outbox
+from corral.store import changes, lease, migrate, outbox, refusal
 from corral.store.apply import apply_transitions
 from corral.store.engine import MASK, WRITE, BadUrl, describe, first_line, make_engine, mask_secrets, normalise_url
 from corral.store.rows import farm_rows, raw_rows, read_farm, timestamp_param, timestamp_parser
+from corral.store.sync import SyncReport, sync_farm
 from corral.store.tables import TABLE_ORDER, as_utc, table
 
 if TYPE_CHECKING:
@@ -410,6 +411,14 @@ class Store:
             if conn.execute(update(s).where(s.c.key == key).values(value=value, updated_at=now)).rowcount == 0:
                 conn.execute(insert(s).values(key=key, value=value, updated_at=now))
 
+    def sync_farm(self, truth: Farm, *, now: datetime, actor: str) -> SyncReport:
+        """Make the store hold a farm manager's picture, in one transaction
+        (`corral.store.sync`: changed rows only; decisions on their way and corral's own
+        columns kept; a person's undo of corral's block recorded)."""
+        self.check()
+        with self._write() as conn:
+            return sync_farm(conn, truth, now=now, actor=actor)
+
     # --- the outbox (corral.outbox, corral.store.outbox) -------------------------------
 
     def set_routes(self, routes: Sequence[Route]) -> None:
@@ -447,10 +456,10 @@ class Store:
             return outbox.mark(conn, entry_id, status, expect=expect, **values)
 
     def outbox_refused(self, entry: Entry, answer: str, now: datetime) -> str:
-        """A refusal, recorded and taken back in one transaction (`corral.store.outbox.refuse`)."""
+        """A refusal, recorded and taken back in one transaction (`corral.store.refusal.refuse`)."""
         self.check()
         with self._write() as conn:
-            return outbox.refuse(conn, entry, answer, now)
+            return refusal.refuse(conn, entry, answer, now)
 
     def outbox_backlog(self) -> outbox.Backlog:
         self.check()
