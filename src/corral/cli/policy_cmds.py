@@ -74,31 +74,74 @@ def check(
     paths: Annotated[list[Path] | None, typer.Argument(help="Policy files or folders (default: the built-in pack).")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Validate policy files: every error with file:line:column, all at once. Exit 1 on any error."""
-    result = load_paths(paths or [builtin_dir()])
+    """Validate policy files, and the sinks file (sinks.yaml) in their folders: every error
+    with file:line:column, all at once. Exit 1 on any error."""
+    from corral.policy.loader import SINKS_FILES
+    from corral.sinks.config import SinksResult, find_sinks_file, load_sinks
+
+    given = paths or [builtin_dir()]
+    policy_args = [p for p in given if p.name not in SINKS_FILES or p.is_dir()]
+    sinks_path = next((p for p in given if p.name in SINKS_FILES and p.is_file()), None) or find_sinks_file(given)
+    result = load_paths(policy_args) if policy_args else LoadResult()
+    sinks = load_sinks(sinks_path) if sinks_path else SinksResult(None)
+    warnings = [str(w) for w in sinks.warnings] + (_undeliverable(result, sinks) if sinks.config else [])
+    errors = result.errors + sinks.errors
+    ok = not errors
     if as_json:
         print_json({
-            "ok": result.ok,
-            "files": result.files,
+            "ok": ok,
+            "files": result.files + ([str(sinks_path)] if sinks_path else []),
             "policies": [p.name for p in result.policies],
+            "sinks": [s.name for s in sinks.config.sinks] if sinks.config else [],
             "errors": [{"file": e.pos.file, "line": e.pos.line, "column": e.pos.column, "message": e.message}
-                       for e in result.errors],
+                       for e in errors],
+            "warnings": warnings,
         })
     else:
-        for error in result.errors:
+        for error in errors:
             console.print(str(error), highlight=False, markup=False)
-        if result.ok:
-            console.print(f"ok: {len(result.policies)} policies in {len(result.files)} file(s)")
-        elif not result.files:
-            console.print(f"{len(result.errors)} error(s); no policy file was found")
+        for warning in warnings:
+            console.print(f"warning: {warning}", highlight=False, markup=False)
+        sink_note = f" and {len(sinks.config.sinks)} sink(s) in {sinks_path}" if sinks.config else ""
+        if ok:
+            console.print(f"ok: {len(result.policies)} policies in {len(result.files)} file(s){sink_note}")
+        elif not result.files and not sinks_path:
+            console.print(f"{len(errors)} error(s); no policy file was found")
         else:
-            console.print(f"{len(result.errors)} error(s) in {len(result.bad_files)} of {len(result.files)} file(s)")
-    if not result.ok:
+            bad = len(result.bad_files) + (1 if sinks.errors else 0)
+            console.print(f"{len(errors)} error(s) in {bad} of {len(result.files) + (1 if sinks_path else 0)} file(s)")
+    if not ok:
         raise typer.Exit(1)
 
 
-def schema() -> None:
-    """Print the JSON Schema of policy files (for editors such as VS Code's YAML extension)."""
+def _undeliverable(result: LoadResult, sinks: Any) -> list[str]:
+    """Policies whose actions no configured sink can carry: they would change only corral's store."""
+    from corral.sinks.config import build_sinks, routes_of
+
+    try:
+        routes = routes_of(sinks.config, build_sinks(sinks.config))
+    except Exception as err:  # a studio's sink that cannot even be built: said, not a traceback
+        return [f"the sinks could not be built to check what they carry: {type(err).__name__}: {err}"]
+    if not routes:
+        return []
+    out = []
+    for policy in result.policies:
+        for spec in policy.actions:
+            if not any(r.takes(policy.kind, spec.action) for r in routes):
+                out.append(f"{policy.source or policy.name}: policy {policy.name}: no sink delivers "
+                           f"{spec.action} {policy.kind}; it would change only corral's store")
+    return out
+
+
+def schema(
+    sinks: Annotated[bool, typer.Option("--sinks", help="The sinks file's schema instead (sinks.yaml).")] = False,
+) -> None:
+    """Print the JSON Schema of policy files, or of the sinks file (for editors such as VS Code's YAML extension)."""
+    if sinks:
+        from corral.sinks.config import json_schema
+
+        print_json(json_schema())
+        return
     from corral.policy.schema import policy_json_schema
 
     print_json(policy_json_schema())

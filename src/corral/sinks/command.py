@@ -65,7 +65,8 @@ def template_problem(kind: Kind, argv: Sequence[str]) -> str | None:
         for name in names:
             if name not in allowed:
                 where = [k.value for k, fs in KIND_FIELDS.items() if name in fs]
-                hint = f": only a {' or '.join(where)} has it" if where else f"; the fields are {', '.join(allowed)}"
+                hint = (f": only {' or '.join(('an ' if w[0] in 'aeiou' else 'a ') + w for w in where)} has it" if where
+                        else f"; the fields are {', '.join(allowed)}")
                 return f"unknown field {{{name}}} for a {kind.value}{hint}"
     if "{" in argv[0]:
         return "the program (the first word) is fixed text, never a field"

@@ -201,7 +201,8 @@ def load_sinks_text(text: str, filename: str = "<string>") -> SinksResult:
         config = SinksFile.model_validate(dict(data))
     except ValidationError as err:
         for problem in err.errors():
-            result.errors.append(PolicyError(_locate(data, problem["loc"], filename), _message(data, problem)))
+            where = _locate(data, problem["loc"], filename, str(problem["type"]))
+            result.errors.append(PolicyError(where, _message(data, problem)))
         _sort(result)
         return result
     _check(config, data if isinstance(data, PosDict) else PosDict(data), result)
@@ -238,8 +239,10 @@ def _walk(data: Any, loc: Sequence[Any]) -> tuple[Any, Any, Any]:
     return parent, step, node
 
 
-def _locate(data: Any, loc: Sequence[Any], filename: str) -> Pos:
+def _locate(data: Any, loc: Sequence[Any], filename: str, kind: str = "") -> Pos:
     parent, step, node = _walk(data, loc)
+    if kind.startswith("union_tag") and isinstance(node, PosDict):
+        return node.value_pos_of("type") if "type" in node else node.start
     if node is None:  # missing: where its container starts
         container = parent if isinstance(parent, PosDict | PosList) else data
         if isinstance(container, PosDict) and isinstance(step, str) and step in container:
@@ -254,11 +257,11 @@ def _locate(data: Any, loc: Sequence[Any], filename: str) -> Pos:
 
 def _message(data: Any, problem: Mapping[str, Any]) -> str:
     loc = [p for p in problem["loc"] if p not in _TAGS]
-    key = ".".join(str(p) for p in loc if not str(p).endswith("[key]")) or "the file"
+    key = _key_words(data, loc)
     kind = problem["type"]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(problem["loc"][:-1])
-        where = ".".join(str(p) for p in loc[:-1]) or "the file"
+        where = _key_words(data, loc[:-1])
         listed = f" (allowed: {', '.join(allowed)})" if allowed else ""
         return f"unknown key '{loc[-1]}' in {where}{suggest(str(loc[-1]), allowed)}{listed}"
     if kind == "missing":
@@ -270,8 +273,26 @@ def _message(data: Any, problem: Mapping[str, Any]) -> str:
     if kind == "enum" and str(loc[-1]).endswith("[key]"):
         choices = str(problem["msg"]).removeprefix("Input should be ")
         return f"{key}: '{problem.get('input')}' is not an action or a kind here: {choices}"
+    if kind == "string_pattern_mismatch" and loc and loc[-1] == "url":
+        return f"{key}: write an http:// or https:// address"
+    if kind == "string_pattern_mismatch" and loc and loc[-1] == "name":
+        return f"{key}: a sink's name is letters, digits, '.', '_' and '-' (63 at most), starting with a letter or digit"
     msg = str(problem["msg"]).removeprefix("Value error, ")
     return f"{key}: {msg}"
+
+
+def _key_words(data: Any, loc: Sequence[Any]) -> str:
+    """A location as a wrangler reads it: sinks.0.timeout -> sink 'qube': timeout."""
+    parts = [str(p) for p in loc if not str(p).endswith("[key]")]
+    if len(parts) >= 2 and parts[0] == "sinks" and parts[1].isdigit():
+        items = data.get("sinks") if isinstance(data, dict) else None
+        index = int(parts[1])
+        item = items[index] if isinstance(items, list) and index < len(items) else None
+        name = item.get("name") if isinstance(item, dict) else None
+        label = f"sink '{name}'" if isinstance(name, str) else f"sink #{index + 1}"
+        rest = ".".join(parts[2:])
+        return f"{label}: {rest}" if rest else label
+    return ".".join(parts) or "the file"
 
 
 def _allowed_keys(loc: Sequence[Any]) -> list[str]:
