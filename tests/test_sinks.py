@@ -205,3 +205,11 @@ def test_webhook_answers_decide_between_retry_and_refusal(receiver: str, monkeyp
     monkeypatch.delenv("MISSING_SECRET", raising=False)
     unsigned = WebhookSink("room", receiver, secret_env="MISSING_SECRET").deliver(entry())
     assert isinstance(unsigned, Failed) and "MISSING_SECRET" in unsigned.error
+
+
+@pytest.mark.parametrize("name", ["", "-rf", "a b", "shot,other", "shot*", "x;y", "$(id)"])
+def test_a_value_that_could_widen_a_command_is_never_sent(tmp_path: Path, name: str) -> None:
+    sink = CommandSink("s", {Action.BLOCK: {Kind.JOB: [sys.executable, _tool(tmp_path, 0), "{job_name}"]}})
+    outcome = sink.deliver(entry(job=42, job_name=name))
+    assert isinstance(outcome, Refused) and "not sent" in outcome.answer
+    assert not (tmp_path / "argv.json").exists()

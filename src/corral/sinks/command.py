@@ -2,7 +2,7 @@
 
 For farm managers driven from their command line (Qube!'s `qbblock`, Deadline's
 `deadlinecommand`, Tractor's `tq`, OpenCue's `cueadmin`): the built-in presets
-(`corral/sinks/presets/*.yaml`, cited in docs/sinks.md) give their documented commands,
+(`corral/sinks/presets/*.yaml`, cited in docs/sinks-presets.md) give their documented commands,
 and a sink's own `commands` add to or replace them.
 
 A template is a list of words; `{field}` in a word is replaced by the row's value (see
@@ -14,6 +14,7 @@ the file is checked, at its line.
 from __future__ import annotations
 
 import os
+import re
 import string
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,12 @@ KIND_FIELDS: dict[Kind, tuple[str, ...]] = {
 FIELDS = tuple(dict.fromkeys(COMMON_FIELDS + tuple(f for fs in KIND_FIELDS.values() for f in fs)))
 #: The most of a command's output kept with the row (its last characters).
 OUTPUT_KEPT = 2000
+#: Fields that name something the tool looks up.  Their values must be one plain word:
+#: an empty one (Qube! reads job 0 as "all my jobs"), one starting with '-' (read as an
+#: option) or holding a separator or wildcard (cueman splits on commas and takes '*',
+#: tq parses search clauses) could widen a command to other jobs or hosts.
+NAMING_FIELDS = ("job", "frame", "instance", "host", "worker", "entity", "job_name")
+UNSAFE = re.compile(r"^$|^-|[\s,*?;|&<>()\[\]{}'\"`$\\=]")
 
 
 def template_fields(word: str) -> list[str]:
@@ -84,8 +91,19 @@ def values_of(entry: Entry) -> dict[str, str]:
     return {k: "" if v is None else str(v) for k, v in values.items()}
 
 
+class UnsafeValue(ValueError):
+    """A naming field whose value could widen the command (see `NAMING_FIELDS`)."""
+
+
 def render(argv: Sequence[str], entry: Entry) -> list[str]:
+    """The argv for `entry`; raises UnsafeValue rather than run a command that could
+    reach more than the entity it names."""
     values = values_of(entry)
+    for word in argv:
+        for name in template_fields(word):
+            if name in NAMING_FIELDS and UNSAFE.search(values.get(name, "")):
+                raise UnsafeValue(f"{{{name}}} is {values.get(name, '')!r}: not sent, a value that is empty, starts "
+                                  "with '-' or holds spaces, separators or wildcards could reach other jobs or hosts")
     return [word.format_map(values) for word in argv]
 
 
@@ -108,7 +126,10 @@ class CommandSink:
         template = self.commands.get(entry.action, {}).get(entry.kind)
         if template is None:
             return Failed(f"no command for {entry.action} {entry.kind} (sinks file changed since it was queued?)")
-        argv = render(template, entry)
+        try:
+            argv = render(template, entry)
+        except UnsafeValue as err:
+            return Refused(str(err))  # never sent: corral takes the transition back, as for a refusal
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout, check=False,
                                   env={**os.environ, **self.env} if self.env else None, stdin=subprocess.DEVNULL)
