@@ -111,10 +111,13 @@ def _entities(farm, kind):  # type: ignore[no-untyped-def]
 def test_every_parameter_is_documented_and_means_something_for_a_kind_it_acts_on(action: Action) -> None:
     definition = REGISTRY[action]
     for param in definition.params:
-        assert param.type in (int, bool) and len(param.help) > 10, param
+        assert param.type in (int, bool, str) and len(param.help) > 10, param
         assert param.kinds is None or param.kinds <= set(definition.kinds()), param
-        assert param.problem(-1 if param.type is int else "yes")  # a bad value is refused, in words
-        assert param.problem(3 if param.type is int else True) is None
+        assert (param.type is str) == bool(param.choices), param  # a word is one of its choices
+        bad, good = {int: (-1, 3), bool: ("yes", True), str: ("everyone", param.choices[:1] and param.choices[0])}[
+            param.type]
+        assert param.problem(bad)  # a bad value is refused, in words
+        assert param.problem(good) is None
 
 
 def test_a_wrong_parameter_is_refused_the_same_way_by_a_policy_and_by_the_farm() -> None:

@@ -97,7 +97,8 @@ def test_the_schema_editors_use_accepts_the_good_file_and_refuses_a_bad_type() -
 
 
 def test_check_reads_the_sinks_file_beside_the_policies_and_warns_of_undeliverable_policies(tmp_path: Path) -> None:
-    (tmp_path / "sinks.yaml").write_text("sinks:\n  - name: q\n    type: command\n    commands: {kill: {job: [qbkill, '{job}']}}\n")
+    (tmp_path / "sinks.yaml").write_text(
+        "sinks:\n  - name: q\n    type: command\n    commands: {kill: {job: [qbkill, '{job}']}}\n")
     (tmp_path / "p.yaml").write_text(
         "name: hold-broken\nkind: job\nwhen: {frames_failed: {gte: 3}}\nactions: [block]\nreason: broken\n")
     out = CliRunner().invoke(app, ["check", str(tmp_path)])

@@ -31,20 +31,25 @@ Entity = Job | Frame | Instance | Worker
 @dataclass(frozen=True)
 class Param:
     """One parameter of an action: a whole number from 0 to MAX_INT (what the store's
-    columns hold), or true/false.
+    columns hold), true/false, or one word of `choices`.
     `kinds`: the kinds of entity it means something for (None: all the action applies to)."""
 
     name: str
-    type: type[int] | type[bool]
+    type: type[int] | type[bool] | type[str]
     help: str
     kinds: frozenset[Kind] | None = None
+    choices: tuple[str, ...] = ()
 
     @property
     def words(self) -> str:
+        if self.type is str:
+            return "one of " + ", ".join(self.choices)
         return f"a whole number from 0 to {MAX_INT:,}" if self.type is int else "true or false"
 
     def problem(self, value: Any) -> str | None:
         """What is wrong with `value` for this parameter, in words (None: nothing)."""
+        if self.type is str:
+            return None if isinstance(value, str) and value in self.choices else f"must be {self.words}"
         if self.type is bool:
             return None if isinstance(value, bool) else f"must be {self.words}"
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
@@ -224,6 +229,19 @@ class Suspend(ActionDef):
         if isinstance(entity, Job) and entity.hold is Hold.SUSPENDED:
             return "it is suspended already"
         return None
+
+
+@register
+class Notify(ActionDef):
+    """Tell people, through the sinks that carry it (a webhook to a chat room, a mail
+    command): the policy's reason is the message.  One message per entity and policy
+    within the policy's cooldown (`corral.policy.model.NOTIFY_WINDOW` when it sets none), and a sink that can
+    sends many at once as one digest (`corral.deliver`)."""
+
+    action = Action.NOTIFY
+    params = (Param("to", str, "Who is told: the job's submitter, the wranglers' room, or an admin (default: room).",
+                    choices=("submitter", "room", "admin")),)
+    no_inverse = "a message cannot be unsent"
 
 
 def action_def(action: Action | str) -> ActionDef:

@@ -20,9 +20,14 @@ from datetime import datetime
 from typing import Protocol
 
 from corral.outbox import IDEMPOTENT, Delivered, Entry, Failed, Outcome, Refused, Retries, Status, due
-from corral.ports import Sink
+from corral.ports import DigestSink, Sink
+from corral.states import Action
 
 log = logging.getLogger("corral.deliver")
+
+#: Notify rows for one digest sink due at once from which they go as one message: a bad
+#: host failing forty jobs' frames is one message to the wranglers' room, not forty.
+DIGEST_AT = 3
 
 
 class OutboxStore(Protocol):
@@ -110,6 +115,10 @@ def deliver(store: OutboxStore, sinks: Mapping[str, Sink], *, clock: Callable[[]
         batch = [e for e in due(entries, clock()) if e.id not in tried and e.sink in sinks]
         if not batch:
             break
+        batch, digests = _digests(batch, sinks)
+        for sink, entries in digests:
+            tried.update(e.id for e in entries)
+            _deliver_digest(store, sink, entries, clock, retries, report)
         for entry in batch:
             if stop() or (limit is not None and report.sent >= limit):
                 break
@@ -122,13 +131,48 @@ def deliver(store: OutboxStore, sinks: Mapping[str, Sink], *, clock: Callable[[]
     return report
 
 
+def _digests(batch: list[Entry], sinks: Mapping[str, Sink]) -> tuple[list[Entry], list[tuple[DigestSink, list[Entry]]]]:
+    """Split off the notify rows a digest sink gets together (DIGEST_AT or more due at once)."""
+    by_sink: dict[str, list[Entry]] = {}
+    for entry in batch:
+        if entry.action is Action.NOTIFY and isinstance(sinks[entry.sink], DigestSink):
+            by_sink.setdefault(entry.sink, []).append(entry)
+    together = {name: rows for name, rows in by_sink.items() if len(rows) >= DIGEST_AT}
+    rest = [e for e in batch if e.sink not in together or e.action is not Action.NOTIFY]
+    digests = []
+    for name, rows in together.items():
+        sink = sinks[name]
+        assert isinstance(sink, DigestSink)
+        digests.append((sink, rows))
+    return rest, digests
+
+
+def _deliver_digest(store: OutboxStore, sink: DigestSink, entries: list[Entry], clock: Callable[[], datetime],
+                    retries: Retries, report: DeliveryReport) -> None:
+    claimed = [e for e in entries if store.outbox_mark(e.id, Status.SENDING, expect=(Status.PENDING,),
+                                                        attempts=e.attempts + 1)]
+    if not claimed:
+        return
+    try:
+        outcome = sink.digest(claimed)
+    except Exception as err:  # as for one row: a raise is a failed send
+        log.exception("sink %s raised sending a digest of %d", sink.name, len(claimed))
+        outcome = Failed(f"the sink raised {type(err).__name__}: {err}")
+    for entry in claimed:
+        _settle(store, entry, entry.attempts + 1, outcome, clock(), retries, report)
+
+
 def _deliver_one(store: OutboxStore, sink: Sink, entry: Entry, clock: Callable[[], datetime], retries: Retries,
                  report: DeliveryReport) -> None:
     attempt = entry.attempts + 1
     if not store.outbox_mark(entry.id, Status.SENDING, expect=(Status.PENDING,), attempts=attempt):
         return  # settled meanwhile (a person dropped it)
     outcome = _send(sink, entry)
-    now = clock()
+    _settle(store, entry, attempt, outcome, clock(), retries, report)
+
+
+def _settle(store: OutboxStore, entry: Entry, attempt: int, outcome: Outcome, now: datetime, retries: Retries,
+            report: DeliveryReport) -> None:
     if isinstance(outcome, Delivered):
         store.outbox_mark(entry.id, Status.DELIVERED, expect=(Status.SENDING,), answer=outcome.answer, done_at=now,
                           last_error=None)

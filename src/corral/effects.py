@@ -90,6 +90,8 @@ def apply_action(
     if why:
         raise IllegalAction(kind, ident, state, action, why)
     out = Outcome(kind, entity_id(kind, entity), action, state, state)
+    if not rule.changes_farm:  # notify: logged and delivered, no row written
+        return out
     if isinstance(entity, Job):
         _job_action(farm, entity, definition, rule, params, automatic, now, out, actor)
     elif isinstance(entity, Frame):

@@ -52,9 +52,9 @@ class Status(StrEnum):
 UNSETTLED = frozenset({Status.PENDING, Status.SENDING, Status.DOUBT})
 
 #: Actions a supervisor applies twice with the effect of once: a row interrupted mid-send
-#: is sent again without asking.  Retry, resubmit and interrupt are not: twice restarts
-#: work twice.
-IDEMPOTENT = frozenset({Action.BLOCK, Action.UNBLOCK, Action.SUSPEND, Action.KILL})
+#: is sent again without asking (a notification twice is a repeat its receiver can drop by
+#: its key).  Retry, resubmit and interrupt are not: twice restarts work twice.
+IDEMPOTENT = frozenset({Action.BLOCK, Action.UNBLOCK, Action.SUSPEND, Action.KILL, Action.NOTIFY})
 
 
 @dataclass(frozen=True)

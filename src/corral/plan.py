@@ -254,7 +254,7 @@ def plan_found(
         policy, name = f.policy, f.policy.name
         plan.matched[name] = len(f.idents)
         first = str(policy.actions[0].action)
-        cooldown, recent = policy.limits.cooldown, acted.get(name)
+        cooldown, recent = policy.cooldown, acted.get(name)
         idents: Sequence[Any] = f.idents
         if cooldown and recent:
             kept = []
@@ -414,11 +414,13 @@ def _id_key(ident: str) -> tuple[Any, ...]:
 
 
 def _resolve_conflicts(matches: list[Match], plan: Plan) -> list[Match]:
-    """One enforcing policy per entity: the highest priority (then the first by name)."""
+    """One enforcing policy per entity: the highest priority (then the first by name).
+    A policy that only notifies changes nothing, so it never conflicts: it always plays."""
     by_entity: dict[tuple[Kind, str], list[Match]] = defaultdict(list)
+    winners = [m for m in matches if m.policy.only_tells]
     for m in matches:
-        by_entity[(m.kind, m.ident)].append(m)
-    winners = []
+        if not m.policy.only_tells:
+            by_entity[(m.kind, m.ident)].append(m)
     for (_kind, _ident), group in by_entity.items():
         group.sort(key=lambda m: (-m.policy.priority, m.policy.name))
         winner = group[0]

@@ -91,7 +91,7 @@ class PolicySet:
     @cached_property
     def history_window(self) -> timedelta:
         """How far back cooldowns look: the longest cooldown, at least `MIN_HISTORY`."""
-        longest = max((p.limits.cooldown or 0.0 for p in self._policies), default=0.0)
+        longest = max((p.cooldown or 0.0 for p in self._policies), default=0.0)
         return max(MIN_HISTORY, timedelta(seconds=longest))
 
 

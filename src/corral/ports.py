@@ -25,10 +25,10 @@ or a test's fake, is an adapter behind these, not a change to the cycle.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from corral.farm import Farm, FrameRun, Instance, Job, Worker
 from corral.outbox import Entry, Outcome
@@ -255,6 +255,16 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Release what it holds (connections)."""
+        ...
+
+
+@runtime_checkable
+class DigestSink(Sink, Protocol):
+    """A sink that can send many notifications as one message (a chat room, mail): when
+    several `notify` rows for it are due at once, delivery hands them over together."""
+
+    def digest(self, entries: Sequence[Entry]) -> Outcome:
+        """Send `entries` (notify rows, oldest first) as one message; the outcome is each one's."""
         ...
 
 

@@ -82,7 +82,8 @@ class Hold(StrEnum):
 
 
 class Action(StrEnum):
-    """The seed's actions.  Which apply to which kind is in `RULES`."""
+    """The seed's actions, and `notify`, which moves no state (it tells people, through a
+    sink).  Which apply to which kind is in `RULES`."""
 
     BLOCK = "block"
     UNBLOCK = "unblock"
@@ -91,6 +92,7 @@ class Action(StrEnum):
     RETRY = "retry"
     RESUBMIT = "resubmit"
     SUSPEND = "suspend"
+    NOTIFY = "notify"
 
 
 STATES: dict[Kind, tuple[str, ...]] = {
@@ -135,6 +137,9 @@ class ActionRule:
     instances: Mapping[str, str] = field(default_factory=dict)
     counts_retry: bool = False
     resets: bool = False
+    #: False for an action that changes nothing on the farm (notify): no row is written,
+    #: only the log's row and the outbox's.
+    changes_farm: bool = True
 
 
 J, F, I, W = JobState, FrameState, InstanceState, WorkerState
@@ -236,6 +241,13 @@ RULES: dict[tuple[Kind, Action], ActionRule] = {
         meaning="quarantine the host: it takes no work until unblocked",
     ),
     (Kind.WORKER, Action.UNBLOCK): ActionRule(moves={W.LOCKED: W.UP}, meaning="return a quarantined host to service"),
+    # --- every kind: telling people changes no state ------------------------------------
+    **{(kind, Action.NOTIFY): ActionRule(
+        moves={state: state for state in STATES[kind]},
+        meaning="tell people through a sink (the submitter, the wranglers' room, an admin); nothing on the farm "
+        "changes",
+        changes_farm=False,
+    ) for kind in Kind},
 }
 
 def actions_for(kind: Kind) -> list[Action]:

@@ -202,7 +202,7 @@ class Client:
         text ("Action processed."); Refused when it says no."""
         action: dict[str, Any] = {"type": type, "user_name": self.user, "host_name": self.host, "ids": list(ids)}
         if operation is not None:
-            op = {"type": operation} if isinstance(operation, str) else dict(operation)
+            op: dict[str, Any] = {"type": operation} if isinstance(operation, str) else dict(operation)
             if task_ids is not None:
                 op["task_ids"] = list(task_ids)
             action["operation"] = op

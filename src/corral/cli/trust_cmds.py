@@ -119,10 +119,10 @@ def _init(
     when = parse_now(now) or datetime.now(UTC)
     farm, url = _read_farm(snapshot, db)
     history = {}
-    if url is not None and policy.limits.cooldown:
+    if url is not None and policy.cooldown:
         from datetime import timedelta
 
-        history = _last_actions(url, when - timedelta(seconds=policy.limits.cooldown))
+        history = _last_actions(url, when - timedelta(seconds=policy.cooldown))
     source = policy.source.file if policy.source else None
     rules_ref = None
     if source:

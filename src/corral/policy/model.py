@@ -13,6 +13,10 @@ from typing import Any
 from corral.states import Action, Kind
 from corral.yamlpos import Pos
 
+#: How long a notifying policy stays quiet about an entity when it sets no cooldown of its
+#: own: Qube!'s users complain of a mail on every auto-wrangling action.
+NOTIFY_WINDOW = 3600.0
+
 
 @dataclass(frozen=True)
 class Cmp:
@@ -79,6 +83,20 @@ class Policy:
     @property
     def audit(self) -> bool:
         return self.mode == "audit"
+
+    @property
+    def cooldown(self) -> float | None:
+        """Seconds it leaves an entity alone after acting on it: its `cooldown`; a policy
+        that notifies and sets none stays quiet about an entity for `NOTIFY_WINDOW` (one
+        message per entity and policy within it)."""
+        if self.limits.cooldown:
+            return self.limits.cooldown
+        return NOTIFY_WINDOW if any(a.action == Action.NOTIFY for a in self.actions) else None
+
+    @property
+    def only_tells(self) -> bool:
+        """It only notifies: it changes nothing on the farm, so it never conflicts with another."""
+        return all(a.action == Action.NOTIFY for a in self.actions)
 
 
 def paths(cond: Cond) -> set[str]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from corral.actions import REGISTRY
+from corral.actions import REGISTRY, Param
 from corral.facts import FIELDS, FieldSpec
+from corral.farm import MAX_INT
 from corral.policy.loader import LIMIT_KEYS, POLICY_KEYS
 from corral.policy.operators import OPERATORS
 from corral.states import Kind, actions_for
@@ -81,15 +82,19 @@ def _condition_defs(kind: Kind) -> dict[str, Any]:
     }
 
 
+def _param_schema(p: Param) -> dict[str, Any]:
+    if p.type is int:
+        return {"type": "integer", "minimum": 0, "maximum": MAX_INT, "description": p.help}
+    if p.type is str:
+        return {"enum": list(p.choices), "description": p.help}
+    return {"type": "boolean", "description": p.help}
+
+
 def _action_schema(kind: Kind) -> dict[str, Any]:
     names = [str(a) for a in actions_for(kind)]
     with_params = []
     for action in actions_for(kind):
-        params = {
-            p.name: {"type": "integer", "minimum": 0, "description": p.help} if p.type is int
-            else {"type": "boolean", "description": p.help}
-            for p in REGISTRY[action].params
-        }
+        params = {p.name: _param_schema(p) for p in REGISTRY[action].params}
         with_params.append({
             "type": "object",
             "properties": {str(action): {"type": ["object", "null"], "properties": params, "additionalProperties": False}},

@@ -25,7 +25,7 @@ from corral.outbox import Delivered, Entry, Failed, Outcome, Refused
 from corral.states import Action, Kind
 
 #: The fields every template may name, and those each kind adds.
-COMMON_FIELDS = ("action", "kind", "entity", "policy", "reason", "key", "cycle", "actor")
+COMMON_FIELDS = ("action", "kind", "entity", "policy", "reason", "key", "cycle", "actor", "to")
 KIND_FIELDS: dict[Kind, tuple[str, ...]] = {
     Kind.JOB: ("job", "job_name"),
     Kind.FRAME: ("job", "job_name", "frame"),
@@ -85,7 +85,7 @@ def values_of(entry: Entry) -> dict[str, str]:
     values: dict[str, Any] = {
         "action": entry.action.value, "kind": entry.kind.value, "entity": entry.entity_id,
         "policy": entry.policy or "", "reason": entry.reason, "key": entry.key, "cycle": entry.cycle_id or "",
-        "actor": entry.actor,
+        "actor": entry.actor, "to": entry.params.get("to", "room") if entry.action is Action.NOTIFY else "",
     }
     values.update(entry.target)
     return {k: "" if v is None else str(v) for k, v in values.items()}

@@ -6,6 +6,8 @@ whose answer was lost) ignores the repeat.  With `secret_env`, the body is signe
 `X-Corral-Signature: sha256=<hex HMAC-SHA256 of the body with the secret>`.  The secret
 is read from the environment at each send and never logged or stored.
 
+Several notifications due at once go as one digest POST (`digest`).
+
 Answers: 2xx delivered; 408, 429 and 5xx (and no answer) a failed send, retried; any
 other 4xx the receiver refusing it.
 """
@@ -18,7 +20,7 @@ import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,8 +67,19 @@ class WebhookSink:
         return frozenset((k, a) for a in Action for k in Kind if self.actions is None or a in self.actions)
 
     def deliver(self, entry: Entry) -> Outcome:
-        body = json.dumps(body_of(entry), sort_keys=True).encode()
-        headers = {"Content-Type": "application/json", "User-Agent": "corral", "Idempotency-Key": entry.key,
+        return self._post(body_of(entry), entry.key)
+
+    def digest(self, entries: Sequence[Entry]) -> Outcome:
+        """Many notifications as one POST (docs/sinks.md, "Digests"); its key is derived
+        from its rows' keys, so a repeat of the same digest is recognised too."""
+        keys = "|".join(e.key for e in entries)
+        key = "corral-digest-" + hashlib.sha256(keys.encode()).hexdigest()[:32]
+        return self._post({"digest": True, "key": key, "sink": self.name, "count": len(entries),
+                           "items": [body_of(e) for e in entries]}, key)
+
+    def _post(self, message: Mapping[str, Any], key: str) -> Outcome:
+        body = json.dumps(message, sort_keys=True).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": "corral", "Idempotency-Key": key,
                    **self.headers}
         if self.secret_env:
             secret = os.environ.get(self.secret_env)
