@@ -245,3 +245,35 @@ def test_a_deliverer_killed_mid_send_never_repeats_blindly(store_url: str, tmp_p
         assert row.status is Status.DOUBT and len(sent(tmp_path)) == 1
         assert "corral outbox retry" in (row.last_error or "")
     time.sleep(0)
+
+
+class DeadManager:
+    name = "manager"
+
+    def read(self, now: datetime) -> tuple[Farm, list[str]]:
+        from corral.ports import FarmUnreachable
+
+        raise FarmUnreachable("127.0.0.1:51000 refused the connection")
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_unreachable_farm_manager_costs_a_cycle_never_a_decision_on_a_stale_picture(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "sent.jsonl"))
+    load(store_url, pending_farm(2))
+    rules = tmp_path / "rules"
+    write_rules(rules)
+    daemon = make(store_url, rules, tmp_path)
+    daemon.farm = DeadManager()
+    try:
+        tick = daemon.tick()
+    finally:
+        daemon.close()
+    assert tick.outcome == "farm_unreachable" and "refused the connection" in (tick.error or "")
+    assert daemon.metrics.cycles.labels("farm_unreachable")._value.get() == 1
+    with Store.open(store_url) as store:
+        assert store.transitions() == [] and store.outbox_rows() == []
+    assert sent(tmp_path) == []

@@ -214,3 +214,44 @@ def test_a_value_that_could_widen_a_command_is_never_sent(tmp_path: Path, name: 
     outcome = sink.deliver(entry(job=42, job_name=name))
     assert isinstance(outcome, Refused) and "not sent" in outcome.answer
     assert not (tmp_path / "argv.json").exists()
+
+
+# --- a studio's own sink, through the entry point group -----------------------------------------
+
+
+class StudioSink:
+    """What a studio's package would provide: a factory registered in `corral.sinks`."""
+
+    def __init__(self, name: str, options: dict[str, Any]) -> None:
+        self.name, self.options = name, options
+
+    def carries(self) -> frozenset[tuple[Kind, Action]]:
+        return frozenset({(Kind.WORKER, Action.BLOCK)})
+
+    def deliver(self, entry: Entry) -> Delivered:
+        return Delivered(f"paged {self.options['pager']}")
+
+    def took(self, entry: Entry) -> bool | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_studio_sink_is_found_by_its_entry_point_and_built_with_its_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    from corral.sinks import config
+
+    point = EntryPoint(name="pager", value=f"{__name__}:StudioSink", group=config.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(config.importlib_metadata, "entry_points",
+                        lambda group: [point] if group == config.ENTRY_POINT_GROUP else [])
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    text = "sinks:\n  - name: ops\n    type: python\n    entry_point: pager\n    options: {pager: night-shift}\n"
+    result = load_sinks_text(text, "sinks.yaml")
+    assert result.errors == [] and result.config is not None
+    sinks = build_sinks(result.config)
+    assert sinks["ops"].deliver(entry(Kind.WORKER, "r07", worker="r07", host="r07")) == Delivered("paged night-shift")
+    assert routes_of(result.config, sinks)[0].carries == {(Kind.WORKER, Action.BLOCK)}
+    wrong = load_sinks_text(text.replace("pager\n", "pagr\n", 1), "sinks.yaml")
+    assert "did you mean 'pager'" in wrong.errors[0].message
