@@ -277,3 +277,22 @@ def test_an_unreachable_farm_manager_costs_a_cycle_never_a_decision_on_a_stale_p
     with Store.open(store_url) as store:
         assert store.transitions() == [] and store.outbox_rows() == []
     assert sent(tmp_path) == []
+
+
+def test_a_sync_stamps_first_sight_and_keeps_what_only_corral_knows(store_url: str) -> None:
+    """Afanasy shows a paused and a stopped job alike: a job corral killed stays killed;
+    a job first seen is in its state since the sync, not since an invented past."""
+    from datetime import timedelta
+
+    from corral.states import Hold
+
+    first = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
+    with Store.open(store_url) as store:
+        store.load_farm(Farm(jobs={1: Job(1, "a", hold=Hold.KILLED, state=JobState.KILLED, retry_limit=3)}), replace=True)
+        store.sync_farm(Farm(jobs={1: Job(1, "a", hold=Hold.BLOCKED, state=JobState.BLOCKED),
+                                   2: Job(2, "new")}), now=first, actor="manager")
+        store.sync_farm(Farm(jobs={1: Job(1, "a", hold=Hold.BLOCKED, state=JobState.BLOCKED),
+                                   2: Job(2, "new")}), now=first + timedelta(minutes=5), actor="manager")
+        farm = store.read_farm()
+    assert farm.jobs[1].hold is Hold.KILLED and farm.jobs[1].state is JobState.KILLED and farm.jobs[1].retry_limit == 3
+    assert farm.jobs[2].state_since == first

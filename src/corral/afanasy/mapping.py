@@ -95,11 +95,12 @@ class JobRef:
 
     def locate(self, number: int) -> tuple[int, int]:
         """The (block, task) of a frame number; IndexError when the job has no such frame."""
-        if number >= 0:
+        left = number
+        if left >= 0:
             for block, count in enumerate(self.tasks):
-                if number < count:
-                    return block, number
-                number -= count
+                if left < count:
+                    return block, left
+                left -= count
         raise IndexError(f"job serial {self.serial} has no frame {number} (it has {self.frames})")
 
 
@@ -109,6 +110,13 @@ class Index:
 
     jobs: dict[int, JobRef] = field(default_factory=dict)
     renders: dict[str, int] = field(default_factory=dict)
+
+    def locate(self, serial: int, number: int) -> tuple[int, int, int]:
+        """(Afanasy job id, block, task) of corral's frame ``serial:number``; KeyError for
+        a job not in the index, IndexError for a frame the job does not have."""
+        ref = self.jobs[serial]
+        block, task = ref.locate(number)
+        return ref.id, block, task
 
     def serial_of(self, job_id: int) -> int | None:
         """The serial of the job that has Afanasy id `job_id` now."""

@@ -1,25 +1,21 @@
 """The Afanasy sink: corral's decisions as Afanasy actions (`corral.ports.Sink`).
 
-What each corral action becomes (docs/afanasy.md has the table and why):
+What each corral action becomes (docs/afanasy.md has the table, and why):
 
-============== ===================================================================
-job block       operation ``pause`` (the job goes OFF; running tasks finish)
-job suspend     ``pause`` too: nothing new starts, the current tasks finish
-job unblock     ``start``
-job kill        ``stop`` (running tasks are killed, the job goes OFF)
-job retry       ``start`` if the job is OFF, then ``restart_errors``
-job resubmit    new ``priority`` if given, ``start`` if OFF, then ``restart``
-job interrupt   ``restart_running``
-frame block     task ``suspend``; unblock: task ``continue``
-frame kill      task ``skip`` (Afanasy's way to give a task up: it counts as done)
-frame retry     task ``restart`` (resubmit too); interrupt: task ``restart_running``
-instance block  the render added to the job's ``hosts_mask_exclude``, then the
-                job's tasks running on it restarted (``restart_running``)
-instance unblock the render taken out of ``hosts_mask_exclude`` again
-instance interrupt the job's tasks running on the render restarted
-worker block    render ``paused`` (or ``NIMBY``: the sink's ``quarantine``)
-worker unblock  render ``nimby: false, paused: false``
-============== ===================================================================
+- job block, suspend: operation ``pause`` (the job goes OFF; running tasks finish);
+  unblock: ``start``; kill: ``stop`` (running tasks killed, the job OFF);
+  interrupt: ``restart_running``;
+- job retry: ``start`` if the job is OFF, ``reset_error_hosts``, then ``restart_errors``;
+  resubmit: the new ``priority`` if given, ``start`` if OFF, then ``restart``;
+- frame block: task ``suspend``; unblock: ``continue``; kill: ``skip`` (Afanasy's way to
+  give a task up: it counts as done); retry, resubmit: ``restart``; interrupt:
+  ``restart_running``;
+- instance block: the render added to the job's ``hosts_mask_exclude`` (`masks`), then
+  the job's tasks running there restarted (``restart_running``), and with
+  ``requeue_failed`` its tasks in error there (``restart_errors``); unblock: the render
+  taken out of the mask again; interrupt: the job's tasks running there restarted;
+- worker block: render ``paused`` (or ``NIMBY``: the sink's ``quarantine``); unblock:
+  render ``nimby: false, paused: false``.
 
 Each delivery looks the job up by its serial first (Afanasy reuses ids): a job deleted
 meanwhile is a refusal, not a failure.  An action of several requests sends the ones
@@ -29,15 +25,15 @@ nothing that matters.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from corral import outbox
 from corral.afanasy import masks
 from corral.afanasy.mapping import JobRef, flags, job_ref
 from corral.afanasy.wire import AfanasyError, BadReply, Client, Refused
 from corral.outbox import Delivered, Entry, Failed, Outcome
-from corral.sinks.config import AfanasySinkConfig
 from corral.states import Action, Kind
 
 J, F, INST, W = Kind.JOB, Kind.FRAME, Kind.INSTANCE, Kind.WORKER
@@ -65,22 +61,48 @@ JOB_OPERATIONS: dict[Action, str] = {
 }
 
 
-class Gone(Exception):
-    """What the row names no longer exists in Afanasy (or never did): a refusal."""
+#: How long after a decision a task may still run the run it was to stop: Afanasy stops
+#: a task through its render, which takes a heartbeat or two.
+SETTLE = 30.0
+
+
+class AfanasyConfig(Protocol):
+    """What `from_config` reads of a sinks file's ``type: afanasy`` entry
+    (`corral.sinks.config.AfanasySinkConfig`, which imports this module: hence a protocol)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def server(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def quarantine(self) -> str: ...
+
+
+class Impossible(Exception):
+    """The row cannot be carried out as it stands: what it names no longer exists in
+    Afanasy, or Afanasy's own settings stand in the way.  A refusal, not a failure:
+    sending it again would not help."""
 
 
 class AfanasySink:
     """Delivers outbox rows to one afserver."""
 
-    def __init__(self, name: str, client: Client, quarantine: str = "paused") -> None:
+    def __init__(self, name: str, client: Client, quarantine: str = "paused",
+                 clock: Callable[[], float] = time.time) -> None:
         if quarantine not in ("paused", "nimby"):
             raise ValueError(f"quarantine is paused or nimby, not {quarantine!r}")
         self.name = name
         self.client = client
         self.quarantine = quarantine
+        self.clock = clock  # epoch seconds, for `took` (tests set it)
 
     @classmethod
-    def from_config(cls, cfg: AfanasySinkConfig) -> AfanasySink:
+    def from_config(cls, cfg: AfanasyConfig) -> AfanasySink:
+        """The sink a sinks file's ``type: afanasy`` entry describes."""
         return cls(cfg.name, Client(cfg.server, timeout=cfg.timeout, user=cfg.user), cfg.quarantine)
 
     def carries(self) -> frozenset[tuple[Kind, Action]]:
@@ -93,12 +115,12 @@ class AfanasySink:
 
     def deliver(self, entry: Entry) -> Outcome:
         if (entry.kind, entry.action) not in CARRIES:
-            return outbox.Refused(f"the afanasy sink cannot {entry.action} a {entry.kind}")
+            return outbox.Refused(f"the afanasy sink cannot {entry.action} {entry.kind}s")
         handlers: dict[Kind, Callable[[Entry], str]] = {
             J: self._job, F: self._frame, INST: self._instance, W: self._worker}
         try:
             return Delivered(handlers[entry.kind](entry))
-        except (Gone, masks.MaskError) as err:
+        except (Impossible, masks.MaskError) as err:
             return outbox.Refused(str(err))
         except Refused as err:
             return outbox.Refused(f"Afanasy refused it: {err.text}")
@@ -115,6 +137,8 @@ class AfanasySink:
             said.append(self.client.act("jobs", [ref.id], params={"priority": entry.params["priority"]}))
         if entry.action in (A.RETRY, A.RESUBMIT) and "OFF" in flags(job.get("state")):
             said.append(self.client.act("jobs", [ref.id], "start"))  # corral's retry lifts the hold
+        if entry.action is A.RETRY:  # else a block that avoids every host never runs the tasks again
+            said.append(self.client.act("jobs", [ref.id], "reset_error_hosts"))
         said.append(self.client.act("jobs", [ref.id], JOB_OPERATIONS[entry.action]))
         return _answer(said)
 
@@ -135,13 +159,17 @@ class AfanasySink:
         if entry.action is A.UNBLOCK:
             mask = masks.remove_host(ref.hosts_mask_exclude, ref.hosts_mask_type, host)
             if masks.excludes(mask, ref.hosts_mask_type, host):
-                raise Gone(f"job serial {serial}'s hosts_mask_exclude '{ref.hosts_mask_exclude}' excludes {host} by a "
+                raise Impossible(f"job serial {serial}'s hosts_mask_exclude '{ref.hosts_mask_exclude}' excludes {host} by a "
                            "pattern corral did not write: change it in Afanasy")
             if mask != ref.hosts_mask_exclude:
                 said.append(self.client.act("jobs", [ref.id], params={"hosts_mask_exclude": mask}))
             return _answer(said) or f"{host} was not excluded from job serial {serial}"
-        for block, tasks in self.running_on(ref, host).items():
-            said.append(self.client.act("jobs", [ref.id], "restart_running", block_ids=[block], task_ids=tasks))
+        requeue = entry.action is A.BLOCK and bool(entry.params.get("requeue_failed"))
+        for block, (running, failed) in self.tasks_of(ref, host).items():
+            if running:
+                said.append(self.client.act("jobs", [ref.id], "restart_running", block_ids=[block], task_ids=running))
+            if failed and requeue:
+                said.append(self.client.act("jobs", [ref.id], "restart_errors", block_ids=[block], task_ids=failed))
         return _answer(said) or f"nothing to do: {host} is excluded from job serial {serial} and runs none of its tasks"
 
     def _worker(self, entry: Entry) -> str:
@@ -156,7 +184,7 @@ class AfanasySink:
     # --- looking things up ----------------------------------------------------------------
 
     def lookup(self, serial: int) -> dict[str, Any]:
-        """The job with this serial as Afanasy lists it now (Gone when it was deleted)."""
+        """The job with this serial as Afanasy lists it now (Impossible when it was deleted)."""
         reply = self.client.get({"type": "jobs", "serials": [serial]})
         jobs = reply.get("jobs", [])
         if not isinstance(jobs, list):
@@ -164,7 +192,7 @@ class AfanasySink:
         for job in jobs:
             if isinstance(job, dict) and job.get("serial") == serial:
                 return job
-        raise Gone(f"job serial {serial} no longer exists")
+        raise Impossible(f"job serial {serial} no longer exists")
 
     def renders(self) -> list[dict[str, Any]]:
         reply = self.client.get({"type": "renders"})
@@ -180,7 +208,7 @@ class AfanasySink:
         for r in self.renders():
             if r.get("name") == name and isinstance(r.get("id"), int):
                 return r
-        raise Gone(f"render {name} no longer exists")
+        raise Impossible(f"render {name} no longer exists")
 
     def render_id(self, name: str) -> int:
         ident: int = self.render(name)["id"]
@@ -195,13 +223,19 @@ class AfanasySink:
             raise BadReply(f"expected the task progress of job id {ref.id} ({list(ref.tasks)} tasks per block)")
         return [[t if isinstance(t, dict) else {} for t in b] for b in blocks]
 
-    def running_on(self, ref: JobRef, host: str) -> dict[int, list[int]]:
-        """The job's tasks running on `host` now, per block."""
-        out: dict[int, list[int]] = {}
+    def tasks_of(self, ref: JobRef, host: str) -> dict[int, tuple[list[int], list[int]]]:
+        """Per block, the job's tasks running on `host` now, and those in error whose last
+        run was there (the frames an instance failed)."""
+        out: dict[int, tuple[list[int], list[int]]] = {}
         for b, tasks in enumerate(self.progress(ref)):
             for t, task in enumerate(tasks):
-                if "RUN" in flags(task.get("state")) and task.get("hst") == host:
-                    out.setdefault(b, []).append(t)
+                if task.get("hst") != host:
+                    continue
+                state = flags(task.get("state"))
+                if "RUN" in state:
+                    out.setdefault(b, ([], []))[0].append(t)
+                elif "ERR" in state:
+                    out.setdefault(b, ([], []))[1].append(t)
         return out
 
     # --- did it take? ------------------------------------------------------------------------
@@ -211,7 +245,7 @@ class AfanasySink:
         that cannot be told (a resubmit leaves no mark) or Afanasy cannot be asked."""
         try:
             return self._took(entry)
-        except (AfanasyError, Gone, IndexError, ValueError, masks.MaskError):
+        except (AfanasyError, Impossible, IndexError, ValueError, masks.MaskError):
             return None
 
     def _took(self, entry: Entry) -> bool | None:
@@ -228,7 +262,7 @@ class AfanasySink:
                 return not excluded
             if entry.action is A.BLOCK and not excluded:
                 return False
-            return _restarted(self._tasks_on(ref, host), at)
+            return _restarted(self._tasks_on(ref, host), at, self.clock())
         job = self.lookup(serial_of(entry))
         ref = job_ref(job)
         off = "OFF" in flags(job.get("state"))
@@ -242,7 +276,7 @@ class AfanasySink:
             tasks = [t for b in self.progress(ref) for t in b]
             if entry.action is A.RETRY:
                 return not off and not any("ERR" in flags(t.get("state")) for t in tasks)
-            return _restarted(tasks, at)
+            return _restarted(tasks, at, self.clock())
         block, number = locate(ref, entry)
         task = self.progress(ref)[block][number]
         state = flags(task.get("state"))
@@ -253,7 +287,7 @@ class AfanasySink:
         if entry.action is A.KILL:
             return "SKP" in state
         if entry.action is A.INTERRUPT:
-            return _restarted([task], at)
+            return _restarted([task], at, self.clock())
         # retry and resubmit: back in the queue, or finished again since the decision
         if state & {"ERR", "SKP", "DON"}:
             done = task.get("tdn")
@@ -264,13 +298,16 @@ class AfanasySink:
         return [t for b in self.progress(ref) for t in b if t.get("hst") == host]
 
 
-def _restarted(tasks: list[dict[str, Any]], at: float) -> bool:
+def _restarted(tasks: list[dict[str, Any]], at: float, now: float) -> bool | None:
     """A restart of running tasks took when none of them still runs the run that started
-    before the decision (Afanasy's ``tst``, the server's clock)."""
+    before the decision (Afanasy's ``tst``, the server's clock).  One still running is
+    not yet proof it did not: Afanasy kills a task through its render's next heartbeat,
+    seconds later; within `SETTLE` of the decision that cannot be told (None), after it
+    the restart did not take (False)."""
     for task in tasks:
         started = task.get("tst")
         if "RUN" in flags(task.get("state")) and isinstance(started, int) and started < at:
-            return False
+            return False if now - at > SETTLE else None
     return True
 
 
@@ -284,7 +321,7 @@ def serial_of(entry: Entry) -> int:
     try:
         return int(entry.entity_id.split(":", 1)[0].split("@", 1)[0])
     except ValueError:
-        raise Gone(f"{entry.describe()} names no job") from None
+        raise Impossible(f"{entry.describe()} names no job") from None
 
 
 def instance_of(entry: Entry) -> tuple[int, str]:
@@ -293,7 +330,7 @@ def instance_of(entry: Entry) -> tuple[int, str]:
     if not isinstance(host, str) or not host:
         _, at, host = str(entry.target.get("instance") or entry.entity_id).partition("@")
         if not at or not host:
-            raise Gone(f"{entry.describe()}: an Afanasy instance is named SERIAL@RENDER")
+            raise Impossible(f"{entry.describe()}: an Afanasy instance is named SERIAL@RENDER")
     return serial_of(entry), host
 
 
@@ -303,11 +340,11 @@ def locate(ref: JobRef, entry: Entry) -> tuple[int, int]:
         try:
             number = int(entry.entity_id.rpartition(":")[2])
         except ValueError:
-            raise Gone(f"{entry.describe()} names no frame") from None
+            raise Impossible(f"{entry.describe()} names no frame") from None
     try:
         return ref.locate(number)
     except IndexError as err:
-        raise Gone(str(err)) from None
+        raise Impossible(str(err)) from None
 
 
 def _answer(said: list[str]) -> str:

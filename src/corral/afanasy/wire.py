@@ -159,23 +159,25 @@ class Client:
         sock.settimeout(left)
 
     def _read(self, sock: socket.socket, deadline: float) -> bytes:
+        """Exactly the header and the body it announces: afserver does not close after
+        answering (it waits for the client to), so reading to the end would wait."""
         data = b""
-        need: int | None = None
-        while need is None or len(data) < need:
+        start, length = 0, None
+        while length is None or len(data) < start + length:
             self._settime(sock, deadline)
             chunk = sock.recv(1 << 16)
             if not chunk:
                 if not data:
                     raise BadReply(f"Afanasy at {self.server} closed the connection without answering")
-                if need is None:
+                if length is None:
                     raise BadReply(f"expected 'AFANASY <length> JSON', the reply ended after {data[:MAX_HEADER]!r}")
-                raise BadReply(f"the reply ended after {len(data)} of the {need} bytes it announced")
+                raise BadReply(f"the reply ended after {len(data) - start} of the {length} bytes it announced")
             data += chunk
-            if need is None:
+            if length is None:
                 length = body_length(data[: MAX_HEADER + len(_TAG)])
                 if length is not None:
-                    need = data.find(_TAG, len(_MAGIC)) + len(_TAG) + length
-        return data[:need]
+                    start = data.find(_TAG, len(_MAGIC)) + len(_TAG)
+        return data[: start + length]
 
     def send(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """One whole message (``{"get": ...}``, ``{"action": ...}``); its answer, or Refused

@@ -119,7 +119,12 @@ def sync_farm(conn: Connection, truth: Farm, *, now: datetime, actor: str) -> Sy
 
 
 def _insert(conn: Connection, farm: Farm, now: datetime, report: SyncReport) -> None:
+    """New rows; an entity the manager gives no `state_since` is in its state since now
+    (first seen), so time-based conditions count from then, never from an invented past."""
     for name, rows in farm_rows(farm, now):
+        for row in rows:
+            if "state_since" in row and row["state_since"] is None:
+                row["state_since"] = now
         if rows:
             conn.execute(insert(table(name)), rows)
             report.inserted += len(rows)
@@ -171,6 +176,11 @@ def _sync_worker(conn: Connection, old: Worker | None, new: Worker, now: datetim
 def _sync_job(conn: Connection, old: Job, new: Job, now: datetime, actor: str, report: SyncReport) -> None:
     values = _changed(Kind.JOB, old, new)
     if values:
+        if values.get("hold") is Hold.BLOCKED and old.hold in (Hold.KILLED, Hold.SUSPENDED):
+            # The manager shows any stopped job alike (Afanasy: OFF for pause and stop);
+            # corral knows which it was, and it is still held.
+            del values["hold"]
+            values.pop("state", None)
         if "hold" in values:
             if new.hold is Hold.NONE and old.hold is Hold.BLOCKED:
                 _override(conn, Kind.JOB, str(old.id), old.id, old.state.value, new.state.value, now, actor, report)
