@@ -82,13 +82,13 @@ def outbox(
         console.print("the outbox is empty" + (" for that filter" if statuses else "") + (f" ({summary})" if summary else ""))
         return
     table = Table(title_justify="left")
-    for col in ("id", "queued (UTC)", "sink", "action", "status", "tries", "by", "last answer"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("id", "queued (UTC)", "status"))
+    for col, fixed in (("id", True), ("queued", True), ("sink", True), ("action", False), ("status", True),
+                       ("tries", True), ("answer", False)):
+        table.add_column(col, no_wrap=fixed, overflow="fold", ratio=None if fixed else 1)
     for e in rows:
-        by = f"policy {e.policy}" if e.policy else e.actor
         said = e.answer or e.last_error or ""
-        table.add_row(str(e.id), f"{e.at:%Y-%m-%d %H:%M:%S}", visible(e.sink), visible(e.describe()), str(e.status),
-                      str(e.attempts), visible(by), visible(said))
+        table.add_row(str(e.id), f"{e.at:%m-%d %H:%M:%S}", visible(e.sink), visible(e.describe()), str(e.status),
+                      str(e.attempts), visible(said))
     console.print(table)
     console.print(visible(summary), highlight=False)
 

@@ -480,6 +480,8 @@ class Daemon:
         scheduler = BackgroundScheduler(timezone="UTC")
 
         def on_overrun(event: JobExecutionEvent) -> None:
+            if event.job_id != "cycle":
+                return  # a delivery pass still running: the next one simply waits its turn
             self.metrics.cycles.labels("overrun").inc()
             log.warning("previous cycle still running at the next tick: this tick is skipped")
 
@@ -487,8 +489,10 @@ class Daemon:
         scheduler.add_job(self.tick, IntervalTrigger(seconds=self.config.interval), id="cycle", max_instances=1,
                           coalesce=True, misfire_grace_time=None, next_run_time=datetime.now().astimezone())
         if self.courier.sinks:
+            # Two instances allowed so the scheduler never warns of a pass still running (a slow
+            # supervisor): the courier's own lock makes the second return at once.
             scheduler.add_job(self.deliver, IntervalTrigger(seconds=self.courier.delivery.every), id="deliver",
-                              max_instances=1, coalesce=True, misfire_grace_time=None)
+                              max_instances=2, coalesce=True, misfire_grace_time=None)
             self._scheduler = scheduler
         scheduler.start()
         try:
