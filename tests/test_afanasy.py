@@ -602,6 +602,27 @@ def test_a_whole_read_asks_progress_of_unfinished_jobs_and_error_hosts_of_failin
     assert index.jobs[6].hosts_mask_exclude == "rndbad" and index.renders["rnd02"] == 3
 
 
+def test_a_job_whose_summary_did_not_change_is_not_asked_for_its_tasks_again(fake: FakeAfanasy) -> None:
+    """Idle, paused and stuck jobs cost one line of the job list after the first read;
+    a job whose summary changed (a task started, failed, was restarted) is read again."""
+    final_farm(fake)
+    cache: dict[int, Any] = {}
+    first, _, _ = read_farm(client(fake), NOW, cache=cache)
+    asked_first = len(fake.requests())
+    again, _, _ = read_farm(client(fake), NOW, cache=cache)
+    asked_again = [(r["get"].get("ids"), r["get"].get("mode")) for r in fake.requests()[asked_first:]]
+    # only the job that vanished mid-read last time is asked again
+    assert asked_again == [(None, None), ([5], "progress"), (None, None)]
+    assert again == first
+    moved = json.loads(json.dumps(reply("jobs_list_final")))
+    target = next(j for j in moved["jobs"] if j.get("id") == 3)
+    target["tasks_error"] = int(target.get("tasks_error", 0)) + 1
+    fake.route({"get": {"type": "jobs"}}, moved)
+    read_farm(client(fake), NOW, cache=cache)
+    asked_third = [(r["get"].get("ids"), r["get"].get("mode")) for r in fake.requests()[asked_first + 3:]]
+    assert ([3], "progress") in asked_third and all(ids in (None, [3], [5]) for ids, _mode in asked_third)
+
+
 def test_the_reader_is_the_farm_source_of_afanasy_urls(fake: FakeAfanasy) -> None:
     from corral.farms import open_farm
 

@@ -11,6 +11,7 @@ decision on half a farm could undo what the missing half shows.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -28,10 +29,22 @@ def local_zone() -> tzinfo:
     return zone
 
 
-def read_farm(client: Client, now: datetime, tz: tzinfo | None = None) -> tuple[Farm, Index, list[str]]:
+#: A job's details as last read, by serial: (its summary as listed, its progress reply,
+#: its error-hosts reply).  See `read_farm`'s `cache`.
+Details = dict[int, tuple[str, dict[str, Any] | None, dict[str, Any] | None]]
+
+
+def read_farm(client: Client, now: datetime, tz: tzinfo | None = None, cache: Details | None = None
+              ) -> tuple[Farm, Index, list[str]]:
     """The farm as Afanasy has it now, the index to address it, and the problems met
     (jobs skipped, lines not understood).  Raises Unreachable, BadReply or Refused
-    (`corral.afanasy.wire`) when the jobs or renders cannot be listed."""
+    (`corral.afanasy.wire`) when the jobs or renders cannot be listed.
+
+    With `cache` (kept by the caller between reads), a job whose summary in the job list
+    is exactly as last read is not asked for its tasks again: a task that starts, ends,
+    fails or is restarted changes the job's counters, progress bar or error hosts in that
+    summary, so an unchanged summary means unchanged tasks.  A farm's idle, paused and
+    stuck jobs then cost nothing after the first read; only the jobs that move are read."""
     jobs = _listed(client.get({"type": "jobs"}), "jobs")
     problems: list[str] = []
     progress: dict[int, dict[str, Any]] = {}
@@ -41,6 +54,16 @@ def read_farm(client: Client, now: datetime, tz: tzinfo | None = None) -> tuple[
         ident = job.get("id") if isinstance(job, dict) else None
         if not isinstance(ident, int) or ident == SYSTEM_JOB_ID:
             kept.append(job)  # the mapping reports what it cannot read
+            continue
+        serial = job.get("serial")
+        summary = json.dumps(job, sort_keys=True)
+        known = cache.get(serial) if cache is not None and isinstance(serial, int) else None
+        if known is not None and known[0] == summary:
+            if known[1] is not None:
+                progress[ident] = known[1]
+            if known[2] is not None:
+                errors[ident] = known[2]
+            kept.append(job)
             continue
         try:
             if "DON" not in flags(job.get("state")):
@@ -52,6 +75,12 @@ def read_farm(client: Client, now: datetime, tz: tzinfo | None = None) -> tuple[
                             f"the farm was read (Afanasy: {err.text})")
             continue
         kept.append(job)
+        if cache is not None and isinstance(serial, int):
+            cache[serial] = (summary, progress.get(ident), errors.get(ident))
+    if cache is not None:  # forget the jobs that are gone
+        listed = {j.get("serial") for j in kept if isinstance(j, dict)}
+        for gone in [k for k in cache if k not in listed]:
+            del cache[gone]
     renders = _listed(client.get({"type": "renders"}), "renders")
     farm, index, more = map_farm({"jobs": kept}, progress, errors, renders, now, tz or local_zone())
     return farm, index, problems + more
@@ -74,10 +103,11 @@ class AfanasyReader:
         self.tz = tz
         #: The last read's index (how corral's ids map to Afanasy's now).
         self.index: Index | None = None
+        self.details: Details = {}  # jobs' tasks as last read (see `read_farm`)
 
     def read(self, now: datetime) -> tuple[Farm, list[str]]:
         try:
-            farm, index, problems = read_farm(self.client, now, self.tz)
+            farm, index, problems = read_farm(self.client, now, self.tz, self.details)
         except AfanasyError as err:
             raise FarmUnreachable(f"{self.name}: {err}") from err
         self.index = index
