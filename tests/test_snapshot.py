@@ -22,6 +22,7 @@ from corral.snapshot import (
 )
 from corral.states import FrameState, Hold, JobState, WorkerState
 from corral.store import Store
+from corral.yamlpos import shown_path
 
 BROKEN = Path(__file__).parent / "data" / "snapshots" / "broken"
 EXPECT = re.compile(r"^# expect: (?:(\d+:\d+) )?(.*)$", re.M)
@@ -41,7 +42,8 @@ def test_every_error_of_a_broken_snapshot_names_its_field_and_line(path: Path) -
         load_snapshot_file(path)
     assert len(err.value.errors) == len(expected), "\n".join(err.value.errors)
     for place, message in expected:
-        prefix = f"{path}:{place}: " if place else f"{path}:"
+        shown = shown_path(str(path))  # as a wrangler reads it: relative to the current folder
+        prefix = f"{shown}:{place}: " if place else f"{shown}:"
         assert any(e.startswith(prefix) and message in e for e in err.value.errors), (
             f"no error at {prefix} saying {message!r} in:\n" + "\n".join(err.value.errors)
         )

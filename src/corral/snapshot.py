@@ -481,9 +481,9 @@ def read_document(text: str, source: str, *, json_: bool = False) -> Any:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise SnapshotError([f"{source}:{err.lineno}:{err.colno}: JSON syntax error: {err.msg}"]) from None
+        raise SnapshotError([f"{Pos(source, err.lineno, err.colno)}: JSON syntax error: {err.msg}"]) from None
     except RecursionError:
-        raise SnapshotError([f"{source}:1:1: nested too deep"]) from None
+        raise SnapshotError([f"{Pos(source, 1, 1)}: nested too deep"]) from None
     try:
         with_pos = load_text(text, source)
     except YamlError:

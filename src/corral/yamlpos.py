@@ -10,6 +10,8 @@ and item.  They compare and behave as plain dicts and lists everywhere else.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,27 @@ class Pos:
     column: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}"
+        return f"{shown_path(self.file)}:{self.line}:{self.column}"
+
+
+@lru_cache(maxsize=1)
+def _builtin_dir() -> str:
+    return str(Path(str(resources.files("corral") / "rules")).resolve())
+
+
+def shown_path(file: str) -> str:
+    """A file as a wrangler reads it in a message: a file of the built-in pack as
+    `builtin:NAME` (not a path inside site-packages), one under the current folder
+    relative to it, any other as it is.  `Pos.file` keeps the real path."""
+    if not file or file.startswith("<"):
+        return file
+    try:
+        path = Path(file).resolve()
+        if str(path.parent) == _builtin_dir():
+            return f"builtin:{path.name}"
+        return str(path.relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return file
 
 
 class PosDict(dict[str, Any]):

@@ -180,11 +180,17 @@ def plan(
     sets: SetOption = None,
     now: Annotated[str | None, typer.Option("--now", help="Evaluate as of this ISO 8601 time (default: now).")] = None,
     engine: Annotated[str, typer.Option("--engine", help="durable (default) or reference.")] = "durable",
-    show_skipped: Annotated[bool, typer.Option("--skipped", help="Also list matches that were skipped, and why.")] = False,
+    show_skipped: Annotated[bool, typer.Option("--skipped", help="Also list matches that were skipped, and why "
+                                                "(with --json: an object with transitions and skipped).")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Save the plan to FILE, for `corral apply FILE` "
+                                             "to apply exactly it.", show_default=False)] = None,
+    detailed_exitcode: Annotated[bool, typer.Option(
+        "--detailed-exitcode", help="Exit 2 when the plan holds transitions (0: nothing to do, 1: error).")] = False,
 ) -> None:
     """Dry run: show what the policies would do, without doing it.
 
-    Exit status: 0 when the plan is empty, 2 when it holds transitions, 1 on error.
+    Exit status: 0 on success, 1 on error; with --detailed-exitcode, 2 when the plan holds
+    transitions (as terraform plan does).
     """
     from corral.cycle import plan_farm, run_cycle
     from corral.policyset import PolicySet
@@ -195,6 +201,8 @@ def plan(
     loaded = load_or_fail(rules, only_rules, sets)
     policy_set = PolicySet(loaded.policies)
     when = parse_now(now)
+    if snapshot is not None and out is not None:
+        fail("--out saves a plan of the store, to apply to it; a snapshot's plan cannot be applied")
     if snapshot is not None:
         from corral.snapshot import SnapshotError, load_snapshot_file
 
@@ -212,14 +220,87 @@ def plan(
 
         try:
             with Store.open(db_url(db)) as store:
-                result_plan = run_cycle(store, Session(policy_set, engine=engine), commit=False, now=when).plan
+                if out is None:
+                    result_plan = run_cycle(store, Session(policy_set, engine=engine), commit=False, now=when).plan
+                else:
+                    result_plan = _save_plan(store, policy_set, when or datetime.now(UTC), engine, out)
         except StoreError as err:
             fail(str(err))
     if as_json:
-        print_json(result_plan.to_json())
+        print_json({"transitions": result_plan.to_json(), "skipped": [s.to_json() for s in result_plan.skipped],
+                    "notes": result_plan.notes} if show_skipped else result_plan.to_json())
     else:
         _print_plan(result_plan, show_skipped)
-    raise typer.Exit(2 if result_plan.transitions else 0)
+        if out is not None:
+            enforced = len(result_plan.enforced)
+            err_console.print(f"saved {enforced} transition(s) to {out}: `corral apply {out}` applies exactly them",
+                              highlight=False, markup=False)
+    raise typer.Exit(2 if detailed_exitcode and result_plan.transitions else 0)
+
+
+def _save_plan(store: Any, policy_set: Any, when: datetime, engine: str, out: Path) -> Any:
+    """A plan made on a whole read of the store (the farm it was made on is the one whose
+    row versions it records), with the store's cooldowns, written to `out`."""
+    import json
+
+    from corral import planfile
+    from corral.cycle import plan_farm
+    from corral.store.engine import describe
+
+    farm = store.read_farm()
+    acted = store.last_actions(when - policy_set.history_window)
+    result, _ = plan_farm(farm, policy_set, now=when, engine=engine, last_actions=acted)
+    content = planfile.save(result, farm, now=when, store=describe(store.url))
+    try:
+        out.write_text(json.dumps(content, indent=1) + "\n")
+    except OSError as err:
+        fail(f"cannot write {out}: {err.strerror or err}")
+    return result
+
+
+def apply(
+    file: Annotated[Path, typer.Argument(help="A plan saved by `corral plan -o FILE`.")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Apply a saved plan, exactly: each transition whose rows moved since it was planned is
+    refused (and said why); the rest are applied with compare-and-set, logged with you as
+    actor and the plan's id as cycle, and delivered like any action. Exit 1 if any was refused."""
+    import getpass
+
+    from corral import planfile
+    from corral.store.engine import describe
+    from corral.store.store import Store, StoreError
+
+    try:
+        data = planfile.load(file.read_text(), str(file))
+    except OSError as err:
+        fail(f"cannot read {file}: {err.strerror or err}")
+    except planfile.PlanFileError as err:
+        fail(str(err))
+    try:
+        with Store.open(db_url(db)) as store:
+            farm = store.read_farm()
+            try:
+                checked = planfile.check(data, farm, store=describe(store.url))
+            except planfile.PlanFileError as err:
+                fail(str(err))
+            report = store.apply_transitions(farm, checked.proposals, now=datetime.now(UTC),
+                                             actor=f"user:{getpass.getuser()}", cycle_id=checked.id)
+    except StoreError as err:
+        fail(str(err))
+    refused = [(words, why) for words, why in checked.moved] + [(str(r.proposal), r.reason) for r in report.refused]
+    if as_json:
+        print_json({"plan": checked.id, "applied": [str(d.proposal) for d in report.applied],
+                    "refused": [{"transition": w, "why": why} for w, why in refused]})
+    else:
+        console.print(f"plan {checked.id}: {len(report.applied)} applied, {len(refused)} refused")
+        for d in report.applied:
+            console.print(visible(f"  {d.proposal}: {d.from_state} → {d.to_state}"), highlight=False)
+        for words, why in refused:
+            console.print(visible(f"  refused: {words}: {why}"), highlight=False)
+    if refused:
+        raise typer.Exit(1)
 
 
 def _print_plan(result: Any, show_skipped: bool) -> None:
@@ -277,6 +358,7 @@ def register(app: typer.Typer) -> None:
     app.command()(schema)
     app.command()(fields)
     app.command()(plan)
+    app.command()(apply)
 
 
 

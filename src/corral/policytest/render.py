@@ -7,6 +7,7 @@ from typing import Any
 
 from corral.plan import Transition
 from corral.policytest.model import RunResult, StepResult, ref_text
+from corral.yamlpos import shown_path
 
 
 def _t(t: Transition) -> str:
@@ -23,7 +24,7 @@ def render(run: RunResult, *, verbose: bool = False) -> list[str]:
             lines.append(f"ERROR {f.path}: {len(f.errors)} error(s) in the test file; none of its cases ran")
         for c in f.cases:
             mark = "PASS" if c.ok else "FAIL"
-            lines.append(f"{mark}  {c.pos.file}:{c.pos.line}: {c.name}")
+            lines.append(f"{mark}  {shown_path(c.pos.file)}:{c.pos.line}: {c.name}")
             if c.error:
                 lines.append(f"      error while running: {c.error}")
             if c.ok and not verbose:
@@ -71,6 +72,6 @@ def result_json(run: RunResult) -> dict[str, Any]:
     return {
         "passed": run.passed, "failed": run.failed,
         "files": [{"path": f.path, "errors": f.errors,
-                   "cases": [{"name": c.name, "where": f"{c.pos.file}:{c.pos.line}", "ok": c.ok, "error": c.error,
+                   "cases": [{"name": c.name, "where": f"{shown_path(c.pos.file)}:{c.pos.line}", "ok": c.ok, "error": c.error,
                               "steps": [step(s) for s in c.steps]} for c in f.cases]} for f in run.files],
     }
