@@ -444,3 +444,21 @@ def test_the_rows_corral_itself_wrote_are_not_taken_for_rows_read_again(
     assert first and first.report and len(first.report.applied) == 1200
     assert [t.result.reread for t in ticks if t.result] == [0, 0, 0, 0]
     assert "took in again" not in caplog.text
+
+
+def test_metrics_exist_at_zero_from_the_start_with_the_build_and_bind_where_asked() -> None:
+    """An alert on rate(corral_errors_total{type="db_unreachable"}) works before the first
+    outage; the build is named; the endpoint binds loopback unless told otherwise."""
+    from corral.daemon.metrics import Metrics
+
+    metrics = Metrics()
+    port = metrics.serve(0, "127.0.0.1")
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        metrics.close()
+    for line in ('corral_errors_total{type="db_unreachable"} 0.0', 'corral_errors_total{type="farm_unreachable"} 0.0',
+                 'corral_cycles_total{outcome="farm_unreachable"} 0.0', 'corral_reloads_total{result="rejected"} 0.0',
+                 'corral_build_info{python="'):
+        assert line in body, line
+    assert 'version="' in body.split("corral_build_info")[1].split("\n")[0]

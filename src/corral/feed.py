@@ -47,11 +47,13 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-_FRAME_PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+_FRAME_PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*(?:[x:]\s*(\d+)\s*)?)?$")
 
 
 def parse_frames(spec: str | Iterable[int]) -> list[int]:
-    """Frame numbers from `1-100`, `1-10,20,30-40` or a list of integers, in the order given.
+    """Frame numbers from `1-100`, `1-10,20,30-40`, `1-100x10` (every tenth: 1, 11, ... 91;
+    `1-100:10` too, as wranglers write steps in every farm manager) or a list of integers,
+    in the order given.
 
     Raises ValueError saying what is wrong: an empty list, a range that runs backwards,
     a frame listed twice, a negative or too large number, too many frames.
@@ -63,16 +65,19 @@ def parse_frames(spec: str | Iterable[int]) -> list[int]:
         for part in spec.split(","):
             m = _FRAME_PART.match(part)
             if m is None:
-                raise ValueError(f"{part.strip()!r} is not a frame number or a range FIRST-LAST (e.g. 1-10,20,30-40)")
+                raise ValueError(f"{part.strip()!r} is not a frame number or a range FIRST-LAST[xSTEP] (e.g. 1-10,20,30-40 or 1-100x10)")
             first = int(m.group(1))
             last = int(m.group(2)) if m.group(2) is not None else first
+            step = int(m.group(3)) if m.group(3) is not None else 1
             if last < first:
                 raise ValueError(f"range {first}-{last} runs backwards")
+            if step < 1:
+                raise ValueError(f"range {part.strip()}: the step is 1 or more")
             if last > MAX_INT:
                 raise ValueError(f"frame {last} is too large (at most {MAX_INT})")
-            if len(numbers) + last - first + 1 > MAX_FRAMES:
+            if len(numbers) + (last - first) // step + 1 > MAX_FRAMES:
                 raise ValueError(f"more than {MAX_FRAMES} frames")
-            numbers.extend(range(first, last + 1))
+            numbers.extend(range(first, last + 1, step))
     else:
         for n in spec:
             if isinstance(n, bool) or not isinstance(n, int):

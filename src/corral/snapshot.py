@@ -68,7 +68,8 @@ class FrameModel(_Model):
     """One frame, or with `range` ("1-100") many frames that share every other field."""
 
     number: Count | None = None
-    range: Annotated[str, Field(pattern=r"^\d{1,10}-\d{1,10}$", description="FIRST-LAST, inclusive")] | None = None
+    range: Annotated[str, Field(pattern=r"^\d{1,10}-\d{1,10}([x:]\d{1,10})?$",
+                                description="FIRST-LAST, inclusive, or FIRST-LASTxSTEP (1-100x10)")] | None = None
     state: FrameState = FrameState.PENDING
     host: Text | None = None
     instance: Text | None = None
@@ -86,27 +87,35 @@ class FrameModel(_Model):
         if (self.number is None) == (self.range is None):
             raise ValueError("give either 'number' or 'range' (e.g. range: 1-100)")
         if self.range is not None:
-            first, last = (int(x) for x in self.range.split("-"))
+            first, last, step = self._bounds()
             if first > last:
                 raise ValueError(f"range {self.range} runs backwards")
+            if step < 1:
+                raise ValueError(f"range {self.range}: the step is 1 or more")
             if last > MAX_INT:
                 raise ValueError(f"range {self.range} goes past the largest frame number, {MAX_INT}")
-            if last - first + 1 > MAX_FRAMES:
-                raise ValueError(f"range {self.range} is {last - first + 1:,} frames; a job has at most {MAX_FRAMES:,}")
+            if self.count() > MAX_FRAMES:
+                raise ValueError(f"range {self.range} is {self.count():,} frames; a job has at most {MAX_FRAMES:,}")
         return self
+
+    def _bounds(self) -> tuple[int, int, int]:
+        """FIRST-LAST, or FIRST-LASTxSTEP (also FIRST-LAST:STEP): 1-100x10 is 1, 11, ... 91."""
+        assert self.range is not None
+        span, _, step = self.range.replace(":", "x").partition("x")
+        first, last = (int(x) for x in span.split("-"))
+        return first, last, int(step) if step else 1
 
     def count(self) -> int:
         if self.range is None:
             return 1
-        first, last = (int(x) for x in self.range.split("-"))
-        return last - first + 1
+        first, last, step = self._bounds()
+        return (last - first) // step + 1 if last >= first and step >= 1 else 0
 
     def numbers(self) -> list[int]:
         if self.number is not None:
             return [self.number]
-        assert self.range is not None
-        first, last = (int(x) for x in self.range.split("-"))
-        return list(range(first, last + 1))
+        first, last, step = self._bounds()
+        return list(range(first, last + 1, step))
 
 
 class InstanceModel(_Model):

@@ -29,6 +29,10 @@ def run(
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on 127.0.0.1:PORT.", show_default=False)
     ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="The address to serve metrics on: loopback unless you name another "
+                          "(e.g. 0.0.0.0 for every interface; put it behind your firewall).")
+    ] = "127.0.0.1",
     log_format: Annotated[str, typer.Option("--log-format", help="human or json (one JSON object per line).")] = "human",
     log_level: Annotated[
         str | None, typer.Option("--log-level", help="debug, info, warning or error (default: info; warning with --once).")
@@ -87,11 +91,11 @@ def run(
         fail(str(err))
     if metrics_port is not None:
         try:
-            port = daemon.metrics.serve(metrics_port)
+            port = daemon.metrics.serve(metrics_port, metrics_host)
         except OSError as err:
             daemon.close()
-            fail(f"cannot serve metrics on 127.0.0.1:{metrics_port}: {err}")
-        err_console.print(f"metrics on http://127.0.0.1:{port}/metrics", highlight=False, markup=False)
+            fail(f"cannot serve metrics on {metrics_host}:{metrics_port}: {err}")
+        err_console.print(f"metrics on http://{metrics_host}:{port}/metrics", highlight=False, markup=False)
     if not once:
         daemon.run_forever()
         return

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import platform
+from importlib import metadata
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 #: Cycle outcomes: ok, paused (ran, applied nothing), error, engine_crash, db_unreachable,
 #: overrun (skipped because the previous cycle was still running), standby (not the leader),
@@ -12,6 +14,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 #: farm_unreachable (the farm manager could not be read: no cycle on a stale picture).
 OUTCOMES = ("ok", "paused", "error", "engine_crash", "db_unreachable", "overrun", "standby", "lease_lost",
             "farm_unreachable")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("corral")
+    except metadata.PackageNotFoundError:  # (a checkout run without installing)
+        return "unknown"
 
 
 class Metrics:
@@ -50,6 +59,12 @@ class Metrics:
                                       "doubt), per sink.", ["sink"], registry=r)
         self.outbox_oldest = Gauge("corral_outbox_oldest_unsettled_seconds",
                                    "Age of the oldest outbox row not yet delivered (0: none).", registry=r)
+        self.build = Info("corral_build", "The corral running: its version and Python's.", registry=r)
+        self.build.info({"version": _version(), "python": platform.python_version()})
+        for kind in ("db_unreachable", "engine_crash", "farm_unreachable", "delivery", "store"):
+            self.errors.labels(kind)  # every series exists at zero from the start: rate() and alerts work at once
+        for result in ("ok", "rejected"):
+            self.reloads.labels(result)
         self._server: Any = None
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> int:

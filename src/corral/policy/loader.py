@@ -49,11 +49,11 @@ LIMIT_KEYS: dict[str, str] = {
     "cooldown": "after acting on an entity, leave that entity alone for this long (e.g. 30m)",
 }
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*(d|h|m|s)\s*)+$")
-DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)")
+DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*(w|d|h|m|s)\s*)+$")
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)")
 EVERY_RE = re.compile(r"^every\s+(.+)$")
 TEMPLATE_RE = re.compile(r"\{([^{}]*)\}")
-UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 COMBINATORS = ("all", "any", "not")
 TEST_SUFFIXES = (".test.yaml", ".test.yml")
 #: A policy folder's sinks file (`corral.sinks.config`) is not a policy file.
@@ -121,7 +121,8 @@ def _as_float(value: int | float) -> float:
 
 
 def parse_duration(text: str) -> float | None:
-    """'90s', '10m', '1h30m', '2d' -> seconds; None when it is not a duration."""
+    """'90s', '10m', '1h30m', '2d', '2w' -> seconds; None when it is not a duration (the one
+    syntax of every duration: policies, the sinks file, `--since`)."""
     if not isinstance(text, str) or not DURATION_RE.match(text):
         return None
     return sum(float(n) * UNITS[u] for n, u in DURATION_PART.findall(text))

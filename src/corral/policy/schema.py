@@ -18,7 +18,7 @@ from corral.policy.operators import OPERATORS
 from corral.states import Kind, actions_for
 
 _PARAM = {"type": "string", "pattern": r"^\$[A-Za-z0-9][A-Za-z0-9_.-]*$", "description": "a policy parameter"}
-_DURATION = {"type": "string", "pattern": r"^\s*(?:\d+(?:\.\d+)?\s*[dhms]\s*)+$", "description": "e.g. 90s, 10m, 1h30m"}
+_DURATION = {"type": "string", "pattern": r"^\s*(?:\d+(?:\.\d+)?\s*[wdhms]\s*)+$", "description": "e.g. 90s, 10m, 1h30m, 2w"}
 
 
 def _value_schema(spec: FieldSpec) -> dict[str, Any]:
