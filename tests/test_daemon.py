@@ -461,4 +461,5 @@ def test_metrics_exist_at_zero_from_the_start_with_the_build_and_bind_where_aske
                  'corral_cycles_total{outcome="farm_unreachable"} 0.0', 'corral_reloads_total{result="rejected"} 0.0',
                  'corral_build_info{python="'):
         assert line in body, line
-    assert 'version="' in body.split("corral_build_info")[1].split("\n")[0]
+    (info,) = [line for line in body.splitlines() if line.startswith("corral_build_info{")]
+    assert 'version="' in info and info.endswith(" 1.0")

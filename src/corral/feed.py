@@ -65,7 +65,8 @@ def parse_frames(spec: str | Iterable[int]) -> list[int]:
         for part in spec.split(","):
             m = _FRAME_PART.match(part)
             if m is None:
-                raise ValueError(f"{part.strip()!r} is not a frame number or a range FIRST-LAST[xSTEP] (e.g. 1-10,20,30-40 or 1-100x10)")
+                raise ValueError(f"{part.strip()!r} is not a frame number or a range FIRST-LAST[xSTEP] "
+                                 "(e.g. 1-10,20,30-40 or 1-100x10)")
             first = int(m.group(1))
             last = int(m.group(2)) if m.group(2) is not None else first
             step = int(m.group(3)) if m.group(3) is not None else 1
