@@ -74,8 +74,9 @@ def check(
     paths: Annotated[list[Path] | None, typer.Argument(help="Policy files or folders (default: the built-in pack).")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Validate policy files, and the sinks file (sinks.yaml) in their folders: every error
-    with file:line:column, all at once. Exit 1 on any error."""
+    """Validate policy files and the sinks file beside them: every error at file:line:column.
+
+    All errors at once; exit 1 on any. A folder's sinks.yaml is checked with its policies."""
     from corral.policy.loader import SINKS_FILES
     from corral.sinks.config import SinksResult, find_sinks_file, load_sinks
 
@@ -263,9 +264,11 @@ def apply(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Apply a saved plan, exactly: each transition whose rows moved since it was planned is
-    refused (and said why); the rest are applied with compare-and-set, logged with you as
-    actor and the plan's id as cycle, and delivered like any action. Exit 1 if any was refused."""
+    """Apply a plan saved by `corral plan -o FILE`, exactly as it was planned.
+
+    A transition whose rows moved since it was planned is refused, and said why; the rest
+    are applied with compare-and-set, logged with you as actor and the plan's id as cycle,
+    and delivered like any action. Exit 1 if any was refused."""
     import getpass
 
     from corral import planfile

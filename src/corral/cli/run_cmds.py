@@ -160,7 +160,7 @@ def sync(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Read the farm manager once and write its picture into the store (no policy runs).
+    """Read the farm manager once and write what changed into the store (no policy runs).
 
     Changed rows only; an action corral queued but has not delivered yet is kept; a
     person's undo of corral's block is recorded (`corral history`)."""
