@@ -136,12 +136,23 @@ def _undeliverable(result: LoadResult, sinks: Any) -> list[str]:
 
 def schema(
     sinks: Annotated[bool, typer.Option("--sinks", help="The sinks file's schema instead (sinks.yaml).")] = False,
+    tests: Annotated[bool, typer.Option("--tests", help="The policy test files' schema instead (*.test.yaml).")] = False,
 ) -> None:
-    """Print the JSON Schema of policy files, or of the sinks file (for editors such as VS Code's YAML extension)."""
+    """Print the JSON Schema of policy files (or sinks.yaml, or *.test.yaml), for editors.
+
+    docs/editors.md says how to point VS Code's YAML extension (or any editor using
+    yaml-language-server) at it."""
+    if sinks and tests:
+        fail("--sinks and --tests print different schemas: give one")
     if sinks:
         from corral.sinks.config import json_schema
 
         print_json(json_schema())
+        return
+    if tests:
+        from corral.policytest.schema import policytest_json_schema
+
+        print_json(policytest_json_schema())
         return
     from corral.policy.schema import policy_json_schema
 

@@ -21,49 +21,69 @@ _PARAM = {"type": "string", "pattern": r"^\$[A-Za-z0-9][A-Za-z0-9_.-]*$", "descr
 _DURATION = {"type": "string", "pattern": r"^\s*(?:\d+(?:\.\d+)?\s*[wdhms]\s*)+$", "description": "e.g. 90s, 10m, 1h30m, 2w"}
 
 
+def _or_param(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema`, or a `$param` reference.  As if/then/else, not anyOf: a misspelled value
+    then fails only `schema`, and an editor names the allowed values, not a pattern."""
+    return {"if": {"type": "string", "pattern": r"^\$"}, "then": _PARAM, "else": schema}
+
+
+def _type_key(spec: FieldSpec) -> str:
+    """The name of a field type's shared definitions: its type, and a state field's states."""
+    if spec.type == "state":
+        return "state_" + "_".join(spec.states)
+    return spec.type
+
+
 def _value_schema(spec: FieldSpec) -> dict[str, Any]:
     if spec.type == "duration":
-        return {"anyOf": [{"type": "number", "minimum": 0}, _DURATION, _PARAM]}
+        return _or_param({"anyOf": [{"type": "number", "minimum": 0}, _DURATION]})
     if spec.type == "int":
-        return {"anyOf": [{"type": "integer"}, _PARAM]}
+        return _or_param({"type": "integer"})
     if spec.type == "float":
-        return {"anyOf": [{"type": "number"}, _PARAM]}
+        return _or_param({"type": "number"})
     if spec.type == "bool":
-        return {"anyOf": [{"type": "boolean"}, _PARAM]}
+        return _or_param({"type": "boolean"})
     if spec.type == "state":
-        return {"anyOf": [{"enum": list(spec.states)}, _PARAM]}
-    return {"anyOf": [{"type": "string"}, _PARAM]}
+        return _or_param({"enum": list(spec.states)})
+    return {"type": "string"}
 
 
-def _field_schema(spec: FieldSpec) -> dict[str, Any]:
-    value = _value_schema(spec)
+def _type_defs(spec: FieldSpec) -> dict[str, Any]:
+    """A field type's definitions, shared by every field of that type: its value, and the
+    operators that take it (each with its doc).  Inlined per field, the schema was 2.6 MB."""
+    key = _type_key(spec)
+    value_ref = {"$ref": f"#/$defs/value_{key}"}
     ops: dict[str, Any] = {}
     for op in OPERATORS.values():
         if spec.type not in op.types:
             continue
         if op.value == "list":
-            schema: dict[str, Any] = {"type": "array", "items": value, "minItems": 1}
+            schema: dict[str, Any] = {"type": "array", "items": value_ref, "minItems": 1}
         elif op.value == "pattern":
-            schema = {"anyOf": [{"type": "string"}, _PARAM]}
+            schema = _or_param({"type": "string"})
         elif op.value == "bool":
             schema = {"type": "boolean"}
         else:
-            schema = value
+            schema = dict(value_ref)
         for name in (op.name, *op.aliases):
             ops[name] = {**schema, "description": op.doc}
     return {
-        "description": spec.doc,
-        "anyOf": [
-            value,
-            {"type": "array", "items": value, "minItems": 1, "description": "one of these values"},
+        f"value_{key}": _value_schema(spec),
+        f"field_{key}": {"anyOf": [
+            value_ref,
+            {"type": "array", "items": value_ref, "minItems": 1, "description": "one of these values"},
             {"type": "object", "properties": ops, "additionalProperties": False, "minProperties": 1},
-        ],
+        ]},
     }
 
 
-def _condition_defs(kind: Kind) -> dict[str, Any]:
+def _condition_defs(kind: Kind, defs: dict[str, Any]) -> dict[str, Any]:
     cond = f"condition_{kind}"
-    props: dict[str, Any] = {name: _field_schema(spec) for name, spec in FIELDS[kind].items()}
+    props: dict[str, Any] = {}
+    for name, spec in FIELDS[kind].items():
+        if f"field_{_type_key(spec)}" not in defs:
+            defs.update(_type_defs(spec))
+        props[name] = {"$ref": f"#/$defs/field_{_type_key(spec)}", "description": spec.doc}
     props["all"] = {"type": "array", "items": {"$ref": f"#/$defs/{cond}"}, "minItems": 1,
                     "description": "every condition in the list holds"}
     props["any"] = {"type": "array", "items": {"$ref": f"#/$defs/{cond}"}, "minItems": 1,
@@ -109,7 +129,7 @@ def policy_json_schema() -> dict[str, Any]:
     defs: dict[str, Any] = {}
     variants = []
     for kind in Kind:
-        defs.update(_condition_defs(kind))
+        defs.update(_condition_defs(kind, defs))
         action = _action_schema(kind)
         variants.append({
             "if": {"properties": {"kind": {"const": str(kind)}}},
@@ -145,7 +165,7 @@ def policy_json_schema() -> dict[str, Any]:
                     "max_actions": {"type": "integer", "minimum": 1, "description": LIMIT_KEYS["max_actions"]},
                     "max_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100,
                                     "description": LIMIT_KEYS["max_percent"]},
-                    "cooldown": {"anyOf": [{"type": "number", "minimum": 0}, _DURATION, _PARAM],
+                    "cooldown": {**_or_param({"anyOf": [{"type": "number", "minimum": 0}, _DURATION]}),
                                  "description": LIMIT_KEYS["cooldown"]},
                 },
             },
