@@ -65,6 +65,9 @@ def test_demo_plot_writes_png_and_svg(tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
         assert path.stat().st_size > 1000
     assert (tmp_path / "night.png").read_bytes()[:4] == b"\x89PNG"
-    assert b"<svg" in (tmp_path / "night.svg").read_bytes()[:2000]
+    svg = (tmp_path / "night.svg").read_text()
+    assert "<svg" in svg[:2000]
+    # the story is in the title, as text a reader can search and copy (not glyph paths)
+    assert "jobs completed:" in svg and "chains finished:" in svg and "wrangler checks in" in svg
     bad = CliRunner().invoke(app, ["demo", *SMALL, "--plot", str(tmp_path / "night.gif")])
     assert bad.exit_code == 1 and "use a file ending in" in bad.output
