@@ -68,6 +68,6 @@ def test_demo_plot_writes_png_and_svg(tmp_path: Path) -> None:
     svg = (tmp_path / "night.svg").read_text()
     assert "<svg" in svg[:2000]
     # the story is in the title, as text a reader can search and copy (not glyph paths)
-    assert "jobs completed:" in svg and "chains finished:" in svg and "wrangler checks in" in svg
+    assert "jobs completed:" in svg and "chains finished:" in svg and "core-hours wasted:" in svg
     bad = CliRunner().invoke(app, ["demo", *SMALL, "--plot", str(tmp_path / "night.gif")])
     assert bad.exit_code == 1 and "use a file ending in" in bad.output
