@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
+from corral.cli import tables
 from corral.cli.common import DbOption, JsonOption, console, db_url, fail, print_json
 from corral.untrusted import visible
 
@@ -38,6 +38,18 @@ def _open(db: str | None) -> Any:
     return Store.open(db_url(db))
 
 
+#: The history table's columns: who did it (a policy or a person) and why give way.
+HISTORY_COLUMNS = (
+    tables.fixed("at (UTC)", key="at"),
+    tables.fixed("entity"),
+    tables.fixed("action"),
+    tables.fixed("from → to", key="from_to"),
+    tables.elastic("by", min_width=10),
+    tables.elastic("reason", wrap=True, min_width=16),
+    tables.fixed("cycle"),
+)
+
+
 def history(
     db: DbOption = None,
     job: Annotated[int | None, typer.Option("--job", help="Only this job (with its frames and instances).")] = None,
@@ -49,7 +61,11 @@ def history(
     limit: Annotated[int, typer.Option("--limit", help="At most this many rows (newest first).", min=1)] = 50,
     as_json: JsonOption = False,
 ) -> None:
-    """The transition log, newest first: what changed, who or which policy did it, and why."""
+    """The transition log, newest first: what changed, who or which policy did it, and why.
+    A table when the pane is wide enough (reasons wrapped at word boundaries; times, ids,
+    actions, states and cycles never cut), one block per transition when it is not, and
+    one line per transition (key=value, nothing cut) when piped; set COLUMNS to get the
+    table in a pipe."""
     from corral.store.store import StoreError
 
     after = parse_since(since) if since else None
@@ -71,15 +87,11 @@ def history(
     if not rows:
         console.print("no transitions match")
         return
-    table = Table(title_justify="left")
-    for col in ("at (UTC)", "entity", "action", "from → to", "by", "reason", "cycle"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("at (UTC)", "entity", "action"))
-    for r in rows:
-        by = f"policy {r.policy}" if r.policy else r.actor
-        action = r.action if r.applied else f"would {r.action}"
-        table.add_row(f"{r.at:%Y-%m-%d %H:%M:%S}", f"{r.kind} {visible(r.entity_id)}", action,
-                      f"{r.from_state} → {r.to_state}", visible(by), visible(r.reason), visible(r.cycle_id or ""))
-    console.print(table)
+    tables.show(HISTORY_COLUMNS, [
+        (f"{r.at:%Y-%m-%d %H:%M:%S}", f"{r.kind} {r.entity_id}", r.action if r.applied else f"would {r.action}",
+         f"{r.from_state} → {r.to_state}", f"policy {r.policy}" if r.policy else r.actor, r.reason, r.cycle_id or "")
+        for r in rows
+    ], console=console)
 
 
 def pause(

@@ -22,10 +22,10 @@ from typing import Annotated, Any, NoReturn
 import typer
 import yaml
 from rich.markup import escape
-from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from corral.actions import REGISTRY, Param
+from corral.cli import tables
 from corral.cli.common import DbOption, JsonOption, console, db_url, err_console, print_json
 from corral.farm import Farm, utcnow
 from corral.snapshot import SnapshotError, farm_to_snapshot, load_snapshot_file
@@ -149,8 +149,22 @@ _SHORT = {
 }
 
 
+#: The status table's columns: a job's id, state, priority and counts are never cut; its
+#: name gives way (an ellipsis), down to 8 characters before a job per block is shown.
+STATUS_COLUMNS = (
+    tables.fixed("id", right=True),
+    tables.elastic("name", min_width=8),
+    tables.fixed("state"),
+    tables.fixed("prio", label="priority", right=True),
+    *(tables.fixed(_SHORT[state], label=state.value, right=True, zero="·") for state in FrameState),
+)
+
+
 def status(as_json: JsonOption = False, db: DbOption = None) -> None:
-    """Jobs with their state, priority and frame counts."""
+    """Jobs with their state, priority and frame counts.
+    A table when the pane is wide enough (a long name is cut with an ellipsis; ids,
+    states and counts never are), one block per job when it is not, and one line per job
+    (key=value, nothing cut) when piped; set COLUMNS to get the table in a pipe."""
     with open_store(db) as store:
         rows = job_summaries(store.read_farm())
         paused = store.paused()
@@ -160,18 +174,8 @@ def status(as_json: JsonOption = False, db: DbOption = None) -> None:
     if paused:
         console.print("[bold yellow]corral is paused:[/] cycles run and report, nothing is applied (`corral resume`)",
                       markup=True)
-    table = Table(title="jobs", caption="frames: pending, blocked, running, complete, failed, killed")
-    table.add_column("id", justify="right", no_wrap=True, min_width=max((len(str(r["id"])) for r in rows), default=2))
-    widest = max((len(visible(r["name"])) for r in rows), default=4)
-    table.add_column("name", no_wrap=True, min_width=min(widest, 40))
-    table.add_column("state", no_wrap=True, min_width=8)
-    table.add_column("prio", justify="right", no_wrap=True, min_width=4)
-    for state in FrameState:
-        table.add_column(_SHORT[state], justify="right", no_wrap=True, min_width=4)
-    for row in rows:
-        counts = [str(n) if n else "·" for n in row["frames"].values()]
-        table.add_row(str(row["id"]), visible(row["name"]), row["state"], str(row["priority"]), *counts)
-    console.print(table)
+    tables.show(STATUS_COLUMNS, [(r["id"], r["name"], r["state"], r["priority"], *r["frames"].values()) for r in rows],
+                console=console, title="jobs", caption="frames: pending, blocked, running, complete, failed, killed")
 
 
 # --- manual actions, generated from the state model ------------------------------------

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
+from corral.cli import tables
 from corral.cli.common import DbOption, JsonOption, console, db_url, err_console, fail, print_json
 from corral.cli.policy_cmds import OnlyRulesOption, RulesOption, policy_paths
 from corral.untrusted import visible
@@ -23,8 +23,13 @@ SinksOption = Annotated[
     typer.Option("--sinks", help="The sinks file (default: sinks.yaml in a --rules folder).", show_default=False),
 ]
 
-outbox_app = typer.Typer(help="The outbox: corral's actions on their way to the farm manager.",
-                         invoke_without_command=True, no_args_is_help=False)
+OUTBOX_SHORT = "The outbox: corral's actions on their way to the farm manager."
+#: What `corral outbox --help` shows (Typer shows this, not the callback's docstring).
+OUTBOX_HELP = (f"{OUTBOX_SHORT} Without a command, lists it newest first: a table when the pane is wide enough (the sink's "
+               "answer wrapped at word boundaries; ids, actions and statuses never cut), one block per row when it is "
+               "not, and one line per row (key=value, nothing cut) when piped; set COLUMNS to get the table in a pipe.")
+
+outbox_app = typer.Typer(help=OUTBOX_HELP, short_help=OUTBOX_SHORT, invoke_without_command=True, no_args_is_help=False)
 
 
 def sinks_file(sinks: Path | None, rules: list[Path] | None, only_rules: bool) -> Path | None:
@@ -42,6 +47,18 @@ def _open(db: str | None) -> Store:
     from corral.store.store import Store
 
     return Store.open(db_url(db))
+
+
+#: The outbox table's columns: only what the sink answered gives way.
+OUTBOX_COLUMNS = (
+    tables.fixed("id", right=True),
+    tables.fixed("queued"),
+    tables.fixed("sink"),
+    tables.fixed("action"),
+    tables.fixed("status"),
+    tables.fixed("tries", right=True),
+    tables.elastic("answer", wrap=True),
+)
 
 
 def _row(e: Entry) -> dict[str, Any]:
@@ -63,7 +80,8 @@ def outbox(
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many rows, newest first.")] = 50,
     as_json: JsonOption = False,
 ) -> None:
-    """List the outbox, newest first: each action, its sink, and where its delivery stands."""
+    """List the outbox, newest first: each action, its sink, and where its delivery stands
+    (laid out as OUTBOX_HELP says)."""
     from corral.outbox import UNSETTLED, Status
 
     if ctx.invoked_subcommand is not None:
@@ -81,15 +99,8 @@ def outbox(
     if not rows:
         console.print("the outbox is empty" + (" for that filter" if statuses else "") + (f" ({summary})" if summary else ""))
         return
-    table = Table(title_justify="left")
-    for col, fixed in (("id", True), ("queued", True), ("sink", True), ("action", False), ("status", True),
-                       ("tries", True), ("answer", False)):
-        table.add_column(col, no_wrap=fixed, overflow="fold", ratio=None if fixed else 1)
-    for e in rows:
-        said = e.answer or e.last_error or ""
-        table.add_row(str(e.id), f"{e.at:%m-%d %H:%M:%S}", visible(e.sink), visible(e.describe()), str(e.status),
-                      str(e.attempts), visible(said))
-    console.print(table)
+    tables.show(OUTBOX_COLUMNS, [(e.id, f"{e.at:%m-%d %H:%M:%S}", e.sink, e.describe(), str(e.status), e.attempts,
+                                  e.answer or e.last_error or "") for e in rows], console=console)
     console.print(visible(summary), highlight=False)
 
 
@@ -142,7 +153,7 @@ def deliver(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Send at most this many rows.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Deliver the outbox once (for cron, without a daemon): what is due is sent, in order.
+    """Deliver the outbox once, for cron without a daemon: what is due is sent, in order.
 
     Refused while a daemon leads: the daemon delivers (only one deliverer at a time)."""
     from corral.daemon.courier import Courier, SinksFileError, load_sinks_file
