@@ -4,17 +4,60 @@ is done by the core and the store, so the CLI, the daemon and the Python API sha
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from corral.cli import daemon_cmds, demo_cmds, farm_cmds, feed_cmds, outbox_cmds, policy_cmds, run_cmds, trust_cmds
+from corral.cli import (
+    daemon_cmds,
+    demo_cmds,
+    farm_cmds,
+    feed_cmds,
+    outbox_cmds,
+    policy_cmds,
+    run_cmds,
+    trust_cmds,
+    undo_cmds,
+)
 
 app = typer.Typer(
     name="corral",
     help="Auto-wrangling for render farms: YAML policies that block, retry and unblock so wranglers can sleep.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
 )
+
+
+def version() -> str:
+    """The installed distribution's version (the package's own when run from a source tree not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("corral")
+    except PackageNotFoundError:
+        from corral import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"corral {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", help="Print corral's version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
+    """Options for every command (the help text is the app's)."""
+
+
 farm_cmds.register(app)
 policy_cmds.register(app)
 run_cmds.register(app)
@@ -23,6 +66,7 @@ feed_cmds.register(app)
 trust_cmds.register(app)
 demo_cmds.register(app)
 outbox_cmds.register(app)
+undo_cmds.register(app)
 
 
 def main() -> None:

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from corral.cycle import plan_farm
 from corral.farm import Farm
 from corral.plan import Plan
+from corral.policy.loader import builtin_dir
 from corral.policy.model import Policy
 from corral.policyset import PolicySet
+from corral.policytest.model import BUILTIN
 from corral.snapshot import farm_to_snapshot, parse_snapshot
 from corral.states import Kind
 
@@ -28,7 +31,14 @@ def init_test(
     engine: str = "durable",
 ) -> str:
     """A starter test file: the farm trimmed to what the policy touches plus a few
-    untouched entities, and the current plan as the expectations."""
+    untouched entities, and the current plan as the expectations.
+
+    `rules` is what the file's `rules:` says (a path relative to where it is written); a
+    policy of the built-in pack is named `rules: builtin` instead, whatever `rules` says,
+    so the test runs wherever corral is installed (a path into a virtual environment would not).
+    """
+    if in_builtin_pack(policy):
+        rules = BUILTIN
     history = {k: v for k, v in (history or {}).items() if k[0] == policy.name}
     full, _ = plan_farm(farm, PolicySet([policy]), now=now, engine=engine, last_actions=dict(history))
     acted = {(t.kind, t.ident) for t in full.transitions}
@@ -46,6 +56,16 @@ def init_test(
     still_untouched = [e for e in untouched if not any(t.kind is e[0] and t.ident == e[1] for t in plan.transitions)]
     return _write_test(policy, trimmed, plan, still_untouched, kept_history, now, rules,
                        changed=_acts(plan) != _acts(full))
+
+
+def in_builtin_pack(policy: Policy) -> bool:
+    """Whether the policy was read from the built-in pack (`corral.policy.loader.builtin_dir`)."""
+    if policy.source is None or not policy.source.file:
+        return False
+    try:
+        return Path(policy.source.file).resolve().parent == builtin_dir().resolve()
+    except OSError:
+        return False
 
 
 def _acts(plan: Plan) -> set[tuple[str, str, str, str]]:

@@ -16,7 +16,8 @@ from corral.yamlpos import Pos
 
 FILE_KEYS = {
     "policies": "the names of the policies under test (only these are evaluated)",
-    "rules": "policy files or folders to load them from, relative to this file (default: this file's folder)",
+    "rules": "policy files or folders to load them from, relative to this file, or `builtin` for the built-in pack "
+             "(`builtin:NAME.yaml` for one of its files); default: this file's folder",
     "set": "parameter overrides, as with --set: {policy: {param: value}}",
     "cases": "the test cases",
 }
@@ -31,6 +32,8 @@ CASE_KEYS = {
     "skipped": "matches expected to be held back: [{policy, job: 3, because: cooldown}]",
     "steps": "several points in time, each with at/expect/untouched/skipped (consecutive cycles)",
 }
+#: What a test file's `rules:` calls the built-in pack, wherever corral is installed.
+BUILTIN = "builtin"
 STEP_KEYS = ("at", "expect", "untouched", "skipped")
 EXPECT_KEYS = ("policy", "action", "to", "reason")
 SKIP_CATEGORIES = ("cooldown", "limit", "conflict", "duplicate", "illegal")

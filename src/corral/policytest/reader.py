@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from corral.farm import Farm
-from corral.policy.loader import describe_value, load_paths, parse_duration
+from corral.policy.loader import TEST_SUFFIXES, builtin_dir, describe_value, load_paths, parse_duration
 from corral.policy.model import Policy
 from corral.policytest.model import (
+    BUILTIN,
     CASE_KEYS,
     EXPECT_KEYS,
     FILE_KEYS,
@@ -34,6 +35,17 @@ from corral.states import RULES, Action, Kind
 from corral.yamlpos import Pos, PosDict, PosList, YamlError, load_text, read_text
 
 _what = describe_value
+
+
+def rules_path(ref: str, base: Path) -> Path:
+    """Where a test file's `rules:` entry points: `builtin` is the built-in pack (wherever corral
+    is installed), `builtin:NAME.yaml` one file of it, anything else a path relative to `base` (the
+    test file's folder; write `./builtin` for a folder of that name)."""
+    if ref == BUILTIN:
+        return builtin_dir()
+    if ref.startswith(f"{BUILTIN}:"):
+        return builtin_dir() / ref.partition(":")[2]
+    return base / ref
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
@@ -104,11 +116,16 @@ class _Reader:
             for i, item in enumerate(items):
                 pos = raw_rules.pos_of(i) if isinstance(raw_rules, PosList) else data.value_pos_of("rules")
                 if not isinstance(item, str):
-                    self.error(pos, f"each of `rules` is a path, not {_what(item)}")
+                    self.error(pos, f"each of `rules` is a path or `{BUILTIN}`, not {_what(item)}")
                     continue
-                p = (base / item)
+                p = rules_path(item, base)
                 if not p.exists():
-                    self.error(pos, f"no such policy file or folder: {p}")
+                    if item.startswith(f"{BUILTIN}:"):
+                        files = [f.name for f in builtin_dir().glob("*.yaml") if not f.name.endswith(TEST_SUFFIXES)]
+                        self.error(pos, f"no policy file '{item.partition(':')[2]}' in the built-in pack"
+                                   f"{_suggest(item.partition(':')[2], files)}")
+                    else:
+                        self.error(pos, f"no such policy file or folder: {p}")
                 rules.append(p)
         overrides: dict[str, dict[str, Any]] = {}
         raw_set = data.get("set")
@@ -125,6 +142,8 @@ class _Reader:
             self.error(data.value_pos_of("policies"), "`policies` is a policy name or a list of names")
             return
         if self.errors and any(e.pos.file != str(self.path) for e in self.errors):
+            return
+        if not all(p.exists() for p in rules):  # said above, once: not again as a load error
             return
         loaded = load_paths(rules, overrides)
         for err in loaded.errors:
