@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from corral.cli.common import JsonOption, console, fail, print_json
 from corral.sim import Comparison, Night, RunReport, Sample, Scenario, builtin_policies, draw_night, play
@@ -153,31 +154,37 @@ def register(app: typer.Typer) -> None:
 
 
 def _play_live(night: Night, url: str | None) -> tuple[RunReport, RunReport]:
-    """Both runs with a progress bar each and a live line of figures."""
+    """Both runs with a progress bar each, and each run's figures on a line of their own
+    below (on the bar's line they squeezed the bar and the clock to "…" in a 100-column pane)."""
     hours = night.scenario.hours
     progress = Progress(
         TextColumn("{task.description:<15}"),
         BarColumn(),
         TextColumn("{task.fields[hour]:>5.1f}/{task.total:g} h"),
-        TextColumn("{task.fields[figures]}"),
         TimeElapsedColumn(),
         console=console,
     )
+    figures: dict[str, str] = {}
 
-    def updater(task: TaskID) -> Callable[[Sample], None]:
+    class Figures:
+        def __rich__(self) -> Text:
+            return Text("\n".join(f"  {name}: {line}" for name, line in figures.items()), overflow="ellipsis",
+                        no_wrap=True)
+
+    def updater(task: TaskID, name: str) -> Callable[[Sample], None]:
         def update(sample: Sample) -> None:
-            figures = (
+            figures[name] = (
                 f"{sample.frames_rendered} frames, {sample.failed_attempts} failed, "
                 f"{sample.wasted_core_hours:.0f} core-h wasted, {sample.jobs_completed} jobs done, "
                 f"{sample.actions} actions, {sample.busy_hosts} busy"
             )
-            progress.update(task, completed=sample.hours, hour=sample.hours, figures=figures)
+            progress.update(task, completed=sample.hours, hour=sample.hours)
 
         return update
 
-    with Live(Group(progress), console=console, transient=False, refresh_per_second=8):
-        first = progress.add_task("with corral", total=hours, hour=0.0, figures="")
-        second = progress.add_task("without corral", total=hours, hour=0.0, figures="")
-        with_corral = play(night, url=url, policies=builtin_policies(), progress=updater(first))
-        baseline = play(night, policies=None, progress=updater(second))
+    with Live(Group(progress, Figures()), console=console, transient=False, refresh_per_second=8):
+        first = progress.add_task("with corral", total=hours, hour=0.0)
+        second = progress.add_task("without corral", total=hours, hour=0.0)
+        with_corral = play(night, url=url, policies=builtin_policies(), progress=updater(first, "with corral"))
+        baseline = play(night, policies=None, progress=updater(second, "without corral"))
     return with_corral, baseline
