@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -183,11 +183,13 @@ def replay(
     *,
     since: datetime | None = None,
     engine: str = "durable",
+    progress: Callable[[int, int], None] | None = None,
 ) -> ReplayReport:
-    """Replay `policies` over the store's recorded cycles (since `since`); reads only."""
+    """Replay `policies` over the store's recorded cycles (since `since`); reads only.
+    `progress(done, total)` is called after each cycle replayed (a long log takes minutes)."""
     farm = store.read_farm()
     rows = store.transitions()  # newest first
-    return replay_rows(farm, rows, policies, since=since, engine=engine)
+    return replay_rows(farm, rows, policies, since=since, engine=engine, progress=progress)
 
 
 def replay_rows(
@@ -197,6 +199,7 @@ def replay_rows(
     *,
     since: datetime | None = None,
     engine: str = "durable",
+    progress: Callable[[int, int], None] | None = None,
 ) -> ReplayReport:
     """The pure part of `replay`: the current farm and the log (newest first) in, the report out."""
     farm = copy.deepcopy(farm)
@@ -232,7 +235,10 @@ def replay_rows(
     policy_set = PolicySet(policies)
     evaluator = make_evaluator(policy_set.active, engine)  # one for every cycle: each is asked the whole picture
     names = {p.name for p in policies}
-    for cycle_id in sorted(before, key=lambda c: first_row[c]):
+    order = sorted(before, key=lambda c: first_row[c])
+    for done, cycle_id in enumerate(order, 1):
+        if progress is not None:
+            progress(done - 1, len(order))
         cycle_rows = by_cycle[cycle_id]
         at = cycle_rows[0].at
         last = _cooldowns(oldest_first, first_row[cycle_id])
@@ -249,6 +255,8 @@ def replay_rows(
                 diff.added.append((cycle_id, key))
             else:
                 diff.removed.append((cycle_id, key))
+    if progress is not None:
+        progress(len(order), len(order))
     for name in names:
         report.policies.setdefault(name, PolicyDiff(name))
     if report.unknown_since:

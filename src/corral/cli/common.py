@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -46,3 +48,31 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """End the command with a one-line error (no password of any connection string in it)."""
     err_console.print(f"[bold red]error:[/] {escape(visible(mask_secrets(message)))}", highlight=False, markup=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr while a long operation runs (nothing when stderr is not a
+    terminal: a pipe or a log gets no bar codes); yields `advance(done, total)`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if not err_console.is_terminal:
+        yield lambda done, total: None
+        return
+    bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console,
+                   transient=True)
+    task = bar.add_task(what, total=None)
+    with bar:
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@contextmanager
+def working(first: str) -> Iterator[Callable[[str], None]]:
+    """A spinner with what is being done, on stderr while a long step runs (a million-frame
+    load or dump takes a minute); yields `say(stage)` to name the next stage.  Nothing
+    when stderr is not a terminal."""
+    if not err_console.is_terminal:
+        yield lambda stage: None
+        return
+    with err_console.status(first) as status:
+        yield lambda stage: status.update(stage)

@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from corral.actions import REGISTRY, Param
 from corral.cli import tables
-from corral.cli.common import DbOption, JsonOption, console, db_url, err_console, print_json
+from corral.cli.common import DbOption, JsonOption, console, db_url, err_console, print_json, working
 from corral.farm import Farm, utcnow
 from corral.snapshot import SnapshotError, farm_to_snapshot, load_snapshot_file
 from corral.states import RULES, Action, FrameState, Kind, actions_for
@@ -82,7 +82,7 @@ def open_store(db: str | None, *, check: bool = True) -> Iterator[Store]:
 
 def db_init(db: DbOption = None) -> None:
     """Create or upgrade the store's tables (harmless to run again)."""
-    with open_store(db, check=False) as store:
+    with open_store(db, check=False) as store, working("creating or upgrading the schema (migrations)"):
         revision = store.init()
     console.print(f"database {describe(store.url)} is ready (schema {revision})")
 
@@ -93,14 +93,18 @@ def load(
     db: DbOption = None,
 ) -> None:
     """Load a farm snapshot.  A bad file loads nothing and lists every error."""
-    try:
-        farm = load_snapshot_file(file)
-    except SnapshotError as err:
-        for line in err.errors:
-            err_console.print(visible(line), highlight=False, soft_wrap=True)
-        fail(f"{file}: {len(err.errors)} error(s); nothing was loaded")
-    with open_store(db) as store:
-        store.load_farm(farm, replace=replace)
+    with working(f"reading {file}") as say:
+        try:
+            farm = load_snapshot_file(file)
+        except SnapshotError as err:
+            say("")
+            for line in err.errors:
+                err_console.print(visible(line), highlight=False, soft_wrap=True)
+            fail(f"{file}: {len(err.errors)} error(s); nothing was loaded")
+        frames = sum(len(j.frames) for j in farm.jobs.values())
+        say(f"writing {len(farm.jobs)} job(s) and {frames} frame(s) to the store")
+        with open_store(db) as store:
+            store.load_farm(farm, replace=replace)
     frames = sum(len(j.frames) for j in farm.jobs.values())
     console.print(f"loaded {len(farm.jobs)} job(s), {frames} frame(s), {len(farm.workers)} worker(s) from {file}")
 
@@ -111,9 +115,11 @@ def dump(
     db: DbOption = None,
 ) -> None:
     """Write the whole farm as a snapshot that `corral load` reads back."""
-    with open_store(db) as store:
-        data = farm_to_snapshot(store.read_farm())
-    text = json.dumps(data, indent=2) + "\n" if fmt is Format.JSON else yaml.safe_dump(data, sort_keys=False)
+    with working("reading the store") as say:
+        with open_store(db) as store:
+            data = farm_to_snapshot(store.read_farm())
+        say(f"writing the snapshot as {fmt.value}")
+        text = json.dumps(data, indent=2) + "\n" if fmt is Format.JSON else yaml.safe_dump(data, sort_keys=False)
     if output is None:
         typer.echo(text, nl=False)
     else:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from corral.cli.common import DbOption, JsonOption, console, db_url, err_console, fail, print_json
+from corral.cli.common import DbOption, JsonOption, console, db_url, err_console, fail, print_json, progress_bar
 from corral.cli.policy_cmds import OnlyRulesOption, RulesOption, SetOption, load_or_fail, parse_now
 from corral.states import Kind
 from corral.untrusted import visible
@@ -205,8 +205,8 @@ def replay(
     loaded = load_or_fail(rules, only_rules, sets)
     start = parse_now(since) if since else None
     try:
-        with Store.open(db_url(db)) as store:
-            report = do_replay(store, loaded.policies, since=start, engine=engine)
+        with Store.open(db_url(db)) as store, progress_bar("replaying cycles") as advance:
+            report = do_replay(store, loaded.policies, since=start, engine=engine, progress=advance)
     except StoreError as err:
         fail(str(err))
     if as_json:
