@@ -167,7 +167,7 @@ def test_postgres_example_commands_run(postgres_url: str, monkeypatch: pytest.Mo
     monkeypatch.setenv("CORRAL_DB", postgres_url)
     outputs = []
     for args in postgres_commands():
-        result = CliRunner().invoke(app, args)
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})  # a wide pane: names shown whole
         assert result.exit_code in (0, 2), f"corral {' '.join(args)}: {result.output}"
         outputs.append(result.output)
     assert "shot010_lighting" in "".join(outputs)

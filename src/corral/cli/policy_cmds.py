@@ -53,10 +53,17 @@ def policy_paths(rules: list[Path] | None, only_rules: bool) -> list[Path]:
 
 def load_or_fail(rules: list[Path] | None, only_rules: bool, sets: list[str] | None) -> LoadResult:
     result = load_paths(policy_paths(rules, only_rules), parse_sets(sets))
-    if result.errors:
-        for error in result.errors:
-            err_console.print(str(error), highlight=False, markup=False)
-        fail(f"{len(result.errors)} error(s) in policy files; fix them or check with `corral check`")
+    option = [e for e in result.errors if e.pos.file == "--set"]
+    files = [e for e in result.errors if e.pos.file != "--set"]
+    for error in files:
+        err_console.print(str(error), highlight=False, markup=False)
+    if files:
+        fail(f"{len(files)} error(s) in policy files; fix them or check with `corral check`")
+    if option:
+        for error in option:
+            err_console.print(f"--set: {error.message}", highlight=False, markup=False)
+        hint = "" if rules else " (a policy of your own is loaded with --rules FOLDER)"
+        fail(f"the --set option names what is not loaded{hint}; `corral check` lists the loaded policies")
     return result
 
 

@@ -108,7 +108,7 @@ def pane_width(console: Console) -> int | None:
     $COLUMNS is set; None (the lines layout) when piped without $COLUMNS."""
     columns = os.environ.get("COLUMNS", "")
     if columns.isdigit() and int(columns) > 0:
-        return console.width
+        return int(columns)  # read now: the shared console took its width when it was made
     isatty = getattr(console.file, "isatty", None)
     try:
         terminal = bool(isatty is not None and isatty())
@@ -171,12 +171,12 @@ def show_in(width: int | None, columns: Sequence[Col], rows: Sequence[Row], *, c
     if widths is None:
         _print_records(console, columns, _cells(columns, rows, Layout.RECORDS), width, title)
         return Layout.RECORDS
-    _print_table(console, columns, cells, widths, title, caption)
+    _print_table(console, columns, cells, widths, title, caption, width)
     return Layout.TABLE
 
 
 def _print_table(console: Console, columns: Sequence[Col], cells: Sequence[Sequence[str]], widths: Sequence[int],
-                 title: str | None, caption: str | None) -> None:
+                 title: str | None, caption: str | None, pane: int) -> None:
     table = Table(title=Text(title) if title else None, caption=Text(caption) if caption else None,
                   title_justify="left")
     for col, w in zip(columns, widths, strict=True):
@@ -185,7 +185,14 @@ def _print_table(console: Console, columns: Sequence[Col], cells: Sequence[Seque
                          overflow="ellipsis")
     for row in cells:
         table.add_row(*(Text(v) for v in row))
-    console.print(table, soft_wrap=False)  # as wide as its columns: nothing for Rich to squeeze
+    # Rendered for the pane laid out for: the console may have taken another width when it
+    # was made, and Rich never prints wider than that.  As wide as its columns: nothing to squeeze.
+    made = console.width
+    console.width = max(pane, made)
+    try:
+        console.print(table, soft_wrap=False)
+    finally:
+        console.width = made
 
 
 def _print_records(console: Console, columns: Sequence[Col], cells: Sequence[Sequence[str]], width: int,
