@@ -47,7 +47,9 @@ def _clean(output: str, *, whole: bool = True) -> None:
 
 
 def _columns(monkeypatch: pytest.MonkeyPatch, columns: int) -> None:
-    """The CLI's consoles as wide as a pane of `columns` (they read $COLUMNS only once)."""
+    """The CLI as started in a pane of `columns` ($COLUMNS, which the tables read when they
+    lay out), its consoles as wide (they may have taken a width when they were made)."""
+    monkeypatch.setenv("COLUMNS", str(columns))
     for console in (common.console, common.err_console):
         monkeypatch.setattr(console, "_width", columns)
 
