@@ -296,3 +296,21 @@ def test_a_sync_stamps_first_sight_and_keeps_what_only_corral_knows(store_url: s
         farm = store.read_farm()
     assert farm.jobs[1].hold is Hold.KILLED and farm.jobs[1].state is JobState.KILLED and farm.jobs[1].retry_limit == 3
     assert farm.jobs[2].state_since == first
+
+
+def test_a_process_the_manager_no_longer_shows_is_ended_not_deleted(store_url: str) -> None:
+    """Afanasy shows a host against a job only while it runs, failed or is excluded there:
+    a task moving on must not delete the row (a deletion makes every cycle re-read the farm)."""
+    from corral.farm import Instance
+    from corral.states import InstanceState
+
+    first = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
+    running = Job(1, "a", instances={"1@r1": Instance("1@r1", 1, "r1", InstanceState.RUNNING)})
+    with Store.open(store_url) as store:
+        store.load_farm(Farm(jobs={1: Job(1, "a")}), replace=True)
+        store.sync_farm(Farm(jobs={1: running}), now=first, actor="manager")
+        generation = store.read_farm_marked()[1].generation
+        report = store.sync_farm(Farm(jobs={1: Job(1, "a")}), now=first, actor="manager")
+        farm, mark, _ = store.read_farm_marked()
+    assert report.deleted == 0 and mark.generation == generation
+    assert farm.jobs[1].instances["1@r1"].state is InstanceState.COMPLETE

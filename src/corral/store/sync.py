@@ -5,7 +5,9 @@ what it owns: which jobs, frames, processes and hosts exist and in what state.  
 writes the difference between its picture and the store, row by row, in one transaction:
 an unchanged row is not touched (the daemon's steady read stays small), a changed one is
 updated with its version moved on (so a decision taken on the old row is refused by
-compare-and-set), a new one inserted, a vanished one deleted.  What only corral knows
+compare-and-set), a new one inserted, a vanished job or worker deleted (a vanished
+process is marked ended, not deleted: a deletion makes every reader take in the whole
+farm again).  What only corral knows
 stays as the store has it: retry counts, who blocked a job.
 
 Two rules keep a sync from undoing corral's own decisions or fighting a person:
@@ -222,10 +224,15 @@ def _sync_children(conn: Connection, old: Job, new: Job, now: datetime, actor: s
                 _override(conn, Kind.INSTANCE, ident, old.id, had.state.value, inst.state.value, now, actor, report)
             values["state_since"] = inst.state_since or now
             _write(conn, "instances", {"id": ident}, values, now, report)
-    for ident in old.instances:
-        if ident not in new.instances:
-            conn.execute(delete(table("instances")).where(table("instances").c.id == ident))
-            report.deleted += 1
+    for ident, had in old.instances.items():
+        if ident in new.instances:
+            continue
+        # A process the manager no longer shows (Afanasy shows a host against a job only
+        # while it runs, failed or is excluded there): it ended.  Kept, not deleted: a
+        # deleted row makes every reader take in the whole farm again, and the host's
+        # history on the job still counts.
+        if had.state in (InstanceState.RUNNING, InstanceState.PENDING):
+            _write(conn, "instances", {"id": ident}, {"state": InstanceState.COMPLETE, "state_since": now}, now, report)
     if list(old.depends_on) != list(new.depends_on):
         t = table("job_dependencies")
         conn.execute(delete(t).where(t.c.job_id == old.id))
