@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -15,15 +14,14 @@ from corral.cli.common import DbOption, JsonOption, console, db_url, fail, print
 from corral.untrusted import visible
 
 PAUSE_KEYS = ("paused", "paused_reason", "paused_by", "paused_at")
-_DURATION = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+$")
-
-
 def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """'2h' (the last two hours), '1d12h', '30m', '2w', or an ISO 8601 time (naive means UTC)."""
+    """'2h' (the last two hours), '1d12h', '30m', '2w' (the one duration syntax, as in a
+    policy), or an ISO 8601 time (naive means UTC)."""
+    from corral.policy.loader import parse_duration
+
     now = now or datetime.now(UTC)
-    if _DURATION.match(text):
-        units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-        seconds = sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)\s*([smhdw])", text))
+    seconds = parse_duration(text)
+    if seconds is not None:
         return now - timedelta(seconds=seconds)
     try:
         value = datetime.fromisoformat(text.strip())
