@@ -10,10 +10,10 @@ set is compared with what the cycle actually did (its logged rows, audit rows
 included).
 
 Honest limits of the reconstruction (also in docs/testing-policies.md):
-* it is of corral-visible state: frame results the supervisor wrote between cycles
-  are not in the log.  Frame runs that finished after a cycle are dropped for that
-  cycle (their `finished_at` says so), but a frame's *current* state, host and exit
-  code are only undone where corral changed them;
+* the supervisor's writes between cycles are not in the log; what it recorded says
+  when they happened, and `_as_of` puts the farm back as it stood at each cycle by
+  that record (jobs submitted later left out, later runs dropped, frames that ended
+  later put back: running, requeued by corral, or as their last attempt ended);
 * the knock-on changes of an action on its children (frames requeued by a job retry
   or an instance block) are not logged, so they are not undone;
 * when a state was entered is taken from the log (the earlier transition into it),
@@ -167,14 +167,71 @@ def _undo_children(farm: Farm, entity: Job | Instance, at: datetime) -> None:
         frame.exit_code, frame.finished_at, frame.state_since = last.exit_code, last.finished_at, last.finished_at
 
 
-def _as_of(farm: Farm, at: datetime) -> Farm:
-    """A copy of the reconstruction without the frame runs that finished after `at`."""
+#: When corral put frames back on the queue (a frame's or its job's retry or resubmit),
+#: by (job, frame number) and by (job, None): what `_as_of` needs to tell a frame that had
+#: failed and was waiting for its retry from one corral had already requeued.
+Requeued = dict[tuple[int, int | None], list[datetime]]
+
+
+def _requeued(oldest_first: Sequence[LogEntry]) -> Requeued:
+    out: Requeued = defaultdict(list)
+    for r in oldest_first:
+        if not r.applied or r.action not in ("retry", "resubmit") or r.job_id is None:
+            continue
+        if r.kind is Kind.FRAME:
+            out[(r.job_id, int(r.entity_id.partition(":")[2]))].append(r.at)
+        elif r.kind is Kind.JOB and not _is_knock_on(r):
+            out[(r.job_id, None)].append(r.at)
+    return out
+
+
+def _as_of(farm: Farm, at: datetime, requeued: Requeued | None = None) -> Farm:
+    """A copy of the reconstruction as the supervisor's own record says it stood at `at`:
+    without the jobs submitted after it, the frame runs that finished after it, and each
+    frame that ended after it put back to what it was then (running, if it had started;
+    else its last attempt's end, or pending), its job's state derived again from them.
+    (corral's own changes were undone from its log; these are the supervisor's.)"""
     out = copy.deepcopy(farm)
+    for job_id in [j.id for j in out.jobs.values() if j.submitted_at is not None and j.submitted_at > at]:
+        del out.jobs[job_id]
     for job in out.jobs.values():
+        job.depends_on = [d for d in job.depends_on if d in out.jobs]
+        moved = False
         for frame in job.frames.values():
             frame.runs = [r for r in frame.runs if r.finished_at is None or r.finished_at <= at]
+            if frame.finished_at is not None and frame.finished_at > at:
+                times = (requeued or {}).get((job.id, frame.number), []) + (requeued or {}).get((job.id, None), [])
+                _frame_as_of(frame, at, times)
+                moved = True
+        if moved and job.hold is Hold.NONE:
+            state = job.derived_state()
+            if state != job.state:
+                job.state = state
+                job.state_since = None  # (when it entered it is not recorded)
     out.reindex()
     return out
+
+
+def _frame_as_of(frame: Frame, at: datetime, requeued: Sequence[datetime]) -> None:
+    """A frame that ended after `at`, as it stood at `at`: running if it had started, else
+    pending if corral had put it back on the queue since its last attempt, else as that
+    attempt ended (or pending, never tried)."""
+    if frame.started_at is not None and frame.started_at < at:  # (one that started at `at` started after the cycle)
+        frame.state, frame.state_since, frame.finished_at = FrameState.RUNNING, frame.started_at, None
+        frame.exit_code = None
+        return
+    last = frame.runs[-1] if frame.runs else None
+    if last is not None and any(last.finished_at is not None and last.finished_at <= t < at for t in requeued):
+        frame.state, frame.host, frame.instance, frame.exit_code = FrameState.PENDING, None, None, None
+        frame.started_at = frame.finished_at = None
+        frame.state_since = max(t for t in requeued if t < at)
+    elif last is not None:
+        frame.state, frame.host, frame.instance = last.state, last.host, last.instance
+        frame.exit_code, frame.started_at = last.exit_code, last.started_at
+        frame.finished_at = frame.state_since = last.finished_at
+    else:
+        frame.state, frame.host, frame.instance, frame.exit_code = FrameState.PENDING, None, None, None
+        frame.started_at = frame.finished_at = frame.state_since = None
 
 
 def replay(
@@ -218,6 +275,7 @@ def replay_rows(
     for r in oldest_first:
         if r.cycle_id is not None:
             first_row.setdefault(r.cycle_id, r.id)
+    requeued = _requeued(oldest_first)
     report = ReplayReport([], {})
     report.manual_rows = sum(1 for r in rows if r.cycle_id is None and r.applied)
     before: dict[str, Farm] = {}
@@ -227,7 +285,7 @@ def replay_rows(
         if r.cycle_id is not None and first_row.get(r.cycle_id) == r.id:
             at = r.at
             if since is None or at >= since:
-                before[r.cycle_id] = _as_of(farm, at)
+                before[r.cycle_id] = _as_of(farm, at, requeued)
     by_cycle: dict[str, list[LogEntry]] = defaultdict(list)
     for r in oldest_first:
         if r.cycle_id is not None:
