@@ -18,7 +18,9 @@ from corral.policy.operators import OPERATORS
 from corral.states import Kind, actions_for
 
 _PARAM = {"type": "string", "pattern": r"^\$[A-Za-z0-9][A-Za-z0-9_.-]*$", "description": "a policy parameter"}
-_DURATION = {"type": "string", "pattern": r"^\s*(?:\d+(?:\.\d+)?\s*[wdhms]\s*)+$", "description": "e.g. 90s, 10m, 1h30m, 2w"}
+#: A duration as every file writes it (`corral.policy.loader.parse_duration`).
+DURATION_SCHEMA = {"type": "string", "pattern": r"^\s*(?:\d+(?:\.\d+)?\s*[wdhms]\s*)+$",
+                   "description": "e.g. 90s, 10m, 1h30m, 2w"}
 
 
 def _or_param(schema: dict[str, Any]) -> dict[str, Any]:
@@ -36,7 +38,7 @@ def _type_key(spec: FieldSpec) -> str:
 
 def _value_schema(spec: FieldSpec) -> dict[str, Any]:
     if spec.type == "duration":
-        return _or_param({"anyOf": [{"type": "number", "minimum": 0}, _DURATION]})
+        return _or_param({"anyOf": [{"type": "number", "minimum": 0}, DURATION_SCHEMA]})
     if spec.type == "int":
         return _or_param({"type": "integer"})
     if spec.type == "float":
@@ -165,7 +167,7 @@ def policy_json_schema() -> dict[str, Any]:
                     "max_actions": {"type": "integer", "minimum": 1, "description": LIMIT_KEYS["max_actions"]},
                     "max_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100,
                                     "description": LIMIT_KEYS["max_percent"]},
-                    "cooldown": {**_or_param({"anyOf": [{"type": "number", "minimum": 0}, _DURATION]}),
+                    "cooldown": {**_or_param({"anyOf": [{"type": "number", "minimum": 0}, DURATION_SCHEMA]}),
                                  "description": LIMIT_KEYS["cooldown"]},
                 },
             },

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from corral.policy.schema import DURATION_SCHEMA
 from corral.policytest.model import CASE_KEYS, FILE_KEYS, KINDS, SKIP_CATEGORIES
 from corral.snapshot import snapshot_json_schema
 from corral.states import Action
 
 #: An ISO 8601 time, as a case's `at:` takes it (YAML may also read it as a timestamp).
 _TIME = {"type": "string", "description": "an ISO 8601 time, e.g. 2026-11-28T02:00:00Z"}
-_DURATION = {"type": "string", "pattern": r"^\s*(?:\d+(?:\.\d+)?\s*[wdhms]\s*)+$", "description": "e.g. 90s, 10m, 2w"}
 _ENTITY = {"anyOf": [{"type": "integer"}, {"type": "string"}]}
 _REF = {"type": "string", "pattern": "^(" + "|".join(KINDS) + r") \S+$",
         "description": "an entity: job 104, frame 101:2, instance 101.3, worker render01"}
@@ -48,7 +48,7 @@ def policytest_json_schema() -> dict[str, Any]:
         "because": {"enum": list(SKIP_CATEGORIES)},
     }, ["policy", "because"])
     history = _with_entity({
-        "policy": {"type": "string"}, "at": _TIME, "ago": _DURATION,
+        "policy": {"type": "string"}, "at": _TIME, "ago": DURATION_SCHEMA,
         "action": {"enum": [a.value for a in Action]},
     }, ["policy"])
     step_props = {
