@@ -98,7 +98,7 @@ class Courier:
         if self.metrics is None:
             return
         pending, oldest = self.metrics.outbox_unsettled, self.metrics.outbox_oldest
-        backlog = self.store.outbox_backlog()
+        backlog = self.store.outbox_backlog(unsettled_only=True)
         for name in self.sinks:
             waiting = sum(n for (sink, status), n in backlog.counts.items()
                           if sink == name and status in (Status.PENDING, Status.SENDING, Status.DOUBT))

@@ -44,7 +44,7 @@ from corral.daemon.metrics import Metrics
 from corral.daemon.schedule import DEFAULT_GRACE, SETTING_PREFIX, ScheduleTracker
 from corral.daemon.watch import PolicyWatcher
 from corral.deliver import DeliveryReport
-from corral.farm import utcnow
+from corral.farm import Job, utcnow
 from corral.farms import open_farm
 from corral.policy.model import Policy
 from corral.policyset import PolicySet
@@ -148,6 +148,9 @@ class Daemon:
         self._published = False  # the sinks' routes, published once this daemon leads
         self.farm: FarmReader | None = open_farm(config.farm_url) if config.farm_url else None
         self.last_sync: SyncReport | None = None
+        #: The manager's jobs as the last sync wrote them, and when: a job shown the same
+        #: again is not compared with the store again (`corral.store.sync`).
+        self._last_truth: tuple[dict[int, Job], datetime | None] = ({}, None)
         self._scheduler: Any = None
         self.last_delivery: DeliveryReport | None = None  # run_once's
 
@@ -294,6 +297,7 @@ class Daemon:
         self.metrics.leader.set(1)
         self._was_standby = False
         self._published = False  # publish this daemon's sinks again: another leader may have had others
+        self._last_truth = ({}, None)  # and compare the whole farm again: another leader synced meanwhile
         log.info("leader: this daemon (%s) now acts on %s", self.holder, describe(self.store.url))
         self._schedules_dirty = True  # another daemon may have fired schedules meanwhile
         return True
@@ -311,7 +315,10 @@ class Daemon:
         truth, problems = self.farm.read(now)
         for problem in problems:
             log.warning("%s: %s", self.farm.name, problem)
-        report = self.store.sync_farm(truth, now=now, actor=self.farm.name)
+        last, since = self._last_truth
+        unchanged = [j for j, job in truth.jobs.items() if last.get(j) == job] if since is not None else []
+        report = self.store.sync_farm(truth, now=now, actor=self.farm.name, unchanged=unchanged, since=since)
+        self._last_truth = (dict(truth.jobs), now)
         for override in report.overridden:
             log.warning("a person overrode corral in %s: %s", self.farm.name, override)
         if report.changed:

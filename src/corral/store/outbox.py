@@ -129,10 +129,14 @@ class Backlog:
     oldest_pending: datetime | None
 
 
-def backlog(conn: Connection) -> Backlog:
+def backlog(conn: Connection, *, unsettled_only: bool = False) -> Backlog:
+    """`unsettled_only`: count only the rows not yet delivered (what the daemon's gauges need
+    after every pass: settled rows pile up for good, and the status index finds the others)."""
     t = table("outbox")
-    counts = {(sink, status): n for sink, status, n in
-              conn.execute(select(t.c.sink, t.c.status, func.count()).group_by(t.c.sink, t.c.status))}
+    query = select(t.c.sink, t.c.status, func.count()).group_by(t.c.sink, t.c.status)
+    if unsettled_only:
+        query = query.where(t.c.status.in_([s.value for s in UNSETTLED]))
+    counts = {(sink, status): n for sink, status, n in conn.execute(query)}
     oldest = conn.execute(select(func.min(t.c.at)).where(t.c.status.in_([s.value for s in UNSETTLED]))).scalar()
     return Backlog(counts, oldest)
 

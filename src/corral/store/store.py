@@ -7,7 +7,7 @@ and answers the questions the daemon and the CLI ask of the log.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -411,13 +411,15 @@ class Store:
             if conn.execute(update(s).where(s.c.key == key).values(value=value, updated_at=now)).rowcount == 0:
                 conn.execute(insert(s).values(key=key, value=value, updated_at=now))
 
-    def sync_farm(self, truth: Farm, *, now: datetime, actor: str) -> SyncReport:
+    def sync_farm(self, truth: Farm, *, now: datetime, actor: str, unchanged: Collection[int] = (),
+                  since: datetime | None = None) -> SyncReport:
         """Make the store hold a farm manager's picture, in one transaction
         (`corral.store.sync`: changed rows only; decisions on their way and corral's own
-        columns kept; a person's undo of corral's block recorded)."""
+        columns kept; a person's undo of corral's block recorded; the jobs `unchanged`
+        since the sync at `since` skipped)."""
         self.check()
         with self._write() as conn:
-            return sync_farm(conn, truth, now=now, actor=actor)
+            return sync_farm(conn, truth, now=now, actor=actor, unchanged=unchanged, since=since)
 
     # --- the outbox (corral.outbox, corral.store.outbox) -------------------------------
 
@@ -461,10 +463,10 @@ class Store:
         with self._write() as conn:
             return refusal.refuse(conn, entry, answer, now)
 
-    def outbox_backlog(self) -> outbox.Backlog:
+    def outbox_backlog(self, *, unsettled_only: bool = False) -> outbox.Backlog:
         self.check()
         with self._read() as conn:
-            return outbox.backlog(conn)
+            return outbox.backlog(conn, unsettled_only=unsettled_only)
 
     # --- tests and tools ----------------------------------------------------------
 

@@ -25,7 +25,7 @@ Two rules keep a sync from undoing corral's own decisions or fighting a person:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection
 from corral.farm import Farm, Frame, Job, Worker
 from corral.outbox import UNSETTLED
 from corral.states import Hold, InstanceState, Kind, WorkerState
-from corral.store.rows import farm_rows, read_farm
+from corral.store.rows import farm_rows, raw_rows, read_farm, read_part, read_workers
 from corral.store.tables import table
 
 #: What the farm manager owns, per kind; every other column is corral's (retry counts,
@@ -90,10 +90,22 @@ def _last_block(conn: Connection, kind: Kind, entity: str) -> tuple[str | None, 
     return row.policy, row.actor
 
 
-def sync_farm(conn: Connection, truth: Farm, *, now: datetime, actor: str) -> SyncReport:
-    """Make the store hold `truth` for what the farm manager owns (see the module docstring)."""
+def sync_farm(conn: Connection, truth: Farm, *, now: datetime, actor: str,
+              unchanged: Collection[int] = (), since: datetime | None = None) -> SyncReport:
+    """Make the store hold `truth` for what the farm manager owns (see the module docstring).
+
+    `unchanged`: jobs the manager shows exactly as at the last sync (`since`), which that
+    sync already wrote; they are not read or compared again unless corral itself logged a
+    change to them since (a decision that may not have taken).  Reading and comparing the
+    whole stored farm every cycle cost 0.75 s at 100k frames: a steady farm's sync now
+    reads only the jobs that moved."""
     report = SyncReport()
-    stored = read_farm(conn)
+    stored_ids = {int(i) for (i,) in raw_rows(conn, "SELECT id FROM jobs")}
+    check = set(truth.jobs)
+    if unchanged and since is not None:
+        check = (check - set(unchanged)) | (_logged_since(conn, since) & check)
+    stored = read_farm(conn) if len(check) * 4 > len(truth.jobs) else _read_jobs(conn, check & stored_ids)
+    stored.workers = {w.name: w for w in read_workers(conn)}
     held_jobs, held_workers = _on_their_way(conn)
     for name, worker in truth.workers.items():
         if name in held_workers:
@@ -102,6 +114,8 @@ def sync_farm(conn: Connection, truth: Farm, *, now: datetime, actor: str) -> Sy
         _sync_worker(conn, stored.workers.get(name), worker, now, actor, report)
     gone_workers = [n for n in stored.workers if n not in truth.workers and n not in held_workers]
     for job_id, job in truth.jobs.items():
+        if job_id not in check:
+            continue
         if job_id in held_jobs:
             report.held.append(f"job {job_id}")
             continue
@@ -110,7 +124,7 @@ def sync_farm(conn: Connection, truth: Farm, *, now: datetime, actor: str) -> Sy
             _insert(conn, Farm(jobs={job_id: job}), now, report)
         else:
             _sync_job(conn, old, job, now, actor, report)
-    for job_id in stored.jobs:
+    for job_id in stored_ids:
         if job_id not in truth.jobs and job_id not in held_jobs:
             conn.execute(delete(table("jobs")).where(table("jobs").c.id == job_id))
             report.deleted += 1
@@ -118,6 +132,21 @@ def sync_farm(conn: Connection, truth: Farm, *, now: datetime, actor: str) -> Sy
         conn.execute(delete(table("workers")).where(table("workers").c.name == name))
         report.deleted += 1
     return report
+
+
+def _logged_since(conn: Connection, since: datetime) -> set[int]:
+    """Jobs with a transition logged since `since` (corral's own changes to them)."""
+    t = table("transitions")
+    rows = conn.execute(select(t.c.job_id).where(and_(t.c.at >= since, t.c.job_id.is_not(None))).distinct())
+    return {int(j) for (j,) in rows}
+
+
+def _read_jobs(conn: Connection, jobs: Collection[int]) -> Farm:
+    """The stored rows of `jobs` only (each with the jobs it waits on)."""
+    farm = Farm()
+    for job_id in jobs:
+        farm.jobs.update(read_part(conn, job=job_id).jobs)
+    return farm
 
 
 def _insert(conn: Connection, farm: Farm, now: datetime, report: SyncReport) -> None:
