@@ -10,7 +10,7 @@ import pytest
 
 from corral.cycle import plan_farm
 from corral.plan import Plan
-from corral.policy.loader import builtin_dir, load_paths
+from corral.policy.loader import builtin_dir, load_paths, load_texts
 from corral.policyset import PolicySet
 from corral.snapshot import load_snapshot_file, parse_snapshot
 
@@ -81,7 +81,7 @@ def test_instance_failing_five_frames_in_a_row_is_blocked(pack: list[Any], engin
     assert ("block-failing-instance", "instance", "1.1", "block") in acts(plan)
     (t,) = [t for t in plan.transitions if t.ident == "1.1"]
     assert (t.from_state, t.to_state) == ("running", "blocked")
-    assert t.reason == "blocked: 5 failures in a row on r1"
+    assert t.reason == "blocked: 5 failed attempts in a row on r1"
 
 
 def test_instance_with_four_failures_is_left_alone(pack: list[Any], engine: str) -> None:
@@ -196,7 +196,9 @@ def test_frames_of_a_job_blocked_this_cycle_are_not_retried(pack: list[Any]) -> 
             f["finished_at"] = f["state_since"] = ago(minutes=10)
     plan = plan_for(pack, farm)
     assert not any(t.kind == "frame" for t in plan.transitions)
-    assert any(s.kind == "frame" and "job 7 is blocked" in s.why for s in plan.skipped)
+    # checked again once the job is blocked (same-cycle semantics): superseded, saying by what
+    assert any(s.kind == "frame" and s.category == "superseded" and "block on job 7" in s.why
+               and "job.state is blocked" in s.why for s in plan.skipped)
 
 
 # --- retry-failed -------------------------------------------------------------------
@@ -272,7 +274,7 @@ def test_pending_dependent_of_a_failed_or_killed_job_is_blocked_with_a_reason(
     plan = plan_for(pack, deps_farm(upstream, {}), engine)
     (t,) = [t for t in plan.transitions if t.ident == "2"]
     assert (t.policy, str(t.action), t.to_state) == ("keep-dependents-blocked", "block", "blocked")
-    assert f"1 of its dependencies {upstream}" in t.reason or f"1 were {upstream}" in t.reason
+    assert f"of its 1 dependency, {int(upstream == 'failed')} failed and {int(upstream == 'killed')} killed" in t.reason
 
 
 def test_blocked_dependent_of_a_failed_job_stays_blocked_untouched(pack: list[Any], engine: str) -> None:
@@ -351,3 +353,64 @@ def test_example_farm_gets_the_documented_plan(pack: list[Any], engine: str) -> 
     # failed dependency, the job a wrangler blocked, the good hosts
     for untouched in ("job:104", "job:109", "job:113", "job:114", "worker:render01", "instance:101.1"):
         assert untouched not in touched(plan)
+
+
+# --- one cycle, in order: two policies on one job, its instances and its hosts ---------------
+
+
+def test_a_job_blocked_this_cycle_has_none_of_its_instances_blocked_in_the_same_cycle(pack: list[Any], engine: str) -> None:
+    """block-job-when-all-hosts-fail (priority 80) blocks the job; block-failing-instance
+    (60) matched its instances on the farm as it was, but its guard `not: {job.state:
+    [blocked, killed]}` no longer holds once the job is blocked: superseded, saying why."""
+    farm = all_fail_farm(["r1", "r2"])
+    farm["jobs"][0]["instances"] = [{"id": "7.1", "host": "r1", "state": "running"},
+                                    {"id": "7.2", "host": "r2", "state": "running"}]
+    for i, f in enumerate(f for f in farm["jobs"][0]["frames"] if f.get("host")):
+        f["instance"] = "7.1" if f["host"] == "r1" else "7.2"
+        f["finished_at"] = ago(minutes=30 - i)
+    farm["jobs"].append({"id": 8, "name": "healthy",  # keeps two blocks under block-failing-instance's max_percent
+                         "instances": [{"id": f"8.{i}", "host": "r3"} for i in range(8)],
+                         "frames": [{"number": 1, "state": "pending"}]})
+    plan = plan_for(pack, farm, engine)
+    assert [(t.policy, t.kind, t.ident) for t in plan.transitions] == [("block-job-when-all-hosts-fail", "job", "7")]
+    superseded = {(s.policy, s.ident): s.why for s in plan.skipped if s.category == "superseded"}
+    assert set(superseded) == {("block-failing-instance", "7.1"), ("block-failing-instance", "7.2")}
+    assert all("block on job 7 earlier in this cycle" in why and "job.state is blocked" in why
+               for why in superseded.values())
+
+
+def test_a_host_quarantined_this_cycle_is_not_also_locked_out_of_a_job_it_fails(
+        pack: list[Any], engine: str) -> None:
+    """Without the re-check, both would be planned: the worker locked and its instance
+    blocked.  A policy that reads the host's state sees the lock; one that does not, here
+    lock-host-out-of-job, still acts (its conditions hold either way)."""
+    frames: list[dict[str, Any]] = []
+    for n in range(1, 7):  # 'bad' fails six frames of job 1 while 'good' completes two
+        frames.append({"number": n, "state": "failed", "host": "bad", "instance": "1.b", "exit_code": 1,
+                       "finished_at": ago(minutes=40 - n), "state_since": ago(minutes=40 - n)})
+    frames += [{"number": 7, "state": "complete", "host": "good", "instance": "1.g", "exit_code": 0,
+                "finished_at": ago(minutes=20)},
+               {"number": 8, "state": "complete", "host": "good", "instance": "1.g", "exit_code": 0,
+                "finished_at": ago(minutes=20)}]
+    jobs = [{"id": 1, "name": "shot", "frames": frames,
+             "instances": [{"id": "1.b", "host": "bad", "state": "running"}, {"id": "1.g", "host": "good", "state": "running"}]}]
+    for j in (2, 3):  # 'bad' then fails two other jobs: three different jobs in a row
+        jobs.append({"id": j, "name": f"other{j}", "frames": [{"number": 1, "state": "failed", "host": "bad", "exit_code": 1,
+                                                             "finished_at": ago(minutes=10 - j)}]})
+    jobs[1]["instances"] = [{"id": "2.b", "host": "bad", "state": "running"}]
+    snapshot = {"jobs": jobs, "workers": workers("bad", "good", *[f"r{i}" for i in range(20)])}
+    guarded = load_texts([("guard.yaml", """
+policies:
+  - name: block-instance-on-an-up-host
+    kind: instance
+    priority: 10
+    when: {state: running, job_id: 2, worker.state: up}
+    actions: [block]
+    reason: "{worker.state}"
+""")]).policies
+    plan = plan_for([*pack, *guarded], snapshot, engine)
+    acted = {(t.policy, t.ident) for t in plan.transitions}
+    assert ("quarantine-worker", "bad") in acted and ("lock-host-out-of-job", "1.b") in acted
+    (s,) = [s for s in plan.skipped if s.policy == "block-instance-on-an-up-host"]
+    assert (s.ident, s.category) == ("2.b", "superseded")
+    assert "block on worker bad earlier in this cycle, and now worker.state is locked" in s.why

@@ -34,8 +34,8 @@ def test_a_policy_that_would_act_shows_every_condition_passing_and_the_transitio
     assert code == 0, out
     assert out.startswith("instance 101.3 (running) as of 2026-11-28T02:00:00+00:00")
     assert "lock-host-out-of-job (priority 70)" in out
-    assert "pass  host_failures_on_job > 5" in out and "actual 7" in out
-    assert "lock-host-out-of-job.yaml:18:30" in out
+    assert "pass  host_failed_frames_on_job > 5" in out and "actual 7" in out
+    assert "lock-host-out-of-job.yaml:18:35" in out
     assert "→ WOULD ACT: would block (running → blocked): locked render07 out of job 101" in out
     # the plainer policy matched too but loses the conflict: the real planner says so
     assert "→ SKIPPED: matches, but would not act (duplicate): policy 'lock-host-out-of-job'" in out

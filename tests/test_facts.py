@@ -24,7 +24,7 @@ from corral.policy.loader import builtin_dir, load_paths, load_texts
 from corral.policy.model import Policy, paths_read
 from corral.policy.reference import holds
 from corral.policyset import screen_for
-from corral.states import FrameState, Hold, InstanceState, JobState, Kind
+from corral.states import FrameState, Hold, InstanceState, JobState, Kind, WorkerState
 from strategies import NOW, farms, policy_sets
 
 F = FrameState
@@ -69,7 +69,7 @@ def test_a_host_s_recent_runs_are_kept_for_two_windows_not_for_the_daemon_s_life
     for minute in range(600):  # ten hours, a run a minute, every third one failed
         at = ago(600 - minute)
         state = F.FAILED if minute % 3 == 0 else F.COMPLETE
-        agg.run(1, FrameRun("h", "1.a", state, 0, at - timedelta(minutes=1), at, minute + 1))  # type: ignore[operator]
+        agg.run(1, minute, FrameRun("h", "1.a", state, 0, at - timedelta(minutes=1), at, minute + 1))  # type: ignore[operator]
     assert len(agg.host_recent["h"]) <= 2 * 60 + 1
     in_window = [m for m in range(600) if 600 - m <= 60]
     failed = sum(1 for m in in_window if m % 3 == 0)
@@ -111,12 +111,12 @@ def test_a_success_ends_only_the_failures_recorded_before_it_in_a_row() -> None:
     at = NOW - timedelta(minutes=5)
     agg = Aggregates()
     for run_id, state in ((1, F.FAILED), (2, F.FAILED), (4, F.FAILED)):
-        agg.run(7, FrameRun("bad", "7.a", state, 1, at - timedelta(minutes=1), at, id=run_id))
-    agg.run(7, FrameRun("bad", "7.a", F.COMPLETE, 0, at - timedelta(minutes=1), at, id=3))
+        agg.run(7, 1, FrameRun("bad", "7.a", state, 1, at - timedelta(minutes=1), at, id=run_id))
+    agg.run(7, 1, FrameRun("bad", "7.a", F.COMPLETE, 0, at - timedelta(minutes=1), at, id=3))
     assert agg.host_tail["bad"].failures == 1 and agg.inst_tail["7.a"].failures == 1  # run 4 only
-    agg.run(7, FrameRun("bad", "7.a", F.FAILED, 1, at - timedelta(minutes=2), at - timedelta(seconds=1), id=5))
+    agg.run(7, 1, FrameRun("bad", "7.a", F.FAILED, 1, at - timedelta(minutes=2), at - timedelta(seconds=1), id=5))
     assert agg.host_tail["bad"].failures == 1  # finished before the success: not "in a row"
-    agg.run(7, FrameRun("bad", "7.a", F.COMPLETE, 0, at, at + timedelta(seconds=1), id=6))
+    agg.run(7, 1, FrameRun("bad", "7.a", F.COMPLETE, 0, at, at + timedelta(seconds=1), id=6))
     assert agg.host_tail["bad"].failures == 0 and agg.host_tail["bad"].distinct_jobs() == 0
 
 
@@ -338,7 +338,7 @@ def test_every_fact_has_exactly_the_fields_the_vocabulary_declares(farm: Farm) -
     field it declares that is not unknown for that entity."""
     builder = FactBuilder(farm, NOW)
     may_be_missing = {"blocked_by", "since_retry", "time_in_state", "age", "host", "instance", "exit_code", "run_time",
-                      "state"}
+                      "state", "host_since_last_failure_on_job"}
     for kind in Kind:
         declared = set(FIELDS[kind])
         for fact in builder.facts(kind):
@@ -361,3 +361,70 @@ def _paths(fact: dict[str, Any], prefix: str = "") -> set[str]:
 
 def _or_missing(value: Any) -> Any:
     return MISSING if value is None else value
+
+
+# --- counts that mean what they say (frames against attempts), and the peers' facts -------
+
+def retried_on_bad_farm() -> Farm:
+    """Job 1: frame 1 failed three times on 'bad' (then once on 'other'), frame 2 once on
+    'bad'; frame 3 completed on 'good'.  Hosts: bad (up), other (up), good (locked),
+    spare (up, but job 1 has a blocked instance on it), down (down)."""
+    farm = Farm()
+    job = Job(id=1, name="shot010", state=JobState.FAILING, state_since=ago(30))
+    job.frames = {
+        1: Frame(1, 1, F.FAILED, host="other", instance="1.o", attempts=4,
+                 runs=[run("bad", F.FAILED, 50, "1.b"), run("bad", F.FAILED, 40, "1.b"),
+                       run("bad", F.FAILED, 30, "1.b"), run("other", F.FAILED, 20, "1.o")]),
+        2: Frame(1, 2, F.FAILED, host="bad", instance="1.b", runs=[run("bad", F.FAILED, 25, "1.b")]),
+        3: Frame(1, 3, F.COMPLETE, host="good", instance="1.g", runs=[run("good", F.COMPLETE, 10, "1.g")]),
+        4: Frame(1, 4, F.PENDING),
+    }
+    job.instances = {"1.b": Instance("1.b", 1, "bad", InstanceState.RUNNING, ago(60)),
+                     "1.o": Instance("1.o", 1, "other", InstanceState.RUNNING, ago(60)),
+                     "1.g": Instance("1.g", 1, "good", InstanceState.RUNNING, ago(60)),
+                     "1.s": Instance("1.s", 1, "spare", InstanceState.BLOCKED, ago(60))}
+    farm.jobs = {1: job}
+    farm.workers = {"bad": Worker("bad"), "other": Worker("other"), "spare": Worker("spare"),
+                    "good": Worker("good", WorkerState.LOCKED), "down": Worker("down", WorkerState.DOWN)}
+    return farm
+
+
+def test_a_frame_failed_three_times_on_a_host_is_one_frame_and_three_attempts() -> None:
+    b = FactBuilder(retried_on_bad_farm(), NOW)
+    bad = b.fact(Kind.INSTANCE, "1.b")
+    assert bad["host_failed_frames_on_job"] == 2 and bad["host_failed_attempts_on_job"] == 4
+    assert bad["host_failures_on_job"] == 4  # the deprecated name keeps what it counted
+    assert bad["host_since_last_failure_on_job"] == 25 * 60
+    assert "host_since_last_failure_on_job" not in b.fact(Kind.INSTANCE, "1.g")  # never failed: unknown
+    job = b.fact(Kind.JOB, "1")
+    assert job["worst_host_failed_frames"] == 2 and job["worst_host_failed_attempts"] == 4
+    assert job["worst_host_failures"] == 4
+    assert job["failed_attempts"] == 5  # over the job's life, every host
+    assert job["frames_failed_percent"] == 50.0  # 2 of its 4 frames are failed now
+
+
+def test_a_frame_knows_how_many_different_hosts_failed_it() -> None:
+    b = FactBuilder(retried_on_bad_farm(), NOW)
+    assert b.fact(Kind.FRAME, "1:1")["hosts_failed"] == 2
+    assert b.fact(Kind.FRAME, "1:1")["failed_attempts"] == 4
+    assert b.fact(Kind.FRAME, "1:3")["hosts_failed"] == 0
+
+
+def test_workers_available_leaves_out_hosts_down_locked_or_locked_out_of_the_job() -> None:
+    farm = retried_on_bad_farm()
+    assert FactBuilder(farm, NOW).fact(Kind.JOB, "1")["workers_available"] == 2  # bad and other
+    farm.workers["bad"].state = WorkerState.LOCKED
+    assert FactBuilder(farm, NOW).fact(Kind.JOB, "1")["workers_available"] == 1
+    farm.jobs[1].instances["1.o"].state = InstanceState.BLOCKED
+    assert FactBuilder(farm, NOW).fact(Kind.JOB, "1")["workers_available"] == 0
+
+
+def test_counting_run_by_run_gives_the_distinct_frames_and_the_last_failure() -> None:
+    """The live farm counts each run as it is read: a frame failing again on the same host
+    adds an attempt, not a frame."""
+    agg = Aggregates()
+    for minutes in (50, 40, 30):
+        agg.run(1, 1, run("bad", F.FAILED, minutes, "1.b"))
+    agg.run(1, 2, run("bad", F.FAILED, 45, "1.b"))
+    assert agg.job_host_fail[(1, "bad")] == 4 and agg.job_host_fail_frames[(1, "bad")] == 2
+    assert agg.job_host_last_fail[(1, "bad")] == ago(30) and agg.job_failed_attempts[1] == 4

@@ -195,7 +195,7 @@ def test_end_to_end_a_dependent_job_is_unblocked_once_its_upstream_frames_comple
         ("submit", "supervisor", None),
     ]
     assert (history[0].from_state, history[0].to_state) == ("blocked", "pending")
-    assert history[0].reason == "all 1 dependencies are complete"
+    assert history[0].reason == "its 1 dependency completed"
     assert history[0].cycle_id == result.cycle_id
 
 

@@ -202,7 +202,7 @@ def test_counting_a_whole_farm_at_once_equals_counting_it_run_by_run(farm: Farm)
         for frame in job.frames.values():
             one_by_one.frame_state(frame, +1)
             for run in frame_runs(frame):
-                one_by_one.run(job.id, run)
+                one_by_one.run(job.id, frame.number, run)
     at_once = FactBuilder(farm, NIGHT)
     stepwise = FactBuilder(farm, NIGHT, aggregates=one_by_one)
     for kind in Kind:

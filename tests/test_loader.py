@@ -147,3 +147,39 @@ def test_a_byte_that_is_not_utf8_is_shown_where_it_is_in_a_policy_file_and_a_tes
     (tmp_path / "p.test.yaml").write_bytes(text)
     _, errors = read_test_file(tmp_path / "p.test.yaml", "reference")
     assert [str(e) for e in errors] == [f"{tmp_path / 'p.test.yaml'}:3:17: byte 0xe9 is not UTF-8: save the file as UTF-8"]
+
+
+DEPRECATED_POLICY = """\
+policies:
+  - name: old-lockout
+    kind: instance
+    when:
+      host_failures_on_job: {gt: 5}
+      job.worst_host_failures: {gt: 5}
+    actions: [block]
+    reason: "failed {host_failures_on_job|attempt}"
+"""
+
+
+def test_a_deprecated_field_still_loads_and_is_warned_of_where_it_is_read() -> None:
+    result = load_texts([("old.yaml", DEPRECATED_POLICY)])
+    assert result.ok and [p.name for p in result.policies] == ["old-lockout"]
+    where = [(w.pos.line, w.pos.column) for w in result.warnings]
+    assert where == [(5, 7), (6, 7), (8, 13)]
+    assert all(("deprecated" in w.message and "host_failed_frames_on_job" in w.message) or
+               "worst_host_failed_frames" in w.message for w in result.warnings)
+
+
+@pytest.mark.parametrize("template", ["{failing_hosts|}", "{failing_hosts|a|b|c}", "{failing_hosts||hosts}"])
+def test_a_reason_s_noun_form_that_cannot_agree_is_refused_at_its_position(template: str) -> None:
+    text = f"""\
+policies:
+  - name: p
+    kind: job
+    when: {{state: failing}}
+    actions: [block]
+    reason: "{template}"
+"""
+    result = load_texts([("p.yaml", text)])
+    assert [(e.pos.line, e.message.split(":")[0]) for e in result.errors] == [
+        (6, f"'{template}' names a noun to agree with the count")]

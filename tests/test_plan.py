@@ -209,3 +209,12 @@ def test_the_parts_that_moved_are_the_dirty_jobs_and_workers_and_nothing_else() 
     assert ("job", "r0001") not in moved and ("worker", 7) not in moved
     assert ("instance", "r0001") not in moved and ("instance", 7) not in moved
     assert "job" not in moved and ("job", 7, 1) not in moved
+
+
+@pytest.mark.parametrize(("count", "template", "said"), [
+    (1, "{n|other host}", "1 other host"), (3, "{n|other host}", "3 other hosts"),
+    (0, "{n|frame}", "0 frames"), (2, "{n|dependency}", "2 dependencies"), (2, "{n|day}", "2 days"),
+    (2, "{n|pass}", "2 passes"), (1, "{n|child|children}", "1 child"), (4, "{n|child|children}", "4 children"),
+])
+def test_a_reason_s_count_agrees_with_its_noun(count: int, template: str, said: str) -> None:
+    assert render_reason(template, {"n": count}, {}) == said

@@ -45,7 +45,7 @@ def plan_farm(
     matches = find_matches(policy_set.policies, builder, evaluator)
     if due is not None:
         matches = [m for m in matches if m.policy.name in due]
-    plan = make_plan(farm, matches, now=now, last_actions=last_actions)
+    plan = make_plan(farm, matches, now=now, last_actions=last_actions, aggregates=builder.agg)
     return plan, matches
 
 
@@ -109,7 +109,8 @@ def plan_live(
     # any row of the job, its frames or its instances (they all mark the job dirty), a
     # worker's with its row; the others' outcomes are reused (`PlanMemo`).
     moved = Moved(jobs=dirty[Kind.JOB], workers=dirty[Kind.WORKER])
-    return plan_found(farm, found, now=now, last_actions=last_actions, memo=live.plan_memo, changed=moved)
+    return plan_found(farm, found, now=now, last_actions=last_actions, memo=live.plan_memo, changed=moved,
+                      aggregates=live.agg)
 
 
 @contextmanager

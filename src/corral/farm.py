@@ -308,6 +308,17 @@ class Farm:
         if self._journal is not None:
             self._journal.append((obj, _own_fields(type(obj))[1](obj)))
 
+    def scratch_mark(self) -> int:
+        """Where the scratch journal stands now (see `scratch_since`)."""
+        return len(self._journal) if self._journal is not None else 0
+
+    def scratch_since(self, mark: int) -> list[tuple[Any, dict[str, Any]]]:
+        """Every entity touched in the scratch since `mark`, with its row fields as they
+        were when touched: what the planner's re-checks count again (`corral.recheck`)."""
+        if self._journal is None:
+            return []
+        return [(obj, dict(zip(_own_fields(type(obj))[0], saved, strict=True))) for obj, saved in self._journal[mark:]]
+
     @contextmanager
     def scratch(self) -> Iterator[Farm]:
         """Simulate changes and undo them on exit.

@@ -56,6 +56,8 @@ class Spread:
     frame_dependents: bool = True
     #: A frame starting or stopping changes its host's `frames_running`: does any policy read it?
     running_on_workers: bool = True
+    #: A worker going up, down or locked changes every job's `workers_available`: does any policy read it?
+    workers_to_jobs: bool = True
     #: The states some frame policy's gate admits (None: any).  A frame row that changed
     #: but was and is in none of them cannot match, nor be held by the engine as a
     #: candidate: its fact need not be looked at (most changed frames, a running frame
@@ -77,6 +79,7 @@ class Spread:
             worker_to_instances=any(p.startswith("worker.") for p in read[Kind.INSTANCE]),
             frame_dependents=any(p.startswith("dependencies.") for p in read[Kind.FRAME]),
             running_on_workers="frames_running" in read[Kind.WORKER] or "worker.frames_running" in child,
+            workers_to_jobs="workers_available" in read[Kind.JOB] or "job.workers_available" in child,
         )
 
 #: The fields of a job, an instance and a worker a changed row brings (all but the key),
@@ -183,7 +186,7 @@ class LiveFarm:
                 continue  # read again where two reads overlap: history is counted once
             ran.runs.append(run)
             host = run.host
-            moved = self.agg.run(job_id, run)
+            moved = self.agg.run(job_id, number, run)
             dirty[Kind.JOB].add(job_id)
             if run.instance:
                 dirty[Kind.INSTANCE].add(run.instance)
@@ -283,6 +286,8 @@ class LiveFarm:
         else:
             for name in _WORKER_FIELDS:
                 setattr(old, name, getattr(new, name))
+        if self.spread.workers_to_jobs:
+            dirty[Kind.JOB].update(self.farm.jobs)  # every job's workers_available may have moved
         dirty[Kind.WORKER].add(new.name)
         dirty[Kind.INSTANCE].update(self.host_instances.get(new.name, ()))
 
@@ -348,6 +353,7 @@ class LiveFarm:
         docstring), and their facts, and what copies them, are rebuilt next cycle (the
         rows the write made come back from the next read looking unchanged)."""
         jobs = [job for j in job_ids if (job := self.farm.jobs.get(j)) is not None]
+        workers = list(workers)
         hosts = {f.host for job in jobs for f in job.frames.values() if f.host}  # before: a requeue clears them
         self._count(jobs, -1)
         try:
@@ -363,6 +369,8 @@ class LiveFarm:
             pending[Kind.WORKER].update(f.host for f in job.frames.values() if f.host)
         pending[Kind.WORKER].update(workers)
         pending[Kind.WORKER].update(hosts)
+        if workers and self.spread.workers_to_jobs:
+            pending[Kind.JOB].update(self.farm.jobs)
         self._written[0].update(job.id for job in jobs)
         self._written[1].update(workers)
 

@@ -27,11 +27,12 @@ from typing import Any
 
 from corral.effects import apply_action
 from corral.evaluate import LazyFact, Match
-from corral.facts import FIELDS, MISSING
+from corral.facts import FIELDS, MISSING, Aggregates
 from corral.farm import Farm
-from corral.policy.loader import TEMPLATE_RE, format_duration
+from corral.policy.loader import TEMPLATE_RE, format_duration, noun_for, template_names
 from corral.policy.model import Policy
 from corral.policy.reference import getter
+from corral.recheck import Key, Rechecker, why_not
 from corral.states import Action, IllegalAction, Kind
 
 KIND_ORDER = {k: i for i, k in enumerate(Kind)}
@@ -78,7 +79,7 @@ class Skipped:
     kind: Kind
     ident: str
     action: str
-    category: str  # cooldown | limit | conflict | duplicate | illegal
+    category: str  # cooldown | limit | conflict | duplicate | superseded | illegal
     why: str
 
     def to_json(self) -> dict[str, Any]:
@@ -130,7 +131,7 @@ def reason_paths(policies: Iterable[Policy]) -> dict[Kind, set[str]]:
     out: dict[Kind, set[str]] = {kind: set() for kind in Kind}
     for policy in policies:
         if policy.enabled:
-            out[policy.kind] |= {name for name in TEMPLATE_RE.findall(policy.reason) if name in FIELDS[policy.kind]}
+            out[policy.kind] |= {name for name in template_names(policy.reason) if name in FIELDS[policy.kind]}
     return out
 
 
@@ -138,7 +139,7 @@ def render_reason(template: str, fact: Mapping[str, Any], params: Mapping[str, A
     """Fill `{field}` and `{param}` in a reason; durations read as 1h30m, not seconds."""
     whole = fact.whole() if isinstance(fact, LazyFact) else fact if isinstance(fact, dict) else dict(fact)
     out: list[str] = []
-    for literal, name, get, duration in _pieces(template):
+    for literal, name, get, duration, noun in _pieces(template):
         out.append(literal)
         if name is None:
             continue
@@ -149,11 +150,14 @@ def render_reason(template: str, fact: Mapping[str, Any], params: Mapping[str, A
             out.append(format_duration(got) if duration else f"{got:g}")
         else:
             out.append(str(got))
+        if noun is not None:
+            out.append(" " + noun_for(got, noun))
     return "".join(out)
 
 
-_DURATIONS = ("time_in_state", "run_time", "age", "since_retry")
-_Piece = tuple[str, str | None, Callable[[dict[str, Any]], Any], bool]
+#: The fields a reason shows as a duration (1h30m, not seconds), whatever the kind.
+_DURATIONS = frozenset(name for fields in FIELDS.values() for name, spec in fields.items() if spec.type == "duration")
+_Piece = tuple[str, str | None, Callable[[dict[str, Any]], Any], bool, str | None]
 
 
 def _no_name(_fact: dict[str, Any]) -> Any:
@@ -168,9 +172,9 @@ def _pieces(template: str) -> tuple[_Piece, ...]:
     at = 0
     for m in TEMPLATE_RE.finditer(template):
         name = m.group(1)
-        pieces.append((template[at:m.start()], name, getter(name), name.endswith(_DURATIONS)))
+        pieces.append((template[at:m.start()], name, getter(name), name in _DURATIONS, m.group(2)))
         at = m.end()
-    pieces.append((template[at:], None, _no_name, False))
+    pieces.append((template[at:], None, _no_name, False, None))
     return tuple(pieces)
 
 
@@ -218,6 +222,7 @@ def make_plan(
     now: datetime,
     last_actions: Acted | None = None,
     totals: Mapping[Kind, int] | None = None,
+    aggregates: Aggregates | None = None,
 ) -> Plan:
     """Turn matches into a plan (see the module docstring).  Leaves `farm` unchanged."""
     by_policy: dict[str, list[Match]] = defaultdict(list)
@@ -225,7 +230,7 @@ def make_plan(
         by_policy[m.policy.name].append(m)
     found = [Found(group[0].policy, group[0].kind, [m.ident for m in group], _lookup({m.ident: m.fact for m in group}))
              for group in by_policy.values()]
-    return plan_found(farm, found, now=now, last_actions=last_actions, totals=totals)
+    return plan_found(farm, found, now=now, last_actions=last_actions, totals=totals, aggregates=aggregates)
 
 
 def _lookup(facts: dict[str, Mapping[str, Any]]) -> Callable[[Kind, str], Mapping[str, Any]]:
@@ -241,11 +246,14 @@ def plan_found(
     totals: Mapping[Kind, int] | None = None,
     memo: PlanMemo | None = None,
     changed: Container[tuple[str, Any]] | None = None,
+    aggregates: Aggregates | None = None,
 ) -> Plan:
     """`make_plan` over matches grouped by policy (what the incremental cycle has).
 
     `memo`: the daemon's record of the previous plan (`PlanMemo`), with the parts whose
-    entities `changed` since (("job", id), ("worker", name))."""
+    entities `changed` since (("job", id), ("worker", name)).  `aggregates`: the farm's
+    counts, for checking a match again once earlier transitions reached it (counted
+    afresh if not given; put back as they were when the plan is made)."""
     totals = totals if totals is not None else _totals(farm)
     acted = (last_actions if isinstance(last_actions, Cooldowns) else Cooldowns(last_actions)).by_policy
     plan = Plan()
@@ -275,14 +283,13 @@ def plan_found(
         survivors.extend(Match(policy, f.kind, str(i), f.fact(f.kind, str(i))) for i in idents)
     enforcing = [m for m in survivors if not m.policy.audit]
     winners = _ordered(_resolve_conflicts(enforcing, plan))
-    # Reasons cite the facts the matches were made on: rendered before anything is played.
+    # Reasons cite the facts the matches were made on: rendered before anything is played
+    # (a match an earlier transition reached is checked again, and its reason rendered again).
     reasons = [_reason(m) for m in winners]
-    with farm.scratch():
-        if memo is None:
-            for m, reason in zip(winners, reasons, strict=True):
-                _record(plan, _play(farm, m, now, reason))
-        else:
-            memo.play(farm, winners, reasons, now, plan, set() if changed is None else changed)
+    recorded = (len(plan.transitions), len(plan.refused))
+    if memo is None or not _play_all(farm, winners, reasons, now, plan, aggregates, memo, changed, reuse=True):
+        del plan.transitions[recorded[0]:], plan.refused[recorded[1]:]
+        _play_all(farm, winners, reasons, now, plan, aggregates, memo, changed, reuse=False)
     auditing = [m for m in survivors if m.policy.audit]
     if auditing:
         # What each audit policy would do if it were switched on: it competes with the
@@ -293,11 +300,51 @@ def plan_found(
         plan.refused.extend(s for s in trial.refused if s.policy in {m.policy.name for m in auditing})
         reasons = [_reason(m) if m.policy.audit else "" for m in winners]  # (the others' are not reported)
         with farm.scratch():
-            for m, reason in zip(winners, reasons, strict=True):
-                outcome = _play(farm, m, now, reason)
-                if m.policy.audit:
-                    _record(plan, outcome)
+            checker = Rechecker(farm, now, aggregates)
+            try:
+                for m, reason in zip(winners, reasons, strict=True):
+                    outcome, _keys = _play_checked(farm, m, now, reason, checker, None)
+                    if m.policy.audit:
+                        _record(plan, outcome)
+            finally:
+                checker.restore()
     return plan
+
+
+def _play_all(farm: Farm, winners: Sequence[Match], reasons: Sequence[str], now: datetime, plan: Plan,
+              aggregates: Aggregates | None, memo: PlanMemo | None, changed: Container[tuple[str, Any]] | None,
+              *, reuse: bool) -> bool:
+    """Play the winners in order on a scratch farm, each checked again if an earlier one
+    reached it (`corral.recheck`); with a memo, reuse what it can.  False: a reused part
+    reached another part's matches, and the plan must be played again without reuse."""
+    with farm.scratch():
+        checker = Rechecker(farm, now, aggregates)
+        try:
+            if memo is None:
+                for m, reason in zip(winners, reasons, strict=True):
+                    _record(plan, _play_checked(farm, m, now, reason, checker, None)[0])
+                return True
+            return memo.play(farm, winners, reasons, now, plan, set() if changed is None else changed, checker,
+                             reuse=reuse)
+        finally:
+            checker.restore()
+
+
+def _play_checked(farm: Farm, m: Match, now: datetime, reason: str, checker: Rechecker, part: Any
+                  ) -> tuple[Played, list[tuple[Key, str]]]:
+    """Play one match after checking it again if an earlier transition reached it: its
+    outcome, and what it touched (for a memo to replay the touches of a reused part)."""
+    hit = checker.reached_by(m)
+    if hit is not None:
+        ok, fact = checker.holds_now(m)
+        if not ok:
+            return ([], [Skipped(m.policy.name, m.kind, m.ident, str(m.policy.actions[0].action), "superseded",
+                                 f"{hit[0]} earlier in this cycle, and now {why_not(m.kind, m.policy.when, fact)}")]), []
+        reason = render_reason(m.policy.reason, checker.fact_for_reason(m), dict(m.policy.params))
+    mark = farm.scratch_mark()
+    outcome = _play(farm, m, now, reason)
+    what = f"policy '{m.policy.name}' planned {m.policy.actions[0].action} on {m.kind} {m.ident}"
+    return outcome, checker.played(mark, what, part)
 
 
 #: What playing one match did: the transitions it makes, or why it was refused.
@@ -324,39 +371,55 @@ class PlanMemo:
     """What each part of the previous plan did, for the daemon's live farm to keep.
 
     A match's actions change only its own job's entities (or its worker), and whether
-    they are legal depends only on those: the plan falls into independent parts, one per
-    job and one per worker.  A part whose entities did not change since the previous
-    plan (`changed` names those that did), with the same matches in the same order,
-    plays out as it did then, so its outcomes are reused instead of played again on the
-    scratch farm; only their reasons are new (they may cite durations).  A dry-running
-    daemon plays the same matches cycle after cycle, and a committing one the matches
-    held back (a limit, an illegal action) until something changes."""
+    they are legal depends only on those: the plan falls into parts, one per job and one
+    per worker.  A part whose entities did not change since the previous plan (`changed`
+    names those that did), with the same matches in the same order, and that no other
+    part's transition reached then or now (`corral.recheck`), plays out as it did then:
+    its outcomes are reused instead of played again on the scratch farm; only their
+    reasons are new (they may cite durations).  A dry-running daemon plays the same
+    matches cycle after cycle, and a committing one the matches held back (a limit, an
+    illegal action) until something changes."""
 
     def __init__(self) -> None:
-        self._parts: dict[tuple[str, Any], tuple[tuple[tuple[str, str], ...], list[Played]]] = {}
+        #: part -> (its matches, each one's outcome and touches, whether another part reached it)
+        self._parts: dict[tuple[str, Any], tuple[tuple[tuple[str, str], ...],
+                                                 list[tuple[Played, list[tuple[Key, str]]]], bool]] = {}
 
     def play(self, farm: Farm, winners: Sequence[Match], reasons: Sequence[str], now: datetime, plan: Plan,
-             changed: Container[tuple[str, Any]]) -> None:
+             changed: Container[tuple[str, Any]], checker: Rechecker, *, reuse: bool = True) -> bool:
+        """Play (or reuse) the winners' outcomes into `plan`.  False, with the memo left as
+        it was, when a reused part and another part reached each other: the caller plays
+        the whole plan again with `reuse=False`."""
         parts = [_part_of(farm, m) for m in winners]
         keys: dict[tuple[str, Any], list[tuple[str, str]]] = defaultdict(list)
         for m, part in zip(winners, parts, strict=True):
             keys[part].append((m.policy.name, m.ident))
-        reuse: dict[tuple[str, Any], Iterator[Played]] = {}
-        for part, matches in keys.items():
-            old = self._parts.get(part)
-            if old is not None and part not in changed and old[0] == tuple(matches):
-                reuse[part] = iter(old[1])
-        kept: dict[tuple[str, Any], list[Played]] = defaultdict(list)
+        reused: dict[tuple[str, Any], Iterator[tuple[Played, list[tuple[Key, str]]]]] = {}
+        if reuse:
+            for part, matches in keys.items():
+                old = self._parts.get(part)
+                if old is not None and part not in changed and old[0] == tuple(matches) and not old[2]:
+                    reused[part] = iter(old[1])
+        kept: dict[tuple[str, Any], list[tuple[Played, list[tuple[Key, str]]]]] = defaultdict(list)
+        reached: set[tuple[str, Any]] = set()
         for m, reason, part in zip(winners, reasons, parts, strict=True):
-            again = reuse.get(part)
+            hit = checker.reached_by(m)
+            others = set() if hit is None else hit[1] - {part}
+            if others:
+                reached.add(part)
+                if part in reused or any(p in reused for p in others):
+                    return False
+            again = reused.get(part)
             if again is not None:
-                done, refused = next(again)
+                (done, refused), touched = next(again)
                 outcome: Played = ([replace(t, reason=reason) for t in done], refused)
+                checker.replayed(touched, part)
             else:
-                outcome = _play(farm, m, now, reason)
-            kept[part].append(outcome)
+                outcome, touched = _play_checked(farm, m, now, reason, checker, part)
+            kept[part].append((outcome, touched))
             _record(plan, outcome)
-        self._parts = {part: (tuple(keys[part]), outcomes) for part, outcomes in kept.items()}
+        self._parts = {part: (tuple(keys[part]), outcomes, part in reached) for part, outcomes in kept.items()}
+        return True
 
 
 def _part_of(farm: Farm, m: Match) -> tuple[str, Any]:

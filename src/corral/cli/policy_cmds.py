@@ -92,7 +92,8 @@ def check(
     sinks_path = next((p for p in given if p.name in SINKS_FILES and p.is_file()), None) or find_sinks_file(given)
     result = load_paths(policy_args) if policy_args else LoadResult()
     sinks = load_sinks(sinks_path) if sinks_path else SinksResult(None)
-    warnings = [str(w) for w in sinks.warnings] + (_undeliverable(result, sinks) if sinks.config else [])
+    warnings = ([str(w) for w in result.warnings] + [str(w) for w in sinks.warnings]
+                + (_undeliverable(result, sinks) if sinks.config else []))
     errors = result.errors + sinks.errors
     ok = not errors
     if as_json:

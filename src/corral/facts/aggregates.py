@@ -93,7 +93,15 @@ class Aggregates:
         self._kept = 2 * recent  # how far back of a host's newest run `host_recent` keeps
         self.seq = 0
         self.job_frames: dict[int, Counter[str]] = defaultdict(Counter)
+        #: Failed attempts of a job's frames on a host, and the distinct frames among them
+        #: (one frame failing three times on a host is 3 attempts but 1 frame).
         self.job_host_fail: Counter[tuple[int, str]] = Counter()
+        self.job_host_fail_frames: Counter[tuple[int, str]] = Counter()
+        self._failed_on: set[tuple[int, int, str]] = set()  # (job, frame number, host) failed at least once
+        #: When a host last failed a frame of a job (Afanasy forgives a host after a while).
+        self.job_host_last_fail: dict[tuple[int, str], datetime] = {}
+        #: Every failed attempt of a job's frames over its life (Deadline fails a job after 100).
+        self.job_failed_attempts: Counter[int] = Counter()
         self.job_host_ok: Counter[tuple[int, str]] = Counter()
         self.job_host_refs: dict[int, Counter[str]] = defaultdict(Counter)  # runs + running frames per host
         self.running_on_host: Counter[str] = Counter()
@@ -118,6 +126,7 @@ class Aggregates:
         complete, failed, running = FrameState.COMPLETE, FrameState.FAILED, FrameState.RUNNING
         finished = (complete, failed)
         running_on_host, job_host_ok, job_host_fail = agg.running_on_host, agg.job_host_ok, agg.job_host_fail
+        failed_on, last_fail, job_failed_attempts = agg._failed_on, agg.job_host_last_fail, agg.job_failed_attempts
         inst_ok, inst_failed, value = agg.inst_ok, agg.inst_failed, VALUE.__getitem__
         seq = agg.seq
         for job in farm.jobs.values():
@@ -141,14 +150,21 @@ class Aggregates:
                             refs[host] += 1
                         continue
                     entry = (run.finished_at or _EPOCH, seq if run.id is None else run.id, ok, job_id)
+                    if not ok:
+                        job_failed_attempts[job_id] += 1
                     if host:
                         refs[host] += 1
                         (job_host_ok if ok else job_host_fail)[(job_id, host)] += 1
                         per_host[host].append(entry)
+                        if not ok:
+                            failed_on.add((job_id, frame.number, host))
+                            if entry[0] > last_fail.get((job_id, host), _EPOCH):
+                                last_fail[(job_id, host)] = entry[0]
                     if instance:
                         (inst_ok if ok else inst_failed)[instance] += 1
                         per_inst[instance].append(entry)
         agg.seq = seq
+        agg.job_host_fail_frames.update((job_id, host) for job_id, _number, host in failed_on)
         for host, runs in per_host.items():
             runs.sort()
             if keep_recent:
@@ -191,7 +207,7 @@ class Aggregates:
 
         return moved
 
-    def run(self, job_id: int, run: FrameRun) -> bool:
+    def run(self, job_id: int, number: int, run: FrameRun) -> bool:
         """Record one finished attempt (append-only).  True when it is its host's first
         success or first failure on the job: the host's standing there, which the job's
         other instances show (`other_hosts_*`), moved.  (Told here, where the count is in
@@ -204,8 +220,17 @@ class Aggregates:
         failed = state == FrameState.FAILED
         when = _ts(run.finished_at)
         first = False
+        if failed:
+            self.job_failed_attempts[job_id] += 1
         if host:
             self.job_host_refs[job_id][host] += 1
+            if failed:
+                pair = (job_id, host)
+                if (job_id, number, host) not in self._failed_on:
+                    self._failed_on.add((job_id, number, host))
+                    self.job_host_fail_frames[pair] += 1
+                if when > self.job_host_last_fail.get(pair, _EPOCH):
+                    self.job_host_last_fail[pair] = when
             if ok or failed:
                 counts, pair = (self.job_host_ok if ok else self.job_host_fail), (job_id, host)
                 n = counts[pair] + 1

@@ -13,11 +13,11 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from corral.facts.aggregates import Aggregates, _Tail
+from corral.facts.aggregates import Aggregates, _Tail, frame_runs
 from corral.facts.screens import Screen
 from corral.facts.vocabulary import DEFAULT_RECENT, GROUPS, Needs
 from corral.farm import Entity, Farm, Frame, Instance, Job
-from corral.states import STATES, FrameState, Hold, JobState, Kind
+from corral.states import STATES, FrameState, Hold, InstanceState, JobState, Kind, WorkerState
 
 _NO_FRAMES: dict[str, int] = {}
 #: Every group of a job's fact (a builder with no `needs` builds them all).
@@ -37,6 +37,14 @@ def _count_of(state: str) -> Getter:
 
 def _done_percent(job: Job, b: FactBuilder) -> float:
     return 100.0 * b.frame_counts(job).get(FrameState.COMPLETE, 0) / len(job.frames) if job.frames else 0.0
+
+
+def _failed_percent(job: Job, b: FactBuilder) -> float:
+    return 100.0 * b.frame_counts(job).get(FrameState.FAILED, 0) / len(job.frames) if job.frames else 0.0
+
+
+def _since_last_failure(inst: Instance, b: FactBuilder) -> float | None:
+    return _secs(b.agg.job_host_last_fail.get((inst.job_id, inst.host)), b.now)
 
 
 def _failures(tail: _Tail | None) -> int:
@@ -62,6 +70,8 @@ FIRST: dict[Kind, dict[str, Getter]] = {
         "frames_total": lambda job, _: len(job.frames),
         **{f"frames_{s}": _count_of(s) for s in STATES[Kind.FRAME]},
         "frames_done_percent": _done_percent,
+        "frames_failed_percent": _failed_percent,
+        "failed_attempts": lambda job, b: b.agg.job_failed_attempts.get(job.id, 0),
     },
     Kind.INSTANCE: {
         "id": lambda inst, _: inst.id,
@@ -72,7 +82,10 @@ FIRST: dict[Kind, dict[str, Getter]] = {
         "consecutive_failures": lambda inst, b: _failures(b.agg.inst_tail.get(inst.id)),
         "frames_failed": lambda inst, b: b.agg.inst_failed.get(inst.id, 0),
         "frames_completed": lambda inst, b: b.agg.inst_ok.get(inst.id, 0),
+        "host_failed_frames_on_job": lambda inst, b: b.agg.job_host_fail_frames.get((inst.job_id, inst.host), 0),
+        "host_failed_attempts_on_job": lambda inst, b: b.agg.job_host_fail.get((inst.job_id, inst.host), 0),
         "host_failures_on_job": lambda inst, b: b.agg.job_host_fail.get((inst.job_id, inst.host), 0),
+        "host_since_last_failure_on_job": _since_last_failure,
         "host_successes_on_job": lambda inst, b: b.agg.job_host_ok.get((inst.job_id, inst.host), 0),
     },
     Kind.WORKER: {  # all but the "recent" group
@@ -138,10 +151,18 @@ class FactBuilder:
         self._worker_cache: dict[str, dict[str, Any]] = {}
         self._shown_job_cache: dict[int, dict[str, Any]] = {}
         self._shown_worker_cache: dict[str, dict[str, Any]] = {}
+        self._up: frozenset[str] | None = None
 
     def frame_counts(self, job: Job) -> Mapping[str, int]:
         """How many of the job's frames are in each state (by the state's value)."""
         return self.agg.job_frames.get(job.id) or _NO_FRAMES
+
+    def up_workers(self) -> frozenset[str]:
+        """The workers up now (worked out once per builder: every job's `workers_available` reads it)."""
+        if self._up is None:
+            up = WorkerState.UP
+            self._up = frozenset(name for name, w in self.farm.workers.items() if w.state == up)
+        return self._up
 
     def _wants(self, kind: Kind, group: str) -> bool:
         groups = self._groups[kind]
@@ -249,7 +270,8 @@ class FactBuilder:
         agg = self.agg
         hosts = agg.job_hosts(job.id)
         ok, failed, job_id = agg.job_host_ok.get, agg.job_host_fail.get, job.id
-        failing = succeeding = worst = 0
+        failed_frames = agg.job_host_fail_frames.get
+        failing = succeeding = worst = worst_frames = 0
         for host in hosts:
             if ok((job_id, host), 0) > 0:
                 succeeding += 1
@@ -258,11 +280,13 @@ class FactBuilder:
                 if n > 0:
                     failing += 1
                     worst = max(worst, n)
+                    worst_frames = max(worst_frames, failed_frames((job_id, host), 0))
         fact["hosts"] = len(hosts)
         fact["failing_hosts"] = failing
         fact["succeeding_hosts"] = succeeding
         fact["hosts_not_failing"] = len(hosts) - failing
-        fact["worst_host_failures"] = worst
+        fact["worst_host_failed_frames"] = worst_frames
+        fact["worst_host_failed_attempts"] = fact["worst_host_failures"] = worst
 
     def _job_rest(self, job: Job, fact: dict[str, Any], groups: frozenset[str] | None, *,
                   dependencies: bool = True) -> None:
@@ -275,6 +299,10 @@ class FactBuilder:
                                ("since_retry", job.last_retry_at)):
                 if since is not None:  # unknown otherwise (never retried, say)
                     fact[key] = max(0.0, (now - since).total_seconds())
+        if "workers" in groups:
+            up = self.up_workers()
+            locked_out = {i.host for i in job.instances.values() if i.state == InstanceState.BLOCKED and i.host in up}
+            fact["workers_available"] = len(up) - len(locked_out)
         if "instances" in groups:
             insts = Counter(str(i.state) for i in job.instances.values())
             fact["instances_total"] = len(job.instances)
@@ -322,6 +350,11 @@ class FactBuilder:
         if self._wants(Kind.FRAME, "run_time") and frame.started_at is not None:
             end = frame.finished_at if frame.state != FrameState.RUNNING else None
             fact["run_time"] = _secs(frame.started_at, end or self.now)
+        if self._wants(Kind.FRAME, "history"):
+            runs = frame_runs(frame)
+            failed = [r.host for r in runs if r.state == FrameState.FAILED]
+            fact["failed_attempts"] = len(failed)
+            fact["hosts_failed"] = len({h for h in failed if h})
         if self._wants(Kind.FRAME, "dependencies"):
             deps = [
                 self.farm.jobs[j].frames[n].state

@@ -58,6 +58,10 @@ _JOB: dict[str, FieldSpec] = {
     "frames_total": FieldSpec("int", "number of frames of the job", group="frames"),
     **_counts("frames", STATES[Kind.FRAME], "the job's frames"),
     "frames_done_percent": FieldSpec("float", "percentage of the job's frames that are complete", group="frames"),
+    "frames_failed_percent": FieldSpec("float", "percentage of the job's frames that are failed now (Flamenco's "
+                                       "failed share of tasks)", group="frames"),
+    "failed_attempts": FieldSpec("int", "failed attempts of the job's frames over its whole life, retried or not "
+                                 "(Deadline fails a job after 100 errors)", group="frames"),
     "instances_total": FieldSpec("int", "number of instances (processes) of the job", group="instances"),
     **_counts("instances", STATES[Kind.INSTANCE], "the job's instances"),
     "hosts": FieldSpec("int", "distinct hosts that have run frames of the job", group="hosts"),
@@ -65,9 +69,21 @@ _JOB: dict[str, FieldSpec] = {
     "succeeding_hosts": FieldSpec("int", "hosts that completed at least one frame of the job", group="hosts"),
     "hosts_not_failing": FieldSpec("int", "hosts minus failing_hosts: 0 means every host that ran it is failing",
                                    group="hosts"),
-    "worst_host_failures": FieldSpec(
-        "int", "the most frames of the job one host failed while completing none (Qube!'s activation count)",
+    "worst_host_failed_frames": FieldSpec(
+        "int", "the most distinct frames of the job one host failed while completing none (Qube!'s activation count)",
         group="hosts",
+    ),
+    "worst_host_failed_attempts": FieldSpec(
+        "int", "the most failed attempts of the job's frames on one host that completed none (a frame failed three "
+        "times there counts 3)", group="hosts",
+    ),
+    "worst_host_failures": FieldSpec(
+        "int", "deprecated: worst_host_failed_attempts under its old name (it counted attempts, not frames)",
+        group="hosts",
+    ),
+    "workers_available": FieldSpec(
+        "int", "workers that could still run the job: up (not down, not locked) and not locked out of it "
+        "(no blocked instance of the job on them); 0 means nothing left to run it", group="workers",
     ),
     "dependencies.total": FieldSpec("int", "number of jobs this job waits on", group="dependencies"),
     "dependencies.complete": FieldSpec("int", "dependencies that are complete", group="dependencies"),
@@ -83,9 +99,12 @@ _WORKER: dict[str, FieldSpec] = {
     "name": FieldSpec("str", "the worker's (host's) name"),
     "state": FieldSpec("state", "the worker's state", STATES[Kind.WORKER]),
     "time_in_state": FieldSpec("duration", "how long the worker has been in its current state"),
-    "recent_failures": FieldSpec("int", "frames it failed within the recent window (default 1h)", group="recent"),
-    "recent_successes": FieldSpec("int", "frames it completed within the recent window (default 1h)", group="recent"),
-    "consecutive_failures": FieldSpec("int", "frames it failed since its last completed frame"),
+    "recent_failures": FieldSpec("int", "failed attempts on it within the recent window (default 1h)",
+                                 group="recent"),
+    "recent_successes": FieldSpec("int", "completed attempts on it within the recent window (default 1h)",
+                                  group="recent"),
+    "consecutive_failures": FieldSpec("int", "failed attempts on it since its last completed one (a frame failed "
+                                      "twice counts 2)"),
     "distinct_jobs_failed": FieldSpec("int", "different jobs whose frames it failed since its last completed frame"),
     "frames_running": FieldSpec("int", "frames running on it now"),
 }
@@ -101,6 +120,9 @@ _FRAME_OWN: dict[str, FieldSpec] = {
     "retries": FieldSpec("int", "automatic retries of this frame used so far"),
     "retries_left": FieldSpec("int", "the job's retry_limit minus this frame's retries, never below 0"),
     "exit_code": FieldSpec("int", "exit code of its last attempt (missing if none)"),
+    "failed_attempts": FieldSpec("int", "its attempts that failed, on any host", group="history"),
+    "hosts_failed": FieldSpec("int", "distinct hosts that failed it (Flamenco fails a task once several "
+                              "different workers failed it)", group="history"),
     "run_time": FieldSpec("duration", "how long its last attempt ran (so far, if running)", group="run_time"),
     "time_in_state": FieldSpec("duration", "how long the frame has been in its current state"),
     "dependencies.total": FieldSpec("int", "number of frames this frame waits on", group="dependencies"),
@@ -114,15 +136,37 @@ _INSTANCE_OWN: dict[str, FieldSpec] = {
     "host": FieldSpec("str", "the host it runs on"),
     "state": FieldSpec("state", "the instance's state", STATES[Kind.INSTANCE]),
     "time_in_state": FieldSpec("duration", "how long the instance has been in its current state"),
-    "consecutive_failures": FieldSpec("int", "frames it failed since the last frame it completed"),
-    "frames_failed": FieldSpec("int", "frames it failed in all"),
+    "consecutive_failures": FieldSpec("int", "failed attempts since the last frame it completed"),
+    "frames_failed": FieldSpec("int", "failed attempts in all (a frame it failed twice counts 2)"),
     "frames_completed": FieldSpec("int", "frames it completed in all"),
-    "host_failures_on_job": FieldSpec("int", "frames of this job that failed on this host, over all its instances"),
+    "host_failed_frames_on_job": FieldSpec("int", "distinct frames of this job that failed on this host, over all "
+                                           "its instances (a frame failed three times there counts 1)"),
+    "host_failed_attempts_on_job": FieldSpec("int", "failed attempts of this job's frames on this host, over all "
+                                             "its instances (a frame failed three times there counts 3)"),
+    "host_failures_on_job": FieldSpec("int", "deprecated: host_failed_attempts_on_job under its old name (it "
+                                      "counted attempts, not frames)"),
+    "host_since_last_failure_on_job": FieldSpec("duration", "how long ago this host last failed a frame of this "
+                                                "job (missing if never; Afanasy forgives a host after 5h)"),
     "host_successes_on_job": FieldSpec("int", "frames of this job that this host completed"),
     "other_hosts_succeeding": FieldSpec("int", "other hosts that completed frames of this job", group="other_hosts"),
     "other_hosts_failing": FieldSpec("int", "other hosts that failed frames of this job and completed none",
                                      group="other_hosts"),
 }
+
+
+#: Fields kept under an old name for a release: `corral check` warns where a policy
+#: reads them, naming the field to use instead (by the field's own name, any kind).
+DEPRECATED: dict[str, str] = {
+    "host_failures_on_job": "host_failed_attempts_on_job (what it counted) or host_failed_frames_on_job "
+                            "(distinct frames, what its old description said)",
+    "worst_host_failures": "worst_host_failed_attempts (what it counted) or worst_host_failed_frames "
+                           "(distinct frames, what its old description said)",
+}
+
+
+def deprecated(path: str) -> str | None:
+    """What to write instead of a deprecated field (`job.worst_host_failures` too), or None."""
+    return DEPRECATED.get(path.rpartition(".")[2])
 
 
 def _related(prefix: str, fields: dict[str, FieldSpec], what: str) -> dict[str, FieldSpec]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from corral.actions import action_def
 from corral.facts import FIELDS, FieldSpec
+from corral.facts.vocabulary import deprecated
 from corral.policy.model import ActionSpec, All, AnyOf, Cmp, Cond, Limits, Not, Policy, pinned_states
 from corral.policy.operators import OPERATORS, BadPattern, compiled_regex, resolve
 from corral.states import RULES, Action, Kind, actions_for, legal_from
@@ -52,7 +53,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*(w|d|h|m|s)\s*)+$")
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)")
 EVERY_RE = re.compile(r"^every\s+(.+)$")
-TEMPLATE_RE = re.compile(r"\{([^{}]*)\}")
+#: A reason's `{field}`, or `{field|noun}` / `{field|noun|nouns}`: the count and the noun
+#: agreeing with it ("1 other host", "3 other hosts").
+TEMPLATE_RE = re.compile(r"\{([^{}|]*)(?:\|([^{}]*))?\}")
 UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 COMBINATORS = ("all", "any", "not")
 TEST_SUFFIXES = (".test.yaml", ".test.yml")
@@ -79,6 +82,8 @@ class LoadResult:
     errors: list[PolicyError] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     bad_files: list[str] = field(default_factory=list)
+    #: What loads but should be changed (a deprecated field): `corral check` prints them.
+    warnings: list[PolicyError] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -203,6 +208,7 @@ def load_texts(
     used_overrides: set[str] = set()
     for filename, text in texts:
         file_errors: list[PolicyError] = []
+        file_warnings: list[PolicyError] = []
         file_policies: list[Policy] = []
         try:
             data = load_text(text, filename)
@@ -224,7 +230,7 @@ def load_texts(
                     ))
                 elif name is not None:
                     seen[name] = raw.start
-                policy = _Checker(raw, file_errors, overrides).policy()
+                policy = _Checker(raw, file_errors, overrides, file_warnings).policy()
                 if policy is None or duplicate:
                     continue
                 used_overrides.add(policy.name)
@@ -235,11 +241,32 @@ def load_texts(
             result.bad_files.append(filename)
         else:
             result.policies.extend(file_policies)
+            result.warnings.extend(sorted(file_warnings, key=lambda w: (w.pos.line, w.pos.column)))
     for name in sorted(set(overrides) - used_overrides - set(seen)):
         result.errors.append(PolicyError(
             Pos("--set", 1, 1), f"no loaded policy is named '{name}'{suggest(name, seen)}"
         ))
     return result
+
+
+def template_names(text: str) -> list[str]:
+    """The fields and parameters a reason cites."""
+    return [m.group(1) for m in TEMPLATE_RE.finditer(text)]
+
+
+def noun_for(count: object, forms: str) -> str:
+    """`forms` ("host", or "child|children") agreeing with `count`: English plurals of the
+    nouns reasons count (host, frame, attempt, dependency), irregular ones written out."""
+    singular, _, plural = forms.partition("|")
+    if count == 1:
+        return singular
+    if plural:
+        return plural
+    if singular.endswith("y") and singular[-2:-1] not in tuple("aeiou"):
+        return singular[:-1] + "ies"
+    if singular.endswith(("s", "x", "ch", "sh")):
+        return singular + "es"
+    return singular + "s"
 
 
 def _policy_items(data: Any, filename: str, errors: list[PolicyError]) -> list[PosDict]:
@@ -307,8 +334,10 @@ _what = describe_value
 class _Checker:
     """Checks one policy mapping and builds the Policy; errors go to the shared list."""
 
-    def __init__(self, raw: PosDict, errors: list[PolicyError], overrides: Mapping[str, Mapping[str, Any]]) -> None:
+    def __init__(self, raw: PosDict, errors: list[PolicyError], overrides: Mapping[str, Mapping[str, Any]],
+                 warnings: list[PolicyError] | None = None) -> None:
         self.raw, self.errors, self.overrides = raw, errors, overrides
+        self.warnings = warnings if warnings is not None else []
         self.failed = False
         self.kind: Kind | None = None
         self.params: dict[str, Any] = {}
@@ -316,6 +345,12 @@ class _Checker:
     def error(self, pos: Pos, message: str) -> None:
         self.failed = True
         self.errors.append(PolicyError(pos, message))
+
+    def _deprecation(self, pos: Pos, path: str) -> None:
+        instead = deprecated(path)
+        if instead is not None:
+            self.warnings.append(PolicyError(pos, f"'{path}' is deprecated and will be removed in the next release; "
+                                                  f"use {instead}"))
 
     # --- the policy mapping -----------------------------------------------------------
     def policy(self) -> Policy | None:
@@ -525,6 +560,7 @@ class _Checker:
                        f" (see `corral fields {self.kind}` or docs/policies.md)")
             return None
         spec = fields[key]
+        self._deprecation(kpos, key)
         if isinstance(value, PosDict):
             if not value:
                 self.error(vpos, f"'{key}' has an empty mapping; write an operator such as {{eq: ...}}")
@@ -704,10 +740,16 @@ class _Checker:
         if self.kind is None:
             return reason
         fields = self._fields()
-        for name in TEMPLATE_RE.findall(reason):
+        for m in TEMPLATE_RE.finditer(reason):
+            name, noun = m.group(1), m.group(2)
+            if noun is not None and (not noun.strip() or noun.count("|") > 1 or not all(noun.split("|"))):
+                self.error(pos, f"'{m.group(0)}' names a noun to agree with the count: write "
+                           f"{{{name}|host}} (plural: hosts) or {{{name}|child|children}}")
             if name not in fields and name not in self.params:
                 self.error(pos, f"the reason cites '{{{name}}}', which is neither a field of {_a(self.kind)} nor a "
                            f"parameter{suggest(name, list(fields) + list(self.params))}")
+            elif name in fields:
+                self._deprecation(pos, name)
         return reason
 
     def _check_reachable(self, when: Cond, actions: tuple[ActionSpec, ...]) -> None:

@@ -36,7 +36,7 @@ CASE_KEYS = {
 BUILTIN = "builtin"
 STEP_KEYS = ("at", "expect", "untouched", "skipped")
 EXPECT_KEYS = ("policy", "action", "to", "reason")
-SKIP_CATEGORIES = ("cooldown", "limit", "conflict", "duplicate", "illegal")
+SKIP_CATEGORIES = ("cooldown", "limit", "conflict", "duplicate", "superseded", "illegal")
 KINDS = tuple(k.value for k in Kind)
 
 
