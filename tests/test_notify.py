@@ -36,13 +36,23 @@ BLOCK_FAILED = """\
 
 
 def test_a_notifying_policy_never_conflicts_with_one_that_acts() -> None:
-    plan = plan_for(NOTIFY + BLOCK_FAILED)
+    plan = plan_for(NOTIFY.replace("kind: job", "kind: job\n    priority: 95") + BLOCK_FAILED)
     assert sorted((t.policy, t.ident, str(t.action)) for t in plan.transitions) == [
         ("hold-failed", "1", "retry"), ("hold-failed", "2", "retry"),
         ("tell-wranglers", "1", "notify"), ("tell-wranglers", "2", "notify")]
     assert not [s for s in plan.skipped if s.category == "conflict"]
     told = next(t for t in plan.transitions if t.action is Action.NOTIFY)
-    assert told.from_state == told.to_state  # played after the retry, on the farm as the retry leaves it
+    assert told.from_state == told.to_state == "failed"
+
+
+def test_a_notification_below_an_action_reports_the_farm_as_the_action_leaves_it() -> None:
+    """Played after the retry (lower priority), the notifier's `state: failed` is checked
+    again: the job is retrying now, so there is nothing to tell (superseded, saying why)."""
+    plan = plan_for(NOTIFY + BLOCK_FAILED)
+    assert sorted((t.policy, t.ident) for t in plan.transitions) == [("hold-failed", "1"), ("hold-failed", "2")]
+    superseded = [s for s in plan.skipped if s.policy == "tell-wranglers"]
+    assert [s.category for s in superseded] == ["superseded", "superseded"]
+    assert all(s.why.endswith("and now state is retrying") for s in superseded)
 
 
 def test_one_message_per_entity_and_policy_within_the_window() -> None:

@@ -90,7 +90,8 @@ class ActionDef:
             if problem:
                 raise ValueError(f"'{self.action}' parameter '{name}' {problem}, not {value!r}")
 
-    def refuse(self, kind: Kind, entity: Entity, job: Job | None, *, automatic: bool) -> str | None:
+    def refuse(self, kind: Kind, entity: Entity, job: Job | None, *, automatic: bool,
+               params: Mapping[str, Any] | None = None) -> str | None:
         """Why it may not be applied although the table allows it (None: it may).
         `job`: the entity's job (itself for a job, None for a worker)."""
         return None
@@ -147,7 +148,8 @@ class Unblock(ActionDef):
     action = Action.UNBLOCK
     inverse = Action.BLOCK
 
-    def refuse(self, kind: Kind, entity: Entity, job: Job | None, *, automatic: bool) -> str | None:
+    def refuse(self, kind: Kind, entity: Entity, job: Job | None, *, automatic: bool,
+               params: Mapping[str, Any] | None = None) -> str | None:
         if kind is Kind.JOB and isinstance(entity, Job):
             if entity.state == JobState.PENDING and entity.hold is not Hold.SUSPENDED:
                 return "it is pending but neither blocked nor suspended"
@@ -170,18 +172,23 @@ class Kill(ActionDef):
 @register
 class Retry(ActionDef):
     action = Action.RETRY
+    params = (Param("spend", bool, "Count this automatic retry against the retry limit (default true); false for "
+                    "a failure that is not the work's fault, such as a license server's (OpenCue's back-off)",
+                    frozenset({Kind.JOB, Kind.FRAME})),)
     no_inverse = "a retried frame starts again: what it renders cannot be taken back, and the failure it replaced is lost"
 
-    def refuse(self, kind: Kind, entity: Entity, job: Job | None, *, automatic: bool) -> str | None:
+    def refuse(self, kind: Kind, entity: Entity, job: Job | None, *, automatic: bool,
+               params: Mapping[str, Any] | None = None) -> str | None:
         if not automatic or job is None:
             return None
+        spends = (params or {}).get("spend", True)
         if kind is Kind.JOB:
             if job.hold is Hold.KILLED:  # the seed: "Killed jobs must be manually retried or resubmitted."
                 return "a killed job is retried or resubmitted by a person"
-            if job.retries >= job.retry_limit:
+            if spends and job.retries >= job.retry_limit:
                 return f"it has used all {job.retry_limit} of its retries"
         if kind is Kind.FRAME and isinstance(entity, Frame):
-            if entity.retries >= job.retry_limit:
+            if spends and entity.retries >= job.retry_limit:
                 return f"it has used all {job.retry_limit} of its retries"
             return _held(job, automatic=automatic)
         return None
@@ -190,7 +197,7 @@ class Retry(ActionDef):
                  ) -> None:
         if isinstance(entity, Job):
             entity.last_retry_at = now
-        if automatic and isinstance(entity, Job | Frame):
+        if automatic and isinstance(entity, Job | Frame) and params.get("spend", True):
             entity.retries += 1  # only automatic retries spend the limit (a wrangler can always retry)
 
     def unplay(self, kind: Kind, entity: Entity, *, automatic: bool) -> None:
@@ -205,7 +212,8 @@ class Resubmit(ActionDef):
               Param("retry_limit", int, "New retry limit of the resubmitted job.", frozenset({Kind.JOB})))
     no_inverse = "every frame starts over from scratch: their earlier results and retry counts are gone"
 
-    def refuse(self, kind: Kind, entity: Entity, job: Job | None, *, automatic: bool) -> str | None:
+    def refuse(self, kind: Kind, entity: Entity, job: Job | None, *, automatic: bool,
+               params: Mapping[str, Any] | None = None) -> str | None:
         if kind is Kind.JOB and automatic and job is not None and job.hold is Hold.KILLED:
             return "a killed job is retried or resubmitted by a person"
         return None
@@ -225,7 +233,8 @@ class Suspend(ActionDef):
     action = Action.SUSPEND
     inverse = Action.UNBLOCK  # lifts a suspend as it lifts a block
 
-    def refuse(self, kind: Kind, entity: Entity, job: Job | None, *, automatic: bool) -> str | None:
+    def refuse(self, kind: Kind, entity: Entity, job: Job | None, *, automatic: bool,
+               params: Mapping[str, Any] | None = None) -> str | None:
         if isinstance(entity, Job) and entity.hold is Hold.SUSPENDED:
             return "it is suspended already"
         return None

@@ -341,7 +341,7 @@ class Corral:
         loaded = load_paths([*([builtin_dir()] if builtin else []), *paths], overrides)
         if loaded.errors:
             raise PolicyLoadError([str(e) for e in loaded.errors])
-        policy_set = PolicySet(loaded.policies)
+        policy_set = PolicySet(loaded.policies, loaded.classes)
         if self._session is None or self._session.engine_name != engine:
             if self._session is not None:
                 self._session.close()

@@ -40,12 +40,13 @@ def plan_farm(
 ) -> tuple[Plan, list[Match]]:
     """Facts in, plan out: the pure heart of a cycle, over a whole farm.  `evaluator`:
     the one to ask (default: a new one of `engine`); `due` limits it to some policies."""
-    builder = FactBuilder(farm, now)
+    builder = FactBuilder(farm, now, classes=policy_set.classes)
     evaluator = evaluator if evaluator is not None else make_evaluator(policy_set.active, engine)
     matches = find_matches(policy_set.policies, builder, evaluator)
     if due is not None:
         matches = [m for m in matches if m.policy.name in due]
-    plan = make_plan(farm, matches, now=now, last_actions=last_actions, aggregates=builder.agg)
+    plan = make_plan(farm, matches, now=now, last_actions=last_actions, aggregates=builder.agg,
+                     classes=policy_set.classes)
     return plan, matches
 
 
@@ -66,7 +67,7 @@ def plan_live(
     farm = live.farm
     # A match's fact, for its reason: only the fields reasons cite, and built only if the
     # plan renders it (not for a match held back by a limit or a cooldown).
-    builder = FactBuilder(farm, now, aggregates=live.agg, needs=policy_set.reason_needs)
+    builder = FactBuilder(farm, now, aggregates=live.agg, needs=policy_set.reason_needs, classes=policy_set.classes)
 
     def whole(kind: Kind, ident: str) -> LazyFact:
         return LazyFact(builder.fact, kind, ident)
@@ -74,7 +75,7 @@ def plan_live(
     by_name = policy_set.by_name
     # The engine's facts: only the fields the policies read (a job's host counts are
     # not worked out when no policy reads them).
-    narrow_builder = FactBuilder(farm, now, aggregates=live.agg, needs=policy_set.needs)
+    narrow_builder = FactBuilder(farm, now, aggregates=live.agg, needs=policy_set.needs, classes=policy_set.classes)
     stamp = now.timestamp()
     kinds = policy_set.kinds
     woken = engine.due_all(kinds, stamp)
@@ -110,7 +111,7 @@ def plan_live(
     # worker's with its row; the others' outcomes are reused (`PlanMemo`).
     moved = Moved(jobs=dirty[Kind.JOB], workers=dirty[Kind.WORKER])
     return plan_found(farm, found, now=now, last_actions=last_actions, memo=live.plan_memo, changed=moved,
-                      aggregates=live.agg)
+                      aggregates=live.agg, classes=policy_set.classes)
 
 
 @contextmanager

@@ -86,7 +86,7 @@ def apply_action(
     except ValueError as err:
         raise IllegalAction(kind, ident, state, action, str(err)) from None
     job = entity if isinstance(entity, Job) else farm.jobs[entity.job_id] if isinstance(entity, Frame | Instance) else None
-    why = definition.refuse(kind, entity, job, automatic=automatic)
+    why = definition.refuse(kind, entity, job, automatic=automatic, params=params)
     if why:
         raise IllegalAction(kind, ident, state, action, why)
     out = Outcome(kind, entity_id(kind, entity), action, state, state)

@@ -28,6 +28,7 @@ from typing import Any
 from corral.effects import apply_action
 from corral.evaluate import LazyFact, Match
 from corral.facts import FIELDS, MISSING, Aggregates
+from corral.failures import DEFAULT_CLASSES, FailureClasses
 from corral.farm import Farm
 from corral.policy.loader import TEMPLATE_RE, format_duration, noun_for, template_names
 from corral.policy.model import Policy
@@ -223,6 +224,7 @@ def make_plan(
     last_actions: Acted | None = None,
     totals: Mapping[Kind, int] | None = None,
     aggregates: Aggregates | None = None,
+    classes: FailureClasses = DEFAULT_CLASSES,
 ) -> Plan:
     """Turn matches into a plan (see the module docstring).  Leaves `farm` unchanged."""
     by_policy: dict[str, list[Match]] = defaultdict(list)
@@ -230,7 +232,8 @@ def make_plan(
         by_policy[m.policy.name].append(m)
     found = [Found(group[0].policy, group[0].kind, [m.ident for m in group], _lookup({m.ident: m.fact for m in group}))
              for group in by_policy.values()]
-    return plan_found(farm, found, now=now, last_actions=last_actions, totals=totals, aggregates=aggregates)
+    return plan_found(farm, found, now=now, last_actions=last_actions, totals=totals, aggregates=aggregates,
+                      classes=classes)
 
 
 def _lookup(facts: dict[str, Mapping[str, Any]]) -> Callable[[Kind, str], Mapping[str, Any]]:
@@ -247,6 +250,7 @@ def plan_found(
     memo: PlanMemo | None = None,
     changed: Container[tuple[str, Any]] | None = None,
     aggregates: Aggregates | None = None,
+    classes: FailureClasses = DEFAULT_CLASSES,
 ) -> Plan:
     """`make_plan` over matches grouped by policy (what the incremental cycle has).
 
@@ -287,9 +291,10 @@ def plan_found(
     # (a match an earlier transition reached is checked again, and its reason rendered again).
     reasons = [_reason(m) for m in winners]
     recorded = (len(plan.transitions), len(plan.refused))
-    if memo is None or not _play_all(farm, winners, reasons, now, plan, aggregates, memo, changed, reuse=True):
+    if memo is None or not _play_all(farm, winners, reasons, now, plan, Rechecker.maker(aggregates, classes), memo, changed,
+                                           reuse=True):
         del plan.transitions[recorded[0]:], plan.refused[recorded[1]:]
-        _play_all(farm, winners, reasons, now, plan, aggregates, memo, changed, reuse=False)
+        _play_all(farm, winners, reasons, now, plan, Rechecker.maker(aggregates, classes), memo, changed, reuse=False)
     auditing = [m for m in survivors if m.policy.audit]
     if auditing:
         # What each audit policy would do if it were switched on: it competes with the
@@ -300,7 +305,7 @@ def plan_found(
         plan.refused.extend(s for s in trial.refused if s.policy in {m.policy.name for m in auditing})
         reasons = [_reason(m) if m.policy.audit else "" for m in winners]  # (the others' are not reported)
         with farm.scratch():
-            checker = Rechecker(farm, now, aggregates)
+            checker = Rechecker(farm, now, aggregates, classes)
             try:
                 for m, reason in zip(winners, reasons, strict=True):
                     outcome, _keys = _play_checked(farm, m, now, reason, checker, None)
@@ -312,13 +317,13 @@ def plan_found(
 
 
 def _play_all(farm: Farm, winners: Sequence[Match], reasons: Sequence[str], now: datetime, plan: Plan,
-              aggregates: Aggregates | None, memo: PlanMemo | None, changed: Container[tuple[str, Any]] | None,
-              *, reuse: bool) -> bool:
+              checker_for: Callable[[Farm, datetime], Rechecker], memo: PlanMemo | None,
+              changed: Container[tuple[str, Any]] | None, *, reuse: bool) -> bool:
     """Play the winners in order on a scratch farm, each checked again if an earlier one
     reached it (`corral.recheck`); with a memo, reuse what it can.  False: a reused part
     reached another part's matches, and the plan must be played again without reuse."""
     with farm.scratch():
-        checker = Rechecker(farm, now, aggregates)
+        checker = checker_for(farm, now)
         try:
             if memo is None:
                 for m, reason in zip(winners, reasons, strict=True):

@@ -16,6 +16,7 @@ from datetime import timedelta
 from functools import cached_property, partial
 
 from corral.facts import SECOND_STAGE, Needs, Screen, first_stage
+from corral.failures import DEFAULT_CLASSES, FailureClasses
 from corral.live import Spread
 from corral.plan import reason_paths
 from corral.policy.compiler import screen_of
@@ -31,14 +32,16 @@ class PolicySet:
     """The policies in force (enabled or not, in the order they were loaded), and what
     the enabled ones need.  Two sets of equal policies are equal."""
 
-    def __init__(self, policies: Iterable[Policy]) -> None:
+    def __init__(self, policies: Iterable[Policy], classes: FailureClasses = DEFAULT_CLASSES) -> None:
         self._policies = tuple(policies)
+        #: The failure classes the facts sort exit codes into (`corral.failures`).
+        self.classes = classes
 
     def __repr__(self) -> str:
         return f"PolicySet({[p.name for p in self._policies]!r})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, PolicySet) and other._policies == self._policies
+        return isinstance(other, PolicySet) and other._policies == self._policies and other.classes == self.classes
 
     def __hash__(self) -> int:
         return hash(tuple(p.name for p in self._policies))

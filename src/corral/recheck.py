@@ -18,12 +18,14 @@ tests/test_recheck.py holds this to checking every match again on a fresh count.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from corral.evaluate import Match
 from corral.facts import FIELDS, MISSING, Aggregates, FactBuilder, Needs, get_path
+from corral.failures import DEFAULT_CLASSES, FailureClasses
 from corral.farm import Farm, Frame, Instance, Job, Worker
 from corral.policy.loader import format_duration, template_names
 from corral.policy.model import All, AnyOf, Cmp, Cond, Not, Policy, paths, paths_read
@@ -54,12 +56,18 @@ class Rechecker:
     conditions still hold.  `restore()` puts the counts back as they were (they may be
     the daemon's live counts), and must run before the scratch farm is put back."""
 
-    def __init__(self, farm: Farm, now: datetime, aggregates: Aggregates | None) -> None:
-        self.farm, self.now = farm, now
+    def __init__(self, farm: Farm, now: datetime, aggregates: Aggregates | None,
+                 classes: FailureClasses = DEFAULT_CLASSES) -> None:
+        self.farm, self.now, self.classes = farm, now, classes
         self._agg, self._own_agg = aggregates, aggregates is None
         self._moved: list[tuple[int, Any, str | None, Any, str | None]] = []
         self.touches = Touches()
         self._needs: dict[str, tuple[Needs, frozenset[str]]] = {}
+
+    @classmethod
+    def maker(cls, aggregates: Aggregates | None, classes: FailureClasses) -> Callable[[Farm, datetime], Rechecker]:
+        """A factory of checkers over these counts and classes, for each scratch play."""
+        return lambda farm, now: cls(farm, now, aggregates, classes)
 
     # --- after a match is played ------------------------------------------------------
     def played(self, mark: int, what: str, part: Any) -> list[tuple[Key, str]]:
@@ -155,14 +163,17 @@ class Rechecker:
     def holds_now(self, m: Match) -> tuple[bool, dict[str, Any]]:
         """Whether `m`'s conditions hold on the farm as played so far, and the fact."""
         needs, _reads = self._policy_needs(m.policy)
-        fact = FactBuilder(self.farm, self.now, aggregates=self._counts(), needs=needs).fact(m.kind, m.ident)
+        fact = self._builder(needs).fact(m.kind, m.ident)
         return holds(m.policy.when, fact), fact
 
     def fact_for_reason(self, m: Match) -> dict[str, Any]:
         """The fact as played so far, with the fields a re-checked match's reason quotes."""
         cited = {m.kind: {n for n in template_names(m.policy.reason) if n in FIELDS[m.kind]}}
         needs = Needs.of(cited)
-        return FactBuilder(self.farm, self.now, aggregates=self._counts(), needs=needs).fact(m.kind, m.ident)
+        return self._builder(needs).fact(m.kind, m.ident)
+
+    def _builder(self, needs: Needs) -> FactBuilder:
+        return FactBuilder(self.farm, self.now, aggregates=self._counts(), needs=needs, classes=self.classes)
 
     def _counts(self) -> Aggregates:
         if self._agg is None:  # counted once, on the farm as played so far; kept by deltas after

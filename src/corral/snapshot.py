@@ -380,6 +380,8 @@ def _build(
                 _unique(errors, seen_frames, number, (*fat, "number" if fm.range is None else "range"), "frame")
                 job.frames[number] = _frame(jm.id, number, fm)
         _job_state(errors, at, jm, job)
+        if job.state_since is None:
+            job.state_since = _last_frame_change(job)
         farm.jobs.setdefault(job.id, job)
     seen_workers: dict[Any, Path_] = {}
     for n, wm in workers:
@@ -388,6 +390,27 @@ def _build(
     for host in _hosts(farm):
         farm.workers.setdefault(host, Worker(host))
     return farm
+
+
+def _last_frame_change(job: Job) -> datetime | None:
+    """When a job that gives no `state_since` last changed, as its frames tell it (the
+    latest time any of them started, finished or changed state): a supervisor's dump
+    often leaves it out, and a job with no time in state is never retried after a delay."""
+    times = [t for f in job.frames.values() for t in (f.state_since, f.finished_at, f.started_at) if t is not None]
+    times += [r.finished_at for f in job.frames.values() for r in f.runs if r.finished_at is not None]
+    return max(times, default=None)
+
+
+def _frame_since(fm: FrameModel) -> datetime | None:
+    """A frame's `state_since`, or where missing, when its state began by its own times:
+    a finished frame when it finished, a running one when it started."""
+    if fm.state_since is not None:
+        return fm.state_since
+    if fm.state in (FrameState.COMPLETE, FrameState.FAILED, FrameState.KILLED):
+        return fm.finished_at
+    if fm.state == FrameState.RUNNING:
+        return fm.started_at
+    return None
 
 
 def _frame(job_id: int, number: int, fm: FrameModel) -> Frame:
@@ -402,7 +425,7 @@ def _frame(job_id: int, number: int, fm: FrameModel) -> Frame:
         exit_code=fm.exit_code,
         started_at=fm.started_at,
         finished_at=fm.finished_at,
-        state_since=fm.state_since,
+        state_since=_frame_since(fm),
         depends_on=[_ref(r) for r in fm.depends_on],
         runs=[FrameRun(r.host, r.instance, r.state, r.exit_code, r.started_at, r.finished_at) for r in fm.runs],
     )

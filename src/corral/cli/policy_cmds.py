@@ -219,7 +219,7 @@ def plan(
     if engine not in ("durable", "reference"):
         fail(f"--engine must be durable or reference, not '{engine}'")
     loaded = load_or_fail(rules, only_rules, sets)
-    policy_set = PolicySet(loaded.policies)
+    policy_set = PolicySet(loaded.policies, loaded.classes)
     when = parse_now(now)
     if snapshot is not None and out is not None:
         fail("--out saves a plan of the store, to apply to it; a snapshot's plan cannot be applied")

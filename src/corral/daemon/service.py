@@ -44,6 +44,7 @@ from corral.daemon.metrics import Metrics
 from corral.daemon.schedule import DEFAULT_GRACE, SETTING_PREFIX, ScheduleTracker
 from corral.daemon.watch import PolicyWatcher
 from corral.deliver import DeliveryReport
+from corral.failures import FailureClasses
 from corral.farm import Job, utcnow
 from corral.farms import open_farm
 from corral.policy.model import Policy
@@ -135,6 +136,7 @@ class Daemon:
         self.clock = clock
         self._factory = evaluator_factory
         self._policies: list[Policy] | None = None
+        self._classes: FailureClasses | None = None
         #: The one session of the daemon's life: its engine, its farm in memory.
         self.session: Session | None = None
         self._schedules_dirty = True
@@ -193,16 +195,17 @@ class Daemon:
         policies = self.watcher.policies
         if self.config.dry_run:
             policies = [replace(p, mode="audit") for p in policies]
-        if policies == self._policies:
+        classes = self.watcher.classes
+        if policies == self._policies and classes == self._classes:
             return False
         first = self._policies is None
-        self._policies = policies
+        self._policies, self._classes = policies, classes
         if self.session is None:
             engine = "reference" if self.config.engine == "reference" else "durable"
-            self.session = Session(PolicySet(policies), engine=engine, evaluator_factory=self._evaluator_factory(),
+            self.session = Session(PolicySet(policies, classes), engine=engine, evaluator_factory=self._evaluator_factory(),
                                    keep_live=True)
         else:
-            self.session.swap(PolicySet(policies))  # a new engine; the farm in memory stays
+            self.session.swap(PolicySet(policies, classes))  # a new engine; the farm in memory stays
         self._schedules_dirty = True
         self.metrics.policies.set(len(policies))
         if not first:

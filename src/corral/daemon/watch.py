@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral.failures import DEFAULT_CLASSES, FailureClasses
 from corral.policy.loader import PolicyError, load_paths, policy_files
 from corral.policy.model import Policy
 
@@ -57,6 +58,8 @@ class PolicyWatcher:
         self._good: dict[str, list[Policy]] = {}
         self.errors: list[PolicyError] = []
         self.generation = 0
+        #: The failure classes of the last load (the good files' tables over the defaults).
+        self.classes: FailureClasses = DEFAULT_CLASSES
 
     @property
     def policies(self) -> list[Policy]:
@@ -98,6 +101,7 @@ class PolicyWatcher:
 
     def _reload(self, report: ReloadReport) -> None:
         result = load_paths(self.paths, self.overrides)
+        self.classes = result.classes
         self.errors = list(result.errors)
         report.errors = list(result.errors)
         bad = set(result.bad_files)

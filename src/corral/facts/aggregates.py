@@ -102,6 +102,8 @@ class Aggregates:
         self.job_host_last_fail: dict[tuple[int, str], datetime] = {}
         #: Every failed attempt of a job's frames over its life (Deadline fails a job after 100).
         self.job_failed_attempts: Counter[int] = Counter()
+        #: A job's failed attempts by exit code, which `corral.failures` sorts into classes.
+        self.job_fail_codes: dict[int, Counter[int | None]] = defaultdict(Counter)
         self.job_host_ok: Counter[tuple[int, str]] = Counter()
         self.job_host_refs: dict[int, Counter[str]] = defaultdict(Counter)  # runs + running frames per host
         self.running_on_host: Counter[str] = Counter()
@@ -127,6 +129,7 @@ class Aggregates:
         finished = (complete, failed)
         running_on_host, job_host_ok, job_host_fail = agg.running_on_host, agg.job_host_ok, agg.job_host_fail
         failed_on, last_fail, job_failed_attempts = agg._failed_on, agg.job_host_last_fail, agg.job_failed_attempts
+        fail_codes = agg.job_fail_codes
         inst_ok, inst_failed, value = agg.inst_ok, agg.inst_failed, VALUE.__getitem__
         seq = agg.seq
         for job in farm.jobs.values():
@@ -152,6 +155,7 @@ class Aggregates:
                     entry = (run.finished_at or _EPOCH, seq if run.id is None else run.id, ok, job_id)
                     if not ok:
                         job_failed_attempts[job_id] += 1
+                        fail_codes[job_id][run.exit_code] += 1
                     if host:
                         refs[host] += 1
                         (job_host_ok if ok else job_host_fail)[(job_id, host)] += 1
@@ -222,6 +226,7 @@ class Aggregates:
         first = False
         if failed:
             self.job_failed_attempts[job_id] += 1
+            self.job_fail_codes[job_id][run.exit_code] += 1
         if host:
             self.job_host_refs[job_id][host] += 1
             if failed:

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from corral.facts.aggregates import Aggregates, _Tail, frame_runs
 from corral.facts.screens import Screen
 from corral.facts.vocabulary import DEFAULT_RECENT, GROUPS, Needs
-from corral.farm import Entity, Farm, Frame, Instance, Job
+from corral.failures import DEFAULT_CLASSES, FailureClasses
+from corral.farm import Entity, Farm, Frame, FrameRun, Instance, Job
 from corral.states import STATES, FrameState, Hold, InstanceState, JobState, Kind, WorkerState
 
 _NO_FRAMES: dict[str, int] = {}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Every group of a job's fact (a builder with no `needs` builds them all).
 _ALL_GROUPS = frozenset(GROUPS[Kind.JOB].values())
 
@@ -45,6 +47,10 @@ def _failed_percent(job: Job, b: FactBuilder) -> float:
 
 def _since_last_failure(inst: Instance, b: FactBuilder) -> float | None:
     return _secs(b.agg.job_host_last_fail.get((inst.job_id, inst.host)), b.now)
+
+
+def _finished(run: FrameRun) -> datetime:
+    return run.finished_at or _EPOCH
 
 
 def _failures(tail: _Tail | None) -> int:
@@ -135,10 +141,11 @@ class FactBuilder:
         recent: timedelta = DEFAULT_RECENT,
         aggregates: Aggregates | None = None,
         needs: Needs | None = None,
+        classes: FailureClasses = DEFAULT_CLASSES,
     ) -> None:
         """`needs`: build only the fields in these groups (the rule engine's facts);
         without it every field is built (what `explain`, reasons and tests show)."""
-        self.farm, self.now, self.recent = farm, now, recent
+        self.farm, self.now, self.recent, self.classes = farm, now, recent, classes
         self.agg = aggregates if aggregates is not None else Aggregates.from_farm(farm, recent)
         self.needs = needs
         #: The groups of each kind's own facts, and of the job and worker facts frames and
@@ -303,6 +310,8 @@ class FactBuilder:
             up = self.up_workers()
             locked_out = {i.host for i in job.instances.values() if i.state == InstanceState.BLOCKED and i.host in up}
             fact["workers_available"] = len(up) - len(locked_out)
+        if "failures" in groups:
+            fact["failures"] = self.classes.counts(self.agg.job_fail_codes.get(job.id) or {})
         if "instances" in groups:
             insts = Counter(str(i.state) for i in job.instances.values())
             fact["instances_total"] = len(job.instances)
@@ -352,9 +361,13 @@ class FactBuilder:
             fact["run_time"] = _secs(frame.started_at, end or self.now)
         if self._wants(Kind.FRAME, "history"):
             runs = frame_runs(frame)
-            failed = [r.host for r in runs if r.state == FrameState.FAILED]
+            failed = [r for r in runs if r.state == FrameState.FAILED]
             fact["failed_attempts"] = len(failed)
-            fact["hosts_failed"] = len({h for h in failed if h})
+            fact["hosts_failed"] = len({r.host for r in failed if r.host})
+            fact["failures"] = self.classes.counts(Counter(r.exit_code for r in failed))
+            last = max(failed, key=_finished, default=None)
+            if last is not None:
+                fact["failure_class"] = self.classes.classify(last.exit_code) or "error"
         if self._wants(Kind.FRAME, "dependencies"):
             deps = [
                 self.farm.jobs[j].frames[n].state

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from corral.failures import CLASSES
 from corral.states import STATES, Kind
 
 
@@ -33,6 +34,11 @@ class FieldSpec:
     #: entity's row (or its frame counts' row in `Aggregates`), else the costlier pass
     #: that works it out, which a builder makes only when some policy reads the group.
     group: str = "row"
+
+
+def _by_class(what: str, group: str) -> dict[str, FieldSpec]:
+    return {f"failures.{c}": FieldSpec("int", f"{what} whose exit code is in the failure class {c} "
+                                       "(docs/policies.md, Failure classes)", group=group) for c in CLASSES}
 
 
 def _counts(prefix: str, states: Iterable[str], what: str) -> dict[str, FieldSpec]:
@@ -81,6 +87,7 @@ _JOB: dict[str, FieldSpec] = {
         "int", "deprecated: worst_host_failed_attempts under its old name (it counted attempts, not frames)",
         group="hosts",
     ),
+    **_by_class("failed attempts of its frames over its life", "failures"),
     "workers_available": FieldSpec(
         "int", "workers that could still run the job: up (not down, not locked) and not locked out of it "
         "(no blocked instance of the job on them); 0 means nothing left to run it", group="workers",
@@ -123,6 +130,10 @@ _FRAME_OWN: dict[str, FieldSpec] = {
     "failed_attempts": FieldSpec("int", "its attempts that failed, on any host", group="history"),
     "hosts_failed": FieldSpec("int", "distinct hosts that failed it (Flamenco fails a task once several "
                               "different workers failed it)", group="history"),
+    "failure_class": FieldSpec("state", "the failure class of its last failed attempt, by its exit code (missing "
+                               "if it never failed): oom, license, user_kill, crash, timeout or error",
+                               CLASSES, group="history"),
+    **_by_class("its failed attempts", "history"),
     "run_time": FieldSpec("duration", "how long its last attempt ran (so far, if running)", group="run_time"),
     "time_in_state": FieldSpec("duration", "how long the frame has been in its current state"),
     "dependencies.total": FieldSpec("int", "number of frames this frame waits on", group="dependencies"),

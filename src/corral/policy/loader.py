@@ -23,6 +23,7 @@ from typing import Any
 from corral.actions import action_def
 from corral.facts import FIELDS, FieldSpec
 from corral.facts.vocabulary import deprecated
+from corral.failures import DECLARABLE, DEFAULT_CLASSES, SIGNALS, FailureClass, FailureClasses
 from corral.policy.model import ActionSpec, All, AnyOf, Cmp, Cond, Limits, Not, Policy, pinned_states
 from corral.policy.operators import OPERATORS, BadPattern, compiled_regex, resolve
 from corral.states import RULES, Action, Kind, actions_for, legal_from
@@ -84,6 +85,8 @@ class LoadResult:
     bad_files: list[str] = field(default_factory=list)
     #: What loads but should be changed (a deprecated field): `corral check` prints them.
     warnings: list[PolicyError] = field(default_factory=list)
+    #: The failure classes: the defaults, with those the good files declare in their place.
+    classes: FailureClasses = DEFAULT_CLASSES
 
     @property
     def ok(self) -> bool:
@@ -204,6 +207,9 @@ def load_texts(
     """Load policies from (filename, text) pairs; the core of `load_paths`."""
     result = result or LoadResult(files=[name for name, _ in texts])
     seen: dict[str, Pos] = {}
+    declared: dict[str, Pos] = {}  # failure classes declared so far, by name
+    owner: dict[int, tuple[str, Pos]] = {}  # and the class each exit code was put in
+    good_classes: list[FailureClass] = []
     overrides = dict(overrides or {})
     used_overrides: set[str] = set()
     for filename, text in texts:
@@ -215,6 +221,9 @@ def load_texts(
         except YamlError as err:
             file_errors.append(PolicyError(err.pos, err.message))
             data = None
+        file_classes = (_failure_classes(data[FAILURE_CLASSES_KEY], data.value_pos_of(FAILURE_CLASSES_KEY),
+                                         file_errors, declared, owner)
+                        if isinstance(data, PosDict) and FAILURE_CLASSES_KEY in data else [])
         if data is not None or not file_errors:
             for raw in _policy_items(data, filename, file_errors):
                 # Duplicates are found by name whether or not the policy has other errors,
@@ -242,11 +251,85 @@ def load_texts(
         else:
             result.policies.extend(file_policies)
             result.warnings.extend(sorted(file_warnings, key=lambda w: (w.pos.line, w.pos.column)))
+            good_classes.extend(file_classes)
+    if good_classes:
+        result.classes = DEFAULT_CLASSES.overridden(good_classes)
     for name in sorted(set(overrides) - used_overrides - set(seen)):
         result.errors.append(PolicyError(
             Pos("--set", 1, 1), f"no loaded policy is named '{name}'{suggest(name, seen)}"
         ))
     return result
+
+
+FAILURE_CLASSES_KEY = "failure_classes"
+_CLASS_KEYS = {"exit_codes": "exit codes (whole numbers) in this class", "signals": "signals by name, e.g. SIGKILL"}
+
+
+def _failure_classes(raw: Any, pos: Pos, errors: list[PolicyError], declared: dict[str, Pos],
+                     owner: dict[int, tuple[str, Pos]]) -> list[FailureClass]:
+    """A file's `failure_classes:` table, checked: known class names (each declared once
+    across all files), known signals, whole exit codes, and no code in two classes."""
+    if not isinstance(raw, PosDict) or not raw:
+        errors.append(PolicyError(pos, "`failure_classes` is a mapping of class name to {exit_codes: [...], signals: "
+                                       f"[...]}}; the classes are {', '.join(DECLARABLE)}"))
+        return []
+    out: list[FailureClass] = []
+    for name in raw:
+        npos, body = raw.pos_of(name), raw[name]
+        if name not in DECLARABLE:
+            why = " (`error` is every exit code no class takes)" if name == "error" else ""
+            errors.append(PolicyError(npos, f"unknown failure class '{name}'{suggest(str(name), DECLARABLE)}{why}; "
+                                            f"the classes are {', '.join(DECLARABLE)}"))
+            continue
+        if name in declared:
+            errors.append(PolicyError(npos, f"failure class '{name}' is also declared at {declared[name]}; "
+                                            "declare each class once across all loaded files"))
+            continue
+        declared[name] = npos
+        if not isinstance(body, PosDict):
+            errors.append(PolicyError(raw.value_pos_of(name), f"'{name}' takes a mapping such as "
+                                                              "{exit_codes: [3, 4], signals: [SIGKILL]}"))
+            continue
+        codes: set[int] = set()
+        sigs: set[str] = set()
+        for key in body:
+            kpos, value = body.pos_of(key), body[key]
+            if key not in _CLASS_KEYS:
+                errors.append(PolicyError(kpos, f"unknown key '{key}'{suggest(str(key), list(_CLASS_KEYS))} "
+                                                "(a failure class has exit_codes and signals)"))
+                continue
+            items = value if isinstance(value, PosList) else None
+            if items is None:
+                errors.append(PolicyError(body.value_pos_of(key), f"`{key}` is a list of {_CLASS_KEYS[key]}"))
+                continue
+            for i, item in enumerate(items):
+                ipos = items.pos_of(i)
+                if key == "exit_codes":
+                    if isinstance(item, bool) or not isinstance(item, int) or item == 0:
+                        errors.append(PolicyError(ipos, f"an exit code is a whole number other than 0, not "
+                                                        f"{_what(item)}"))
+                        continue
+                    new = {item}
+                else:
+                    if not isinstance(item, str) or item.upper() not in SIGNALS:
+                        shown = f"'{item}'" if isinstance(item, str) else _what(item)
+                        errors.append(PolicyError(ipos, f"unknown signal {shown}"
+                                                        f"{suggest(str(item).upper(), list(SIGNALS))} "
+                                                        "(write its name, e.g. SIGKILL)"))
+                        continue
+                    number = SIGNALS[item.upper()]
+                    new = {-number, 128 + number}
+                    sigs.add(item.upper())
+                for code in sorted(new):
+                    if code in owner and owner[code][0] != name:
+                        other, at = owner[code]
+                        errors.append(PolicyError(ipos, f"exit code {code} is already in class '{other}' ({at}); "
+                                                        "a code belongs to one class"))
+                    owner.setdefault(code, (name, ipos))
+                if key == "exit_codes":
+                    codes |= new
+        out.append(FailureClass(str(name), frozenset(codes), frozenset(sigs), str(npos)))
+    return out
 
 
 def template_names(text: str) -> list[str]:
@@ -284,6 +367,13 @@ def _policy_items(data: Any, filename: str, errors: list[PolicyError]) -> list[P
     if "policies" not in data:
         if "name" in data:
             return [data]
+        if FAILURE_CLASSES_KEY in data:  # a file of failure classes alone
+            for key in data:
+                if key != FAILURE_CLASSES_KEY:
+                    errors.append(PolicyError(data.pos_of(key), f"unknown top-level key '{key}'"
+                                              f"{suggest(key, ['policies', FAILURE_CLASSES_KEY])}; a policy file holds "
+                                              f"`policies:` and `{FAILURE_CLASSES_KEY}:`"))
+            return []
         for key in data:
             errors.append(PolicyError(
                 data.pos_of(key), f"unknown top-level key '{key}'{suggest(key, ['policies'])}; "
@@ -291,9 +381,10 @@ def _policy_items(data: Any, filename: str, errors: list[PolicyError]) -> list[P
             ))
         return []
     for key in data:
-        if key != "policies":
+        if key not in ("policies", FAILURE_CLASSES_KEY):
             errors.append(PolicyError(
-                data.pos_of(key), f"unknown top-level key '{key}'{suggest(key, ['policies'])}; only `policies:` goes here"
+                data.pos_of(key), f"unknown top-level key '{key}'{suggest(key, ['policies', FAILURE_CLASSES_KEY])}; "
+                f"only `policies:` and `{FAILURE_CLASSES_KEY}:` go here"
             ))
     items = data["policies"]
     if not isinstance(items, PosList):
@@ -660,8 +751,9 @@ class _Checker:
             self.error(pos, f"'{path}' is text; compare it with text, not {_what(value)}{hint}")
             return _BAD
         if t == "state" and value not in spec.states:
-            self.error(pos, f"'{value}' is not a state of '{path}'{suggest(value, spec.states)} "
-                       f"(states: {', '.join(spec.states)})")
+            what = "a state" if path.rpartition(".")[2] == "state" else "a value"
+            self.error(pos, f"'{value}' is not {what} of '{path}'{suggest(value, spec.states)} "
+                       f"({'states' if what == 'a state' else 'values'}: {', '.join(spec.states)})")
             return _BAD
         return value
 

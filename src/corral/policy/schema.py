@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from corral.actions import REGISTRY, Param
+from corral.failures import DECLARABLE, SIGNALS
 from corral.facts import FIELDS, FieldSpec
 from corral.farm import MAX_INT
 from corral.policy.loader import LIMIT_KEYS, POLICY_KEYS
@@ -176,6 +177,19 @@ def policy_json_schema() -> dict[str, Any]:
         "allOf": variants,
     }
     defs["policy"] = policy
+    defs["failure_classes"] = {
+        "type": "object",
+        "description": "Which exit codes and signals fall in each failure class (docs/policies.md, Failure classes).",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {name: {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "exit_codes": {"type": "array", "items": {"type": "integer", "not": {"const": 0}}},
+                "signals": {"type": "array", "items": {"enum": sorted(SIGNALS)}},
+            },
+        } for name in DECLARABLE},
+    }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://corral.invalid/schema/policy-file.json",
@@ -185,9 +199,10 @@ def policy_json_schema() -> dict[str, Any]:
         "anyOf": [
             {
                 "type": "object",
-                "required": ["policies"],
+                "anyOf": [{"required": ["policies"]}, {"required": ["failure_classes"]}],
                 "additionalProperties": False,
-                "properties": {"policies": {"type": "array", "items": {"$ref": "#/$defs/policy"}}},
+                "properties": {"policies": {"type": "array", "items": {"$ref": "#/$defs/policy"}},
+                               "failure_classes": {"$ref": "#/$defs/failure_classes"}},
             },
             {"$ref": "#/$defs/policy"},
         ],
