@@ -56,7 +56,7 @@ def frame_runs(draw: Any, job_id: int) -> list[FrameRun]:
         host = draw(st.one_of(st.none(), st.sampled_from(HOSTS)))
         inst = draw(st.one_of(st.none(), st.sampled_from([f"{job_id}.{x}" for x in LETTERS])))
         state = draw(st.sampled_from([FrameState.FAILED, FrameState.COMPLETE, FrameState.KILLED]))
-        code = draw(st.one_of(st.none(), st.integers(-1, 3)))
+        code = draw(st.one_of(st.none(), st.sampled_from([-9, -1, 0, 1, 2, 3, 137, 143, 139])))
         runs.append(FrameRun(host, inst, state, code, draw(maybe_time), draw(maybe_time)))
     return runs
 
@@ -74,10 +74,11 @@ def frames_of(draw: Any, job_id: int, job_ids: list[int]) -> dict[int, Frame]:
             instance=draw(st.one_of(st.none(), st.sampled_from([f"{job_id}.{x}" for x in LETTERS]))),
             attempts=draw(st.integers(0, 4)),
             retries=draw(st.integers(0, 3)),
-            exit_code=draw(st.one_of(st.none(), st.integers(-1, 3))),
+            exit_code=draw(st.one_of(st.none(), st.sampled_from([-9, -1, 0, 1, 2, 3, 137, 143]))),
             started_at=draw(maybe_time),
             finished_at=draw(maybe_time),
             state_since=draw(maybe_time),
+            layer=draw(st.one_of(st.none(), st.sampled_from(["render", "comp"]))),
             depends_on=deps,
             runs=draw(frame_runs(job_id)),
         )
@@ -98,6 +99,7 @@ def jobs(draw: Any, job_id: int, job_ids: list[int]) -> Job:
         submitted_at=draw(maybe_time),
         state_since=draw(maybe_time),
         last_retry_at=draw(maybe_time),
+        owner=draw(st.one_of(st.none(), st.sampled_from(["ann", "bob"]))),
         frames=draw(frames_of(job_id, job_ids)),
     )
     for letter in draw(st.sets(st.sampled_from(LETTERS), max_size=3)):
@@ -173,6 +175,10 @@ def _str_pool(kind: Kind, path: str) -> tuple[str, ...]:
         pool: tuple[str, ...] = HOSTS
     elif last == "name":
         pool = NAMES
+    elif last == "owner":
+        pool = ("ann", "bob")
+    elif last == "layer":
+        pool = ("render", "comp")
     elif last == "instance" or (kind is Kind.INSTANCE and path == "id"):
         pool = tuple(f"{j}.{x}" for j in (1, 2) for x in LETTERS)
     elif kind is Kind.FRAME and path == "id":

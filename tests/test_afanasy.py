@@ -598,6 +598,8 @@ def test_a_whole_read_asks_progress_of_unfinished_jobs_and_error_hosts_of_failin
     assert sorted(farm.jobs) == [1, 2, 3, 5, 6, 7, 8, 9, 10, 11]  # 4 was deleted; 12 vanished mid-read
     assert len(problems) == 1 and "serial 12" in problems[0] and "Invalid ID" in problems[0]
     assert farm.jobs[7].state is JobState.BLOCKED and farm.jobs[2].state is JobState.FAILING
+    # who submitted it, and each task's block as its layer (Flamenco's task type, OpenCue's layer)
+    assert farm.jobs[2].owner == "root" and {f.layer for f in farm.jobs[2].frames.values()} == {"main"}
     assert instances(farm, 5) == {"5@rndbad": IS.FAILED} and len(farm.jobs[5].frames[0].runs) == 3
     assert index.jobs[6].hosts_mask_exclude == "rndbad" and index.renders["rnd02"] == 3
 

@@ -338,7 +338,7 @@ def test_every_fact_has_exactly_the_fields_the_vocabulary_declares(farm: Farm) -
     field it declares that is not unknown for that entity."""
     builder = FactBuilder(farm, NOW)
     may_be_missing = {"blocked_by", "since_retry", "time_in_state", "age", "host", "instance", "exit_code", "run_time",
-                      "state", "host_since_last_failure_on_job"}
+                      "state", "host_since_last_failure_on_job", "owner", "layer", "failure_class"}
     for kind in Kind:
         declared = set(FIELDS[kind])
         for fact in builder.facts(kind):

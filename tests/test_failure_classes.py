@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 
 from corral.cycle import plan_farm
-from corral.failures import DEFAULT_CLASSES, FailureClass
 from corral.facts import FactBuilder
+from corral.failures import DEFAULT_CLASSES, FailureClass
 from corral.farm import Farm, Frame, FrameRun, Job, Worker
 from corral.policy.loader import load_texts
 from corral.policyset import PolicySet

@@ -77,6 +77,8 @@ class Frame:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     state_since: datetime | None = None
+    #: Its task type: the job's layer (OpenCue), block (Afanasy) or task type (Flamenco).
+    layer: str | None = None
     version: int = 0
     depends_on: list[tuple[int, int]] = field(default_factory=list)
     runs: list[FrameRun] = field(default_factory=list)
@@ -113,6 +115,8 @@ class Job:
     submitted_at: datetime | None = None
     state_since: datetime | None = None
     last_retry_at: datetime | None = None
+    #: Who submitted it (Afanasy's sick-host rule counts users; a notice goes to them).
+    owner: str | None = None
     version: int = 0
     depends_on: list[int] = field(default_factory=list)
     frames: dict[int, Frame] = field(default_factory=dict)
@@ -188,6 +192,7 @@ SCHEMA: dict[Kind, tuple[Column, ...]] = {
         Column("submitted_at", "time"),
         Column("state_since", "time"),
         Column("last_retry_at", "time"),
+        Column("owner", "str", shown=True),
         _VERSION,
     ),
     Kind.FRAME: (
@@ -202,6 +207,7 @@ SCHEMA: dict[Kind, tuple[Column, ...]] = {
         Column("started_at", "time"),
         Column("finished_at", "time"),
         Column("state_since", "time"),
+        Column("layer", "str"),
         _VERSION,
     ),
     Kind.INSTANCE: (

@@ -79,6 +79,7 @@ class FrameModel(_Model):
     started_at: Stamp = None
     finished_at: Stamp = None
     state_since: Stamp = None
+    layer: Text | None = Field(default=None, description="its task type: the job's layer, block or task type")
     depends_on: list[FrameRef] = Field(default_factory=list)
     runs: list[RunModel] = Field(default_factory=list)
 
@@ -141,6 +142,7 @@ class JobModel(_Model):
     submitted_at: Stamp = None
     state_since: Stamp = None
     last_retry_at: Stamp = None
+    owner: Text | None = Field(default=None, description="who submitted the job")
     depends_on: list[Count] = Field(default_factory=list)
     frames: list[FrameModel] = Field(default_factory=list)
     instances: list[InstanceModel] = Field(default_factory=list)
@@ -363,6 +365,7 @@ def _build(
             state_since=jm.state_since,
             last_retry_at=jm.last_retry_at,
             blocked_by=jm.blocked_by,
+            owner=jm.owner,
         )
         for k, dep in enumerate(jm.depends_on):
             if dep == jm.id:
@@ -380,7 +383,7 @@ def _build(
                 _unique(errors, seen_frames, number, (*fat, "number" if fm.range is None else "range"), "frame")
                 job.frames[number] = _frame(jm.id, number, fm)
         _job_state(errors, at, jm, job)
-        if job.state_since is None:
+        if "state_since" not in jm.model_fields_set:  # left out, not written as null (a dump's unknown)
             job.state_since = _last_frame_change(job)
         farm.jobs.setdefault(job.id, job)
     seen_workers: dict[Any, Path_] = {}
@@ -402,9 +405,9 @@ def _last_frame_change(job: Job) -> datetime | None:
 
 
 def _frame_since(fm: FrameModel) -> datetime | None:
-    """A frame's `state_since`, or where missing, when its state began by its own times:
+    """A frame's `state_since`, or where left out (not written as null), when its state began by its own times:
     a finished frame when it finished, a running one when it started."""
-    if fm.state_since is not None:
+    if fm.state_since is not None or "state_since" in fm.model_fields_set:
         return fm.state_since
     if fm.state in (FrameState.COMPLETE, FrameState.FAILED, FrameState.KILLED):
         return fm.finished_at
@@ -426,6 +429,7 @@ def _frame(job_id: int, number: int, fm: FrameModel) -> Frame:
         started_at=fm.started_at,
         finished_at=fm.finished_at,
         state_since=_frame_since(fm),
+        layer=fm.layer,
         depends_on=[_ref(r) for r in fm.depends_on],
         runs=[FrameRun(r.host, r.instance, r.state, r.exit_code, r.started_at, r.finished_at) for r in fm.runs],
     )
@@ -580,6 +584,7 @@ def _job_data(job: Job) -> dict[str, Any]:
         "submitted_at": _stamp(job.submitted_at),
         "state_since": _stamp(job.state_since),
         "last_retry_at": _stamp(job.last_retry_at),
+        "owner": job.owner,
         "depends_on": list(job.depends_on),
         "instances": [
             _clean({"id": i.id, "host": i.host, "state": i.state.value, "state_since": _stamp(i.state_since)}, {})
@@ -587,7 +592,7 @@ def _job_data(job: Job) -> dict[str, Any]:
         ],
         "frames": [_frame_data(job.frames[n]) for n in sorted(job.frames)],
     }
-    return _clean(data, _JOB_DEFAULTS)
+    return _unknown_since(job.state_since, _clean(data, _JOB_DEFAULTS), _last_frame_change(job) is not None)
 
 
 def _frame_data(frame: Frame) -> dict[str, Any]:
@@ -602,6 +607,7 @@ def _frame_data(frame: Frame) -> dict[str, Any]:
         "started_at": _stamp(frame.started_at),
         "finished_at": _stamp(frame.finished_at),
         "state_since": _stamp(frame.state_since),
+        "layer": frame.layer,
         "depends_on": [f"{j}:{n}" for j, n in frame.depends_on],
         "runs": [
             _clean(
@@ -618,4 +624,14 @@ def _frame_data(frame: Frame) -> dict[str, Any]:
             for r in frame.runs
         ],
     }
-    return _clean(data, _FRAME_DEFAULTS)
+    derivable = (frame.finished_at if frame.state in (FrameState.COMPLETE, FrameState.FAILED, FrameState.KILLED)
+                 else frame.started_at if frame.state == FrameState.RUNNING else None) is not None
+    return _unknown_since(frame.state_since, _clean(data, _FRAME_DEFAULTS), derivable)
+
+
+def _unknown_since(since: datetime | None, data: dict[str, Any], derivable: bool) -> dict[str, Any]:
+    """`state_since: null` where it is unknown and a load would otherwise work it out
+    from other times: dump then load stays lossless."""
+    if since is None and derivable:
+        data["state_since"] = None
+    return data

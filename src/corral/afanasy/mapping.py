@@ -358,8 +358,11 @@ def _job(ref: JobRef, job: Mapping[str, Any], per_block: list[list[_Task]] | Non
     out = Job(
         id=serial, name=ref.name, priority=_int(job.get("priority")),
         hold=Hold.BLOCKED if "OFF" in flags(job.get("state")) else Hold.NONE,
-        retry_limit=_retry_limit(job), submitted_at=epoch(job.get("time_creation")),
+        retry_limit=_retry_limit(job), submitted_at=epoch(job.get("time_creation")), owner=ref.user or None,
     )
+    blocks = job.get("blocks")
+    layers = [str(b.get("name")) if isinstance(b, dict) and b.get("name") else None
+              for b in (blocks if isinstance(blocks, list) else [])]
     failed: dict[tuple[int, int], list[ErrorHost]] = {}
     for e in errors:
         if e.task is not None:
@@ -370,6 +373,7 @@ def _job(ref: JobRef, job: Mapping[str, Any], per_block: list[list[_Task]] | Non
         for t in range(count):
             task = per_block[block][t] if per_block is not None else None
             frame = _frame(serial, number, task, failed.get((block, t), []), zone)
+            frame.layer = layers[block] if block < len(layers) else None
             out.frames[number] = frame
             if frame.state is FrameState.RUNNING and frame.host:
                 running.add(frame.host)

@@ -65,6 +65,7 @@ FIRST: dict[Kind, dict[str, Getter]] = {
     Kind.JOB: {
         "id": lambda job, _: job.id,
         "name": lambda job, _: job.name,
+        "owner": lambda job, _: job.owner,
         "priority": lambda job, _: job.priority,
         "state": lambda job, _: str(job.state),
         "suspended": lambda job, _: job.hold is Hold.SUSPENDED,
@@ -113,7 +114,7 @@ _JOB_ROW = {name: get for name, get in _JOB_FIRST.items() if GROUPS[Kind.JOB].ge
 
 
 #: A frame's fields that can be unknown (None), which its fact leaves out.
-_FRAME_UNKNOWABLE = ("host", "instance", "exit_code", "time_in_state")
+_FRAME_UNKNOWABLE = ("host", "instance", "exit_code", "time_in_state", "layer")
 _INSTANCE_COUNTS = tuple((f"instances_{s}", s) for s in STATES[Kind.INSTANCE])
 
 
@@ -267,6 +268,8 @@ class FactBuilder:
         fact = {name: get(job, self) for name, get in fields.items()}
         if fact["blocked_by"] is None:
             del fact["blocked_by"]  # unknown: submitted blocked, or not blocked at all
+        if fact["owner"] is None:
+            del fact["owner"]
         return fact
 
     def _job_hosts(self, job: Job, fact: dict[str, Any], groups: frozenset[str] | None) -> None:
@@ -347,6 +350,7 @@ class FactBuilder:
             "id": frame.key,
             "job_id": frame.job_id,
             "number": frame.number,
+            "layer": frame.layer,
             "state": str(frame.state),
             "host": frame.host,
             "instance": frame.instance,

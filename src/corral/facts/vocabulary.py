@@ -48,6 +48,7 @@ def _counts(prefix: str, states: Iterable[str], what: str) -> dict[str, FieldSpe
 _JOB: dict[str, FieldSpec] = {
     "id": FieldSpec("int", "the job's id"),
     "name": FieldSpec("str", "the job's name"),
+    "owner": FieldSpec("str", "who submitted the job (missing when the supervisor does not say)"),
     "priority": FieldSpec("int", "the job's priority (higher runs first)"),
     "state": FieldSpec("state", "the job's state", STATES[Kind.JOB]),
     "suspended": FieldSpec("bool", "true when the job was suspended (it shows as pending)"),
@@ -120,6 +121,7 @@ _FRAME_OWN: dict[str, FieldSpec] = {
     "id": FieldSpec("str", "the frame's id, JOB:FRAME"),
     "job_id": FieldSpec("int", "the id of the frame's job"),
     "number": FieldSpec("int", "the frame number"),
+    "layer": FieldSpec("str", "its task type: the job's layer, block or task type (missing when not given)"),
     "state": FieldSpec("state", "the frame's state", STATES[Kind.FRAME]),
     "host": FieldSpec("str", "the host that runs or last ran it (missing if none)"),
     "instance": FieldSpec("str", "the instance that runs or last ran it (missing if none)"),

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from corral.actions import REGISTRY, Param
-from corral.failures import DECLARABLE, SIGNALS
 from corral.facts import FIELDS, FieldSpec
+from corral.failures import DECLARABLE, SIGNALS
 from corral.farm import MAX_INT
 from corral.policy.loader import LIMIT_KEYS, POLICY_KEYS
 from corral.policy.operators import OPERATORS

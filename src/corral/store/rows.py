@@ -149,8 +149,9 @@ def read_jobs(conn: Connection, where: str = "") -> list[Job]:
     ts = _optional(timestamp_parser(dialect))
     sql = f"SELECT {job_columns(dialect)} FROM jobs{_clauses(where, '')}"  # noqa: S608
     return [Job(i, name, prio, _JOB_STATES[st], _HOLDS[hold], by, limit, retries, ts(submitted), ts(since), ts(retried),
-                version)
-            for i, name, prio, st, hold, by, limit, retries, submitted, since, retried, version in raw_rows(conn, sql)]
+                owner, version)
+            for i, name, prio, st, hold, by, limit, retries, submitted, since, retried, owner, version
+            in raw_rows(conn, sql)]
 
 
 def read_instances(conn: Connection, where: str = "", order: str = "") -> list[Instance]:
@@ -170,7 +171,7 @@ def read_workers(conn: Connection, where: str = "", order: str = "") -> list[Wor
 
 #: A frame row as `frame_rows` yields it: a `Frame`'s own fields, in its order, parsed.
 FrameRow = tuple[int, int, FrameState, str | None, str | None, int, int, int | None, datetime | None, datetime | None,
-                 datetime | None, int]
+                 datetime | None, str | None, int]
 #: Frame states by their stored value.
 FRAME_STATES: dict[str, FrameState] = {s.value: s for s in FrameState}
 
@@ -185,12 +186,12 @@ def frame_rows(conn: Connection, where: str = "", order: str = "", *, stream: bo
     ts = timestamp_parser(dialect)
     states = FRAME_STATES
     sql = f"SELECT {frame_columns(dialect)} FROM frames{_clauses(where, order)}"  # noqa: S608
-    for j, n, st, host, inst_id, attempts, retries, code, started, finished, since, version in raw_rows(
+    for j, n, st, host, inst_id, attempts, retries, code, started, finished, since, layer, version in raw_rows(
         conn, sql, stream=stream
     ):
         yield (j, n, states[st], host and intern(host), inst_id and intern(inst_id), attempts, retries, code,
                None if started is None else ts(started), None if finished is None else ts(finished),
-               None if since is None else ts(since), version)
+               None if since is None else ts(since), layer and intern(layer), version)
 
 
 def changed_frames(conn: Connection, where: str) -> list[FrameChange]:
@@ -203,8 +204,9 @@ def changed_frames(conn: Connection, where: str) -> list[FrameChange]:
     sql = f"SELECT {frame_columns(dialect)} FROM frames{_clauses(where, '')}"  # noqa: S608
     return [(j, n, states[st], host, inst, attempts, retries, code,
              None if started is None else ts(started), None if finished is None else ts(finished),
-             None if since is None else ts(since), version)
-            for j, n, st, host, inst, attempts, retries, code, started, finished, since, version in raw_rows(conn, sql)]
+             None if since is None else ts(since), layer, version)
+            for j, n, st, host, inst, attempts, retries, code, started, finished, since, layer, version
+            in raw_rows(conn, sql)]
 
 
 def read_frames(conn: Connection, where: str = "", order: str = "", *, stream: bool = False) -> Iterator[Frame]:

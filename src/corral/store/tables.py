@@ -74,6 +74,7 @@ class JobRow(SQLModel, table=True):
     submitted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     state_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_retry_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    owner: str | None = Field(default=None, sa_type=String(255))
     version: int = 0
     updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     rev: int | None = Field(default=None, sa_type=BigInteger, index=True)  # stamped by triggers (migration 0003)
@@ -98,6 +99,7 @@ class FrameRow(SQLModel, table=True):
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     state_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    layer: str | None = Field(default=None, sa_type=String(255))
     version: int = 0
     updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     rev: int | None = Field(default=None, sa_type=BigInteger, index=True)  # stamped by triggers (migration 0003)
