@@ -79,6 +79,7 @@ def frames_of(draw: Any, job_id: int, job_ids: list[int]) -> dict[int, Frame]:
             finished_at=draw(maybe_time),
             state_since=draw(maybe_time),
             layer=draw(st.one_of(st.none(), st.sampled_from(["render", "comp"]))),
+            avoid_hosts=draw(st.one_of(st.none(), st.sampled_from(HOSTS[:2]), st.just(" ".join(sorted(HOSTS[:2]))))),
             depends_on=deps,
             runs=draw(frame_runs(job_id)),
         )

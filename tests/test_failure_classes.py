@@ -14,7 +14,9 @@ from corral.failures import DEFAULT_CLASSES, FailureClass
 from corral.farm import Farm, Frame, FrameRun, Job, Worker
 from corral.policy.loader import load_texts
 from corral.policyset import PolicySet
-from corral.states import FrameState, JobState, Kind
+from corral.snapshot import farm_to_snapshot
+from corral.states import Action, FrameState, JobState, Kind
+from corral.store import Proposal, Store
 from strategies import NOW
 
 F = FrameState
@@ -116,3 +118,59 @@ def test_a_class_declared_in_two_files_names_the_first() -> None:
                          ("b.yaml", "failure_classes:\n  oom: {exit_codes: [4]}\n")])
     (error,) = loaded.errors
     assert error.pos.file == "b.yaml" and "also declared at a.yaml:2:3" in error.message
+
+
+# --- per-frame host avoidance -------------------------------------------------------------
+
+AVOIDING = """
+policies:
+  - name: retry-elsewhere
+    kind: frame
+    when: {state: failed, hosts_failed: {lt: 3}}
+    actions: [{retry: {avoid_failed_hosts: true, spend: false}}]
+    reason: "retried away from {hosts_failed|host} that failed it"
+  - name: give-up-after-three-hosts
+    kind: frame
+    when: {state: failed, hosts_failed: {gte: 3}}
+    actions: [{notify: {to: room}}]       # left failed for good: no retry policy takes it any more
+    reason: "{hosts_failed|different host} failed it: it is the frame, not the hosts"
+"""
+
+
+def test_a_retry_can_keep_the_hosts_that_failed_a_frame_away_from_it_and_a_frame_fails_for_good_after_three() -> None:
+    loaded = load_texts([("p.yaml", AVOIDING)])
+    assert loaded.ok, loaded.errors
+    at = NOW - timedelta(minutes=1)
+    job = Job(1, "shot", state=JobState.FAILING)
+    job.frames = {
+        1: Frame(1, 1, F.FAILED, host="b", exit_code=1, runs=[FrameRun("a", None, F.FAILED, 1, at, at),
+                                                             FrameRun("b", None, F.FAILED, 1, at, at)]),
+        2: Frame(1, 2, F.FAILED, host="c", exit_code=1, runs=[FrameRun(h, None, F.FAILED, 1, at, at) for h in "abc"]),
+    }
+    farm = Farm(jobs={1: job}, workers={h: Worker(h) for h in "abcd"})
+    plan, _ = plan_farm(farm, PolicySet(loaded.policies), now=NOW, engine="reference")
+    assert {(t.policy, t.ident) for t in plan.transitions} == {("retry-elsewhere", "1:1"),
+                                                               ("give-up-after-three-hosts", "1:2")}
+    from corral.effects import apply_action
+    (retry,) = [t for t in plan.transitions if t.ident == "1:1"]
+    apply_action(farm, Kind.FRAME, "1:1", retry.action, now=NOW, params=dict(retry.params), automatic=True, actor="p")
+    frame = farm.jobs[1].frames[1]
+    assert frame.state == F.PENDING and frame.avoid_hosts == "a b" and frame.host is None
+    assert FactBuilder(farm, NOW).fact(Kind.FRAME, "1:1")["hosts_avoided"] == 2
+
+
+def test_the_hosts_kept_away_from_a_frame_are_stored_and_read_back(store: Store) -> None:
+    at = NOW - timedelta(minutes=1)
+    job = Job(1, "shot", retry_limit=2)
+    job.frames = {1: Frame(1, 1, F.FAILED, host="b", exit_code=1, state_since=at,
+                           runs=[FrameRun("a", None, F.FAILED, 1, at, at), FrameRun("b", None, F.FAILED, 1, at, at)])}
+    job.state = job.derived_state()
+    store.init()
+    store.load_farm(Farm(jobs={1: job}, workers={h: Worker(h) for h in "abc"}), replace=True)
+    farm = store.read_farm()
+    report = store.apply_transitions(farm, [Proposal(Kind.FRAME, "1:1", Action.RETRY, {"avoid_failed_hosts": True},
+                                                     policy="retry-elsewhere", automatic=True)], now=NOW, actor="corral")
+    assert not report.refused
+    again = store.read_farm().jobs[1].frames[1]
+    assert (again.state, again.avoid_hosts, again.retries) == (F.PENDING, "a b", 1)
+    assert farm_to_snapshot(store.read_farm())["jobs"][0]["frames"][0]["avoid_hosts"] == ["a", "b"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from corral.farm import MAX_INT, Frame, Instance, Job, Worker
+from corral.farm import MAX_INT, Frame, Instance, Job, Worker, avoid_text, avoided
 from corral.states import RULES, Action, ActionRule, FrameState, Hold, JobState, Kind
 
 Entity = Job | Frame | Instance | Worker
@@ -111,6 +111,13 @@ class ActionDef:
         log backwards, `corral.replay`): what can be known from the log row alone."""
 
 
+def avoid_failed_hosts(frame: Frame, last_host: str | None) -> None:
+    """Add the hosts that failed `frame` (its failed runs, and `last_host`, where its last
+    failure ran before the retry cleared it) to the hosts kept away from it."""
+    failed = {r.host for r in frame.runs if r.state == FrameState.FAILED and r.host}
+    frame.avoid_hosts = avoid_text(avoided(frame) | failed | ({last_host} if last_host else set()))
+
+
 REGISTRY: dict[Action, ActionDef] = {}
 
 
@@ -174,7 +181,10 @@ class Retry(ActionDef):
     action = Action.RETRY
     params = (Param("spend", bool, "Count this automatic retry against the retry limit (default true); false for "
                     "a failure that is not the work's fault, such as a license server's (OpenCue's back-off)",
-                    frozenset({Kind.JOB, Kind.FRAME})),)
+                    frozenset({Kind.JOB, Kind.FRAME})),
+              Param("avoid_failed_hosts", bool, "Keep every host that failed the frame away from it from now on "
+                    "(Flamenco, Afanasy's errors_task_same_host, Qube!'s migrate_on_frame_retry)",
+                    frozenset({Kind.FRAME})))
     no_inverse = "a retried frame starts again: what it renders cannot be taken back, and the failure it replaced is lost"
 
     def refuse(self, kind: Kind, entity: Entity, job: Job | None, *, automatic: bool,

@@ -11,7 +11,7 @@ overwritten by a decision taken on stale facts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -79,6 +79,9 @@ class Frame:
     state_since: datetime | None = None
     #: Its task type: the job's layer (OpenCue), block (Afanasy) or task type (Flamenco).
     layer: str | None = None
+    #: Hosts kept away from this frame (a retry that avoids the hosts that failed it), as
+    #: sorted names separated by spaces (`avoided`); None: none.
+    avoid_hosts: str | None = None
     version: int = 0
     depends_on: list[tuple[int, int]] = field(default_factory=list)
     runs: list[FrameRun] = field(default_factory=list)
@@ -208,6 +211,7 @@ SCHEMA: dict[Kind, tuple[Column, ...]] = {
         Column("finished_at", "time"),
         Column("state_since", "time"),
         Column("layer", "str"),
+        Column("avoid_hosts", "str"),
         _VERSION,
     ),
     Kind.INSTANCE: (
@@ -225,6 +229,17 @@ SCHEMA: dict[Kind, tuple[Column, ...]] = {
         _VERSION,
     ),
 }
+
+
+def avoided(frame: Frame) -> frozenset[str]:
+    """The hosts kept away from a frame."""
+    return frozenset(frame.avoid_hosts.split()) if frame.avoid_hosts else frozenset()
+
+
+def avoid_text(hosts: Iterable[str]) -> str | None:
+    """Host names as `Frame.avoid_hosts` stores them (None for none)."""
+    names = sorted({h for h in hosts if h})
+    return " ".join(names) if names else None
 
 
 def columns(kind: Kind) -> tuple[str, ...]:

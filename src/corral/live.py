@@ -310,7 +310,8 @@ class LiveFarm:
         admitted = None if self.spread.frame_dependents else self.spread.frame_states
         unchanged = 0
         for row in rows:
-            job_id, number, state, host, instance, attempts, retries, code, started, finished, since, layer, version = row
+            (job_id, number, state, host, instance, attempts, retries, code, started, finished, since, layer, avoid,
+             version) = row
             job = jobs.get(job_id)
             if job is None:
                 continue
@@ -319,7 +320,7 @@ class LiveFarm:
                 was = old_host = None
                 job.frames[number] = frame = Frame(job_id, number, state, host and intern(host),
                                                    instance and intern(instance), attempts, retries, code,
-                                                   started, finished, since, layer and intern(layer), version)
+                                                   started, finished, since, layer and intern(layer), avoid, version)
                 host = frame.host
             else:
                 if frame.version == version and _FRAME_ROW(frame) == row:  # (a write moves the version)
@@ -331,6 +332,7 @@ class LiveFarm:
                 instance = old_instance if instance == old_instance else instance and intern(instance)
                 if layer != frame.layer:
                     frame.layer = layer and intern(layer)
+                frame.avoid_hosts = avoid
                 (frame.state, frame.host, frame.instance, frame.attempts, frame.retries, frame.exit_code,
                  frame.started_at, frame.finished_at, frame.state_since, frame.version) = (
                     state, host, instance, attempts, retries, code, started, finished, since, version)

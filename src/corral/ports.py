@@ -59,7 +59,7 @@ class Mark:
 #: the one it already holds when a row did not change them (`LiveFarm.apply`).  A plain
 #: tuple, not a NamedTuple: a million-frame farm's steady cycle reads ten thousand.
 FrameChange = tuple[int, int, FrameState, str | None, str | None, int, int, int | None,
-                    datetime | None, datetime | None, datetime | None, str | None, int]
+                    datetime | None, datetime | None, datetime | None, str | None, str | None, int]
 
 
 @dataclass

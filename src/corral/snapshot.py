@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from corral.farm import MAX_FRAMES, MAX_INT, MAX_NAME, Farm, Frame, FrameRun, Instance, Job, Worker
+from corral.farm import MAX_FRAMES, MAX_INT, MAX_NAME, Farm, Frame, FrameRun, Instance, Job, Worker, avoid_text, avoided
 from corral.states import FrameState, Hold, InstanceState, JobState, WorkerState, hold_for_state
 from corral.untrusted import no_controls
 from corral.yamlpos import Pos, PosDict, PosList, YamlError, load_text, read_text
@@ -80,6 +80,7 @@ class FrameModel(_Model):
     finished_at: Stamp = None
     state_since: Stamp = None
     layer: Text | None = Field(default=None, description="its task type: the job's layer, block or task type")
+    avoid_hosts: list[Text] = Field(default_factory=list, description="hosts kept away from this frame")
     depends_on: list[FrameRef] = Field(default_factory=list)
     runs: list[RunModel] = Field(default_factory=list)
 
@@ -430,6 +431,7 @@ def _frame(job_id: int, number: int, fm: FrameModel) -> Frame:
         finished_at=fm.finished_at,
         state_since=_frame_since(fm),
         layer=fm.layer,
+        avoid_hosts=avoid_text(fm.avoid_hosts),
         depends_on=[_ref(r) for r in fm.depends_on],
         runs=[FrameRun(r.host, r.instance, r.state, r.exit_code, r.started_at, r.finished_at) for r in fm.runs],
     )
@@ -539,7 +541,7 @@ def _clean(data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None and not (k in defaults and defaults[k] == v)}
 
 
-_FRAME_DEFAULTS: dict[str, Any] = {"attempts": 0, "retries": 0, "depends_on": [], "runs": []}
+_FRAME_DEFAULTS: dict[str, Any] = {"attempts": 0, "retries": 0, "depends_on": [], "runs": [], "avoid_hosts": []}
 _JOB_DEFAULTS: dict[str, Any] = {
     "priority": 50,
     "retry_limit": 0,
@@ -608,6 +610,7 @@ def _frame_data(frame: Frame) -> dict[str, Any]:
         "finished_at": _stamp(frame.finished_at),
         "state_since": _stamp(frame.state_since),
         "layer": frame.layer,
+        "avoid_hosts": sorted(avoided(frame)),
         "depends_on": [f"{j}:{n}" for j, n in frame.depends_on],
         "runs": [
             _clean(

@@ -351,6 +351,7 @@ class FactBuilder:
             "job_id": frame.job_id,
             "number": frame.number,
             "layer": frame.layer,
+            "hosts_avoided": len(frame.avoid_hosts.split()) if frame.avoid_hosts else 0,
             "state": str(frame.state),
             "host": frame.host,
             "instance": frame.instance,

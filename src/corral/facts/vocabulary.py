@@ -132,6 +132,7 @@ _FRAME_OWN: dict[str, FieldSpec] = {
     "failed_attempts": FieldSpec("int", "its attempts that failed, on any host", group="history"),
     "hosts_failed": FieldSpec("int", "distinct hosts that failed it (Flamenco fails a task once several "
                               "different workers failed it)", group="history"),
+    "hosts_avoided": FieldSpec("int", "hosts kept away from it by a retry that avoided the hosts that failed it"),
     "failure_class": FieldSpec("state", "the failure class of its last failed attempt, by its exit code (missing "
                                "if it never failed): oom, license, user_kill, crash, timeout or error",
                                CLASSES, group="history"),

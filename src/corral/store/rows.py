@@ -171,7 +171,7 @@ def read_workers(conn: Connection, where: str = "", order: str = "") -> list[Wor
 
 #: A frame row as `frame_rows` yields it: a `Frame`'s own fields, in its order, parsed.
 FrameRow = tuple[int, int, FrameState, str | None, str | None, int, int, int | None, datetime | None, datetime | None,
-                 datetime | None, str | None, int]
+                 datetime | None, str | None, str | None, int]
 #: Frame states by their stored value.
 FRAME_STATES: dict[str, FrameState] = {s.value: s for s in FrameState}
 
@@ -186,12 +186,12 @@ def frame_rows(conn: Connection, where: str = "", order: str = "", *, stream: bo
     ts = timestamp_parser(dialect)
     states = FRAME_STATES
     sql = f"SELECT {frame_columns(dialect)} FROM frames{_clauses(where, order)}"  # noqa: S608
-    for j, n, st, host, inst_id, attempts, retries, code, started, finished, since, layer, version in raw_rows(
+    for j, n, st, host, inst_id, attempts, retries, code, started, finished, since, layer, avoid, version in raw_rows(
         conn, sql, stream=stream
     ):
         yield (j, n, states[st], host and intern(host), inst_id and intern(inst_id), attempts, retries, code,
                None if started is None else ts(started), None if finished is None else ts(finished),
-               None if since is None else ts(since), layer and intern(layer), version)
+               None if since is None else ts(since), layer and intern(layer), avoid, version)
 
 
 def changed_frames(conn: Connection, where: str) -> list[FrameChange]:
@@ -204,8 +204,8 @@ def changed_frames(conn: Connection, where: str) -> list[FrameChange]:
     sql = f"SELECT {frame_columns(dialect)} FROM frames{_clauses(where, '')}"  # noqa: S608
     return [(j, n, states[st], host, inst, attempts, retries, code,
              None if started is None else ts(started), None if finished is None else ts(finished),
-             None if since is None else ts(since), layer, version)
-            for j, n, st, host, inst, attempts, retries, code, started, finished, since, layer, version
+             None if since is None else ts(since), layer, avoid, version)
+            for j, n, st, host, inst, attempts, retries, code, started, finished, since, layer, avoid, version
             in raw_rows(conn, sql)]
 
 

@@ -100,6 +100,7 @@ class FrameRow(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     state_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
     layer: str | None = Field(default=None, sa_type=String(255))
+    avoid_hosts: str | None = Field(default=None, sa_type=Text)
     version: int = 0
     updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     rev: int | None = Field(default=None, sa_type=BigInteger, index=True)  # stamped by triggers (migration 0003)
