@@ -135,7 +135,7 @@ def test_a_wrong_parameter_is_refused_the_same_way_by_a_policy_and_by_the_farm()
     assert [(e.pos.line, e.message) for e in huge.errors] == [(5, f"{words}, not the number 99999999999999999999")]
     with pytest.raises(IllegalAction, match=f"{words}, not 2147483648"):
         apply_action(snap(FARM), Kind.JOB, "2", Action.RESUBMIT, now=NOW, params={"priority": 2**31})
-    with pytest.raises(ValueError, match="'retry' takes no parameters; 'priority' is not one of them"):
+    with pytest.raises(ValueError, match="'retry' takes spend, avoid_failed_hosts; 'priority' is not one of them"):
         action_def("retry").check_params({"priority": 1})
 
 

@@ -84,7 +84,7 @@ cases:
     # the missing transition says which condition failed, where, and when it will hold
     assert "- retry-failed-jobs: retry job 3" in out
     assert "did not match: time_in_state ≥ 5m (actual 3m, holds in 2m)" in out
-    assert "retry-failed.yaml:37:23" in out
+    assert "retry-failed.yaml:40:23" in out
     # the unexpected one is shown with its reason, and the must-not-touch breach too
     assert "+ retry-failed-jobs: retry job 3 (failed → retrying): automatic retry" in out
     assert "! job 3 must not be touched" in out

@@ -187,6 +187,8 @@ class Daemon:
             return False
         for error in report.errors:
             log.error("policy error: %s", error, extra={"file": error.pos.file, "line": error.pos.line})
+        for warning in self.watcher.warnings:
+            log.warning("policy warning: %s", warning, extra={"file": warning.pos.file, "line": warning.pos.line})
         for name in report.rejected:
             kept = "its last good version stays in force" if any(
                 p.source and p.source.file == name for p in self.watcher.policies) else "it contributes no policy"

@@ -60,6 +60,8 @@ class PolicyWatcher:
         self.generation = 0
         #: The failure classes of the last load (the good files' tables over the defaults).
         self.classes: FailureClasses = DEFAULT_CLASSES
+        #: What the last load warned of (a deprecated field), logged at each reload.
+        self.warnings: list[PolicyError] = []
 
     @property
     def policies(self) -> list[Policy]:
@@ -102,6 +104,7 @@ class PolicyWatcher:
     def _reload(self, report: ReloadReport) -> None:
         result = load_paths(self.paths, self.overrides)
         self.classes = result.classes
+        self.warnings = list(result.warnings)
         self.errors = list(result.errors)
         report.errors = list(result.errors)
         bad = set(result.bad_files)
