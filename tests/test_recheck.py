@@ -18,9 +18,9 @@ from corral.facts import FactBuilder
 from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
 from corral.plan import Plan, _ordered, _play, _resolve_conflicts, make_plan, render_reason
 from corral.policy.loader import load_texts
-from corral.policy.model import Policy, paths
+from corral.policy.model import Limits, Policy, paths
 from corral.policy.reference import holds
-from corral.states import FrameState, InstanceState, JobState
+from corral.states import FrameState, InstanceState, JobState, Kind
 from strategies import NOW, farms, policy_sets
 
 
@@ -156,3 +156,41 @@ def test_a_job_failure_policy_sees_the_failures_a_lockout_requeued_in_the_same_c
     assert [(t.policy, t.kind, t.ident) for t in plan.transitions] == [("lockout-requeue", "instance", "1.b")]
     (s,) = [s for s in plan.refused if s.policy == "kill-failing-job"]
     assert s.category == "superseded" and s.why.endswith("and now state is running")  # its failure requeued
+
+
+def test_a_plan_memo_never_reuses_a_part_another_part_reached() -> None:
+    """A dry-running daemon plans the same matches cycle after cycle and reuses the parts
+    that did not change; a part that another part's transition reached (a host locked
+    under an instance that reads the host's state) is played again, with the same plan
+    as a fresh one, every cycle."""
+    from corral.plan import Found, PlanMemo, plan_found
+
+    farm = Farm()
+    for j, host in ((1, "h"), (2, "g")):
+        job = Job(j, f"shot{j}", state=JobState.RUNNING)
+        job.frames = {1: Frame(j, 1, FrameState.RUNNING, host=host, instance=f"{j}.a")}
+        job.instances = {f"{j}.a": Instance(f"{j}.a", j, host, InstanceState.RUNNING)}
+        farm.jobs[j] = job
+    farm.workers = {"h": Worker("h"), "g": Worker("g")}
+    by_name = {p.name: p for p in POOL.policies}
+    policies = [replace(by_name["lock-any-up-host"], priority=70), replace(by_name["block-on-up-host"], priority=60)]
+    builder = FactBuilder(farm, NOW)
+    matches = find_matches(policies, builder, ReferenceEvaluator(policies))
+    fresh = make_plan(farm, matches, now=NOW, aggregates=builder.agg)
+    memo = PlanMemo()
+    for _cycle in range(3):
+        found = [Found(p, p.kind, [m.ident for m in matches if m.policy is p], lambda k, i: builder.fact(k, i))
+                 for p in policies]
+        plan = plan_found(farm, found, now=NOW, memo=memo, changed=set(), aggregates=builder.agg)
+        assert [(t.policy, t.ident) for t in plan.transitions] == [(t.policy, t.ident) for t in fresh.transitions]
+        assert [(s.policy, s.ident, s.category) for s in plan.refused] == [
+            (s.policy, s.ident, s.category) for s in fresh.refused]
+    assert {s.ident for s in fresh.refused if s.category == "superseded"} == {"1.a", "2.a"}
+    # the lock is now in its cooldown: the instances' part did not change, but what reached
+    # it did, so it is played again, and the instances are blocked after all
+    locker = replace(policies[0], limits=Limits(cooldown=3600))
+    found = [Found(locker, Kind.WORKER, ["g", "h"], lambda k, i: builder.fact(k, i)),
+             Found(policies[1], Kind.INSTANCE, ["1.a", "2.a"], lambda k, i: builder.fact(k, i))]
+    acted = {("lock-any-up-host", "worker", "h"): NOW, ("lock-any-up-host", "worker", "g"): NOW}
+    plan = plan_found(farm, found, now=NOW, memo=memo, changed=set(), aggregates=builder.agg, last_actions=acted)
+    assert [(t.policy, t.ident) for t in plan.transitions] == [("block-on-up-host", "1.a"), ("block-on-up-host", "2.a")]

@@ -30,10 +30,12 @@ from corral.farm import Farm, Frame, Instance, Job, Worker
 from corral.policy.loader import format_duration, template_names
 from corral.policy.model import All, AnyOf, Cmp, Cond, Not, Policy, paths, paths_read
 from corral.policy.reference import holds
-from corral.states import Kind
+from corral.states import FrameState, Kind
 
-#: What an earlier transition reached: ("job", id), ("host", name), or ("workers", None)
-#: for any worker's own row (every job's `workers_available` reads them all).
+#: What an earlier transition reached: ("job", id) for a job's own entities, ("worker",
+#: name) for a worker's row, ("running", name) for the frames running on a host (its
+#: `frames_running`), or ("workers", None) for any worker's row (every job's
+#: `workers_available` reads them all).
 Key = tuple[str, Any]
 
 
@@ -87,21 +89,23 @@ class Rechecker:
         for obj, before in touched:
             if isinstance(obj, Frame):
                 add(("job", obj.job_id), what, part)
-                for host in (before["host"], obj.host):
-                    if host:
-                        add(("host", host), what, part)
+                # a host's facts (its own, and the `worker.*` others show) count only the
+                # frames running on it, and its runs, which no action changes
+                if before["state"] == FrameState.RUNNING or obj.state == FrameState.RUNNING:
+                    for host in (before["host"], obj.host):
+                        if host:
+                            add(("running", host), what, part)
                 if before["state"] != obj.state or before["host"] != obj.host:
                     move = (obj.job_id, before["state"], before["host"], obj.state, obj.host)
                     if mover is not None:
                         mover(*move)
                     self._moved.append(move)
             elif isinstance(obj, Instance):
-                add(("job", obj.job_id), what, part)
-                add(("host", obj.host), what, part)
+                add(("job", obj.job_id), what, part)  # no host fact reads an instance's state
             elif isinstance(obj, Job):
                 add(("job", obj.id), what, part)
             elif isinstance(obj, Worker):
-                add(("host", obj.name), what, part)
+                add(("worker", obj.name), what, part)
                 add(("workers", None), what, part)
         return list(keys.items())
 
@@ -137,13 +141,15 @@ class Rechecker:
     def _keys(self, m: Match) -> list[Key]:
         """What an earlier transition must have touched to change what `m`'s policy reads
         of it (its conditions and its reason): its job always; a job it depends on, its
-        host's row and frames, or any worker, only when the policy reads them."""
+        host's row, the frames running there, or any worker, only when the policy reads them."""
         _needs, reads = self._policy_needs(m.policy)
         keys: list[Key] = []
         if "workers" in reads:
             keys.append(("workers", None))
         if m.kind is Kind.WORKER:
-            keys.append(("host", m.ident))
+            keys.append(("worker", m.ident))
+            if "frames_running" in reads:
+                keys.append(("running", m.ident))
             return keys
         entity: Any = self.farm.lookup(m.kind)(int(m.ident) if m.kind is Kind.JOB else m.ident)
         if entity is None:
@@ -156,7 +162,9 @@ class Rechecker:
         if "dependencies" in reads:
             keys.extend(("job", j) for j, _n in getattr(entity, "depends_on", ()))
         if "worker" in reads and entity.host:
-            keys.append(("host", entity.host))
+            keys.append(("worker", entity.host))
+            if "frames_running" in reads:
+                keys.append(("running", entity.host))
         keys.append(("job", entity.job_id))
         return keys
 
@@ -196,6 +204,8 @@ class Rechecker:
                     reads.add("dependencies")
                 if head == "worker":
                     reads.add("worker")
+                if last == "frames_running" and head in ("", "worker"):
+                    reads.add("frames_running")
             got = self._needs[policy.name] = (Needs.of(paths_read([policy])), frozenset(reads))
         return got
 
