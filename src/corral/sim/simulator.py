@@ -208,6 +208,8 @@ class Simulation:
         self.action_times: list[tuple[float, str]] = []
         self.manager_releases = 0
         self.decisions: list[Decision] = []
+        #: Every attempt that ended: (start, end, host, job id, frame, cause or None when it rendered).
+        self.attempt_log: list[tuple[float, float, str, int, int, str | None]] = []
         self.cycles = 0
         self.cycle_seconds_total = 0.0
         self.cycle_seconds_max = 0.0
@@ -351,6 +353,7 @@ class Simulation:
         host, job = work.host, work.job
         host.work = None
         spent = (self.now - work.start) * host.spec.cores
+        self.attempt_log.append((work.start, self.now, host.spec.name, job.spec.id, work.frame, None if ok else work.cause))
         at, job_id, ident = self.at(), job.spec.id, instance_id(job.spec.id, host.spec.name)
         if ok:
             self.useful += spent
