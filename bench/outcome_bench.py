@@ -161,6 +161,10 @@ def aggregate(nights: list[dict[str, Any]]) -> dict[str, Any]:
             for who in ("baseline", "corral", "oracle")
         },
         **{
+            f"median_frames_rendered_{who}": statistics.median(n["runs"][who]["frames_rendered"] for n in nights)
+            for who in ("baseline", "corral", "oracle")
+        },
+        **{
             f"healthy_chains_finished_{who}": sum(n["runs"][who]["healthy_chains_finished"] for n in nights)
             for who in ("baseline", "corral", "oracle")
         },
