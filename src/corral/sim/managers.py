@@ -19,10 +19,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from corral.sim.simulator import _Job, _Work
+from corral.sim.books import Job as _Job
+from corral.sim.books import Work as _Work
 
 
 class Admit(IntEnum):

@@ -11,19 +11,28 @@ job, a host dropping) is the waste no policy can avoid.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 from corral.ports import Proposal
+from corral.sim.books import Work
+from corral.sim.scenario import Scenario
 from corral.states import Action, FrameState, Kind
-
-if TYPE_CHECKING:
-    from corral.sim.simulator import Simulation
 
 ORACLE_ACTOR = "user:oracle"
 
 
+class OracleFarm(Protocol):
+    """What the oracle reads and does on the simulated farm (`Simulation` is one)."""
+
+    scenario: Scenario
+    fresh_failures: list[Work]
+
+    def apply(self, proposals: Sequence[Proposal], *, label: str) -> None: ...
+
+
 class Oracle:
-    def __init__(self, sim: Simulation) -> None:
+    def __init__(self, sim: OracleFarm) -> None:
         self.sim = sim
         self.locked: set[str] = set()
         self.blocked: set[int] = set()

@@ -31,7 +31,6 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,10 +55,13 @@ from corral.policy.model import Policy
 from corral.policyset import PolicySet
 from corral.ports import Proposal
 from corral.sim.audit import Decision, audit, healthy_chains
+from corral.sim.books import Host as _Host
+from corral.sim.books import Job as _Job
+from corral.sim.books import Work as _Work
 from corral.sim.managers import Admit, Handling, make_handling
 from corral.sim.oracle import ORACLE_ACTOR, Oracle
 from corral.sim.report import RunReport, Sample
-from corral.sim.scenario import Night, NightHost, NightJob
+from corral.sim.scenario import Night
 from corral.states import Action, FrameState, Hold, InstanceState, JobState, Kind, WorkerState, derive_job_state
 from corral.store import Done, Store
 
@@ -88,48 +90,6 @@ def load_policies(paths: Sequence[str | Path], *, builtin: bool = True) -> list[
     if loaded.errors:
         raise ValueError("\n".join(str(e) for e in loaded.errors))
     return list(loaded.policies)
-
-
-@dataclass(eq=False)
-class _Work:
-    host: _Host
-    job: _Job
-    frame: int
-    start: float
-    end: float
-    ok: bool
-    exit_code: int
-    #: Why it fails (None: it renders): bad_host, broken_job, futile_retry (a retry of a
-    #: frame of a broken job), flaky_frame or host_dropped.
-    cause: str | None = None
-
-
-@dataclass(eq=False)
-class _Host:
-    spec: NightHost
-    up: bool = True
-    locked: bool = False
-    work: _Work | None = None
-
-
-@dataclass(eq=False)
-class _Job:
-    spec: NightJob
-    submitted: bool = False
-    #: No hold and not blocked: the supervisor may dispatch its pending frames.
-    open: bool = False
-    states: dict[int, FrameState] = field(default_factory=dict)
-    pending: set[int] = field(default_factory=set)
-    complete: int = 0
-    flaked: set[int] = field(default_factory=set)
-    lockouts: set[str] = field(default_factory=set)
-    instances: set[str] = field(default_factory=set)
-    #: Blocked by someone's decision (not just waiting on its dependencies).
-    held: bool = False
-    done_at: float | None = None
-    #: Failed frames the manager put back to pending (the store sees them start again).
-    requeued: set[int] = field(default_factory=set)
-    attempts: dict[int, int] = field(default_factory=dict)
 
 
 def instance_id(job_id: int, host: str) -> str:
