@@ -4,6 +4,8 @@ each documented default does what a wrangler of that manager would see it do."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from corral.sim import HANDLINGS, Scenario, draw_night, make_handling, play
 from corral.sim.audit import WRONG, Decision, audit
@@ -188,3 +190,39 @@ def test_the_audit_names_each_wrong_decision() -> None:
     assert list(counts) == list(WRONG)
     assert counts == {"good_host_locked": 1, "healthy_job_blocked": 1, "retry_past_limit": 1, "healthy_chain_waiting": 1}
     assert any("render02" in line for line in lines) and any("job 2" in line for line in lines)
+
+
+# --- any night ------------------------------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(1, 100_000),
+    bad=st.sampled_from([0.0, 0.1, 0.3]),
+    broken=st.sampled_from([0.0, 0.15, 0.4]),
+    manager=st.sampled_from(["none", "qube", "afanasy", "deadline"]),
+)
+def test_on_any_night_each_manager_keeps_its_limits_and_the_oracle_is_never_wrong(
+    seed: int, bad: float, broken: float, manager: str
+) -> None:
+    night = draw_night(Scenario(seed=seed, jobs=8, hosts=6, hours=2.0, frames=(5, 20), bad_host_share=bad,
+                                broken_job_share=broken, flaky_frame_share=0.1, drop_host_share=0.2))
+    alone = _play(night, Deadline(job_error_limit=12) if manager == "deadline" else manager)
+    failures: dict[tuple[int, int], int] = {}
+    errors: dict[int, list[float]] = {}
+    for _, end, _, job, frame, cause in sorted(alone.attempt_log, key=lambda a: a[1]):
+        if cause is not None:
+            failures[(job, frame)] = failures.get((job, frame), 0) + 1
+            errors.setdefault(job, []).append(end)
+    if manager == "none":
+        assert max(failures.values(), default=0) <= 1  # nobody retries
+    if manager == "afanasy":
+        assert max(failures.values(), default=0) <= 1 + Afanasy().errors_retries
+    if manager == "deadline":
+        for job, ends in errors.items():
+            if len(ends) >= 12:
+                assert not [s for s, _, _, j, _, _ in alone.attempt_log if j == job and s > ends[11]]
+    with_oracle = _play(night, manager, oracle=True)
+    report = with_oracle._report(0)
+    assert sum(report.wrong_actions.values()) == 0, report.wrong_action_lines
+    assert {h for h, host in with_oracle.hosts.items() if host.locked} <= {h.name for h in night.hosts if h.bad}
