@@ -1,4 +1,5 @@
-"""Commands: corral demo, a simulated night on a fresh farm, with corral and without it."""
+"""Commands: corral demo, a simulated night on a fresh farm: a farm manager alone, with
+corral's pack on top, and with the ground-truth oracle on top."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from corral.cli.common import JsonOption, console, fail, print_json
-from corral.sim import Comparison, Night, RunReport, Sample, Scenario, builtin_policies, draw_night, play
+from corral.cli.policy_cmds import OnlyRulesOption, RulesOption, SetOption, load_or_fail
+from corral.policy.model import Policy
+from corral.sim import DEFAULT_BASELINE, HANDLINGS, Comparison, Night, RunReport, Sample, Scenario, draw_night, play
 from corral.sim.plot import FORMATS, write_plot
 
 #: What the report's table shows, in order: (label, field, format).
@@ -49,8 +52,8 @@ def _cell(value: object, fmt: str, field: str) -> str:
     return fmt.format(value)
 
 
-def _report(result: Comparison, wall: float) -> None:
-    w, b = result.with_corral, result.baseline
+def _report(result: Comparison, wall: float, rules: str) -> None:
+    w, b, o = result.with_corral, result.baseline, result.oracle
     s = result.scenario
     faults = result.faults
     console.print(
@@ -64,15 +67,28 @@ def _report(result: Comparison, wall: float) -> None:
         f"offline {', '.join(faults['hosts_dropping']) or 'none'}.",
         highlight=False,
     )
-    table = Table(title="with corral and without", title_justify="left")
+    manager = HANDLINGS[b.manager].title
+    default = " (the default: the simulated farm has Qube!'s states and actions)" if b.manager == DEFAULT_BASELINE else ""
+    console.print(f"Farm manager: {manager}{default}; corral runs {rules} on top of it.", highlight=False)
+    runs = [("with corral", w), ("manager alone", b)] + ([("oracle", o)] if o is not None else [])
+    table = Table(title="the same night, three ways", title_justify="left")
     table.add_column("")
-    table.add_column("with corral", justify="right")
-    table.add_column("without", justify="right")
+    for name, _ in runs:
+        table.add_column(name, justify="right")
     for label, field, fmt in _ROWS:
-        table.add_row(label, _cell(getattr(w, field), fmt, field), _cell(getattr(b, field), fmt, field))
-    table.add_row("core-hours wasted, by cause", _causes(w.wasted_by_cause), _causes(b.wasted_by_cause))
-    table.add_row("actions taken", str(sum(w.actions_by_policy.values())), f"{sum(b.actions_by_policy.values())} (wrangler)")
+        table.add_row(label, *(_cell(getattr(r, field), fmt, field) for _, r in runs))
+    table.add_row("healthy chains finished", *(f"{len(r.healthy_chains_finished)}/{r.healthy_chains_total}" for _, r in runs))
+    table.add_row("core-hours wasted, by cause", *(_causes(r.wasted_by_cause) for _, r in runs))
+    table.add_row("actions taken", *(_actions(r) for _, r in runs))
+    table.add_row("wrong actions (ground truth)", *(str(sum(r.wrong_actions.values())) for _, r in runs))
     console.print(table)
+    ratios = result.ratios()
+    line = f"corral's waste is {_ratio(ratios['ratio_baseline'])} of the manager's alone"
+    if ratios["ratio_oracle"] is not None:
+        line += f" and {_ratio(ratios['ratio_oracle'])} of the oracle's (the floor: a wrangler who knows the faults)"
+    console.print(line + ".", highlight=False)
+    for line in w.wrong_action_lines:
+        console.print(f"  wrong: {escape(line)}", highlight=False)
     if w.actions_by_policy:
         actions = Table(title="corral's actions, by policy", title_justify="left")
         actions.add_column("policy")
@@ -92,8 +108,24 @@ def _report(result: Comparison, wall: float) -> None:
         )
 
 
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _actions(run: RunReport) -> str:
+    n = sum(run.actions_by_policy.values())
+    if run.label == "baseline":
+        return f"{n} (wrangler)"
+    return str(n) if run.label != "oracle" else f"{n} (oracle)"
+
+
+_CAUSES = {"futile_retry": "retries that cannot succeed", "taken_off_host": "taken off a host"}
+
+
 def _causes(causes: dict[str, float]) -> str:
-    return "\n".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in sorted(causes.items(), key=lambda kv: -kv[1])) or "-"
+    return "\n".join(
+        f"{_CAUSES.get(k, k.replace('_', ' '))} {v:.1f}" for k, v in sorted(causes.items(), key=lambda kv: -kv[1])
+    ) or "-"
 
 
 def register(app: typer.Typer) -> None:
@@ -120,11 +152,33 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help=f"Write a timeline of the night ({', '.join(FORMATS)}).", show_default=False),
         ] = None,
+        baseline: Annotated[
+            str,
+            typer.Option(
+                "--baseline",
+                help=f"The farm manager's own failure handling, alone and under corral: {', '.join(HANDLINGS)} "
+                "(none: a supervisor that only dispatches, and a wrangler every 3 h).",
+            ),
+        ] = DEFAULT_BASELINE,
+        rules: RulesOption = None,
+        only_rules: OnlyRulesOption = False,
+        sets: SetOption = None,
+        oracle: Annotated[
+            bool, typer.Option("--oracle/--no-oracle", help="Also play the night with the ground-truth oracle.")
+        ] = True,
         json_out: JsonOption = False,
     ) -> None:
-        """Simulate a night on a fresh farm with faults, with corral's built-in pack and without it, and compare."""
+        """Simulate a night on a fresh farm with faults: the farm manager alone, with corral's
+        policies on top (the built-in pack unless --only-rules), and with an oracle that knows
+        the faults; compare."""
         if plot is not None and plot.suffix.lower() not in FORMATS:
             fail(f"--plot {plot}: use a file ending in {', '.join(FORMATS)}")
+        if baseline not in HANDLINGS:
+            fail(f"--baseline {baseline}: choose one of {', '.join(HANDLINGS)}")
+        policies = list(load_or_fail(rules, only_rules, sets).policies)
+        if not policies:
+            fail("no policy loaded: give --rules with at least one policy (or drop --only-rules)")
+        described = _describe_rules(rules, only_rules, sets)
         scenario = Scenario(seed=seed, jobs=jobs, hosts=hosts, hours=hours, cycle_seconds=cycle)
         url = _db_url(db)
         night = draw_night(scenario)
@@ -132,13 +186,14 @@ def register(app: typer.Typer) -> None:
         live = not json_out and console.is_terminal
         try:
             if live:
-                with_corral, baseline = _play_live(night, url)
+                with_corral, base, best = _play_live(night, url, policies, baseline, oracle)
             else:
-                with_corral = play(night, url=url, policies=builtin_policies())
-                baseline = play(night, policies=None)
+                with_corral = play(night, url=url, policies=policies, handling=baseline)
+                base = play(night, policies=None, handling=baseline)
+                best = play(night, policies=None, handling=baseline, oracle=True) if oracle else None
         except ValueError as err:
             fail(str(err))
-        result = Comparison(scenario.to_dict(), night.faults(), with_corral, baseline, db=url)
+        result = Comparison(scenario.to_dict(), night.faults(), with_corral, base, db=url, oracle=best)
         wall = time.perf_counter() - started
         if plot is not None:
             write_plot(result, plot)
@@ -146,15 +201,25 @@ def register(app: typer.Typer) -> None:
             out = result.to_dict()
             out["wall_seconds"] = round(wall, 2)
             out["plot"] = str(plot) if plot is not None else None
+            out["rules"] = described
             print_json(out)
             return
-        _report(result, wall)
+        _report(result, wall, described)
         if plot is not None:
             console.print(f"Timeline written to {escape(str(plot))}.", highlight=False)
 
 
-def _play_live(night: Night, url: str | None) -> tuple[RunReport, RunReport]:
-    """Both runs with a progress bar each, and each run's figures on a line of their own
+def _describe_rules(rules: list[Path] | None, only_rules: bool, sets: list[str] | None) -> str:
+    parts = [] if only_rules else ["the built-in pack"]
+    parts += [str(p) for p in rules or []]
+    text = " + ".join(parts)
+    return text + (f" (with --set {', '.join(sets)})" if sets else "")
+
+
+def _play_live(
+    night: Night, url: str | None, policies: list[Policy], baseline: str, oracle: bool
+) -> tuple[RunReport, RunReport, RunReport | None]:
+    """The runs with a progress bar each, and each run's figures on a line of their own
     below (on the bar's line they squeezed the bar and the clock to "…" in a 100-column pane)."""
     hours = night.scenario.hours
     progress = Progress(
@@ -184,7 +249,13 @@ def _play_live(night: Night, url: str | None) -> tuple[RunReport, RunReport]:
 
     with Live(Group(progress, Figures()), console=console, transient=False, refresh_per_second=8):
         first = progress.add_task("with corral", total=hours, hour=0.0)
-        second = progress.add_task("without corral", total=hours, hour=0.0)
-        with_corral = play(night, url=url, policies=builtin_policies(), progress=updater(first, "with corral"))
-        baseline = play(night, policies=None, progress=updater(second, "without corral"))
-    return with_corral, baseline
+        second = progress.add_task("manager alone", total=hours, hour=0.0)
+        third = progress.add_task("oracle", total=hours, hour=0.0) if oracle else None
+        with_corral = play(night, url=url, policies=policies, handling=baseline, progress=updater(first, "with corral"))
+        base = play(night, policies=None, handling=baseline, progress=updater(second, "manager alone"))
+        best = (
+            play(night, policies=None, handling=baseline, oracle=True, progress=updater(third, "oracle"))
+            if third is not None
+            else None
+        )
+    return with_corral, base, best

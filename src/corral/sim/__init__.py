@@ -3,7 +3,10 @@ writing to a corral store on a simulated clock, with corral's cycle or without i
 
     from corral.sim import Scenario, compare
     result = compare(Scenario(seed=7, jobs=20, hosts=12, hours=4))
-    print(result.with_corral.wasted_core_hours, result.baseline.wasted_core_hours)
+    print(result.with_corral.wasted_core_hours, result.baseline.wasted_core_hours, result.oracle.wasted_core_hours)
+
+The baseline is a farm manager's own failure handling (`corral.sim.managers`, Qube!'s by
+default); corral and the oracle (`corral.sim.oracle`) play on top of the same manager.
 
 docs/demo.md describes what it models and what it leaves out.
 """
@@ -13,12 +16,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from corral.policy.model import Policy
+from corral.sim.managers import DEFAULT_BASELINE, HANDLINGS, REAL_BASELINES, Handling, make_handling
 from corral.sim.report import Comparison, RunReport, Sample
 from corral.sim.scenario import Night, NightHost, NightJob, Scenario, draw_night
 from corral.sim.simulator import Progress, Simulation, builtin_policies, load_policies, open_farm, play
 
 __all__ = [
+    "DEFAULT_BASELINE",
+    "HANDLINGS",
+    "REAL_BASELINES",
     "Comparison",
+    "Handling",
     "Night",
     "NightHost",
     "NightJob",
@@ -31,6 +39,7 @@ __all__ = [
     "compare",
     "draw_night",
     "load_policies",
+    "make_handling",
     "open_farm",
     "play",
 ]
@@ -41,12 +50,18 @@ def compare(
     *,
     url: str | None = None,
     policies: Sequence[Policy] | None = None,
+    baseline: str = DEFAULT_BASELINE,
+    oracle: bool = True,
     progress: Progress | None = None,
     baseline_progress: Progress | None = None,
+    oracle_progress: Progress | None = None,
 ) -> Comparison:
-    """Play the scenario's night twice: with corral (on `url`, else a temporary store;
-    `policies` default to the built-in pack) and without it (always a temporary store)."""
+    """Play the scenario's night with the `baseline` farm manager alone, with corral on top
+    (on `url`, else a temporary store; `policies` default to the built-in pack) and, with
+    `oracle`, with the ground-truth oracle on top (always temporary stores)."""
     night = draw_night(scenario)
-    with_corral = play(night, url=url, policies=policies if policies is not None else builtin_policies(), progress=progress)
-    baseline = play(night, policies=None, progress=baseline_progress)
-    return Comparison(scenario.to_dict(), night.faults(), with_corral, baseline, db=url)
+    pack = policies if policies is not None else builtin_policies()
+    with_corral = play(night, url=url, policies=pack, handling=baseline, progress=progress)
+    base = play(night, policies=None, handling=baseline, progress=baseline_progress)
+    best = play(night, policies=None, handling=baseline, oracle=True, progress=oracle_progress) if oracle else None
+    return Comparison(scenario.to_dict(), night.faults(), with_corral, base, db=url, oracle=best)

@@ -1,5 +1,5 @@
 """A picture of the night: frames rendered, failed attempts, core-hours wasted and corral's
-actions over simulated time, with corral and without (matplotlib, Agg backend)."""
+actions over simulated time: with corral, the farm manager alone, and the oracle (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ def write_plot(result: Comparison, path: str | Path) -> Path:
 
     runs: list[tuple[RunReport, str, str]] = [
         (result.with_corral, "with corral", "tab:green"),
-        (result.baseline, "without corral", "tab:red"),
+        (result.baseline, f"{result.baseline.manager} alone", "tab:red"),
     ]
+    if result.oracle is not None:
+        runs.append((result.oracle, "oracle (knows the faults)", "tab:blue"))
     s = result.scenario
     hours = float(s["hours"])
     every = float(s.get("wrangler_every_hours") or 0)
@@ -50,9 +52,10 @@ def write_plot(result: Comparison, path: str | Path) -> Path:
         w, b = result.with_corral, result.baseline
         fig.suptitle(
             f"corral demo: {s['jobs']} jobs, {s['hosts']} hosts, {hours:g} h, seed {s['seed']}\n"
-            f"jobs completed: {w.jobs_completed} of {w.jobs_total} with corral, {b.jobs_completed} without  ·  "
-            f"chains finished: {w.chains_finished} of {w.chains_total} with, {b.chains_finished} without\n"
-            f"core-hours wasted: {w.wasted_core_hours:g} with corral, {b.wasted_core_hours:g} without"
+            f"jobs completed: {w.jobs_completed} of {w.jobs_total} with corral, {b.jobs_completed} {b.manager} alone  ·  "
+            f"chains finished: {w.chains_finished} of {w.chains_total} with, {b.chains_finished} alone\n"
+            f"core-hours wasted: {w.wasted_core_hours:g} with corral, {b.wasted_core_hours:g} {b.manager} alone"
+            + (f", {result.oracle.wasted_core_hours:g} oracle" if result.oracle is not None else "")
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path)

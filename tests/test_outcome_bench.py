@@ -1,0 +1,54 @@
+"""bench/outcome_bench.py: the figures, the targets beside them, and its options."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "outcome_bench.py"
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("outcome_bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["outcome_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seeds_are_ranges_or_lists_and_bad_ones_say_how_to_write_them() -> None:
+    bench = _bench()
+    assert bench.parse_seeds("1-3,7") == [1, 2, 3, 7]
+    with pytest.raises(SystemExit, match="1-20"):
+        bench.parse_seeds("one")
+
+
+def test_the_large_night_is_at_least_200_jobs_100_hosts_12_hours() -> None:
+    large = _bench().NIGHTS["large"]
+    assert large.jobs >= 200 and large.hosts >= 100 and large.hours >= 12
+
+
+def test_one_seed_reports_three_runs_ratios_and_targets(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _bench()
+    assert bench.main(["--seeds", "2", "--night", "small", "--baseline", "afanasy", "--workers", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (night,) = out["nights"]
+    runs = night["runs"]
+    assert set(runs) == {"baseline", "corral", "oracle"}
+    assert night["ratio_oracle"] == round(runs["corral"]["wasted_core_hours"] / runs["oracle"]["wasted_core_hours"], 3)
+    for run in runs.values():
+        assert set(run["wasted_by_cause"]) == set(bench.CAUSES)
+        assert sum(run["wasted_by_cause"].values()) == pytest.approx(run["wasted_core_hours"], abs=0.05)
+    assert sum(runs["oracle"]["wrong_actions"].values()) == 0
+    agg = out["aggregate"]["afanasy"]
+    assert agg["median_ratio_oracle"] == night["ratio_oracle"] == agg["worst_ratio_oracle"]
+    assert agg["targets"]["median_ratio_oracle"] == (night["ratio_oracle"] <= 1.25)
+    assert set(agg["targets"]) == set(bench.TARGETS)
+    with pytest.raises(SystemExit, match="choose from"):
+        bench.main(["--seeds", "1", "--baseline", "tractor"])
