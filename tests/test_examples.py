@@ -8,13 +8,16 @@ import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from corral.cli import app
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-QUBE = EXAMPLES / "policies" / "qube-autowrangling.yaml"
-FLAMENCO = EXAMPLES / "policies" / "flamenco-blocklist.yaml"
+POLICIES = EXAMPLES / "policies"
+QUBE = POLICIES / "qube-autowrangling.yaml"
+FLAMENCO = POLICIES / "flamenco-blocklist.yaml"
+AFANASY = POLICIES / "afanasy-errors.yaml"
 SNAPSHOT = EXAMPLES / "farm-snapshot.yaml"
 NOW = "2026-11-28T02:00:00Z"
 
@@ -33,13 +36,7 @@ def acted(transitions: list[dict[str, object]]) -> set[tuple[object, object, obj
     return {(t["policy"], t["kind"], str(t["id"]), t["action"]) for t in transitions}
 
 
-def farm(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "farm.yaml"
-    path.write_text(text)
-    return path
-
-
-@pytest.mark.parametrize("path", [QUBE, FLAMENCO], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [QUBE, FLAMENCO, AFANASY], ids=lambda p: p.name)
 def test_example_policies_pass_check(path: Path) -> None:
     result = CliRunner().invoke(app, ["check", str(path)])
     assert result.exit_code == 0, result.output
@@ -57,96 +54,32 @@ def test_the_snapshot_plans_as_the_readme_says() -> None:
     assert "104" not in touched  # out of retries: left for a wrangler
 
 
-QUBE_FARM = """
-jobs:
-  - id: 1          # render07 failed 6 frames while render01 completes: locked out, frames requeued
-    name: others_complete
-    instances:
-      - {id: "1.a", host: render01, state: running}
-      - {id: "1.b", host: render07, state: running}
-    frames:
-      - {range: 1-4, state: complete, host: render01, instance: "1.a", exit_code: 0, finished_at: 2026-11-28T01:50:00Z}
-      - {range: 5-10, state: failed, host: render07, instance: "1.b", exit_code: 139, finished_at: 2026-11-28T01:55:00Z}
-      - {range: 11-30, state: pending}
-  - id: 2          # both hosts fail, nothing completes: the job is blocked
-    name: all_fail
-    instances:
-      - {id: "2.a", host: render02, state: running}
-      - {id: "2.b", host: render03, state: running}
-    frames:
-      - {range: 1-3, state: failed, host: render02, instance: "2.a", exit_code: 1, finished_at: 2026-11-28T01:55:00Z}
-      - {range: 4-6, state: failed, host: render03, instance: "2.b", exit_code: 1, finished_at: 2026-11-28T01:55:00Z}
-      - {range: 7-30, state: pending}
-  - id: 3          # render04 failed 6, render05 runs its first frame without failing: render04 locked out
-    name: none_complete_yet
-    instances:
-      - {id: "3.a", host: render04, state: running}
-      - {id: "3.b", host: render05, state: running}
-    frames:
-      - {range: 1-6, state: failed, host: render04, instance: "3.a", exit_code: 1, finished_at: 2026-11-28T01:55:00Z}
-      - {number: 7, state: running, host: render05, instance: "3.b", started_at: 2026-11-28T01:50:00Z}
-      - {range: 8-30, state: pending}
-  - id: 4          # only render06 ran it and failed 6: "migrated" (locked out, frames requeued)
-    name: single_host
-    instances:
-      - {id: "4.a", host: render06, state: running}
-    frames:
-      - {range: 1-6, state: failed, host: render06, instance: "4.a", exit_code: 1, finished_at: 2026-11-28T01:55:00Z}
-      - {range: 7-30, state: pending}
-  - id: 5          # five failures are not more than five: untouched
-    name: below_activation
-    instances:
-      - {id: "5.a", host: render08, state: running}
-      - {id: "5.b", host: render09, state: running}
-    frames:
-      - {range: 1-5, state: failed, host: render08, instance: "5.a", exit_code: 1, finished_at: 2026-11-28T01:55:00Z}
-      - {range: 6-8, state: complete, host: render09, instance: "5.b", exit_code: 0, finished_at: 2026-11-28T01:55:00Z}
-"""
+def test_every_example_set_ships_with_a_test_file() -> None:
+    sets = sorted(p for p in POLICIES.glob("*.yaml") if not p.name.endswith(".test.yaml"))
+    assert {p.name for p in sets} >= {QUBE.name, FLAMENCO.name, AFANASY.name}
+    for path in sets:
+        assert path.with_name(path.stem + ".test.yaml").is_file(), f"{path.name} has no .test.yaml"
 
 
-def test_qube_policies_act_as_documented(tmp_path: Path) -> None:
-    transitions = plan(QUBE, farm(tmp_path, QUBE_FARM))
-    assert acted(transitions) == {
-        ("qube-lock-host-others-complete", "instance", "1.b", "block"),
-        ("qube-block-job-all-hosts-fail", "job", "2", "block"),
-        ("qube-lock-host-none-complete-yet", "instance", "3.a", "block"),
-        ("qube-migrate-single-host", "instance", "4.a", "block"),
-    }
-    params = {str(t["id"]): t.get("params") for t in transitions}
-    assert params["1.b"] == {"requeue_failed": True}
-    assert params["4.a"] == {"requeue_failed": True}
-    assert not params["3.a"]
+@pytest.mark.parametrize("path", sorted(POLICIES.glob("*.test.yaml")), ids=lambda p: p.name)
+def test_every_case_cites_a_source_its_file_names(path: Path) -> None:
+    """A case says which documentation page or test file shows the behaviour it checks."""
+    text = path.read_text()
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    cited = set(re.findall(r"^#\s+\[([A-Z]+)\]", header, re.M))
+    assert cited, f"{path.name}: its header names no source"
+    for case in yaml.safe_load(text)["cases"]:
+        tags = set(re.findall(r"\[([A-Z]+)[\] ]", case["name"]))
+        assert tags, f"{path.name}: case {case['name']!r} cites no source"
+        assert tags <= cited, f"{path.name}: case {case['name']!r} cites {tags - cited}, not in the header"
 
 
-FLAMENCO_FARM = """
-jobs:
-  - id: 1          # render07 failed 3 frames: blocklisted, its frames requeued; render08 failed 2: not yet
-    name: blocklist
-    instances:
-      - {id: "1.a", host: render07, state: running}
-      - {id: "1.b", host: render08, state: running}
-      - {id: "1.c", host: render01, state: running}
-    frames:
-      - {range: 1-3, state: failed, host: render07, instance: "1.a", exit_code: 1, finished_at: 2026-11-28T01:55:00Z}
-      - {range: 4-5, state: failed, host: render08, instance: "1.b", exit_code: 1, finished_at: 2026-11-28T01:55:00Z}
-      - {range: 6-60, state: complete, host: render01, instance: "1.c", exit_code: 0, finished_at: 2026-11-28T01:55:00Z}
-      - {range: 61-100, state: pending}
-  - id: 2          # 12 failed frames (one per host, so no blocklist): the job is killed as Flamenco fails it
-    name: too_many_failures
-    frames:
-      - {range: 1-12, state: failed, exit_code: 1, finished_at: 2026-11-28T01:55:00Z}
-      - {range: 13-100, state: pending}
-"""
-
-
-def test_flamenco_policies_act_as_documented(tmp_path: Path) -> None:
-    transitions = plan(FLAMENCO, farm(tmp_path, FLAMENCO_FARM))
-    assert acted(transitions) == {
-        ("flamenco-blocklist-worker", "instance", "1.a", "block"),
-        ("flamenco-fail-job", "job", "2", "kill"),
-    }
-    kill = next(t for t in transitions if t["action"] == "kill")
-    assert "12 of its 100 frames failed" in str(kill["reason"])
+def test_example_sets_decide_as_their_test_files_say() -> None:
+    result = CliRunner().invoke(app, ["test", str(POLICIES)])
+    assert result.exit_code == 0, result.output
+    summary = result.output.strip().splitlines()[-1]
+    passed = int(summary.split()[0])
+    assert summary.endswith(" 0 failed") and passed >= 30, summary
 
 
 def postgres_commands() -> list[list[str]]:
