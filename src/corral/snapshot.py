@@ -433,8 +433,18 @@ def _frame(job_id: int, number: int, fm: FrameModel) -> Frame:
         layer=fm.layer,
         avoid_hosts=avoid_text(fm.avoid_hosts),
         depends_on=[_ref(r) for r in fm.depends_on],
-        runs=[FrameRun(r.host, r.instance, r.state, r.exit_code, r.started_at, r.finished_at) for r in fm.runs],
+        runs=[FrameRun(r.host, r.instance, r.state, r.exit_code, r.started_at, r.finished_at) for r in fm.runs]
+        or ([] if "runs" in fm.model_fields_set else _last_run(fm)),
     )
+
+
+def _last_run(fm: FrameModel) -> list[FrameRun]:
+    """A finished frame given without `runs:` (left out, not `runs: []`) ran once, where
+    it says: kept as its run, as the store keeps it, so its failure still counts once a
+    policy requeues it (history is never lost)."""
+    if fm.state in (FrameState.COMPLETE, FrameState.FAILED) and fm.host:
+        return [FrameRun(fm.host, fm.instance, fm.state, fm.exit_code, fm.started_at, fm.finished_at)]
+    return []
 
 
 def _ref(text: str) -> tuple[int, int]:
@@ -629,7 +639,10 @@ def _frame_data(frame: Frame) -> dict[str, Any]:
     }
     derivable = (frame.finished_at if frame.state in (FrameState.COMPLETE, FrameState.FAILED, FrameState.KILLED)
                  else frame.started_at if frame.state == FrameState.RUNNING else None) is not None
-    return _unknown_since(frame.state_since, _clean(data, _FRAME_DEFAULTS), derivable)
+    out = _unknown_since(frame.state_since, _clean(data, _FRAME_DEFAULTS), derivable)
+    if not frame.runs and frame.host and frame.state in (FrameState.COMPLETE, FrameState.FAILED):
+        out["runs"] = []  # said, or a load would take its result for its one run
+    return out
 
 
 def _unknown_since(since: datetime | None, data: dict[str, Any], derivable: bool) -> dict[str, Any]:
