@@ -3,6 +3,8 @@ each documented default does what a wrangler of that manager would see it do."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -226,3 +228,35 @@ def test_on_any_night_each_manager_keeps_its_limits_and_the_oracle_is_never_wron
     report = with_oracle._report(0)
     assert sum(report.wrong_actions.values()) == 0, report.wrong_action_lines
     assert {h for h, host in with_oracle.hosts.items() if host.locked} <= {h.name for h in night.hosts if h.bad}
+
+
+# --- corral's per-frame host avoidance, respected by the simulated supervisor -------------
+
+AVOID = """
+policies:
+  - name: retry-away
+    kind: frame
+    when: {state: failed, job.state: [running, failing, retrying]}
+    actions: [{retry: {spend: false, avoid_failed_hosts: true}}]
+    reason: "retry away from {hosts_failed|host}"
+"""
+
+
+@pytest.mark.parametrize("avoid", [True, False])
+def test_the_supervisor_never_gives_a_frame_back_to_a_host_corral_keeps_away_from_it(
+        tmp_path: Path, avoid: bool) -> None:
+    from corral.policy.loader import load_texts
+    from corral.store.store import Store
+
+    text = AVOID if avoid else AVOID.replace("spend: false, avoid_failed_hosts: true", "spend: false")
+    policies = load_texts([("p.yaml", text)]).policies
+    night = _night([_host("bad", bad=True), _host("good")], [_job(1, 6, minutes=5.0)], hours=3.0)
+    store = Store.open(f"sqlite:///{tmp_path}/night.db")
+    store.init()
+    sim = Simulation(night, store, policies=policies, handling="none")
+    sim.run()
+    on_bad = [frame for _start, _end, host, _job_id, frame, cause in sim.attempt_log if host == "bad" and cause]
+    if avoid:
+        assert len(on_bad) == len(set(on_bad))  # each frame failed there once, then went elsewhere
+    else:
+        assert len(on_bad) > len(set(on_bad))  # without it, frames went back to the bad host

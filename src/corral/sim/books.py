@@ -45,6 +45,8 @@ class Job:
     complete: int = 0
     flaked: set[int] = field(default_factory=set)
     lockouts: set[str] = field(default_factory=set)
+    #: Hosts kept away from each frame by corral (`retry: {avoid_failed_hosts: true}`).
+    avoid: dict[int, frozenset[str]] = field(default_factory=dict)
     instances: set[str] = field(default_factory=set)
     #: Blocked by someone's decision (not just waiting on its dependencies).
     held: bool = False

@@ -46,8 +46,11 @@ class FarmView(Protocol):
         """The hosts running a frame of `job` now."""
 
 
-def first_pending(job: _Job) -> int | None:
-    return min(job.pending) if job.pending else None
+def first_pending(job: _Job, host: str | None = None) -> int | None:
+    """The lowest pending frame of `job` that `host` is not kept away from (by corral)."""
+    if not job.avoid or host is None:
+        return min(job.pending) if job.pending else None
+    return min((f for f in job.pending if host not in job.avoid.get(f, ())), default=None)
 
 
 class Handling:
@@ -82,7 +85,7 @@ class Handling:
 
     def frame_for(self, host: str, job: _Job) -> int | None:
         """The frame of `job` this host takes next (None: none it may take)."""
-        return first_pending(job)
+        return first_pending(job, host)
 
     def stopped(self, job: _Job) -> bool:
         """The manager gave up on the job (failed it, blocked it): it dispatches none of it."""
@@ -173,8 +176,8 @@ class Afanasy(Handling):
     def frame_for(self, host: str, job: _Job) -> int | None:
         avoided = self.task_avoid.get((job.spec.id, host))
         if not avoided:
-            return first_pending(job)
-        return min((f for f in job.pending if f not in avoided), default=None)
+            return first_pending(job, host)
+        return min((f for f in job.pending if f not in avoided and host not in job.avoid.get(f, ())), default=None)
 
     def describe(self) -> dict[str, object]:
         return {

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.api import Corral
-from corral.farm import Farm
+from corral.farm import Farm, avoided
 from corral.feed import (
     BadLine,
     Event,
@@ -553,6 +553,7 @@ class Simulation:
         stored = farm.jobs[job.spec.id]
         job.open = stored.hold is Hold.NONE and stored.state not in (JobState.BLOCKED, JobState.KILLED)
         job.lockouts = {i.host for i in stored.instances.values() if i.state is InstanceState.BLOCKED}
+        job.avoid = {n: avoided(f) for n, f in stored.frames.items() if f.avoid_hosts}
         running = {h.work.frame: h.work for h in self.hosts.values() if h.work is not None and h.work.job is job}
         job.pending.clear()
         complete = 0
