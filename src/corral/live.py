@@ -200,6 +200,10 @@ class LiveFarm:
                     dirty[Kind.INSTANCE].update(owner.instances)
                 else:
                     dirty[Kind.INSTANCE].update(i for i, inst in owner.instances.items() if inst.host == host)
+        if self.agg.newly_healthy:  # a host's first success anywhere: the jobs it fails judge it again
+            healthy, self.agg.newly_healthy = self.agg.newly_healthy, set()
+            refs = self.agg.job_host_refs
+            dirty[Kind.JOB].update(j for j, hosts in refs.items() if any(hosts.get(h, 0) > 0 for h in healthy))
         self.mark = mark
         return self._spread(dirty)
 

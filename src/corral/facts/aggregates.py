@@ -105,6 +105,12 @@ class Aggregates:
         #: A job's failed attempts by exit code, which `corral.failures` sorts into classes.
         self.job_fail_codes: dict[int, Counter[int | None]] = defaultdict(Counter)
         self.job_host_ok: Counter[tuple[int, str]] = Counter()
+        #: Completed attempts per host over every job: a host that completes frames
+        #: elsewhere is healthy, and its failures on a job speak against the job.
+        self.host_ok: Counter[str] = Counter()
+        #: Hosts whose first completed attempt anywhere the last `run` calls recorded: every
+        #: job they fail is judged again (`LiveFarm.apply` takes and clears it).
+        self.newly_healthy: set[str] = set()
         self.job_host_refs: dict[int, Counter[str]] = defaultdict(Counter)  # runs + running frames per host
         self.running_on_host: Counter[str] = Counter()
         self.host_tail: dict[str, _Tail] = defaultdict(_Tail)
@@ -129,7 +135,7 @@ class Aggregates:
         finished = (complete, failed)
         running_on_host, job_host_ok, job_host_fail = agg.running_on_host, agg.job_host_ok, agg.job_host_fail
         failed_on, last_fail, job_failed_attempts = agg._failed_on, agg.job_host_last_fail, agg.job_failed_attempts
-        fail_codes = agg.job_fail_codes
+        fail_codes, host_ok = agg.job_fail_codes, agg.host_ok
         inst_ok, inst_failed, value = agg.inst_ok, agg.inst_failed, VALUE.__getitem__
         seq = agg.seq
         for job in farm.jobs.values():
@@ -159,6 +165,8 @@ class Aggregates:
                     if host:
                         refs[host] += 1
                         (job_host_ok if ok else job_host_fail)[(job_id, host)] += 1
+                        if ok:
+                            host_ok[host] += 1
                         per_host[host].append(entry)
                         if not ok:
                             failed_on.add((job_id, frame.number, host))
@@ -236,6 +244,10 @@ class Aggregates:
                     self.job_host_fail_frames[pair] += 1
                 if when > self.job_host_last_fail.get(pair, _EPOCH):
                     self.job_host_last_fail[pair] = when
+            elif ok:
+                self.host_ok[host] += 1
+                if self.host_ok[host] == 1:
+                    self.newly_healthy.add(host)
             if ok or failed:
                 counts, pair = (self.job_host_ok if ok else self.job_host_fail), (job_id, host)
                 n = counts[pair] + 1

@@ -280,8 +280,8 @@ class FactBuilder:
         agg = self.agg
         hosts = agg.job_hosts(job.id)
         ok, failed, job_id = agg.job_host_ok.get, agg.job_host_fail.get, job.id
-        failed_frames = agg.job_host_fail_frames.get
-        failing = succeeding = worst = worst_frames = 0
+        failed_frames, host_ok = agg.job_host_fail_frames.get, agg.host_ok.get
+        failing = succeeding = worst = worst_frames = healthy = 0
         for host in hosts:
             if ok((job_id, host), 0) > 0:
                 succeeding += 1
@@ -291,10 +291,13 @@ class FactBuilder:
                     failing += 1
                     worst = max(worst, n)
                     worst_frames = max(worst_frames, failed_frames((job_id, host), 0))
+                    if host_ok(host, 0) > 0:  # it completed none of this job: all elsewhere
+                        healthy += 1
         fact["hosts"] = len(hosts)
         fact["failing_hosts"] = failing
         fact["succeeding_hosts"] = succeeding
         fact["hosts_not_failing"] = len(hosts) - failing
+        fact["failing_hosts_healthy_elsewhere"] = healthy
         fact["worst_host_failed_frames"] = worst_frames
         fact["worst_host_failed_attempts"] = fact["worst_host_failures"] = worst
 

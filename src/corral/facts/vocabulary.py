@@ -76,6 +76,10 @@ _JOB: dict[str, FieldSpec] = {
     "succeeding_hosts": FieldSpec("int", "hosts that completed at least one frame of the job", group="hosts"),
     "hosts_not_failing": FieldSpec("int", "hosts minus failing_hosts: 0 means every host that ran it is failing",
                                    group="hosts"),
+    "failing_hosts_healthy_elsewhere": FieldSpec(
+        "int", "failing_hosts that completed frames of other jobs: a host failing everything (a bad host) does not "
+        "count, so two bad hosts cannot make a healthy job look broken", group="hosts",
+    ),
     "worst_host_failed_frames": FieldSpec(
         "int", "the most distinct frames of the job one host failed while completing none (Qube!'s activation count)",
         group="hosts",
