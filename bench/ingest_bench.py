@@ -3,7 +3,9 @@
     python bench/ingest_bench.py --events 50000 [--db URL] [--frames-stored 1000000] [--batch 500] [--json]
 
 A seeded, realistic stream of `--events` JSON lines: jobs submitted (20 to 200 frames,
-a fifth of them depending on earlier jobs, some submitted blocked), frames started on
+a fifth of them depending on earlier jobs, some submitted blocked; about one job every
+250 events, so that frames are submitted about as fast as they are rendered, as over
+a farm's night), frames started on
 the job's instances (an `instance_started` the first time a host runs the job), frames
 completed or failed with exit codes (a failed frame is mostly started again, as a
 supervisor retries it), instances ended when their job is done, hosts going down and
@@ -116,15 +118,15 @@ def make_stream(events: int, stored_frames: int, seed: int) -> list[str]:
         if r < 0.05 and len(lines) > 100:
             lines.append(lines[rnd.randrange(len(lines) - 50)])  # sent again: skipped
             continue
-        if r < 0.06 or len(active) < 6:
+        if r < 0.054 or len(active) < 6:  # about as many frames submitted as rendered (see the docstring)
             submit()
             continue
-        if r < 0.07:
+        if r < 0.064:
             host = rnd.choice(hosts)
             emit("worker_down", host=host)
             emit("worker_up", host=host)
             continue
-        if stored_jobs and r < 0.08 and sum(j["stored"] for j in active) < 4:
+        if stored_jobs and r < 0.074 and sum(j["stored"] for j in active) < 4:
             active.append(stored_job())
             continue
         job = rnd.choice(active)
@@ -292,6 +294,12 @@ def path_cli(url: str, file: str, batch: int) -> dict[str, Any]:
 
 # --- the floor ------------------------------------------------------------------------
 
+#: Where the floor puts the change stamp: every writer of farm rows must stamp them (see
+#: docs/architecture.md, invariant 1).  SQLite: the counter's value, as corral's batched
+#: writer does (migration 0009: a row stamped by its writer is not stamped again by the
+#: trigger); PostgreSQL: its trigger stamps the transaction id whatever is written.
+STAMP = "__stamp__"
+
 #: Tables whose changed rows the floor writes, read by their change stamp.
 STAMPED = ("jobs", "frames", "instances", "workers", "frame_runs", "job_dependencies")
 
@@ -344,13 +352,14 @@ def capture(url: str, file: str, batch: int) -> list[dict[str, Any]]:
                     existing[name].update(tuple(r[i] for i in at) for r in new)
                     sets = [c for c in cols if c not in keys]
                     if old:
-                        sql = (f"UPDATE {name} SET {', '.join(f'{c} = ?' for c in sets)} "  # noqa: S608
+                        sql = (f"UPDATE {name} SET {', '.join(f'{c} = ?' for c in sets)}, rev = ? "  # noqa: S608
                                f"WHERE {' AND '.join(f'{k} = ?' for k in keys)}")
-                        out["writes"].append((sql, [tuple(r[cols.index(c)] for c in sets + keys) for r in old]))
+                        out["writes"].append((sql, [(*(r[cols.index(c)] for c in sets), STAMP,
+                                                     *(r[cols.index(k)] for k in keys)) for r in old]))
                     rows = new
                 if rows:
-                    sql = f"INSERT INTO {name} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"  # noqa: S608
-                    out["writes"].append((sql, [tuple(r) for r in rows]))
+                    sql = f"INSERT INTO {name} ({', '.join(cols)}, rev) VALUES ({', '.join('?' for _ in cols)}, ?)"  # noqa: S608
+                    out["writes"].append((sql, [(*r, STAMP) for r in rows]))
             tcols = _columns("transitions")
             rows = list(raw_rows(conn, f"SELECT {', '.join(c for c in tcols if c != 'id')} FROM transitions "  # noqa: S608
                                        f"WHERE id > {last_transition}"))
@@ -385,10 +394,13 @@ def path_floor(url: str, batches: list[dict[str, Any]]) -> dict[str, Any]:
 
     store = Store.open(url)
     pg = store.engine.dialect.name == "postgresql"
-    writes = [[(sql.replace("?", "%s") if pg else sql, rows) for sql, rows in b["writes"]] for b in batches]
     lines = [b["lines"] for b in batches]
     events = 0
     with store.engine.connect() as conn:
+        stamp = 0 if pg else int(conn.exec_driver_sql("SELECT value FROM revision WHERE id = 1").scalar_one())
+        conn.rollback()
+        writes = [[(sql.replace("?", "%s") if pg else sql, [tuple(stamp if v == STAMP else v for v in row) for row in rows])
+                   for sql, rows in b["writes"]] for b in batches]
         raw = conn.connection.dbapi_connection
         assert raw is not None
         t0 = time.perf_counter()

@@ -41,6 +41,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import cache
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy.engine import Connection, Dialect
@@ -61,9 +62,17 @@ from corral.feed import (
     WorkerDown,
     WorkerUp,
 )
-from corral.states import FrameState, Hold, InstanceState, Kind, WorkerState, derive_job_state
+from corral.states import FrameState, Hold, InstanceState, JobState, Kind, WorkerState, derive_job_state
 from corral.store.events import EventRejected, EventResult, _applied_ids, apply_events, check_submit, submit_rows
 from corral.store.tables import UTCDateTime, as_utc, table
+
+#: Enum values by member and members by value, looked up once per event (an enum's
+#: `.value` and `Hold(text)` cost more than the dictionary).
+_VALUE: dict[Any, str] = {m: m.value for e in (FrameState, InstanceState, JobState, WorkerState) for m in e}
+_HOLD = {h.value: h for h in Hold}
+RUNNING, COMPLETE, FAILED = FrameState.RUNNING.value, FrameState.COMPLETE.value, FrameState.FAILED.value
+INSTANCE_RUNNING, INSTANCE_BLOCKED = InstanceState.RUNNING.value, InstanceState.BLOCKED.value
+UP, DOWN, LOCKED = WorkerState.UP.value, WorkerState.DOWN.value, WorkerState.LOCKED.value
 
 TABLES = {Kind.JOB: "jobs", Kind.FRAME: "frames", Kind.INSTANCE: "instances", Kind.WORKER: "workers"}
 #: Keys a query names at most (SQLite's and psycopg's parameter limits are far above).
@@ -147,16 +156,46 @@ class _Columns:
         mark = "%s" if dialect.name == "postgresql" else "?"
         stamp = ["rev"] if self.stamped else []
         sets = [c for c in self.written if c not in self.keys]
+        self._written = itemgetter(*self.written) if len(self.written) > 1 else lambda row: (row[self.written[0]],)
+        self._sets = itemgetter(*sets) if len(sets) > 1 else lambda row: tuple(row[c] for c in sets)
+        self.set_times = [i for i, c in enumerate(sets) if isinstance(t.c[c].type, UTCDateTime)]
         self.update_order = [*sets, *self.keys]
+
         self.update_sql = (f"UPDATE {name} SET {', '.join(f'{c} = {mark}' for c in [*sets, *stamp])} "  # noqa: S608
                            f"WHERE {' AND '.join(f'{k} = {mark}' for k in self.keys)}")
         inserted = [*self.written, *stamp]
         self.insert_sql = f"INSERT INTO {name} ({', '.join(inserted)}) VALUES ({', '.join(mark for _ in inserted)})"  # noqa: S608
+        #: PostgreSQL: the same writes as one statement over arrays, a column each (a row
+        #: a round trip, even pipelined, cost more than the rows' writing).
+        self.pg = dialect.name == "postgresql"
+        if self.pg:
+            def arrays(names: Sequence[str]) -> str:
+                return ", ".join(f"%s::{t.c[c].type.compile(dialect=dialect)}[]" for c in names)
+
+            def alias(names: Sequence[str]) -> str:
+                return ", ".join(f'"{c}"' for c in names)
+
+            self.update_sql = (f"UPDATE {name} AS t SET {', '.join(f'{c} = v.{c}' for c in sets)} "  # noqa: S608
+                               f"FROM unnest({arrays(self.update_order)}) AS v({alias(self.update_order)}) "
+                               f"WHERE {' AND '.join(f't.{k} = v.{k}' for k in self.keys)}")
+            self.insert_sql = (f"INSERT INTO {name} ({', '.join(self.written)}) SELECT {alias(self.written)} "  # noqa: S608
+                               f"FROM unnest({arrays(self.written)}) WITH ORDINALITY AS v({alias(self.written)}, n) "
+                               "ORDER BY n")
         #: What a row the batch creates holds in the columns it does not set: the table's defaults.
         self.defaults: dict[str, Any] = {
             c: (getattr(d, "arg", None) if (d := t.c[c].default) is not None and d.is_scalar else None)
             for c in self.written
         }
+
+    def write(self, cursor: Any, sql: str, params: list[tuple[Any, ...]]) -> None:
+        """`params` (rows of `insert_params` or `update_params`) written with `sql`: on
+        SQLite a statement a row, on PostgreSQL one for all (a column an array)."""
+        if not params:
+            return
+        if self.pg:
+            cursor.execute(sql, [list(column) for column in zip(*params, strict=True)])
+        else:
+            cursor.executemany(sql, params)
 
     def row(self, raw: Sequence[Any], times: _Times) -> Row:
         values = list(raw)
@@ -165,9 +204,15 @@ class _Columns:
         return dict(zip(self.cols, values, strict=True))
 
     def _values(self, row: Row, times: _Times) -> list[Any]:
-        values = [row[c] if c in row else self.defaults.get(c) for c in self.written]
-        for i in self.written_times:
-            values[i] = times.to_db(values[i])
+        try:
+            values = list(self._written(row))
+        except KeyError:  # a row made with fewer columns than the table has (a new stored field)
+            values = [row[c] if c in row else self.defaults.get(c) for c in self.written]
+        if times.sqlite:
+            memo = times.out
+            for i in self.written_times:
+                if (v := values[i]) is not None:
+                    values[i] = memo.get(v) or times.to_db(v)
         for i, proc in self.binders:
             values[i] = proc(values[i])
         return values
@@ -177,11 +222,16 @@ class _Columns:
         return (*values, rev) if self.stamped else tuple(values)
 
     def update_params(self, row: Row, times: _Times, rev: int | None) -> tuple[Any, ...]:
-        by_name = dict(zip(self.written, self._values(row, times), strict=True))
-        ordered = [by_name[c] for c in self.update_order]
+        values = list(self._sets(row))
+        if times.sqlite:
+            memo = times.out
+            for i in self.set_times:
+                if (v := values[i]) is not None:
+                    values[i] = memo.get(v) or times.to_db(v)
         if self.stamped:
-            ordered.insert(len(ordered) - len(self.keys), rev)
-        return tuple(ordered)
+            values.append(rev)
+        values.extend(row[k] for k in self.keys)
+        return tuple(values)
 
 
 @cache
@@ -334,6 +384,24 @@ class _Batch:
         for job_id in existing:
             self.job_instances.setdefault(job_id, set())
         self._load(Kind.INSTANCE, existing, lock=False, by="job_id")
+        if self.pg and existing:  # a round trip per job would cost more than the probes
+            self._bases(existing)
+
+    def _bases(self, job_ids: list[int]) -> None:
+        """PostgreSQL: `_base` for many jobs in one statement."""
+        limits = [Counter(self.stored_state[key] for key in self.job_frames.get(j, ())) for j in job_ids]
+        params: list[Any] = [job_ids]
+        params += [[held[s.value] + 1 for held in limits] for s in FrameState]
+        names = [f"l{i}" for i, _ in enumerate(FrameState)]
+        counts = [f"(SELECT count(*) FROM (SELECT 1 FROM frames f WHERE f.job_id = v.j AND f.state = '{s.value}' "  # noqa: S608 - fixed states
+                  f"LIMIT v.{n}) AS c)" for s, n in zip(FrameState, names, strict=True)]
+        sql = (f"SELECT v.j, {', '.join(counts)}, EXISTS (SELECT 1 FROM frames f WHERE f.job_id = v.j AND f.retries > 0) "  # noqa: S608
+               f"FROM unnest(%s::integer[], {', '.join('%s::integer[]' for _ in names)}) AS v(j, {', '.join(names)})")
+        by_job = dict(zip(job_ids, limits, strict=True))
+        for job_id, *found in self._query(sql, params):
+            held = by_job[job_id]
+            states = frozenset(s.value for s, count in zip(FrameState, found, strict=False) if count > held[s.value])
+            self.bases[job_id] = (states, bool(found[-1]))
 
     def submit(self, spec: JobSpec, at: datetime, now: datetime) -> int:
         """`events.submit_job` on the driver's cursor: the same checks and rows (`submit_rows`);
@@ -342,16 +410,15 @@ class _Batch:
         rows = submit_rows(spec, job_id, at=at, now=now, actor=self.actor)
         rev = self._rev()
         jobs = _columns(Kind.JOB, self.dialect)
-        self.cursor.execute(jobs.insert_sql, jobs.insert_params(rows.job, self.times, rev))
+        jobs.write(self.cursor, jobs.insert_sql, [jobs.insert_params(rows.job, self.times, rev)])
         frames = _columns(Kind.FRAME, self.dialect)
         params = [frames.insert_params(row, self.times, rev) for row in rows.frames]
-        for start in range(0, len(params), 5000):
-            self.cursor.executemany(frames.insert_sql, params[start : start + 5000])
-        if rows.dependencies:
-            deps = _table_columns("job_dependencies", ("job_id", "depends_on", "position"), self.dialect)
-            self.cursor.executemany(deps.insert_sql, [deps.insert_params(d, self.times, rev) for d in rows.dependencies])
+        for start in range(0, len(params), 50_000):
+            frames.write(self.cursor, frames.insert_sql, params[start : start + 50_000])
+        deps = _table_columns("job_dependencies", ("job_id", "depends_on", "position"), self.dialect)
+        deps.write(self.cursor, deps.insert_sql, [deps.insert_params(d, self.times, rev) for d in rows.dependencies])
         log = _table_columns("transitions", tuple(rows.log), self.dialect)
-        self.cursor.execute(log.insert_sql, log.insert_params(rows.log, self.times, None))
+        log.write(self.cursor, log.insert_sql, [log.insert_params(rows.log, self.times, None)])
         # Held from here on as if read: SCHEMA's columns of the rows just written.
         self.rows[Kind.JOB][job_id] = {c: rows.job[c] for c in jobs.cols}
         named = self.named_frames.get(job_id, set())
@@ -477,11 +544,11 @@ class _Batch:
 
     def ensure_worker(self, host: str, at: datetime, *, up: bool) -> None:
         row = self._one(Kind.WORKER, host)
-        want = WorkerState.UP if up else WorkerState.DOWN
+        want = UP if up else DOWN
         if row is None:
-            self._create(Kind.WORKER, host, {"name": host, "state": want.value, "state_since": at})
-        elif row["state"] != WorkerState.LOCKED:
-            self.write(Kind.WORKER, row, host, **self.state_values(row, want.value, at))
+            self._create(Kind.WORKER, host, {"name": host, "state": want, "state_since": at})
+        elif row["state"] != LOCKED:
+            self.write(Kind.WORKER, row, host, **self.state_values(row, want, at))
 
     def ensure_instance(self, job_id: int, ident: str, host: str | None, at: datetime, *, run: bool) -> str:
         row = self.instance(ident)
@@ -489,14 +556,14 @@ class _Batch:
             if host is None:
                 raise EventRejected(f"instance {ident} is unknown: give its host")
             self._create(Kind.INSTANCE, ident, {"id": ident, "job_id": job_id, "host": host,
-                                                "state": InstanceState.RUNNING.value, "state_since": at})
+                                                "state": INSTANCE_RUNNING, "state_since": at})
             return host
         if row["job_id"] != job_id:
             raise EventRejected(f"instance {ident} belongs to job {row['job_id']}, not {job_id}")
         if host is not None and host != row["host"]:
             raise EventRejected(f"instance {ident} runs on {row['host']!r}, not {host!r}")
-        if run and row["state"] != InstanceState.BLOCKED:
-            self.write(Kind.INSTANCE, row, ident, **self.state_values(row, InstanceState.RUNNING.value, at))
+        if run and row["state"] != INSTANCE_BLOCKED:
+            self.write(Kind.INSTANCE, row, ident, **self.state_values(row, INSTANCE_RUNNING, at))
         return str(row["host"])
 
     def _base(self, job_id: int) -> tuple[frozenset[str], bool]:
@@ -518,12 +585,12 @@ class _Batch:
         """`_Writer.rederive`, from the rows in memory and the job's base."""
         job_id = job["id"]
         others, retried_frame = self._base(job_id)
-        frame_states = set(others)
-        frame_states.update(state for state, count in self.held.get(job_id, {}).items() if count)
+        held = self.held.get(job_id)
+        frame_states = others | {state for state, count in held.items() if count} if held else others
         instances = self.rows[Kind.INSTANCE]
         inst_states = {instances[i]["state"] for i in self.job_instances.get(job_id, ())}  # type: ignore[index]
         retried = job["retries"] > 0 or retried_frame
-        new = derive_job_state(Hold(job["hold"]), frame_states, inst_states, retried).value
+        new = _VALUE[derive_job_state(_HOLD[job["hold"]], frame_states, inst_states, retried)]
         if new == job["state"]:
             job["version"] += 1
             job["updated_at"] = self.now
@@ -546,7 +613,7 @@ class _Batch:
         self.ensure_worker(host, at, up=True)
         self.write(
             Kind.FRAME, frame, (e.job, e.frame),
-            **self.state_values(frame, FrameState.RUNNING.value, at),
+            **self.state_values(frame, RUNNING, at),
             host=host, instance=e.instance, attempts=frame["attempts"] + 1, started_at=at, finished_at=None,
             exit_code=None,
         )
@@ -557,7 +624,7 @@ class _Batch:
     def frame_finished(self, e: FrameCompleted | FrameFailed, at: datetime, line: int) -> EventResult:
         job = self.job(e.job)
         frame = self.frame(e.job, e.frame)
-        was_running = frame["state"] == FrameState.RUNNING
+        was_running = frame["state"] == RUNNING
         host, instance = e.host, e.instance
         if host is None and instance is None:
             host, instance = frame["host"], frame["instance"]
@@ -567,20 +634,20 @@ class _Batch:
             host = self.ensure_instance(e.job, instance, host, at, run=False)
         if host is not None:
             self.ensure_worker(host, at, up=True)
-        state = FrameState.COMPLETE if isinstance(e, FrameCompleted) else FrameState.FAILED
+        state = COMPLETE if isinstance(e, FrameCompleted) else FAILED
         started = frame["started_at"] if was_running else None
         self.write(
             Kind.FRAME, frame, (e.job, e.frame),
-            **self.state_values(frame, state.value, at),
+            **self.state_values(frame, state, at),
             host=host, instance=instance, attempts=frame["attempts"] if was_running else frame["attempts"] + 1,
             started_at=started, finished_at=at, exit_code=e.exit_code,
         )
-        self.runs.append({"job_id": e.job, "number": e.frame, "host": host, "instance": instance, "state": state.value,
+        self.runs.append({"job_id": e.job, "number": e.frame, "host": host, "instance": instance, "state": state,
                           "exit_code": e.exit_code, "started_at": started, "finished_at": at})
         change = self.rederive(job, at)
         code = "" if e.exit_code is None else f" (exit code {e.exit_code})"
         on = f" on {host}" if host else ""
-        return EventResult(line, e.id, e.type, False, e.job, f"frame {e.job}:{e.frame} {state.value}{on}{code}", change)
+        return EventResult(line, e.id, e.type, False, e.job, f"frame {e.job}:{e.frame} {state}{on}{code}", change)
 
     def instance_started(self, e: InstanceStarted, at: datetime, line: int) -> EventResult:
         job = self.job(e.job)
@@ -602,7 +669,7 @@ class _Batch:
             state = InstanceState(e.state.value)
         else:
             state = InstanceState.COMPLETE if e.exit_code in (None, 0) else InstanceState.FAILED
-        if row["state"] != InstanceState.BLOCKED:
+        if row["state"] != INSTANCE_BLOCKED:
             self.write(Kind.INSTANCE, row, e.instance, **self.state_values(row, state.value, at))
         change = self.rederive(job, at)
         return EventResult(line, e.id, e.type, False, row["job_id"], f"instance {e.instance} {state.value}", change)
@@ -621,17 +688,13 @@ class _Batch:
         for kind in (Kind.WORKER, Kind.INSTANCE):
             spec = _columns(kind, self.dialect)
             new = self.created[kind]
-            if new:
-                self.cursor.executemany(spec.insert_sql, [spec.insert_params(row, self.times, rev) for row in new.values()])
+            spec.write(self.cursor, spec.insert_sql, [spec.insert_params(row, self.times, rev) for row in new.values()])
         for kind in (Kind.JOB, Kind.WORKER, Kind.INSTANCE, Kind.FRAME):
             spec = _columns(kind, self.dialect)
             created = self.created.get(kind, {})
             rows = [row for key, row in self.dirty[kind].items() if key not in created]
-            if rows:
-                self.cursor.executemany(spec.update_sql, [spec.update_params(row, self.times, rev) for row in rows])
-        if self.runs:
-            runs = _table_columns("frame_runs", _RUN_COLS, self.dialect)
-            self.cursor.executemany(runs.insert_sql, [runs.insert_params(r, self.times, rev) for r in self.runs])
-        if self.applied:
-            applied = _table_columns("applied_events", _EVENT_COLS, self.dialect)
-            self.cursor.executemany(applied.insert_sql, [applied.insert_params(r, self.times, None) for r in self.applied])
+            spec.write(self.cursor, spec.update_sql, [spec.update_params(row, self.times, rev) for row in rows])
+        runs = _table_columns("frame_runs", _RUN_COLS, self.dialect)
+        runs.write(self.cursor, runs.insert_sql, [runs.insert_params(r, self.times, rev) for r in self.runs])
+        applied = _table_columns("applied_events", _EVENT_COLS, self.dialect)
+        applied.write(self.cursor, applied.insert_sql, [applied.insert_params(r, self.times, None) for r in self.applied])

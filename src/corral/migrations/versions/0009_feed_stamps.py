@@ -5,10 +5,12 @@ with the change counter.  The feed's batched writer (corral.store.feedbatch) sta
 the rows it writes itself, with the counter's value read in its own transaction (the
 value the trigger would have written: SQLite serialises writers, and the counter moves
 only in the daemon's own write transaction); the second write of every row was a third
-of the cost of applying a batch.  The trigger now fires only when the update left `rev`
-as it was: every other writer (a supervisor writing SQL, corral's applier) is stamped
-exactly as before, and so is a row whose stamp was already the counter's value.
-`corral.store.changes.advance`'s own stamping is no longer rewritten either.
+of the cost of applying a batch.  The trigger now fires only when the row's `rev` after
+the update is not the counter's value already, which is exactly when it would change
+something: every other writer (a supervisor writing SQL, corral's applier) is stamped
+as before (a row it updates whose stamp is the counter's value keeps it, as the
+trigger would have written it), and `corral.store.changes.advance`'s own stamping is
+no longer rewritten either.
 
 PostgreSQL: nothing to do (its trigger sets `rev` before the row is written, once).
 
@@ -47,7 +49,7 @@ def _create(when: str) -> None:
 
 def upgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
-        _create(" WHEN NEW.rev IS OLD.rev")
+        _create(" WHEN NEW.rev IS NOT (SELECT value FROM revision WHERE id = 1)")
 
 
 def downgrade() -> None:
