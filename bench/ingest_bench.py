@@ -28,11 +28,14 @@ a copied file; PostgreSQL: a database made from the preloaded one as its templat
 - `floor`: the leanest writes of the same rows: for each batch, the lines decoded
   (`json.loads`), then the rows that batch left changed (captured from a run of the
   `ingest` path, read by their change stamp after each batch, as the daemon reads
-  them) written with one `executemany` per table and kind (UPDATE by primary key for
-  a row that existed, INSERT for a new one, frame runs, the log's submit rows and the
-  `applied_events` records) on the driver's own cursor, and one commit per batch.  No
-  validation, no lookups, no decisions: what any feed must at least write.  The
-  database's triggers (the change stamp) fire for it as for corral.
+  them) written on the driver's own cursor, one statement per table and kind (UPDATE
+  by primary key for a row that existed, INSERT for a new one, frame runs, the log's
+  submit rows and the `applied_events` records: on SQLite an `executemany`, on
+  PostgreSQL one statement over arrays, `unnest`), and one commit per batch.  No
+  validation, no lookups, no decisions: what any feed must at least write.  Rows are
+  stamped as every writer must stamp them (docs/architecture.md, invariant 1): on
+  SQLite with the change counter's value, written with the row, as corral does
+  (migration 0009), on PostgreSQL by its trigger.
 
 `events_per_s` = lines / wall time of the path; `ratio_floor` = the ingest path's time /
 the floor's; `peak_rss_mb` is each path's process.  Targets (issue 20): 20,000 events/s
@@ -399,8 +402,11 @@ def path_floor(url: str, batches: list[dict[str, Any]]) -> dict[str, Any]:
     with store.engine.connect() as conn:
         stamp = 0 if pg else int(conn.exec_driver_sql("SELECT value FROM revision WHERE id = 1").scalar_one())
         conn.rollback()
-        writes = [[(sql.replace("?", "%s") if pg else sql, [tuple(stamp if v == STAMP else v for v in row) for row in rows])
-                   for sql, rows in b["writes"]] for b in batches]
+        if pg:
+            writes = [[_pg_bulk(sql, rows, conn.dialect) for sql, rows in b["writes"]] for b in batches]
+        else:
+            writes = [[(sql, [tuple(stamp if v == STAMP else v for v in row) for row in rows]) for sql, rows in b["writes"]]
+                      for b in batches]
         raw = conn.connection.dbapi_connection
         assert raw is not None
         t0 = time.perf_counter()
@@ -410,12 +416,50 @@ def path_floor(url: str, batches: list[dict[str, Any]]) -> dict[str, Any]:
             if not pg:
                 cursor.execute("BEGIN IMMEDIATE")
             for sql, rows in part:
-                cursor.executemany(sql, rows)
+                if pg:
+                    cursor.execute(sql, rows)  # one statement over arrays: see _pg_bulk
+                else:
+                    cursor.executemany(sql, rows)
             raw.commit()
             cursor.close()
         took = time.perf_counter() - t0
     store.close()
     return {"s": took, "lines": events, "rss": _rss_mb()}
+
+
+def _pg_bulk(sql: str, rows: list[tuple[Any, ...]], dialect: Any) -> tuple[str, list[list[Any]]]:
+    """A captured statement for many rows as PostgreSQL's leanest: one statement over
+    arrays, a column each (`unnest`), as corral's batched writer does; `rev` left to the
+    trigger, which stamps every row written whatever it holds."""
+    import re
+
+    from corral.store.tables import table
+
+    def arrays(t: Any, names: list[str]) -> str:
+        return ", ".join(f"%s::{t.c[c].type.compile(dialect=dialect)}[]" for c in names)
+
+    if sql.startswith("UPDATE"):
+        m = re.match(r"UPDATE (\w+) SET (.*) WHERE (.*)$", sql)
+        assert m is not None
+        name, sets, keys = m.group(1), [c.split(" = ")[0] for c in m.group(2).split(", ")], \
+            [c.split(" = ")[0] for c in m.group(3).split(" AND ")]
+        keep = [i for i, c in enumerate(sets) if c != "rev"] + [len(sets) + i for i in range(len(keys))]
+        names = [c for c in sets if c != "rev"] + keys
+        t = table(name)
+        bulk = (f"UPDATE {name} AS t SET {', '.join(f'{c} = v.{c}' for c in sets if c != 'rev')} "  # noqa: S608
+                f"FROM unnest({arrays(t, names)}) AS v({', '.join(names)}) "
+                f"WHERE {' AND '.join(f't.{k} = v.{k}' for k in keys)}")
+    else:
+        m = re.match(r"INSERT INTO (\w+) \(([^)]*)\)", sql)
+        assert m is not None
+        name, cols = m.group(1), m.group(2).split(", ")
+        keep = [i for i, c in enumerate(cols) if c != "rev"]
+        names = [c for c in cols if c != "rev"]
+        t = table(name)
+        quoted = ", ".join(f'"{c}"' for c in names)
+        bulk = (f"INSERT INTO {name} ({', '.join(names)}) SELECT {quoted} "  # noqa: S608
+                f"FROM unnest({arrays(t, names)}) WITH ORDINALITY AS v({quoted}, n) ORDER BY n")
+    return bulk, [[row[i] for row in rows] for i in keep]
 
 
 def in_child(fn: Any, *args: Any) -> Any:
