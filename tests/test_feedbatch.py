@@ -217,3 +217,27 @@ def test_every_row_a_batch_writes_is_read_by_the_daemons_next_incremental_read(s
     assert sorted(w.name for w in changes.workers) == ["n1", "n2", "n3"]
     assert [(j, n, run.state, run.exit_code) for j, n, run in changes.runs] == [(1, 2, "failed", 3)]
     assert changes.depends_on == {3: [2]}
+
+
+def test_record_many_applies_in_order_and_reports_each_bad_event_by_its_position(store: Store) -> None:
+    """The API's batch form: one result per event, in order; an invalid or rejected event is
+    a BadLine at its position and changes nothing; the rest apply once, as `record` would."""
+    from corral import Corral
+
+    store.init()
+    corral = Corral(store, clock=lambda: CLOCK_START)
+    events: list[Any] = [
+        {"id": "s1", "type": "job_submitted", "job": {"id": 5, "name": "comp", "frames": "1-2"}},
+        {"id": "f1", "type": "frame_started", "job": 5, "frame": 1, "host": "n1"},
+        {"id": "bad", "type": "frame_started", "job": 5, "frame": 1, "hots": "n1"},  # a typo: invalid
+        {"id": "f2", "type": "frame_failed", "job": 9, "frame": 1, "exit_code": 2},  # no job 9: rejected
+        {"id": "f1", "type": "frame_started", "job": 5, "frame": 1, "host": "n1"},  # sent again: skipped
+        validate_event({"id": "f3", "type": "frame_completed", "job": 5, "frame": 1}),
+    ]
+    results = corral.record_many(events)
+    assert [(type(r).__name__, r.line) for r in results] == [
+        ("EventResult", 1), ("EventResult", 2), ("BadLine", 3), ("BadLine", 4), ("EventResult", 5), ("EventResult", 6)]
+    assert "hots: unknown field" in results[2].reason and "no job 9" in results[3].reason  # type: ignore[union-attr]
+    assert [getattr(r, "skipped", None) for r in results] == [False, False, None, None, True, False]
+    frame = corral.job(5).frames[1]
+    assert (frame.state, frame.attempts, frame.host) == ("complete", 1, "n1")
