@@ -70,6 +70,8 @@ from corral.store.tables import UTCDateTime, as_utc, table
 #: `.value` and `Hold(text)` cost more than the dictionary).
 _VALUE: dict[Any, str] = {m: m.value for e in (FrameState, InstanceState, JobState, WorkerState) for m in e}
 _HOLD = {h.value: h for h in Hold}
+#: `derive_job_state` by its arguments (which states occur): it is pure.
+_DERIVED: dict[tuple[str, frozenset[str], frozenset[str], bool], str] = {}
 RUNNING, COMPLETE, FAILED = FrameState.RUNNING.value, FrameState.COMPLETE.value, FrameState.FAILED.value
 INSTANCE_RUNNING, INSTANCE_BLOCKED = InstanceState.RUNNING.value, InstanceState.BLOCKED.value
 UP, DOWN, LOCKED = WorkerState.UP.value, WorkerState.DOWN.value, WorkerState.LOCKED.value
@@ -590,7 +592,10 @@ class _Batch:
         instances = self.rows[Kind.INSTANCE]
         inst_states = {instances[i]["state"] for i in self.job_instances.get(job_id, ())}  # type: ignore[index]
         retried = job["retries"] > 0 or retried_frame
-        new = _VALUE[derive_job_state(_HOLD[job["hold"]], frame_states, inst_states, retried)]
+        key = (job["hold"], frozenset(frame_states), frozenset(inst_states), retried)
+        new = _DERIVED.get(key)
+        if new is None:  # a few dozen combinations occur: derived once each
+            new = _DERIVED[key] = _VALUE[derive_job_state(_HOLD[key[0]], key[1], key[2], retried)]
         if new == job["state"]:
             job["version"] += 1
             job["updated_at"] = self.now
