@@ -378,9 +378,16 @@ class _Batch:
                 params: Sequence[Any] = (ids[start : start + CHUNK],)
                 jobs.update(j for (j,) in self._query("SELECT job_id FROM instances WHERE id = ANY(%s)", params))
         self._load(Kind.JOB, sorted(jobs), lock=True)
-        self._load(Kind.FRAME, sorted(frames), lock=True)
+        held = [row for row in self._load(Kind.FRAME, sorted(frames), lock=True)]
+        # A finish that names no host or instance is about the frame's own: read those too.
+        known = self.rows[Kind.INSTANCE]
+        more = {row["instance"] for row in held if row["instance"] is not None and row["instance"] not in known}
         if self.pg:
-            self._load(Kind.INSTANCE, ids, lock=True)
+            self._load(Kind.INSTANCE, sorted(instances | more), lock=True)
+        elif more:
+            self._load(Kind.INSTANCE, sorted(more), lock=False)
+        hosts.update(row["host"] for row in held if row["host"] is not None)
+        hosts.update(row["host"] for row in known.values() if row is not None)
         self._load(Kind.WORKER, sorted(hosts), lock=True)
         existing = sorted(j for j in jobs if self.rows[Kind.JOB].get(j) is not None)
         for job_id in existing:
