@@ -10,7 +10,10 @@ frame (`SELECT ... FOR UPDATE` on PostgreSQL; SQLite's writer lock is taken by t
 transaction), writes what changed and re-derives the job's state from the distinct
 states of its frames and instances, so one event costs a few indexed statements
 whatever the size of the farm.  `apply_events` runs many events in one transaction,
-each in its own SAVEPOINT: a bad event rolls back alone.
+each in its own SAVEPOINT: a bad event rolls back alone.  This is the reference: the
+feed applies a batch at once with the same rules (`corral.store.feedbatch`, held to
+this module's results and rows by tests/test_feedbatch.py), and falls back to this
+when the database refuses a batch.
 
 Holds that corral or a wrangler put are never lifted by news: a blocked, suspended or
 killed job keeps its state (`derive_job_state`), a blocked instance stays blocked and a
