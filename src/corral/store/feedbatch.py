@@ -429,14 +429,15 @@ class _Batch:
         log = _table_columns("transitions", tuple(rows.log), self.dialect)
         log.write(self.cursor, log.insert_sql, [log.insert_params(rows.log, self.times, None)])
         # Held from here on as if read: SCHEMA's columns of the rows just written.
-        self.rows[Kind.JOB][job_id] = {c: rows.job[c] for c in jobs.cols}
+        # (a stored field `submit_rows` does not set holds the table's default, as inserted)
+        self.rows[Kind.JOB][job_id] = {c: rows.job.get(c, jobs.defaults.get(c)) for c in jobs.cols}
         named = self.named_frames.get(job_id, set())
         self.job_frames[job_id] = []
         self.held[job_id] = Counter()
         for row in rows.frames:
             if row["number"] in named:
                 key = (job_id, row["number"])
-                held = self.rows[Kind.FRAME][key] = {c: row[c] for c in frames.cols}
+                held = self.rows[Kind.FRAME][key] = {c: row.get(c, frames.defaults.get(c)) for c in frames.cols}
                 self._remember(Kind.FRAME, key, held)
         self.job_instances.setdefault(job_id, set())
         return job_id
