@@ -165,7 +165,57 @@ def change_one_percent(store: Any, frames: int, seed: int, at: datetime) -> None
 
 
 def python_floor(facts: dict[str, list[dict[str, Any]]]) -> float:
-    """The built-in pack's conditions written by hand, over the same facts."""
+    """The built-in pack's conditions written by hand, over the same facts, screened as
+    corral screens them: each entity ruled out by its state first (one lookup: the
+    states some condition of its kind admits), then its conditions, cheapest field
+    first, the first that fails ending them."""
+    instance_states = {"pending", "running", "failed"}
+    job_states = {"running", "failing", "retrying", "failed", "blocked", "pending"}
+    t0 = time.perf_counter()
+    hits = 0
+    for f in facts["instance"]:
+        if f["state"] not in instance_states:
+            continue
+        if f["consecutive_failures"] >= 5:
+            hits += 1
+        if f["host_failures_on_job"] > 5 and f["host_successes_on_job"] == 0 and f["other_hosts_succeeding"] > 0:
+            hits += 1
+    for f in facts["job"]:
+        s = f["state"]
+        if s not in job_states:
+            continue
+        if s in ("running", "failing", "retrying"):
+            if (f["failing_hosts"] >= 2 and f["hosts_not_failing"] == 0 and f["succeeding_hosts"] == 0
+                    and f["frames_complete"] == 0 and f["frames_failed"] >= 5):
+                hits += 1
+        elif s == "failed":
+            if f["retries_left"] > 0 and f.get("time_in_state", -1) >= 300:
+                hits += 1
+        elif s == "blocked":
+            d = f["dependencies"]
+            if d["all_complete"] and f.get("blocked_by") in (None, "keep-dependents-blocked"):
+                hits += 1
+        elif not f["suspended"] and f["frames_running"] == 0 and f["frames_complete"] == 0:  # pending
+            d = f["dependencies"]
+            if d["failed"] > 0 or d["killed"] > 0:
+                hits += 1
+    for f in facts["frame"]:
+        if f["state"] != "failed":
+            continue
+        if f["retries_left"] > 0 and f.get("time_in_state", -1) >= 120 and f["job"]["state"] in ("running", "failing",
+                                                                                                  "retrying"):
+            hits += 1
+    for f in facts["worker"]:
+        if f.get("state") != "up":
+            continue
+        if f["distinct_jobs_failed"] >= 3 and f["consecutive_failures"] >= 3:
+            hits += 1
+    return time.perf_counter() - t0
+
+
+def python_floor_before(facts: dict[str, list[dict[str, Any]]]) -> float:
+    """The python floor of tables before issue 20 (every fact, no screen by state first), kept
+    to report both in one run."""
     t0 = time.perf_counter()
     hits = 0
     for f in facts["instance"]:
@@ -197,14 +247,19 @@ def python_floor(facts: dict[str, list[dict[str, Any]]]) -> float:
     return time.perf_counter() - t0
 
 
+
 #: Rule-evaluation time of the policy set made last by `timed_session` (one runs at a time).
 _EVAL = [0.0]
+#: The part of it spent screening (`_time_screens`), which tables before issue 20 left out.
+_SCREEN = [0.0]
 
 
 def timed_session(policies: Any) -> tuple[Any, list[float]]:
     """A fresh session whose rule evaluation is timed into the returned cell: the engine
-    updates, and the first cycle's pass that picks the entities in some gate's states
-    before any fact is built (LiveFarm.everything), which is rule evaluation too."""
+    updates, the first cycle's pass that picks the entities in some gate's states
+    before any fact is built (LiveFarm.everything), and, where `_time_screens` ran (the
+    python floor's process), the screening of each entity by its gates: all rule
+    evaluation."""
     from corral.live import LiveFarm
     from corral.policyset import PolicySet
     from corral.session import Session
@@ -235,7 +290,30 @@ def timed_session(policies: Any) -> tuple[Any, list[float]]:
     return session, _EVAL
 
 
-def measure_python_floor(url: str, rounds: int) -> tuple[float, float]:
+def _time_screens() -> None:
+    """Screening an entity by its gates (`Screen.admits`, `Screen.passes`: the fields its
+    state's gates read, probed before its fact is built) is rule evaluation too: timed
+    into the same cell (since issue 20; before, `ratio_python` left it out)."""
+    from corral.facts.screens import Screen
+
+    for name in ("admits", "passes"):
+        raw = getattr(Screen, name)
+        if getattr(raw, "timed", False):
+            continue
+
+        def timed(*args: Any, _raw: Any = raw) -> Any:
+            t = time.perf_counter()
+            out = _raw(*args)
+            took = time.perf_counter() - t
+            _EVAL[0] += took
+            _SCREEN[0] += took
+            return out
+
+        timed.timed = True  # type: ignore[attr-defined]
+        setattr(Screen, name, timed)
+
+
+def measure_python_floor(url: str, rounds: int) -> dict[str, float]:
     """The python floor and, in the same process and interleaved with it, the rule
     evaluation of a cold cycle on a fresh policy set: (median floor, median evaluation)
     over `rounds`.  Measured side by side, so a machine that runs faster or slower for a
@@ -250,47 +328,119 @@ def measure_python_floor(url: str, rounds: int) -> tuple[float, float]:
     from corral.store.store import Store
 
     policies = load_paths([builtin_dir()]).policies
+    _time_screens()  # here only: the daemon's cycles in `measure` run unwrapped
     store = Store.open(url)
     farm = store.read_farm()
     builder = FactBuilder(farm, NOW)
     facts = {str(k): builder.facts(k) for k in Kind}
-    floors, evals = [], []
-    for _ in range(rounds):
-        floors.append(python_floor(facts))
+    floors, evals, befores, unscreened = [], [], [], []
+    for r in range(rounds):
+        if r % 2:  # turn about: neither floor always runs on the other's warm caches
+            befores.append(python_floor_before(facts))
+            floors.append(python_floor(facts))
+        else:
+            floors.append(python_floor(facts))
+            befores.append(python_floor_before(facts))
         session, eval_time = timed_session(policies)
+        _SCREEN[0] = 0.0
         run_cycle(store, session, commit=False, now=NOW)
         evals.append(eval_time[0])
+        unscreened.append(eval_time[0] - _SCREEN[0])
         del session
         gc.collect()
     store.close()
-    return statistics.median(floors), statistics.median(evals)
+    return {"floor": statistics.median(floors), "eval": statistics.median(evals),
+            "floor_before": statistics.median(befores), "eval_unscreened": statistics.median(unscreened)}
 
 
-def measure_cold_floor(url: str) -> float:
+#: The columns corral's reads take from each table (`corral.store.rows`: `read_farm`, and
+#: `corral.store.changes.read_changes` for the tracked ones), which the floors read too.
+def floor_columns() -> dict[str, str]:
+    from corral.farm import columns
+    from corral.states import Kind
+
+    return {
+        "jobs": ", ".join(columns(Kind.JOB)),
+        "job_dependencies": "job_id, depends_on",
+        "instances": ", ".join(columns(Kind.INSTANCE)),
+        "frames": ", ".join(columns(Kind.FRAME)),
+        "frame_runs": "id, job_id, number, host, instance, state, exit_code, started_at, finished_at",
+        "frame_dependencies": "job_id, number, depends_job, depends_number",
+        "workers": ", ".join(columns(Kind.WORKER)),
+    }
+
+
+#: The tables a steady cycle reads changes from (`corral.store.changes.TRACKED`).
+TRACKED = ("jobs", "frames", "instances", "workers", "frame_runs", "job_dependencies")
+
+
+def lean_read(store: Any, where: str = "", tables: tuple[str, ...] | None = None) -> float:
+    """The leanest read of what corral reads: exactly its columns, on the driver's own
+    cursor (no SQLAlchemy statement or result handling), `fetchall` in one call, no
+    ORDER BY (corral sorts some reads to assemble the farm; the floor needs no order)
+    and none of corral's conversions (SQLite's timestamps are read as stored)."""
+    cols = floor_columns()
+    with store.engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        t0 = time.perf_counter()
+        cursor = raw.cursor()
+        for name in tables or tuple(cols):
+            cursor.execute(f"SELECT {cols[name]} FROM {name}{f' WHERE {where}' if where else ''}")  # noqa: S608
+            cursor.fetchall()
+        cursor.close()
+        took = time.perf_counter() - t0
+        conn.rollback()
+    return took
+
+
+def star_read(store: Any, where: str = "", tables: tuple[str, ...] | None = None) -> float:
+    """The floors before issue 20: `SELECT *` through SQLAlchemy (`exec_driver_sql`), kept
+    to report both in one run (docs/benchmarks.md, "Honest floors")."""
+    t0 = time.perf_counter()
+    with store.engine.connect() as conn:
+        for name in tables or ("jobs", "job_dependencies", "instances", "frames", "frame_runs", "frame_dependencies",
+                               "workers"):
+            conn.exec_driver_sql(f"SELECT * FROM {name}{f' WHERE {where}' if where else ''}").fetchall()  # noqa: S608
+    return time.perf_counter() - t0
+
+
+def measure_cold_floor(url: str) -> tuple[float, float]:
     """Plain SQL reading every row the cold cycle reads: the median of three reads (the
-    first also warms the OS cache, which the cold cycle then finds warm too).  In its own
-    process: a million rows fetched at once would otherwise set the daemon's peak RSS."""
+    first also warms the OS cache, which the cold cycle then finds warm too), the lean
+    read and the `SELECT *` of earlier tables interleaved.  In its own process: a
+    million rows fetched at once would otherwise set the daemon's peak RSS."""
     from corral.store.store import Store
 
     store = Store.open(url)
-    floors = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        with store.engine.connect() as conn:
-            for name in ("jobs", "job_dependencies", "instances", "frames", "frame_runs", "frame_dependencies", "workers"):
-                conn.exec_driver_sql(f"SELECT * FROM {name}").fetchall()  # noqa: S608 - fixed table names
-        floors.append(time.perf_counter() - t0)
+    lean, star = [], []
+    for r in range(3):
+        if r % 2:
+            lean.append(lean_read(store))
+            star.append(star_read(store))
+        else:
+            star.append(star_read(store))
+            lean.append(lean_read(store))
     store.close()
-    return statistics.median(floors)
+    return statistics.median(lean), statistics.median(star)
+
+
+#: The `SELECT *` io floors of the steady rounds (see `star_read`), in the order read.
+STAR_IO_FLOORS: list[float] = []
 
 
 def read_io_floor(store: Any, mark: int) -> float:
-    """Plain SQL returning just the rows changed since `mark` (every farm table)."""
-    t0 = time.perf_counter()
-    with store.engine.connect() as conn:
-        for name in ("jobs", "frames", "instances", "workers", "frame_runs", "job_dependencies"):
-            conn.exec_driver_sql(f"SELECT * FROM {name} WHERE rev >= {int(mark)} OR rev IS NULL").fetchall()  # noqa: S608
-    return time.perf_counter() - t0
+    """Plain SQL returning just the rows changed since `mark`: the columns corral reads
+    from every tracked table, on the indexed change stamp (see `lean_read`); the
+    `SELECT *` read of earlier tables is taken alongside into STAR_IO_FLOORS (one
+    before, one after, turn about, so neither always finds the pages warm)."""
+    where = f"rev >= {int(mark)} OR rev IS NULL"
+    if len(STAR_IO_FLOORS) % 2:
+        lean = lean_read(store, where, TRACKED)
+        STAR_IO_FLOORS.append(star_read(store, where, TRACKED))
+    else:
+        STAR_IO_FLOORS.append(star_read(store, where, TRACKED))
+        lean = lean_read(store, where, TRACKED)
+    return lean
 
 
 def steady_rounds(store: Any, session: Any, frames: int, seed: int, rounds: range, *, commit: bool
@@ -313,7 +463,7 @@ def steady_rounds(store: Any, session: Any, frames: int, seed: int, rounds: rang
     return cycles, floors, evals, results
 
 
-def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) -> dict[str, Any]:
+def measure(url: str, frames: int, seed: int, rounds: int, cold_floors: tuple[float, float]) -> dict[str, Any]:
     """The daemon's cycles, in the order a daemon runs them.
 
     1. The cold cycle: the first evaluation on a fresh policy set (dry, so every run
@@ -331,6 +481,7 @@ def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) ->
 
     policies = load_paths([builtin_dir()]).policies
     store = Store.open(url)
+    cold_floor, cold_floor_star = cold_floors
 
     session, eval_time = timed_session(policies)
     t0 = time.perf_counter()
@@ -339,6 +490,7 @@ def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) ->
     cold_eval = eval_time[0]
 
     dry, dry_floors, _, _ = steady_rounds(store, session, frames, seed, range(1, rounds + 1), commit=False)
+    STAR_IO_FLOORS.clear()
     t0 = time.perf_counter()
     first = run_cycle(store, session, commit=True, now=NOW + timedelta(seconds=30 * rounds))
     first_s = time.perf_counter() - t0
@@ -346,6 +498,7 @@ def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) ->
         store, session, frames, seed, range(rounds + 1, 2 * rounds + 1), commit=True)
     store.close()
     steady_s, io_floor = statistics.median(steadies), statistics.median(io_floors)
+    io_floor_star = statistics.median(STAR_IO_FLOORS)
     dry_s, dry_floor = statistics.median(dry), statistics.median(dry_floors)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     last = results[-1]
@@ -378,6 +531,10 @@ def measure(url: str, frames: int, seed: int, rounds: int, cold_floor: float) ->
         "engine_facts": vars(session.evaluator.stats) if hasattr(session.evaluator, "stats") else None,
         "ratio_io": round(steady_s / io_floor, 2) if io_floor else None,
         "ratio_cold": round(cold_s / cold_floor, 2) if cold_floor else None,
+        "io_floor_star_s": round(io_floor_star, 4),
+        "cold_floor_star_s": round(cold_floor_star, 4),
+        "ratio_io_star": round(steady_s / io_floor_star, 2) if io_floor_star else None,
+        "ratio_cold_star": round(cold_s / cold_floor_star, 2) if cold_floor_star else None,
     }
 
 
@@ -527,15 +684,20 @@ def main() -> None:
         gen_s = time.perf_counter() - t0
         ctx = mp.get_context("spawn")
         with ctx.Pool(1) as pool:
-            cold_floor = pool.apply(measure_cold_floor, (url,))
+            cold_floors = pool.apply(measure_cold_floor, (url,))
         with ctx.Pool(1) as pool:
-            result = pool.apply(measure, (url, args.frames, args.seed, args.rounds, cold_floor))
+            result = pool.apply(measure, (url, args.frames, args.seed, args.rounds, cold_floors))
         result.update(in_own_process(measure_isolated, url, args.frames, args.seed, args.rounds, 2 * args.rounds + 1))
         with ctx.Pool(1) as pool:
-            py_floor, py_eval = pool.apply(measure_python_floor, (url, min(args.rounds, 3)))
-        result["python_floor_s"] = round(py_floor, 4)
-        result["rule_eval_s"] = round(py_eval, 4)
-        result["ratio_python"] = round(py_eval / py_floor, 2) if py_floor else None
+            py = pool.apply(measure_python_floor, (url, min(args.rounds, 3)))
+        result["python_floor_s"] = round(py["floor"], 4)
+        result["rule_eval_s"] = round(py["eval"], 4)
+        result["ratio_python"] = round(py["eval"] / py["floor"], 2) if py["floor"] else None
+        # as tables before issue 20 measured it: no screening in the numerator, the old floor
+        result["python_floor_before_s"] = round(py["floor_before"], 4)
+        result["rule_eval_unscreened_s"] = round(py["eval_unscreened"], 4)
+        result["ratio_python_before"] = (round(py["eval_unscreened"] / py["floor_before"], 2)
+                                         if py["floor_before"] else None)
         result["generate_s"] = round(gen_s, 2)
     if args.json:
         print(json.dumps(result))

@@ -162,9 +162,9 @@ def ingest_lines(
 ) -> IngestReport:
     """Validate and apply a stream of event lines in order, `batch` lines per transaction.
 
-    Each event runs in its own savepoint: a bad line (invalid, or naming an unknown
-    job or frame) is reported with its number and rolls back alone; the good lines
-    around it apply.  Events whose id was applied before are skipped.  A `None` in
+    A batch is applied at once (`corral.store.feedbatch`): a bad line (invalid, or
+    naming an unknown job or frame) is reported with its number and changes nothing;
+    the good lines around it apply.  Events whose id was applied before are skipped.  A `None` in
     `lines` (the source is idle) commits what is pending.  `on_batch` hears each
     committed batch's report (the CLI prints bad lines as they come).
     """

@@ -110,7 +110,7 @@ def ingest(
         bool, typer.Option("--follow", "-f", help="Keep reading as the file grows (like tail -f) until SIGINT/SIGTERM.")
     ] = False,
     poll: Annotated[float, typer.Option("--poll", min=0.01, help="Seconds between looks at a quiet file or pipe.")] = 1.0,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Events per transaction (each in its own savepoint).")] = 500,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Lines per transaction (larger: fewer commits).")] = 500,
     schema: Annotated[bool, typer.Option("--schema", help="Print the JSON Schema of one event line and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print every applied event.")] = False,
     as_json: JsonOption = False,

@@ -10,7 +10,10 @@ frame (`SELECT ... FOR UPDATE` on PostgreSQL; SQLite's writer lock is taken by t
 transaction), writes what changed and re-derives the job's state from the distinct
 states of its frames and instances, so one event costs a few indexed statements
 whatever the size of the farm.  `apply_events` runs many events in one transaction,
-each in its own SAVEPOINT: a bad event rolls back alone.
+each in its own SAVEPOINT: a bad event rolls back alone.  This is the reference: the
+feed applies a batch at once with the same rules (`corral.store.feedbatch`, held to
+this module's results and rows by tests/test_feedbatch.py), and falls back to this
+when the database refuses a batch.
 
 Holds that corral or a wrangler put are never lifted by news: a blocked, suspended or
 killed job keeps its state (`derive_job_state`), a blocked instance stays blocked and a
@@ -162,6 +165,20 @@ def submit_job(conn: Connection, spec: JobSpec, *, at: datetime, now: datetime, 
     it once its dependencies are complete.  A "submit" row in the transition log (by
     `actor`) starts the job's history.
     """
+    job_id = check_submit(conn, spec)
+    rows = submit_rows(spec, job_id, at=at, now=now, actor=actor)
+    conn.execute(insert(table("jobs")).values(**rows.job))
+    for start in range(0, len(rows.frames), 5000):
+        conn.execute(insert(table("frames")), rows.frames[start : start + 5000])
+    if rows.dependencies:
+        conn.execute(insert(table("job_dependencies")), rows.dependencies)
+    conn.execute(insert(table("transitions")).values(**rows.log))
+    return job_id
+
+
+def check_submit(conn: Connection, spec: JobSpec) -> int:
+    """The id a submit gets (the next free one when the spec has none), or EventRejected:
+    the id is taken, a dependency is missing, listed twice, or the job itself."""
     jobs = table("jobs")
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_SUBMIT_LOCK:d})")
@@ -181,63 +198,73 @@ def submit_job(conn: Connection, spec: JobSpec, *, at: datetime, now: datetime, 
         missing = [d for d in deps if d not in known]
         if missing:
             raise EventRejected(f"no job {', '.join(map(str, missing))} to depend on")
+    return job_id
+
+
+@dataclass(frozen=True)
+class SubmitRows:
+    """The rows a submit writes, by column: the job, its frames, its dependencies, its log row."""
+
+    job: dict[str, Any]
+    frames: list[dict[str, Any]]
+    dependencies: list[dict[str, Any]]
+    log: dict[str, Any]
+
+
+def submit_rows(spec: JobSpec, job_id: int, *, at: datetime, now: datetime, actor: str) -> SubmitRows:
+    """What a submit writes (both ways of applying events write these: one home)."""
     blocked = spec.state is SubmitState.BLOCKED
     state = JobState.BLOCKED if blocked else JobState.PENDING
-    conn.execute(
-        insert(jobs).values(
-            id=job_id,
-            name=spec.name,
-            priority=spec.priority,
-            state=state.value,
-            hold=(Hold.BLOCKED if blocked else Hold.NONE).value,
-            blocked_by=None,
-            retry_limit=spec.retry_limit,
-            retries=0,
-            submitted_at=at,
-            state_since=at,
-            last_retry_at=None,
-            version=0,
-            updated_at=now,
-        )
-    )
+    job = {
+        "id": job_id,
+        "name": spec.name,
+        "priority": spec.priority,
+        "state": state.value,
+        "hold": (Hold.BLOCKED if blocked else Hold.NONE).value,
+        "blocked_by": None,
+        "retry_limit": spec.retry_limit,
+        "retries": 0,
+        "submitted_at": at,
+        "state_since": at,
+        "last_retry_at": None,
+        "version": 0,
+        "updated_at": now,
+    }
     frames = [
         {
             "job_id": job_id,
             "number": n,
             "state": FrameState.PENDING.value,
+            "host": None,
+            "instance": None,
             "attempts": 0,
             "retries": 0,
+            "exit_code": None,
+            "started_at": None,
+            "finished_at": None,
             "state_since": at,
             "version": 0,
             "updated_at": now,
         }
         for n in spec.frames
     ]
-    for start in range(0, len(frames), 5000):
-        conn.execute(insert(table("frames")), frames[start : start + 5000])
-    if deps:
-        conn.execute(
-            insert(table("job_dependencies")),
-            [{"job_id": job_id, "depends_on": d, "position": k} for k, d in enumerate(deps)],
-        )
+    deps = list(spec.depends_on)
     waits = f", waiting on job {', '.join(map(str, deps))}" if deps else ""
-    conn.execute(
-        insert(table("transitions")).values(
-            at=at,
-            kind="job",
-            entity_id=str(job_id),
-            job_id=job_id,
-            action="submit",
-            from_state="",
-            to_state=state.value,
-            actor=actor,
-            policy=None,
-            reason=f"submitted {state.value} with {len(frames)} frame(s){waits}",
-            cycle_id=None,
-            applied=True,
-        )
-    )
-    return job_id
+    log = {
+        "at": at,
+        "kind": "job",
+        "entity_id": str(job_id),
+        "job_id": job_id,
+        "action": "submit",
+        "from_state": "",
+        "to_state": state.value,
+        "actor": actor,
+        "policy": None,
+        "reason": f"submitted {state.value} with {len(frames)} frame(s){waits}",
+        "cycle_id": None,
+        "applied": True,
+    }
+    return SubmitRows(job, frames, [{"job_id": job_id, "depends_on": d, "position": k} for k, d in enumerate(deps)], log)
 
 
 # --- frames, instances, workers ------------------------------------------------------

@@ -308,16 +308,18 @@ class Store:
         actor: str = "supervisor",
         record: bool = True,
     ) -> list[EventResult | BadLine]:
-        """Write supervisor events in order, in one transaction, each in a savepoint.
+        """Write supervisor events in order, in one transaction, a batch at a time.
 
-        See `corral.store.events.apply_events`: a rejected event comes back as a BadLine
-        and changes nothing; with `record`, an event id applied before is skipped.
+        See `corral.store.feedbatch.apply_batch` (the same rows as
+        `corral.store.events.apply_events`, one event at a time): a rejected event comes
+        back as a BadLine and changes nothing; with `record`, an event id applied before
+        is skipped.
         """
-        from corral.store.events import apply_events
+        from corral.store.feedbatch import apply_batch
 
         self.check()
         with self._write() as conn:
-            return apply_events(conn, events, now=now, actor=actor, record=record)
+            return apply_batch(conn, events, now=now, actor=actor, record=record)
 
     # --- the log ------------------------------------------------------------------
 
