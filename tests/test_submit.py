@@ -90,3 +90,29 @@ def test_submit_is_listed_with_the_manual_job_actions() -> None:
     assert result.exit_code == 0
     for command in ("submit", "block", "unblock", "retry"):
         assert command in result.output
+
+
+def test_a_job_s_owner_and_its_frames_layers_are_stored_and_seen_by_policies(db: str) -> None:
+    code, out = submit(db, "--name", "shot", "--frames", "1-10", "--owner", "ann", "--layer", "render=1-8",
+                       "--layer", "comp=9-10", "--json")
+    assert code == 0, out
+    job = json.loads(out)
+    assert job["owner"] == "ann"
+    assert {f["number"]: f.get("layer") for f in job["frames"]} == {**dict.fromkeys(range(1, 9), "render"), 9: "comp",
+                                                                     10: "comp"}
+    with Store.open(db) as store:
+        from corral.facts import FactBuilder
+        from corral.farm import utcnow
+        from corral.states import Kind
+        builder = FactBuilder(store.read_farm(), utcnow())
+        assert builder.fact(Kind.FRAME, f"{job['id']}:9")["layer"] == "comp"
+        assert builder.fact(Kind.FRAME, f"{job['id']}:9")["job"]["owner"] == "ann"
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ("comp", "write NAME=FRAMES"),
+    ("comp=11-12", "not among the job's frames"),
+])
+def test_a_bad_layer_says_why(db: str, layer: str, message: str) -> None:
+    code, out = submit(db, "--name", "shot", "--frames", "1-10", "--layer", layer)
+    assert code != 0 and message in out

@@ -138,12 +138,15 @@ class Corral:
         job_id: int | None = None,
         at: datetime | None = None,
         event_id: str | None = None,
+        owner: str | None = None,
+        layers: Mapping[str, str | Iterable[int]] | None = None,
     ) -> Job:
         """Submit a job with pending frames; the stored job is returned (its `id` is assigned if not given).
 
         `frames` is "1-100", "1-10,20,30-40" or a list of numbers.  `state` is pending
         (may start at once) or blocked (held until unblocked: the built-in pack unblocks
-        it once every job in `depends_on` is complete).  Raises EventRejected when a
+        it once every job in `depends_on` is complete).  `owner`: who submitted it;
+        `layers`: the task type of its frames, {"render": "1-100", "comp": [101]}.  Raises EventRejected when a
         dependency does not exist or `job_id` is taken, ValueError on invalid fields.
         """
         spec = JobSpec.model_validate(
@@ -155,6 +158,8 @@ class Corral:
                 "frames": frames if isinstance(frames, str) else list(frames),
                 "depends_on": list(depends_on),
                 "retry_limit": retry_limit,
+                "owner": owner,
+                "layers": {k: v if isinstance(v, str) else list(v) for k, v in (layers or {}).items()},
             }
         )
         result = self.record(JobSubmitted(type="job_submitted", id=self._id(event_id), at=at, job=spec), event_id is not None)

@@ -31,6 +31,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
+    model_validator,
 )
 
 from corral.farm import MAX_FRAMES, MAX_INT, MAX_NAME
@@ -159,6 +160,29 @@ class JobSpec(_Model):
     retry_limit: Annotated[int, Field(strict=True, ge=0, le=MAX_INT)] = Field(
         default=0, description="how many times automation may retry the job (and each frame)"
     )
+    owner: Name | None = Field(default=None, description="who submitted the job (policies read it as `owner`)")
+    layers: dict[Name, FrameList] = Field(
+        default_factory=dict,
+        description="the task type (layer, block) of its frames: layer name to frame numbers, each among `frames`; "
+        "a frame in none has no layer",
+    )
+
+    @model_validator(mode="after")
+    def _layers_within_frames(self) -> JobSpec:
+        frames, seen = set(self.frames), set[int]()
+        for name, numbers in self.layers.items():
+            outside = sorted(set(numbers) - frames)
+            if outside:
+                raise ValueError(f"layer {name!r} names frame(s) {outside[:5]} that are not among the job's frames")
+            twice = sorted(seen & set(numbers))
+            if twice:
+                raise ValueError(f"frame(s) {twice[:5]} are in two layers; a frame has one")
+            seen |= set(numbers)
+        return self
+
+    def layer_of(self) -> dict[int, str]:
+        """Each frame's layer."""
+        return {n: name for name, numbers in self.layers.items() for n in numbers}
 
 
 class _Event(_Model):

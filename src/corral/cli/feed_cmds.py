@@ -46,6 +46,12 @@ def submit(
     job_id: Annotated[
         int | None, typer.Option("--id", min=0, help="The job's id (default: the next free one).", show_default=False)
     ] = None,
+    owner: Annotated[str | None, typer.Option("--owner", help="Who submitted it (default: you).", show_default=False)] = None,
+    layer: Annotated[
+        list[str] | None,
+        typer.Option("--layer", metavar="NAME=FRAMES", help="A layer (task type) and its frames, e.g. comp=101-110 "
+                     "(repeatable).", show_default=False),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole job (snapshot format), not just its id.")] = False,
     db: DbOption = None,
 ) -> None:
@@ -53,8 +59,16 @@ def submit(
 
     A blocked job waits until unblocked (the built-in pack does it once its dependencies complete).
     """
+    import getpass
+
     from corral.api import Corral, EventRejected
 
+    layers: dict[str, str] = {}
+    for item in layer or []:
+        name_, sep, numbers = item.partition("=")
+        if not sep or not name_.strip() or not numbers.strip():
+            fail(f"--layer '{item}': write NAME=FRAMES, e.g. comp=101-110")
+        layers[name_.strip()] = numbers.strip()
     with open_store(db) as store:
         corral = Corral(store, actor=actor())
         try:
@@ -66,6 +80,8 @@ def submit(
                 retry_limit=retry_limit,
                 priority=priority,
                 job_id=job_id,
+                owner=owner if owner is not None else getpass.getuser(),
+                layers=layers,
             )
         except ValidationError as err:
             fail("; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {_msg(e['msg'])}" for e in err.errors()))

@@ -227,9 +227,11 @@ def submit_rows(spec: JobSpec, job_id: int, *, at: datetime, now: datetime, acto
         "submitted_at": at,
         "state_since": at,
         "last_retry_at": None,
+        "owner": spec.owner,
         "version": 0,
         "updated_at": now,
     }
+    layer_of = spec.layer_of()
     frames = [
         {
             "job_id": job_id,
@@ -243,6 +245,8 @@ def submit_rows(spec: JobSpec, job_id: int, *, at: datetime, now: datetime, acto
             "started_at": None,
             "finished_at": None,
             "state_since": at,
+            "layer": layer_of.get(n),
+            "avoid_hosts": None,
             "version": 0,
             "updated_at": now,
         }
