@@ -20,7 +20,7 @@ from conftest import farms
 from corral.cycle import plan_farm, run_cycle
 from corral.evaluate import ReferenceEvaluator
 from corral.facts import FIELDS, Aggregates, FactBuilder, Needs, frame_runs
-from corral.farm import Farm
+from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
 from corral.live import LiveFarm
 from corral.plan import Plan
 from corral.policy.loader import builtin_dir, load_paths, load_texts
@@ -29,7 +29,7 @@ from corral.policyset import PolicySet
 from corral.ports import Mark
 from corral.session import Session
 from corral.snapshot import load_snapshot_file
-from corral.states import Kind
+from corral.states import FrameState, InstanceState, Kind
 from corral.store import Store
 from corral.store.tables import table
 from strategies import policy_sets
@@ -506,3 +506,40 @@ def test_a_changed_frame_row_keeps_the_farm_s_one_string_for_each_name(store: St
     whole = store.read_farm()
     assert (done, moved) == (whole.jobs[113].frames[31], whole.jobs[113].frames[32])
     assert done.finished_at == later and done.state_since == later and done.finished_at.tzinfo is not None
+
+
+WINDOWED = """\
+policies:
+  - name: quarantine-on-recent-failures
+    kind: worker
+    when: {state: up, recent_failures: {gte: 2}}
+    actions: [block]
+    reason: "{recent_failures} failures in the last hour"
+  - name: lock-out-on-recent-failures
+    kind: instance
+    when: {state: [pending, running, failed], host_recent_failures_on_job: {gte: 2}}
+    actions: [block]
+    reason: "{host_recent_failures_on_job} failures of this job in the last hour"
+"""
+
+
+def test_counts_of_the_recent_window_fall_as_time_passes_with_nothing_read(store: Store) -> None:
+    """A worker's `recent_failures` and an instance's `host_recent_failures_on_job` count
+    the last hour: two hours later, with no row changed, the daemon's farm in memory no
+    longer matches them, as a whole read would not."""
+    at = NIGHT - timedelta(minutes=10)
+    job = Job(1, "shot")
+    job.instances = {"1.h": Instance("1.h", 1, "h", InstanceState.RUNNING)}
+    job.frames = {n: Frame(1, n, FrameState.FAILED, host="h", instance="1.h", exit_code=1, finished_at=at,
+                           state_since=at, runs=[FrameRun("h", "1.h", FrameState.FAILED, 1, at, at)]) for n in (1, 2)}
+    job.state = job.derived_state()
+    store.init()
+    store.load_farm(Farm(jobs={1: job}, workers={"h": Worker("h")}), replace=True)
+    policies = load_texts([("p.yaml", WINDOWED)]).policies
+    session = Session(PolicySet(policies), keep_live=True)
+    first = summary(run_cycle(store, session, commit=False, now=NIGHT).plan)
+    assert {t[0] for t in first} == {"quarantine-on-recent-failures", "lock-out-on-recent-failures"}
+    for later in (NIGHT + timedelta(minutes=40), NIGHT + timedelta(minutes=55), NIGHT + timedelta(hours=2)):
+        got = summary(run_cycle(store, session, commit=False, now=later).plan)
+        assert got == full_plan_with(store, policies, later), later
+    assert got == set()

@@ -65,6 +65,7 @@ def plan_live(
     engine; the engine keeps the rest from the previous cycle.  Same matches, same
     plan, a fraction of the work."""
     farm = live.farm
+    dirty = live.aged(dirty, now)  # window counts that fell with nothing read
     # A match's fact, for its reason: only the fields reasons cite, and built only if the
     # plan renders it (not for a match held back by a limit or a cooldown).
     builder = FactBuilder(farm, now, aggregates=live.agg, needs=policy_set.reason_needs, classes=policy_set.classes)

@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from operator import attrgetter
 from sys import intern
 from typing import Any
@@ -123,6 +123,8 @@ class LiveFarm:
         #: The policies' recent actions, and the log row read up to (see `note_log`).
         self.cooldowns = Cooldowns()
         self.log_after: int | None = None
+        #: The `now` the window counts were last planned at (see `aged`).
+        self.planned_at: datetime | None = None
         self.dependents: dict[int, set[int]] = defaultdict(set)
         self.host_instances: dict[str, set[str]] = defaultdict(set)
         self.frame_dependents: dict[str, set[str]] = defaultdict(set)
@@ -206,6 +208,27 @@ class LiveFarm:
             dirty[Kind.JOB].update(j for j, hosts in refs.items() if any(hosts.get(h, 0) > 0 for h in healthy))
         self.mark = mark
         return self._spread(dirty)
+
+    def aged(self, dirty: Dirty, now: datetime) -> Dirty:
+        """Add the entities whose recent-window counts fell since the last plan with
+        nothing read: a worker's `recent_*` (and the `worker.*` that show them) and an
+        instance's `host_recent_failures_on_job`.  Without it the engine would go on
+        holding a count of failures long past."""
+        since, self.planned_at = self.planned_at, now
+        if since is None or now <= since:
+            return dirty
+        hosts, pairs = self.agg.aged(since, now)
+        if not hosts and not pairs:
+            return dirty
+        extra = no_dirt()
+        extra[Kind.WORKER] |= hosts
+        for job_id, host in pairs:
+            job = self.farm.jobs.get(job_id)
+            if job is not None:
+                extra[Kind.INSTANCE].update(i for i, inst in job.instances.items() if inst.host == host)
+        for kind, found in self._spread(extra).items():
+            dirty[kind] |= found
+        return dirty
 
     def _spread(self, dirty: Dirty) -> Dirty:
         """Carry each change to the facts that copy it (see `Spread`)."""

@@ -100,6 +100,9 @@ class Aggregates:
         self._failed_on: set[tuple[int, int, str]] = set()  # (job, frame number, host) failed at least once
         #: When a host last failed a frame of a job (Afanasy forgives a host after a while).
         self.job_host_last_fail: dict[tuple[int, str], datetime] = {}
+        #: A host's failures on a job, in time order, for the recent window's count; like
+        #: `host_recent`, only the last two windows before the pair's newest are kept.
+        self.job_host_recent_fail: dict[tuple[int, str], list[datetime]] = defaultdict(list)
         #: Every failed attempt of a job's frames over its life (Deadline fails a job after 100).
         self.job_failed_attempts: Counter[int] = Counter()
         #: A job's failed attempts by exit code, which `corral.failures` sorts into classes.
@@ -135,7 +138,7 @@ class Aggregates:
         finished = (complete, failed)
         running_on_host, job_host_ok, job_host_fail = agg.running_on_host, agg.job_host_ok, agg.job_host_fail
         failed_on, last_fail, job_failed_attempts = agg._failed_on, agg.job_host_last_fail, agg.job_failed_attempts
-        fail_codes, host_ok = agg.job_fail_codes, agg.host_ok
+        fail_codes, host_ok, recent_fail = agg.job_fail_codes, agg.host_ok, agg.job_host_recent_fail
         inst_ok, inst_failed, value = agg.inst_ok, agg.inst_failed, VALUE.__getitem__
         seq = agg.seq
         for job in farm.jobs.values():
@@ -170,6 +173,7 @@ class Aggregates:
                         per_host[host].append(entry)
                         if not ok:
                             failed_on.add((job_id, frame.number, host))
+                            recent_fail[(job_id, host)].append(entry[0])
                             if entry[0] > last_fail.get((job_id, host), _EPOCH):
                                 last_fail[(job_id, host)] = entry[0]
                     if instance:
@@ -177,6 +181,10 @@ class Aggregates:
                         per_inst[instance].append(entry)
         agg.seq = seq
         agg.job_host_fail_frames.update((job_id, host) for job_id, _number, host in failed_on)
+        for times in recent_fail.values():
+            times.sort()
+            if times[0] < times[-1] - agg._kept:
+                del times[:bisect_left(times, times[-1] - agg._kept)]
         for host, runs in per_host.items():
             runs.sort()
             if keep_recent:
@@ -244,6 +252,10 @@ class Aggregates:
                     self.job_host_fail_frames[pair] += 1
                 if when > self.job_host_last_fail.get(pair, _EPOCH):
                     self.job_host_last_fail[pair] = when
+                times = self.job_host_recent_fail[pair]
+                insort(times, when)
+                if times[0] < times[-1] - self._kept:
+                    del times[:bisect_left(times, times[-1] - self._kept)]
             elif ok:
                 self.host_ok[host] += 1
                 if self.host_ok[host] == 1:
@@ -272,6 +284,28 @@ class Aggregates:
     def job_hosts(self, job_id: int) -> list[str]:
         refs = self.job_host_refs.get(job_id)
         return [h for h, n in refs.items() if n > 0] if refs else []
+
+    def recent_failures_on_job(self, job_id: int, host: str, now: datetime) -> int:
+        """A host's failures on a job within the recent window before `now`."""
+        times = self.job_host_recent_fail.get((job_id, host))
+        if not times:
+            return 0
+        return len(times) - bisect_left(times, now - self.recent)
+
+    def aged(self, since: datetime, now: datetime) -> tuple[set[str], set[tuple[int, str]]]:
+        """The hosts, and the (job, host) pairs, with a run that left the recent window
+        between `since` and `now`: their window counts fell with nothing read (the live
+        farm marks their facts changed, or the engine would go on holding old counts)."""
+        lo, hi = since - self.recent, now - self.recent
+        if hi <= lo:
+            return set(), set()
+        # a run is counted while `when >= now - recent`: those with lo <= when < hi left
+        low, high = (lo, -1, False), (hi, -1, False)  # below every (when, seq >= 0, ok) at that time
+        hosts = {h for h, runs in self.host_recent.items()
+                 if runs and runs[0][0] < hi and bisect_left(runs, high) > bisect_left(runs, low)}
+        pairs = {p for p, times in self.job_host_recent_fail.items()
+                 if times and times[0] < hi and bisect_left(times, hi) > bisect_left(times, lo)}
+        return hosts, pairs
 
     def recent_counts(self, host: str, now: datetime) -> tuple[int, int]:
         """(failures, successes) of `host` within the recent window before `now`."""

@@ -93,6 +93,7 @@ FIRST: dict[Kind, dict[str, Getter]] = {
         "host_failed_attempts_on_job": lambda inst, b: b.agg.job_host_fail.get((inst.job_id, inst.host), 0),
         "host_failures_on_job": lambda inst, b: b.agg.job_host_fail.get((inst.job_id, inst.host), 0),
         "host_since_last_failure_on_job": _since_last_failure,
+        "host_recent_failures_on_job": lambda inst, b: b.agg.recent_failures_on_job(inst.job_id, inst.host, b.now),
         "host_successes_on_job": lambda inst, b: b.agg.job_host_ok.get((inst.job_id, inst.host), 0),
     },
     Kind.WORKER: {  # all but the "recent" group

@@ -163,6 +163,8 @@ _INSTANCE_OWN: dict[str, FieldSpec] = {
                                              "its instances (a frame failed three times there counts 3)"),
     "host_failures_on_job": FieldSpec("int", "deprecated: host_failed_attempts_on_job under its old name (it "
                                       "counted attempts, not frames)"),
+    "host_recent_failures_on_job": FieldSpec("int", "failed attempts of this job's frames on this host within the "
+                                             "recent window (default 1h)"),
     "host_since_last_failure_on_job": FieldSpec("duration", "how long ago this host last failed a frame of this "
                                                 "job (missing if never; Afanasy forgives a host after 5h)"),
     "host_successes_on_job": FieldSpec("int", "frames of this job that this host completed"),
