@@ -102,6 +102,11 @@ jobs:
          finished_at: '2026-11-28T01:45:00Z', state_since: '2026-11-28T01:45:00Z'}
       - {number: 2, state: running, host: h3, instance: "2.a", started_at: '2026-11-28T01:50:00Z'}
       - {range: 3-10, state: complete, host: h3, instance: "2.a"}
+  - id: 3
+    name: earlier                 # h1 and h2 rendered this fine: healthy hosts, so job 1 is what is broken
+    frames:
+      - {number: 1, state: complete, host: h1, exit_code: 0, finished_at: '2026-11-28T01:00:00Z'}
+      - {number: 2, state: complete, host: h2, exit_code: 0, finished_at: '2026-11-28T01:00:00Z'}
 workers: [{name: h1}, {name: h2}, {name: h3}]
 """
 
