@@ -174,3 +174,15 @@ def test_the_hosts_kept_away_from_a_frame_are_stored_and_read_back(store: Store)
     again = store.read_farm().jobs[1].frames[1]
     assert (again.state, again.avoid_hosts, again.retries) == (F.PENDING, "a b", 1)
     assert farm_to_snapshot(store.read_farm())["jobs"][0]["frames"][0]["avoid_hosts"] == ["a", "b"]
+
+
+def test_explain_shows_the_hosts_kept_away_from_a_frame() -> None:
+    from corral.explain import explain, render
+    from corral.policy.loader import builtin_dir, load_paths
+
+    at = NOW - timedelta(minutes=1)
+    job = Job(1, "shot", state=JobState.RUNNING)
+    job.frames = {1: Frame(1, 1, F.PENDING, avoid_hosts="a b"), 2: Frame(1, 2, F.RUNNING, host="c", started_at=at)}
+    farm = Farm(jobs={1: job}, workers={h: Worker(h) for h in "abc"})
+    ex = explain(farm, load_paths([builtin_dir()]).policies, Kind.FRAME, "1:1", now=NOW, engine="reference")
+    assert "kept away from it: a, b" in "\n".join(render(ex)) and ex.to_json()["avoided_hosts"] == ["a", "b"]

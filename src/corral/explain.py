@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from corral.cycle import plan_farm
 from corral.facts import FIELDS, MISSING, FactBuilder, get_path
-from corral.farm import Farm
+from corral.farm import Farm, Frame, avoided
 from corral.plan import Plan
 from corral.policy.compiler import next_flip
 from corral.policy.loader import format_duration
@@ -111,6 +111,8 @@ class Explanation:
     verdicts: list[PolicyVerdict]
     other_kinds_disabled: list[str] = field(default_factory=list)
     history: list[LogEntry] | None = None
+    #: Hosts kept away from the frame (a retry that avoided the hosts that failed it).
+    avoided: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -119,6 +121,7 @@ class Explanation:
             "state": self.state,
             "now": self.now.isoformat(),
             "policies": [v.to_json() for v in self.verdicts],
+            **({"avoided_hosts": self.avoided} if self.avoided else {}),
             "disabled": self.other_kinds_disabled,
             **({"history": [_row_json(r) for r in self.history]} if self.history is not None else {}),
         }
@@ -308,7 +311,9 @@ def explain(
         verdict.rows = rows
         verdicts.append(verdict)
     disabled = [p.name for p in policies if p.kind is kind and not p.enabled]
-    return Explanation(kind, ident, state, now, verdicts, disabled)
+    entity = farm.entity(kind, ident)
+    kept_away = sorted(avoided(entity)) if isinstance(entity, Frame) else []
+    return Explanation(kind, ident, state, now, verdicts, disabled, avoided=kept_away)
 
 
 def _verdict(policy: Policy, matched: bool, plan: Plan, kind: Kind, ident: str) -> PolicyVerdict:
@@ -350,6 +355,8 @@ def _row_json(r: LogEntry) -> dict[str, Any]:
 def render(ex: Explanation) -> list[str]:
     """The explanation as plain lines (the CLI prints them without markup)."""
     lines = [f"{ex.kind} {ex.ident} ({ex.state}) as of {ex.now.isoformat()}"]
+    if ex.avoided:
+        lines.append(f"kept away from it: {', '.join(ex.avoided)} (a retry that avoided the hosts that failed it)")
     if not ex.verdicts:
         lines.append(f"no enabled policy matches {ex.kind}s")
     for v in ex.verdicts:
