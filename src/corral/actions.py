@@ -111,13 +111,6 @@ class ActionDef:
         log backwards, `corral.replay`): what can be known from the log row alone."""
 
 
-def avoid_failed_hosts(frame: Frame, last_host: str | None) -> None:
-    """Add the hosts that failed `frame` (its failed runs, and `last_host`, where its last
-    failure ran before the retry cleared it) to the hosts kept away from it."""
-    failed = {r.host for r in frame.runs if r.state == FrameState.FAILED and r.host}
-    frame.avoid_hosts = avoid_text(avoided(frame) | failed | ({last_host} if last_host else set()))
-
-
 REGISTRY: dict[Action, ActionDef] = {}
 
 
@@ -209,6 +202,10 @@ class Retry(ActionDef):
             entity.last_retry_at = now
         if automatic and isinstance(entity, Job | Frame) and params.get("spend", True):
             entity.retries += 1  # only automatic retries spend the limit (a wrangler can always retry)
+        if isinstance(entity, Frame) and params.get("avoid_failed_hosts"):
+            # the hosts of its recorded failed attempts (the store and snapshots record the last one)
+            failed = {r.host for r in entity.runs if r.state == FrameState.FAILED and r.host}
+            entity.avoid_hosts = avoid_text(avoided(entity) | failed)
 
     def unplay(self, kind: Kind, entity: Entity, *, automatic: bool) -> None:
         if automatic and isinstance(entity, Job | Frame) and entity.retries > 0:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from corral.actions import ActionDef, action_def, avoid_failed_hosts
+from corral.actions import ActionDef, action_def
 from corral.farm import Entity, Farm, Frame, Instance, Job, entity_id
 from corral.states import (
     DERIVED,
@@ -166,13 +166,10 @@ def _follow(farm: Farm, job: Job, now: datetime, out: Outcome) -> None:
 def _frame_action(farm: Farm, job: Job, frame: Frame, definition: ActionDef, rule: ActionRule,
                   params: dict[str, Any], automatic: bool, now: datetime, out: Outcome) -> None:
     _check_job(farm, job, now, out)
-    last_failed_on = frame.host if frame.state == FrameState.FAILED else None
     _set_state(farm, out, Kind.FRAME, frame, FrameState(rule.moves[frame.state]), now)
     if frame.state == FrameState.PENDING:
         frame.host = frame.instance = None
     definition.bookkeep(Kind.FRAME, frame, params, automatic=automatic, now=now)
-    if params.get("avoid_failed_hosts"):
-        avoid_failed_hosts(frame, last_failed_on)
     out.to_state = str(frame.state)
     _follow(farm, job, now, out)
 
