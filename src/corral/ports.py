@@ -89,6 +89,10 @@ class ActionLog:
 LastActions = dict[tuple[str | None, str, str], datetime]
 
 
+#: The actor the supervisor's news is logged under (the feed's, the API's and ingest's default).
+SUPERVISOR = "supervisor"
+
+
 @dataclass(frozen=True)
 class LogEntry:
     """One row of the transition log: an applied change, or an audit ("would have") row."""

@@ -15,7 +15,11 @@ Honest limits of the reconstruction (also in docs/testing-policies.md):
   that record (jobs submitted later left out, later runs dropped, frames that ended
   later put back: running, requeued by corral, or as their last attempt ended);
 * the knock-on changes of an action on its children (frames requeued by a job retry
-  or an instance block) are not logged, so they are not undone;
+  or an instance block, instances a job's block sent back to pending) are not logged;
+  they are put back from the frame runs, the start a frame keeps, and the action's table;
+* an attempt an action cut short leaves no frame run, so a frame cut short more than
+  once is a guess: every difference on such a frame, its job or its instances is marked
+  approximate, with why;
 * when a state was entered is taken from the log (the earlier transition into it),
   else from the frame runs (when a frame or job last failed or completed), else it
   is unknown and facts such as `time_in_state` are missing for that entity;
@@ -39,10 +43,11 @@ from typing import TYPE_CHECKING, Any
 from corral.actions import action_def
 from corral.cycle import plan_farm
 from corral.evaluate import make_evaluator
-from corral.farm import Farm, Frame, Instance, Job, Worker
+from corral.farm import Farm, Frame, FrameRun, Instance, Job, Worker
 from corral.policy.model import Policy
 from corral.policyset import PolicySet
-from corral.states import FrameState, Hold, InstanceState, JobState, Kind, WorkerState, hold_for_state
+from corral.ports import SUPERVISOR
+from corral.states import RULES, Action, FrameState, Hold, InstanceState, JobState, Kind, WorkerState, hold_for_state
 
 if TYPE_CHECKING:
     from corral.ports import LogEntry
@@ -60,12 +65,22 @@ class PolicyDiff:
     unchanged: int = 0
     in_set: bool = True
 
+    #: The differences the reconstruction may explain, by (cycle, key): why.
+    approximate: dict[tuple[str, Key], str] = field(default_factory=dict)
+
     def to_json(self, examples: int = EXAMPLES) -> dict[str, Any]:
-        def ex(items: list[tuple[str, Key]]) -> list[dict[str, str]]:
-            return [{"cycle": c, "kind": k[1], "id": k[2], "action": k[3]} for c, k in items[:examples]]
+        def ex(items: list[tuple[str, Key]]) -> list[dict[str, Any]]:
+            out: list[dict[str, Any]] = []
+            for c, k in items[:examples]:
+                row: dict[str, Any] = {"cycle": c, "kind": k[1], "id": k[2], "action": k[3]}
+                if (c, k) in self.approximate:
+                    row["approximate"] = self.approximate[(c, k)]
+                out.append(row)
+            return out
 
         return {"policy": self.policy, "in_replayed_set": self.in_set, "added": len(self.added),
                 "removed": len(self.removed), "unchanged": self.unchanged,
+                "approximate": len(self.approximate),
                 "examples": {"added": ex(self.added), "removed": ex(self.removed)}}
 
 
@@ -75,6 +90,21 @@ class CycleReplay:
     at: datetime
     actual: set[Key]
     replayed: set[Key]
+    #: Frames whose state at this cycle is a guess: an attempt an action cut short left no
+    #: record of where it ran or when, and it may have been running then ("job:frame").
+    approximate: set[str] = field(default_factory=set)
+
+    def approximates(self, key: Key) -> str | None:
+        """Why a difference on this key may be the reconstruction's, not the policy's."""
+        kind, ident = key[1], key[2]
+        job = ident.partition(":" if kind == "frame" else ".")[0] if kind in ("frame", "instance") else ident
+        mine = [f for f in self.approximate if f == ident] if kind == "frame" else (
+            sorted(f for f in self.approximate if f.partition(":")[0] == job) if kind in ("job", "instance") else [])
+        if not mine:
+            return None
+        what = f"frame {mine[0]}" if len(mine) == 1 else f"{len(mine)} frames of job {job}"
+        return (f"approximate: {what} had an attempt cut short by an action, which the store does not record, "
+                "so whether it was running at this cycle is unknown")
 
 
 @dataclass
@@ -83,6 +113,7 @@ class ReplayReport:
     policies: dict[str, PolicyDiff]
     unknown_since: int = 0
     manual_rows: int = 0
+    supervisor_rows: int = 0
     notes: list[str] = field(default_factory=list)
 
     def to_json(self, examples: int = EXAMPLES) -> dict[str, Any]:
@@ -93,6 +124,8 @@ class ReplayReport:
             "policies": [d.to_json(examples) for d in sorted(self.policies.values(), key=lambda d: d.policy)],
             "unknown_state_times": self.unknown_since,
             "manual_rows": self.manual_rows,
+            "supervisor_rows": self.supervisor_rows,
+            "approximate": sum(len(d.approximate) for d in self.policies.values()),
             "notes": self.notes,
         }
 
@@ -120,8 +153,10 @@ def _since_from_runs(farm: Farm, kind: Kind, ident: str, state: str, before: dat
     else:
         return None
     want = FrameState.COMPLETE if state == "complete" else FrameState.FAILED
+    # a job ends (complete or failed) when its last frame ends, whichever way that one ended
+    ends_job = kind is Kind.JOB and state in (JobState.COMPLETE, JobState.FAILED)
     times = [r.finished_at for f in frames if isinstance(f, Frame) for r in f.runs
-             if r.state == want and r.finished_at is not None and r.finished_at <= before]
+             if (ends_job or r.state == want) and r.finished_at is not None and r.finished_at <= before]
     return max(times, default=None)
 
 
@@ -140,22 +175,52 @@ def _undo(farm: Farm, row: LogEntry, older_into: datetime | None) -> bool:
         if entity.hold is not Hold.BLOCKED:
             entity.blocked_by = None
     action_def(row.action).unplay(row.kind, entity, automatic=row.policy is not None)
+    if isinstance(entity, Frame) and entity.state in (FrameState.FAILED, FrameState.COMPLETE):
+        _ended_as(entity, row.at)
     if isinstance(entity, Job | Instance):
-        _undo_children(farm, entity, row.at)
+        _undo_children(farm, entity, row.at, row.action)
     return since is not None
+
+
+def _ended_as(frame: Frame, before: datetime) -> None:
+    """A frame put back in a finished state: where and how it ended, from its last run
+    (the action that moved it, a retry, had cleared its host)."""
+    runs = [r for r in frame.runs if r.finished_at is not None and r.finished_at <= before and r.state == frame.state]
+    if runs:
+        last = runs[-1]
+        frame.host, frame.instance, frame.exit_code = last.host, last.instance, last.exit_code
+        frame.started_at, frame.finished_at = last.started_at, last.finished_at
 
 
 _STATE_TYPES: dict[Kind, type[StrEnum]] = {Kind.JOB: JobState, Kind.FRAME: FrameState, Kind.INSTANCE: InstanceState,
                                            Kind.WORKER: WorkerState}
 
 
-def _undo_children(farm: Farm, entity: Job | Instance, at: datetime) -> None:
-    """Frames an action moved as a side effect (requeued by a retry or a lock-out) are not
-    logged, but they carry the action's time as `state_since`: put back those whose last
-    finished attempt (a frame run) says what they were."""
+def _undo_children(farm: Farm, entity: Job | Instance, at: datetime, action: str) -> None:
+    """Frames and instances an action moved as a side effect (requeued by a retry or a
+    lock-out, an instance sent back to pending by a job's block) are not logged, but they
+    carry the action's time as `state_since`: put back the frames whose last finished
+    attempt (a frame run) says what they were, and the instances whose state the action's
+    table reaches from one state only."""
     job = entity if isinstance(entity, Job) else farm.jobs[entity.job_id]
+    rule = RULES.get((Kind.JOB, Action(action))) if isinstance(entity, Job) else None
+    if rule is not None:
+        for inst in job.instances.values():
+            if inst.state_since != at:
+                continue
+            sources = [s for s, to in rule.instances.items() if to == inst.state]
+            if len(sources) == 1:
+                inst.state, inst.state_since = InstanceState(sources[0]), None
+    rule_of = RULES.get((Kind.INSTANCE if isinstance(entity, Instance) else Kind.JOB, Action(action)))
+    cuts = rule_of is not None and rule_of.frames.get(FrameState.RUNNING) is not None
     for frame in job.frames.values():
         if frame.state_since != at:
+            continue
+        if cuts and frame.state in (FrameState.PENDING, FrameState.KILLED) and _cut_short(frame, at):
+            # the attempt the action cut short: the frame keeps its start, not its host
+            frame.state, frame.state_since, frame.finished_at, frame.exit_code = (
+                FrameState.RUNNING, frame.started_at, None, None)
+            frame.host, frame.instance = (entity.host, entity.id) if isinstance(entity, Instance) else (None, None)
             continue
         runs = [r for r in frame.runs if r.finished_at is not None and r.finished_at <= at]
         if isinstance(entity, Instance):
@@ -197,12 +262,28 @@ def _as_of(farm: Farm, at: datetime, requeued: Requeued | None = None) -> Farm:
     for job in out.jobs.values():
         job.depends_on = [d for d in job.depends_on if d in out.jobs]
         moved = False
+        active: dict[str, datetime] = {}  # each instance's first known start of work
         for frame in job.frames.values():
+            for inst, started in _starts(frame):
+                active[inst] = min(started, active.get(inst, started))
+            spanning = _running_at(frame, at)
+            later = sum(1 for r in frame.runs if r.started_at is not None and r.started_at >= at)
+            if frame.state == FrameState.RUNNING and frame.started_at is not None and frame.started_at >= at:
+                later += 1  # its current attempt, not yet a run
             frame.runs = [r for r in frame.runs if r.finished_at is None or r.finished_at <= at]
-            if frame.finished_at is not None and frame.finished_at > at:
+            if spanning is not None:  # it was running then: the attempt that ended after `at` says where
+                frame.state, frame.host, frame.instance = FrameState.RUNNING, spanning.host, spanning.instance
+                frame.started_at = frame.state_since = spanning.started_at
+                frame.finished_at = frame.exit_code = None
+                moved = True
+            elif _moved_after(frame, at):
                 times = (requeued or {}).get((job.id, frame.number), []) + (requeued or {}).get((job.id, None), [])
                 _frame_as_of(frame, at, times)
                 moved = True
+            frame.attempts = max(0, frame.attempts - later)
+        for ident in [i for i, start in active.items() if start >= at and i in job.instances]:
+            del job.instances[ident]  # the supervisor started it to run a frame after `at`
+            moved = True
         if moved and job.hold is Hold.NONE:
             state = job.derived_state()
             if state != job.state:
@@ -210,6 +291,49 @@ def _as_of(farm: Farm, at: datetime, requeued: Requeued | None = None) -> Farm:
                 job.state_since = None  # (when it entered it is not recorded)
     out.reindex()
     return out
+
+
+def _cut_short(frame: Frame, at: datetime) -> bool:
+    """Whether the frame was on an attempt at `at` that left no run: it started after its
+    last run ended (an attempt that ends is recorded; one an action cuts short is not)."""
+    if frame.started_at is None or frame.started_at > at:
+        return False
+    ended = [r.finished_at for r in frame.runs if r.finished_at is not None]
+    return not ended or frame.started_at >= max(ended)
+
+
+def _unrecorded(frame: Frame) -> int:
+    """Attempts that left no run (the store records an attempt when it ends; one an
+    action cut short, taking the frame off its host, ends without a record)."""
+    running = 1 if frame.state == FrameState.RUNNING else 0
+    return max(0, frame.attempts - len(frame.runs) - running)
+
+
+def _moved_after(frame: Frame, at: datetime) -> bool:
+    """Whether the supervisor moved the frame after `at`: it ended, started, or was put
+    back on the queue (its own retry) since."""
+    return ((frame.finished_at is not None and frame.finished_at > at)
+            or (frame.state == FrameState.RUNNING and frame.started_at is not None and frame.started_at >= at)
+            or (frame.state_since is not None and frame.state_since > at))
+
+
+def _starts(frame: Frame) -> list[tuple[str, datetime]]:
+    """When work started on each instance, by this frame's attempts (its runs and the
+    attempt it is on)."""
+    out = [(r.instance, r.started_at) for r in frame.runs if r.instance is not None and r.started_at is not None]
+    if frame.state == FrameState.RUNNING and frame.instance is not None and frame.started_at is not None:
+        out.append((frame.instance, frame.started_at))
+    return out
+
+
+def _running_at(frame: Frame, at: datetime) -> FrameRun | None:
+    """The attempt the frame was on at `at`, from a run that started before it and ended
+    after it (what the supervisor recorded when that attempt ended)."""
+    for run in frame.runs:
+        if (run.started_at is not None and run.started_at < at and run.finished_at is not None
+                and run.finished_at > at):
+            return run
+    return None
 
 
 def _frame_as_of(frame: Frame, at: datetime, requeued: Sequence[datetime]) -> None:
@@ -260,6 +384,8 @@ def replay_rows(
 ) -> ReplayReport:
     """The pure part of `replay`: the current farm and the log (newest first) in, the report out."""
     farm = copy.deepcopy(farm)
+    # frames an action ever took off their host: where and when those attempts ran is not recorded
+    cut_short = {f"{f.job_id}:{f.number}" for j in farm.jobs.values() for f in j.frames.values() if _unrecorded(f)}
     newest_first = sorted(rows, key=lambda r: r.id, reverse=True)
     oldest_first = list(reversed(newest_first))
     # when each entity entered the state a row moved it from: the older row that moved it there
@@ -277,7 +403,8 @@ def replay_rows(
             first_row.setdefault(r.cycle_id, r.id)
     requeued = _requeued(oldest_first)
     report = ReplayReport([], {})
-    report.manual_rows = sum(1 for r in rows if r.cycle_id is None and r.applied)
+    report.manual_rows = sum(1 for r in rows if r.cycle_id is None and r.applied and r.actor != SUPERVISOR)
+    report.supervisor_rows = sum(1 for r in rows if r.cycle_id is None and r.applied and r.actor == SUPERVISOR)
     before: dict[str, Farm] = {}
     for r in newest_first:
         if r.applied and not _undo(farm, r, entered.get(r.id)):
@@ -304,19 +431,26 @@ def replay_rows(
         replayed = {(t.policy, str(t.kind), t.ident, str(t.action)) for t in plan.transitions}
         actual = {(r.policy, str(r.kind), r.entity_id, r.action) for r in cycle_rows
                   if r.policy is not None and not _is_knock_on(r)}
-        report.cycles.append(CycleReplay(cycle_id, at, actual, replayed))
+        cycle = CycleReplay(cycle_id, at, actual, replayed, cut_short)
+        report.cycles.append(cycle)
         for key in replayed | actual:
             diff = report.policies.setdefault(key[0], PolicyDiff(key[0], in_set=key[0] in names))
             if key in replayed and key in actual:
                 diff.unchanged += 1
-            elif key in replayed:
-                diff.added.append((cycle_id, key))
-            else:
-                diff.removed.append((cycle_id, key))
+                continue
+            (diff.added if key in replayed else diff.removed).append((cycle_id, key))
+            why = cycle.approximates(key)
+            if why is not None:
+                diff.approximate[(cycle_id, key)] = why
     if progress is not None:
         progress(len(order), len(order))
     for name in names:
         report.policies.setdefault(name, PolicyDiff(name))
+    guesses = sum(len(d.approximate) for d in report.policies.values())
+    if guesses:
+        report.notes.append(f"{guesses} difference(s) marked 'approximate' may be the reconstruction's: an action "
+                            "took a running frame off its host, and the store keeps no record of that cut-short "
+                            "attempt, so whether the frame was running at that cycle is not known")
     if report.unknown_since:
         report.notes.append(f"{report.unknown_since} reconstructed state(s) have no known start time: "
                             "time_in_state is missing for those entities at those cycles")
@@ -345,11 +479,15 @@ def render(report: ReplayReport, examples: int = EXAMPLES) -> list[str]:
         lines.append(f"{d.policy}: +{len(d.added)} added, -{len(d.removed)} removed, {d.unchanged} unchanged{note}")
         for sign, items in (("+", d.added), ("-", d.removed)):
             for cycle, key in items[:examples]:
-                lines.append(f"  {sign} {key[3]} {key[1]} {key[2]}  [cycle {cycle}]")
+                mark = "  (approximate)" if (cycle, key) in d.approximate else ""
+                lines.append(f"  {sign} {key[3]} {key[1]} {key[2]}  [cycle {cycle}]{mark}")
             if len(items) > examples:
                 lines.append(f"  {sign} ... and {len(items) - examples} more")
     lines.extend(f"note: {n}" for n in report.notes)
     if report.manual_rows:
         lines.append(f"note: {report.manual_rows} manual action(s) in the log were undone in the reconstruction "
                      "but are not replayed")
+    if report.supervisor_rows:
+        lines.append(f"note: {report.supervisor_rows} of the supervisor's own changes in the log (submissions, "
+                     "releases, its retries) were undone in the reconstruction; they are not policies' to replay")
     return lines
