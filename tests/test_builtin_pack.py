@@ -172,15 +172,18 @@ def all_fail_farm(hosts: list[str], per_host: int = 6, succeeding: str | None = 
             "workers": workers(*hosts, *([succeeding] if succeeding else []))}
 
 
+FOUR = ["r1", "r2", "r3", "r4"]  # block-job-when-all-hosts-fail's min_hosts
+
+
 def test_job_every_host_fails_is_blocked(pack: list[Any], engine: str) -> None:
-    plan = plan_for(pack, all_fail_farm(["r1", "r2"]), engine)
+    plan = plan_for(pack, all_fail_farm(FOUR, per_host=1), engine)
     assert ("block-job-when-all-hosts-fail", "job", "7", "block") in acts(plan)
     (t,) = [t for t in plan.transitions if t.kind == "job"]
     assert (t.from_state, t.to_state) == ("failing", "blocked")
 
 
-def test_two_hosts_with_a_few_failures_each_have_not_reached_the_activation_count(pack: list[Any], engine: str) -> None:
-    plan = plan_for(pack, all_fail_farm(["r1", "r2"], per_host=2), engine)
+def test_three_hosts_healthy_elsewhere_failing_a_job_are_not_yet_enough(pack: list[Any], engine: str) -> None:
+    plan = plan_for(pack, all_fail_farm(["r1", "r2", "r3"], per_host=2), engine)
     assert "job:7" not in touched(plan)
 
 
@@ -190,7 +193,7 @@ def test_job_failing_on_one_host_only_is_not_blocked(pack: list[Any], engine: st
 
 
 def test_job_some_host_completes_is_not_blocked(pack: list[Any], engine: str) -> None:
-    plan = plan_for(pack, all_fail_farm(["r1", "r2"], succeeding="r3"), engine)
+    plan = plan_for(pack, all_fail_farm(FOUR, succeeding="r5"), engine)
     assert "job:7" not in touched(plan)
 
 
@@ -198,7 +201,7 @@ def test_frames_of_a_job_blocked_this_cycle_are_not_retried(pack: list[Any]) -> 
     """Its hosts are healthy elsewhere and none completed a frame of it: retry-failed-frames
     leaves its frames alone (and were it to match them, the block played first would
     supersede it: tests/test_recheck.py)."""
-    farm = all_fail_farm(["r1", "r2"])
+    farm = all_fail_farm(FOUR)
     for f in farm["jobs"][0]["frames"]:
         if f["state"] == "failed":
             f["finished_at"] = f["state_since"] = ago(minutes=10)
@@ -368,19 +371,18 @@ def test_a_job_blocked_this_cycle_has_none_of_its_instances_blocked_in_the_same_
     """block-job-when-all-hosts-fail (priority 80) blocks the job; block-failing-instance
     (60) matched its instances on the farm as it was, but its guard `not: {job.state:
     [blocked, killed]}` no longer holds once the job is blocked: superseded, saying why."""
-    farm = all_fail_farm(["r1", "r2"])
-    farm["jobs"][0]["instances"] = [{"id": "7.1", "host": "r1", "state": "running"},
-                                    {"id": "7.2", "host": "r2", "state": "running"}]
+    farm = all_fail_farm(FOUR)
+    farm["jobs"][0]["instances"] = [{"id": f"7.{n}", "host": h, "state": "running"} for n, h in enumerate(FOUR, 1)]
     for i, f in enumerate(f for f in farm["jobs"][0]["frames"] if f.get("host")):
-        f["instance"] = "7.1" if f["host"] == "r1" else "7.2"
+        f["instance"] = f"7.{FOUR.index(f['host']) + 1}"
         f["finished_at"] = ago(minutes=30 - i)
-    farm["jobs"].append({"id": 9, "name": "healthy",  # keeps two blocks under block-failing-instance's max_percent
-                         "instances": [{"id": f"8.{i}", "host": "r3"} for i in range(8)],
+    farm["jobs"].append({"id": 9, "name": "healthy",  # keeps four blocks under block-failing-instance's max_percent
+                         "instances": [{"id": f"8.{i}", "host": "r5"} for i in range(16)],
                          "frames": [{"number": 1, "state": "pending"}]})
     plan = plan_for(pack, farm, engine)
     assert [(t.policy, t.kind, t.ident) for t in plan.transitions] == [("block-job-when-all-hosts-fail", "job", "7")]
     superseded = {(s.policy, s.ident): s.why for s in plan.skipped if s.category == "superseded"}
-    assert set(superseded) == {("block-failing-instance", "7.1"), ("block-failing-instance", "7.2")}
+    assert set(superseded) == {("block-failing-instance", f"7.{n}") for n in range(1, 5)}
     assert all("block on job 7 earlier in this cycle" in why and "job.state is blocked" in why
                for why in superseded.values())
 

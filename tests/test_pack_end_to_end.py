@@ -80,17 +80,18 @@ def test_a_job_a_person_blocked_stays_blocked_when_its_dependencies_complete(sto
         daemon.close()
 
 
-#: Job 1 fails on both of its hosts, more than 5 frames each, and completes none; it still
-#: has frames to render and retries left.  Job 2 renders well and has one failed frame.
+#: Job 1 fails on all four of its hosts and completes none; it still has frames to render
+#: and retries left.  Job 2 renders well and has one failed frame.
+_HOSTS = ("h1", "h2", "h4", "h5")
 BROKEN = """
 jobs:
   - id: 1
     name: broken
     retry_limit: 2
-    instances: [{id: "1.a", host: h1, state: running}, {id: "1.b", host: h2, state: running}]
+    instances: [""" + ", ".join(f'{{id: "1.{h}", host: {h}, state: running}}' for h in _HOSTS) + """]
     frames:
 """ + "".join(
-    f"      - {{number: {n}, state: failed, host: h{1 + n % 2}, instance: '1.{'ab'[n % 2]}', exit_code: 1, "
+    f"      - {{number: {n}, state: failed, host: {_HOSTS[n % 4]}, instance: '1.{_HOSTS[n % 4]}', exit_code: 1, "
     f"started_at: '2026-11-28T01:40:00Z', finished_at: '2026-11-28T01:45:00Z', state_since: '2026-11-28T01:45:00Z'}}\n"
     for n in range(1, 15)) + """      - {range: 15-30, state: pending}
   - id: 2
@@ -103,11 +104,10 @@ jobs:
       - {number: 2, state: running, host: h3, instance: "2.a", started_at: '2026-11-28T01:50:00Z'}
       - {range: 3-10, state: complete, host: h3, instance: "2.a"}
   - id: 3
-    name: earlier                 # h1 and h2 rendered this fine: healthy hosts, so job 1 is what is broken
+    name: earlier                 # job 1's hosts rendered this fine: healthy hosts, so job 1 is what is broken
     frames:
-      - {number: 1, state: complete, host: h1, exit_code: 0, finished_at: '2026-11-28T01:00:00Z'}
-      - {number: 2, state: complete, host: h2, exit_code: 0, finished_at: '2026-11-28T01:00:00Z'}
-workers: [{name: h1}, {name: h2}, {name: h3}]
+""" + "".join(f"      - {{number: {n}, state: complete, host: {h}, exit_code: 0, finished_at: '2026-11-28T01:00:00Z'}}\n"
+              for n, h in enumerate(_HOSTS, 1)) + """workers: [{name: h1}, {name: h2}, {name: h3}, {name: h4}, {name: h5}]
 """
 
 
