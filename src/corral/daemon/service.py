@@ -55,7 +55,6 @@ from corral.policyset import PolicySet
 from corral.ports import FarmReader, FarmUnreachable, IncrementalEvaluator
 from corral.session import EvaluatorFactory, Session
 from corral.store.engine import describe, first_line
-from corral.store.news import listener_for
 from corral.store.store import Store, StoreError
 from corral.store.sync import SyncReport
 
@@ -533,7 +532,7 @@ class Daemon:
 
         if install_signals:
             self._install_signals()
-        listener = listener_for(self.store) if self.config.wake else None
+        listener = self.store.news_listener() if self.config.wake else None
         wake = f", sooner on news ({self.config.min_gap:g}s apart at least)" if listener is not None else ""
         log.info("corral daemon %s starting: store %s, every %gs%s%s", self.holder, describe(self.store.url),
                  self.config.interval, wake, ", dry run (every policy audit-only)" if self.config.dry_run else "")

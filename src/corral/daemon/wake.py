@@ -13,8 +13,9 @@ waits, news from the feed (`corral.store.news`) can bring the start forward to
   the start of a cycle brought forward by news: a feed committing ten batches a
   second would otherwise keep the daemon cycling back to back.  With cycles of C
   seconds it bounds the daemon to C / (C + gap) of a core, and a fact written just
-  after a cycle read the store is acted on within about gap + 2 C (a 1M-frame steady
-  cycle: 0.2 s; docs/benchmarks.md, "Reaction time");
+  after a cycle read the store waits for that cycle, the gap and the next cycle:
+  about gap + 2 C at worst, when nothing else holds the daemon up (docs/benchmarks.md,
+  "Reaction time", measures what it is beside a busy feed);
 * **the interval stays the upper bound**: with no news the next cycle starts one
   interval after the previous one started, as before; a cycle longer than the
   interval makes the ticks that fell in it skip (logged and counted as overruns),

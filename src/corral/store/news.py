@@ -10,8 +10,8 @@ Two halves, one per database, behind one small port (`NewsListener`):
 * the announcing side, in the writers' transactions (`Store.apply_events`: `corral
   ingest` and the API's news; `Store.load_farm`; `corral sync`), `announce_in` /
   `announce_after`;
-* the listening side, in the daemon: `listener_for(store).wait(timeout)`, True when
-  news came.
+* the listening side, in the daemon: `Store.news_listener().wait(timeout)`, True
+  when news came.
 
 PostgreSQL: `NOTIFY corral_news` inside the writer's transaction, delivered on commit
 (never for a transaction that rolls back; several in one transaction are one); the
@@ -48,9 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
-
-    from corral.store.store import Store
+    from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +141,14 @@ class PgNews:
     reports news, since some may have been missed meanwhile (not the first time: the
     daemon's first cycle runs at its start anyway)."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
         self._conn: Any = None
         self._lock = threading.Lock()
         self._listened = False
 
     def _connect(self) -> Any:
-        fairy = self.store.engine.raw_connection()
+        fairy = self.engine.raw_connection()
         fairy.detach()  # ours for good: the pool neither hands it out nor resets it
         raw: Any = fairy.dbapi_connection
         raw.autocommit = True
@@ -188,12 +186,3 @@ class PgNews:
                 with contextlib.suppress(Exception):
                     self._conn.close()
                 self._conn = None
-
-
-def listener_for(store: Store) -> NewsListener | None:
-    """The listener for this store's database (None: SQLite in memory, which no other
-    process can write)."""
-    if store.url.get_backend_name() == "postgresql":
-        return PgNews(store)
-    path = store._sqlite_path()
-    return FileNews(path) if path is not None else None

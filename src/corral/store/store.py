@@ -128,6 +128,15 @@ class Store:
         name = self.url.database if self.url.get_backend_name() == "sqlite" else None
         return Path(name) if name and name != ":memory:" and not name.startswith("file:") else None
 
+    def news_listener(self) -> news.NewsListener | None:
+        """How a daemon hears this store's news (`corral.store.news`): LISTEN on
+        PostgreSQL, the news file beside a SQLite file; None for SQLite in memory, which
+        no other process can write."""
+        if self.url.get_backend_name() == "postgresql":
+            return news.PgNews(self.engine)
+        path = self._sqlite_path()
+        return news.FileNews(path) if path is not None else None
+
     def check(self) -> None:
         """Refuse to work on a database `corral db init` has not prepared (once per Store)."""
         if self._checked:
