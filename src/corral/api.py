@@ -342,7 +342,7 @@ class Corral:
         """
         farm = self.store.read_farm()
         proposal = Proposal(Kind(kind), str(ident), Action(action), dict(params or {}), reason=reason)
-        report = self.store.apply_transitions(farm, [proposal], now=self.clock(), actor=actor or self.actor)
+        report = self.store.apply_transitions(farm, [proposal], now=self.clock(), actor=actor or self.actor, announce=True)
         if report.refused:
             refusal = report.refused[0]
             raise ActionRefused(refusal.reason, stale=refusal.stale)

@@ -192,7 +192,7 @@ def run_action(kind: Kind, action: Action, ident: str, params: dict[str, Any], r
     with open_store(db) as store:
         farm = store.read_farm()
         proposal = Proposal(kind, ident, action, params, reason=reason)
-        report = store.apply_transitions(farm, [proposal], now=utcnow(), actor=actor())
+        report = store.apply_transitions(farm, [proposal], now=utcnow(), actor=actor(), announce=True)
     if report.refused:
         fail(report.refused[0].reason)
     done = report.applied[0]

@@ -308,7 +308,7 @@ def apply(
             except planfile.PlanFileError as err:
                 fail(str(err))
             report = store.apply_transitions(farm, checked.proposals, now=datetime.now(UTC),
-                                             actor=f"user:{getpass.getuser()}", cycle_id=checked.id)
+                                             actor=f"user:{getpass.getuser()}", cycle_id=checked.id, announce=True)
     except StoreError as err:
         fail(str(err))
     refused = [(words, why) for words, why in checked.moved] + [(str(r.proposal), r.reason) for r in report.refused]

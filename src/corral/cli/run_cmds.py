@@ -24,7 +24,16 @@ def run(
     db: DbOption = None,
     sets: SetOption = None,
     once: Annotated[bool, typer.Option("--once", help="Run exactly one cycle and exit.")] = False,
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between cycles.", min=0.05)] = 30.0,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between cycles when no news comes.",
+                                            min=0.05)] = 30.0,
+    wake: Annotated[
+        bool, typer.Option("--wake/--no-wake", help="Run a cycle soon after the feed commits news (corral ingest, the "
+                           "API, corral sync, a person's action), not only every --interval.")
+    ] = True,
+    min_gap: Annotated[
+        float, typer.Option("--min-gap", help="Seconds at least between the end of a cycle and a cycle news brings "
+                            "forward (a busy feed does not keep the daemon cycling back to back).", min=0.05)
+    ] = 0.5,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Treat every policy as audit: log, apply nothing.")] = False,
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on 127.0.0.1:PORT.", show_default=False)
@@ -53,7 +62,7 @@ def run(
     farm: FarmOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Apply the policies to the store every --interval seconds (compare-and-set, logged), or once.
+    """Apply the policies to the store every --interval seconds and soon after news (compare-and-set, logged), or once.
 
     One daemon acts per store; a second one waits as a hot standby. SIGTERM or Ctrl-C
     finishes the current cycle (for --stop-grace seconds at most: then its transaction
@@ -79,7 +88,7 @@ def run(
     config = DaemonConfig(
         db_url=db_url(db), paths=[Path(p) for p in policy_paths(rules, only_rules)], overrides=parse_sets(sets),
         interval=interval, dry_run=dry_run, engine=engine, isolate=isolate, stop_grace=stop_grace,
-        sinks_file=sinks_file(sinks, rules, only_rules), farm_url=farm,
+        sinks_file=sinks_file(sinks, rules, only_rules), farm_url=farm, wake=wake, min_gap=min_gap,
     )
     try:
         daemon = Daemon(config)
@@ -177,7 +186,7 @@ def sync(
         now = utcnow()
         truth, problems = reader.read(now)
         with Store.open(db_url(db)) as store:
-            report = store.sync_farm(truth, now=now, actor=reader.name)
+            report = store.sync_farm(truth, now=now, actor=reader.name, announce=True)
     except FarmUnreachable as err:
         fail(f"cannot read the farm manager: {err}; the store is unchanged")
     except StoreError as err:

@@ -49,7 +49,7 @@ def undo(
             if yes and plan.proposals:
                 undo_id = f"undo-{now:%Y%m%dT%H%M%S}"
                 report = store.apply_transitions(farm, [p for _e, p in plan.proposals], now=now,
-                                                 actor=f"user:{getpass.getuser()}", cycle_id=undo_id)
+                                                 actor=f"user:{getpass.getuser()}", cycle_id=undo_id, announce=True)
     except StoreError as err:
         fail(str(err))
     refused = [(str(r.proposal), r.reason) for r in report.refused] if report else []

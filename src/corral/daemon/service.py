@@ -1,7 +1,8 @@
-"""The daemon: ticks on APScheduler, leadership, hot reload, cycles, back-off, metrics, signals.
+"""The daemon: ticks, leadership, hot reload, cycles, back-off, metrics, signals.
 
-Every tick (each `interval` seconds, never two at once: an overrunning cycle makes
-the next tick skip, it does not stack) the daemon
+Every tick (each `interval` seconds, or sooner when the feed announces news: see
+`corral.daemon.wake`; never two at once: an overrunning cycle makes the ticks that
+fell in it skip, they do not stack) the daemon
 
 1. waits out its back-off if the database was unreachable;
 2. reloads changed policy files (`PolicyWatcher`), swapping the new PolicySet into its
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -42,6 +44,7 @@ from corral.daemon.isolated import EngineCrashed, IsolatedEvaluator
 from corral.daemon.leader import LeaderError, Leadership, Lease, LeaseLost
 from corral.daemon.metrics import Metrics
 from corral.daemon.schedule import DEFAULT_GRACE, SETTING_PREFIX, ScheduleTracker
+from corral.daemon.wake import DEFAULT_MIN_GAP, NewsWatch, Pace
 from corral.daemon.watch import PolicyWatcher
 from corral.deliver import DeliveryReport
 from corral.failures import FailureClasses
@@ -101,6 +104,11 @@ class DaemonConfig:
     #: The farm manager to read and sync from before each cycle (`corral.farms`,
     #: afanasy://HOST:PORT).  None: corral's store is the farm.
     farm_url: str | None = None
+    #: Run a cycle soon after the feed announces news (`corral.daemon.wake`), not only
+    #: every `interval`.
+    wake: bool = True
+    #: Seconds between the end of a cycle and the start of one news brings forward.
+    min_gap: float = DEFAULT_MIN_GAP
 
 
 @dataclass
@@ -142,6 +150,11 @@ class Daemon:
         self._schedules_dirty = True
         self._stop = threading.Event()
         self._busy = threading.Lock()
+        self.pace = Pace(config.interval, config.min_gap)
+        self._news = threading.Event()  # news came since the last cycle started
+        self._nudge = threading.Event()  # wakes the cycle thread's wait: news, or a stop
+        #: How the cycles of `run_forever` started: {"interval": n, "news": n}.
+        self.starts = {"interval": 0, "news": 0}
         self._was_standby = False
         self._rereads = 0  # cycles in a row whose read brought back REREAD_WARN rows unchanged
         self.prefix = ("schedule-dry:" if config.dry_run else SETTING_PREFIX)
@@ -475,31 +488,61 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+        self._nudge.set()
+
+    def news(self) -> None:
+        """The feed committed something (`corral.daemon.wake.NewsWatch` calls this)."""
+        self._news.set()
+        self._nudge.set()
+
+    def _cycles(self) -> None:
+        """The cycle thread of `run_forever`: one tick at a time, at the interval or, with
+        news, at `Pace.soonest` (see `corral.daemon.wake`)."""
+        tick_at = time.monotonic()  # the first cycle at once
+        ended = -math.inf
+        while not self._stop.is_set():
+            start_at = tick_at
+            if self._news.is_set() and self.leader.held:
+                start_at = self.pace.soonest(tick_at, ended)
+            wait = start_at - time.monotonic()
+            if wait > 0:
+                self._nudge.wait(wait)
+                self._nudge.clear()
+                continue
+            self.starts["news" if start_at < tick_at else "interval"] += 1
+            if start_at < tick_at:
+                log.debug("cycle brought forward by news (%.3fs before its tick)", tick_at - start_at)
+            self._news.clear()  # news from now on is for the next cycle
+            started = time.monotonic()
+            self.tick()
+            ended = time.monotonic()
+            tick_at, skipped = self.pace.after(started, ended)
+            if skipped and not self._stop.is_set():
+                self.metrics.cycles.labels("overrun").inc(skipped)
+                log.warning("the cycle took %.2fs, longer than the %gs interval: %d tick(s) skipped", ended - started,
+                            self.config.interval, skipped)
 
     def run_forever(self, *, install_signals: bool = True) -> None:
         """Tick every interval until stop() or SIGTERM/SIGINT.  The cycle running then
         finishes first, for `stop_grace` seconds at most: past that the daemon exits
         anyway and the cycle's transaction rolls back (nothing of it is applied), so a
         stop is honoured within seconds whatever a cycle is doing."""
-        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.triggers.interval import IntervalTrigger
 
         if install_signals:
             self._install_signals()
-        log.info("corral daemon %s starting: store %s, every %gs%s", self.holder, describe(self.store.url),
-                 self.config.interval, ", dry run (every policy audit-only)" if self.config.dry_run else "")
+        listener = self.store.news_listener() if self.config.wake else None
+        wake = f", sooner on news ({self.config.min_gap:g}s apart at least)" if listener is not None else ""
+        log.info("corral daemon %s starting: store %s, every %gs%s%s", self.holder, describe(self.store.url),
+                 self.config.interval, wake, ", dry run (every policy audit-only)" if self.config.dry_run else "")
+        # Cycles run on a thread of their own, not as a job of the scheduler: "soon, but
+        # never while one runs and not sooner than the gap after it" is a few lines there
+        # (`_cycles`), where moving a scheduler's job from the news thread races with its
+        # executor's count of running instances (a spurious overrun).
+        cycles = threading.Thread(target=self._cycles, name="corral-cycles", daemon=True)
+        watch = NewsWatch(listener, self.news, self._stop) if listener is not None else None
         scheduler = BackgroundScheduler(timezone="UTC")
-
-        def on_overrun(event: JobExecutionEvent) -> None:
-            if event.job_id != "cycle":
-                return  # a delivery pass still running: the next one simply waits its turn
-            self.metrics.cycles.labels("overrun").inc()
-            log.warning("previous cycle still running at the next tick: this tick is skipped")
-
-        scheduler.add_listener(on_overrun, EVENT_JOB_MAX_INSTANCES)
-        scheduler.add_job(self.tick, IntervalTrigger(seconds=self.config.interval), id="cycle", max_instances=1,
-                          coalesce=True, misfire_grace_time=None, next_run_time=datetime.now().astimezone())
         if self.courier.sinks:
             # Two instances allowed so the scheduler never warns of a pass still running (a slow
             # supervisor): the courier's own lock makes the second return at once.
@@ -507,11 +550,15 @@ class Daemon:
                               max_instances=2, coalesce=True, misfire_grace_time=None)
             self._scheduler = scheduler
         scheduler.start()
+        cycles.start()
+        if watch is not None:
+            watch.start()
         try:
             while not self._stop.wait(0.2):
                 pass
             log.info("stopping: finishing the current cycle (%gs at most)", self.config.stop_grace)
         finally:
+            self.stop()
             scheduler.shutdown(wait=False)
             finished = self._busy.acquire(timeout=self.config.stop_grace)
             if not finished:
@@ -524,6 +571,9 @@ class Daemon:
                 release.join(1.0)
                 os._exit(0)  # the cycle's thread cannot be interrupted; the process can end
             self._busy.release()
+            cycles.join(1.0)
+            if watch is not None:
+                watch.close()
             self.close()
         log.info("corral daemon stopped")
 
@@ -534,7 +584,7 @@ class Daemon:
                 log.warning("%s again: exiting now (the cycle's transaction, if any, rolls back)", name)
                 os._exit(1)
             log.info("%s received: stopping after the current cycle", name)
-            self._stop.set()
+            self.stop()
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)

@@ -21,7 +21,7 @@ from corral.farm import Farm, utcnow
 from corral.outbox import Entry, Route, Status, routes_text
 from corral.ports import ActionLog, ApplyReport, FarmChanges, LastActions, LogEntry, Mark, Proposal
 from corral.states import Kind
-from corral.store import changes, lease, migrate, outbox, refusal
+from corral.store import changes, lease, migrate, news, outbox, refusal
 from corral.store.apply import apply_transitions
 from corral.store.engine import MASK, WRITE, BadUrl, describe, first_line, make_engine, mask_secrets, normalise_url
 from corral.store.rows import farm_rows, raw_rows, read_farm, timestamp_param, timestamp_parser
@@ -127,6 +127,15 @@ class Store:
         """The SQLite file of this store (None: PostgreSQL, or SQLite in memory)."""
         name = self.url.database if self.url.get_backend_name() == "sqlite" else None
         return Path(name) if name and name != ":memory:" and not name.startswith("file:") else None
+
+    def news_listener(self) -> news.NewsListener | None:
+        """How a daemon hears this store's news (`corral.store.news`): LISTEN on
+        PostgreSQL, the news file beside a SQLite file; None for SQLite in memory, which
+        no other process can write."""
+        if self.url.get_backend_name() == "postgresql":
+            return news.PgNews(self.engine)
+        path = self._sqlite_path()
+        return news.FileNews(path) if path is not None else None
 
     def check(self) -> None:
         """Refuse to work on a database `corral db init` has not prepared (once per Store)."""
@@ -272,6 +281,8 @@ class Store:
                         for row in rows:
                             row["rev"] = stamp  # stamped here, not later by a reader (see corral.store.changes)
                     conn.execute(insert(table(name)), rows)
+            news.announce_in(conn)
+        news.announce_after(self._sqlite_path())
 
     @staticmethod
     def _refuse_clashes(conn: Connection, farm: Farm) -> None:
@@ -290,15 +301,24 @@ class Store:
         now: datetime,
         actor: str,
         cycle_id: str | None = None,
+        announce: bool = False,
     ) -> ApplyReport:
         """Apply proposals with compare-and-set, in one transaction (see `corral.store.apply`).
 
         `farm` must be the one read from this store: its versions are what the rows
         are compared with, and it is updated in place for what was applied.
+        `announce`: tell a waiting daemon (`corral.store.news`) when something was
+        applied: a person's action does (`corral block`, `apply`, `undo`, the API's
+        `act`), the daemon's own cycle does not.
         """
         self.check()
         with self._write() as conn:
-            return apply_transitions(conn, farm, proposals, now=now, actor=actor, cycle_id=cycle_id)
+            report = apply_transitions(conn, farm, proposals, now=now, actor=actor, cycle_id=cycle_id)
+            if announce and report.applied:
+                news.announce_in(conn)
+        if announce and report.applied:
+            news.announce_after(self._sqlite_path())
+        return report
 
     def apply_events(
         self,
@@ -319,7 +339,10 @@ class Store:
 
         self.check()
         with self._write() as conn:
-            return apply_batch(conn, events, now=now, actor=actor, record=record)
+            results = apply_batch(conn, events, now=now, actor=actor, record=record)
+            news.announce_in(conn)
+        news.announce_after(self._sqlite_path())
+        return results
 
     # --- the log ------------------------------------------------------------------
 
@@ -414,14 +437,21 @@ class Store:
                 conn.execute(insert(s).values(key=key, value=value, updated_at=now))
 
     def sync_farm(self, truth: Farm, *, now: datetime, actor: str, unchanged: Collection[int] = (),
-                  since: datetime | None = None) -> SyncReport:
+                  since: datetime | None = None, announce: bool = False) -> SyncReport:
         """Make the store hold a farm manager's picture, in one transaction
         (`corral.store.sync`: changed rows only; decisions on their way and corral's own
         columns kept; a person's undo of corral's block recorded; the jobs `unchanged`
-        since the sync at `since` skipped)."""
+        since the sync at `since` skipped).  `announce`: tell a waiting daemon
+        (`corral.store.news`) when the sync changed something; `corral sync` does, the
+        daemon's own sync before its cycle does not."""
         self.check()
         with self._write() as conn:
-            return sync_farm(conn, truth, now=now, actor=actor, unchanged=unchanged, since=since)
+            report = sync_farm(conn, truth, now=now, actor=actor, unchanged=unchanged, since=since)
+            if announce and report.changed:
+                news.announce_in(conn)
+        if announce and report.changed:
+            news.announce_after(self._sqlite_path())
+        return report
 
     # --- the outbox (corral.outbox, corral.store.outbox) -------------------------------
 
