@@ -133,8 +133,11 @@ def test_instance_ids_name_job_and_host() -> None:
 def test_with_corral_the_default_night_wastes_fewer_core_hours() -> None:
     result = compare(Scenario(), baseline="none")
     w, b, o = result.with_corral, result.baseline, result.oracle
-    assert o is not None and o.wasted_core_hours <= w.wasted_core_hours
-    assert sum(o.wrong_actions.values()) == 0
+    assert o is not None and sum(o.wrong_actions.values()) == 0
+    # the oracle is the floor corral chases, not a bound: dispatch order can let corral waste a
+    # little less on one night (seed 1: 101.5 against 103.6); the pack's target is 1.25 of it
+    assert w.wasted_core_hours <= 1.25 * o.wasted_core_hours
+    assert sum(w.wrong_actions.values()) == 0
     assert w.wasted_core_hours < b.wasted_core_hours
     assert w.frames_rendered > b.frames_rendered
     assert w.jobs_completed > b.jobs_completed
