@@ -1,9 +1,9 @@
-"""The feed's batched path writes exactly what the one-event-at-a-time path writes.
+"""The feed's batched path writes exactly what the events written one at a time write.
 
 `corral.store.feedbatch.apply_batch` (what `corral ingest` and the API use) against
-`corral.store.events.apply_events` (every event in its own savepoint, the job's state
-derived by a query after each): random farms (holds, locked hosts, blocked instances,
-retried frames), random streams over the same few jobs, frames, instances and hosts
+`apply_one_by_one` (every event a batch of one in its own savepoint, the job's state
+derived again from the store before each, what a refused batch falls back to): random
+farms (holds, locked hosts, blocked instances, retried frames), random streams over the same few jobs, frames, instances and hosts
 (unknown ones, mismatched ones, submits that clash, replayed ids), cut into random
 batches.  The results line by line and every stored row (versions, timestamps, the
 log, the runs in their order, the applied events) must be equal.
@@ -24,8 +24,8 @@ from sqlalchemy import delete, select
 from corral.farm import Farm
 from corral.feed import BadLine, Event, validate_event
 from corral.store import Store
-from corral.store.events import EventResult, apply_events
-from corral.store.feedbatch import apply_batch
+from corral.store.events import EventResult
+from corral.store.feedbatch import apply_batch, apply_one_by_one
 from corral.store.store import FARM_TABLES
 from corral.store.tables import table
 from strategies import HOSTS, LETTERS, farms
@@ -138,7 +138,7 @@ def dump(store: Store) -> dict[str, list[dict[str, Any]]]:
 def test_a_batch_writes_what_one_event_at_a_time_writes(store: Store, case: tuple[Farm, list[Any]]) -> None:
     store.init()
     farm, batches = case
-    one_by_one = play(store, farm, batches, apply_events)
+    one_by_one = play(store, farm, batches, apply_one_by_one)
     batched = play(store, farm, batches, apply_batch)
     assert batched[0] == one_by_one[0]
     assert batched[1] == one_by_one[1]
@@ -156,8 +156,12 @@ def test_a_batch_the_database_refuses_is_applied_again_one_event_at_a_time(
     items = [(1, validate_event({"id": "w1", "type": "worker_up", "host": "n1"})),
              (2, validate_event({"id": "w2", "type": "worker_down", "host": "n2"}))]
 
-    def blind(conn: Any, ids: list[str]) -> dict[str, int | None]:  # read before the other ingest committed
-        return {k: v for k, v in events._applied_ids(conn, ids).items() if k != "w2"}
+    reads = []
+
+    def blind(conn: Any, ids: list[str]) -> dict[str, int | None]:  # the batch's read, before the other committed
+        reads.append(ids)
+        found = events._applied_ids(conn, ids)
+        return {k: v for k, v in found.items() if k != "w2"} if len(reads) == 1 else found
 
     monkeypatch.setattr(feedbatch, "_applied_ids", blind)
     with store._write() as conn:

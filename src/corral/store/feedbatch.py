@@ -1,21 +1,20 @@
-"""Supervisor events applied a batch at a time: the feed's fast path.
+"""Supervisor events applied a batch at a time: the feed's one set of rules.
 
-`corral.store.events.apply_events` writes one event at a time, each in a savepoint:
-about ten statements an event, each built and compiled by SQLAlchemy, and the job's
-state derived again by a query after every frame event.  That is 200 to 900 events a
-second, and a farm of short frames or a host failing everything sends thousands.
+Written one at a time, each event in a savepoint (the writer this replaced), an event
+was about ten statements, each built and compiled by SQLAlchemy, and the job's state
+derived again by a query after every frame event: 200 to 900 events a second, where a
+farm of short frames or a host failing everything sends thousands.
 
 This module gives the same rows for a whole batch with a handful of statements:
 
 1. every row the batch names (jobs, frames, instances, hosts, and the instances of its
    jobs) is read up front, a query per table on the driver's cursor, and locked
-   (`FOR UPDATE` on PostgreSQL, in the order the one-at-a-time path locks them: jobs,
+   (`FOR UPDATE` on PostgreSQL, in one order for every writer of the feed: jobs,
    frames, instances, hosts; SQLite's writer lock is the transaction's);
-2. the events are played in order on those rows in memory, with the one-at-a-time
-   path's rules exactly (`_Batch` mirrors `events._Writer`, method for method): a
-   rejected event raises before it changes anything, so it changes nothing; every
-   write bumps `version` and `updated_at` as that path's does, write by write, so the
-   final rows are the same;
+2. the events are played in order on those rows in memory (`_Batch`: the feed's one
+   set of rules): a rejected event raises before it changes anything, so it changes
+   nothing; every write bumps `version` and `updated_at`, write by write, so the
+   final rows are those of the events written one at a time;
 3. the job's state is derived after each frame or instance event from what the
    batch holds in memory (the job's named frames and all its instances) plus which
    states its other frames are in: one query per job per batch (`_Base`), not one
@@ -30,7 +29,8 @@ a submit is rare and mostly frames to insert); its rows are then read like the r
 
 Any database error (a concurrent ingest of the same stream inserted an event id first,
 say) rolls the batch back to its savepoint and it is applied again one event at a time
-(`events.apply_events`), which sorts out which events were applied by the other.  The
+(`apply_one_by_one`: each a batch of one in its own savepoint), which sorts out which
+events were applied by the other.  The
 columns read and written are `corral.farm.SCHEMA`'s, so a new stored field flows
 through; values are converted by the tables' own column types, as SQLAlchemy would.
 """
@@ -63,7 +63,7 @@ from corral.feed import (
     WorkerUp,
 )
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind, WorkerState, derive_job_state
-from corral.store.events import EventRejected, EventResult, _applied_ids, apply_events, check_submit, submit_rows
+from corral.store.events import EventRejected, EventResult, _applied_ids, check_submit, submit_rows
 from corral.store.tables import UTCDateTime, as_utc, table
 
 #: Enum values by member and members by value, looked up once per event (an enum's
@@ -92,24 +92,66 @@ def apply_batch(
     record: bool = True,
 ) -> list[EventResult | BadLine]:
     """Apply `(line, event)` pairs in order on `conn` (inside the caller's transaction):
-    the same rows and results as `events.apply_events`, written a batch at a time."""
+    the same rows and results as the events applied one at a time (`apply_one_by_one`),
+    written a batch at a time."""
     if not items:
         return []
-    dbapi = conn.dialect.dbapi
-    refused: tuple[type[BaseException], ...] = (IntegrityError, DataError)
-    if dbapi is not None:  # the driver's own, raised by its cursor
-        refused += (dbapi.IntegrityError, dbapi.DataError)
+    refused = _refused(conn)
     savepoint = conn.begin_nested()
     try:
         out = _Batch(conn, now or utcnow, actor, record).run(items)
     except refused:
         savepoint.rollback()
-        return apply_events(conn, items, now=now, actor=actor, record=record)
+        return apply_one_by_one(conn, items, now=now, actor=actor, record=record)
     except BaseException:
         savepoint.rollback()
         raise
     savepoint.commit()
     return out
+
+
+def apply_one_by_one(
+    conn: Connection,
+    items: Sequence[tuple[int, Event]],
+    *,
+    now: Callable[[], datetime] | None = None,
+    actor: str = "supervisor",
+    record: bool = True,
+) -> list[EventResult | BadLine]:
+    """The events of a batch the database refused, each a batch of one in a savepoint of
+    its own: the one it refuses comes back as a BadLine (or as already applied, when a
+    concurrent ingest of the same stream recorded its id first) and the rest are applied."""
+    refused = _refused(conn)
+    out: list[EventResult | BadLine] = []
+    for line, event in items:
+        savepoint = conn.begin_nested()
+        try:
+            [result] = _Batch(conn, now or utcnow, actor, record).run([(line, event)])
+        except refused as err:
+            savepoint.rollback()
+            again = _applied_ids(conn, [event.id]) if record else {}
+            if event.id in again:
+                out.append(EventResult(line, event.id, event.type, True, again[event.id], "already applied"))
+            else:
+                out.append(BadLine(line, f"{event.type}: refused by the database: {getattr(err, 'orig', err)}",
+                                   event.id))
+            continue
+        except BaseException:
+            savepoint.rollback()
+            raise
+        savepoint.commit()
+        out.append(result)
+    return out
+
+
+def _refused(conn: Connection) -> tuple[type[BaseException], ...]:
+    """The errors by which the database refuses rows (SQLAlchemy's, and the driver's own,
+    raised by its cursor)."""
+    refused: tuple[type[BaseException], ...] = (IntegrityError, DataError)
+    dbapi = conn.dialect.dbapi
+    if dbapi is not None:
+        refused += (dbapi.IntegrityError, dbapi.DataError)
+    return refused
 
 
 # --- columns and conversions, once per dialect ------------------------------------------
@@ -369,7 +411,7 @@ class _Batch:
             if e.host is not None:
                 hosts.add(e.host)
         # Which jobs the named instances belong to, before locking in the order the
-        # one-at-a-time path locks: jobs, frames, instances, hosts.
+        # feed's writers lock: jobs, frames, instances, hosts.
         ids = sorted(instances)
         if not self.pg:  # one writer at a time: nothing to lock, so no order to keep
             jobs.update(row["job_id"] for row in self._load(Kind.INSTANCE, ids, lock=False))
@@ -500,7 +542,7 @@ class _Batch:
             return self.instance_ended(event, at, line)
         return self.worker(event, at, line)
 
-    # rows, as `events._Writer` reads them
+    # rows
 
     def _one(self, kind: Kind, key: Any) -> Row | None:
         known = self.rows[kind]
@@ -524,7 +566,7 @@ class _Batch:
         return self._one(Kind.INSTANCE, ident)
 
     def write(self, kind: Kind, row: Row, key: Any, **values: Any) -> None:
-        """`_Writer.write`: the changed values, version + 1 and updated_at; nothing if none changed."""
+        """Write the changed values, version + 1 and updated_at; nothing if none changed."""
         changed = False
         if kind is Kind.FRAME and row["state"] != values["state"]:
             held = self.held[key[0]]
@@ -592,7 +634,7 @@ class _Batch:
         return base
 
     def rederive(self, job: Row, at: datetime) -> tuple[int, str, str] | None:
-        """`_Writer.rederive`, from the rows in memory and the job's base."""
+        """The job's state derived again, from the rows in memory and the job's base."""
         job_id = job["id"]
         others, retried_frame = self._base(job_id)
         held = self.held.get(job_id)
@@ -613,7 +655,7 @@ class _Batch:
         self.write(Kind.JOB, job, job_id, **self.state_values(job, new, at))
         return (job_id, old, new)
 
-    # the events, as `events._Writer` plays them
+    # the events
 
     def frame_started(self, e: FrameStarted, at: datetime, line: int) -> EventResult:
         job = self.job(e.job)

@@ -330,8 +330,8 @@ class Store:
     ) -> list[EventResult | BadLine]:
         """Write supervisor events in order, in one transaction, a batch at a time.
 
-        See `corral.store.feedbatch.apply_batch` (the same rows as
-        `corral.store.events.apply_events`, one event at a time): a rejected event comes
+        See `corral.store.feedbatch.apply_batch` (the same rows as the events written
+        one at a time, `feedbatch.apply_one_by_one`): a rejected event comes
         back as a BadLine and changes nothing; with `record`, an event id applied before
         is skipped.
         """
