@@ -298,6 +298,7 @@ class FactBuilder:
         fact["failing_hosts"] = failing
         fact["succeeding_hosts"] = succeeding
         fact["hosts_not_failing"] = len(hosts) - failing
+        fact["failing_hosts_percent"] = 100.0 * failing / len(hosts) if hosts else 0.0
         fact["failing_hosts_healthy_elsewhere"] = healthy
         fact["worst_host_failed_frames"] = worst_frames
         fact["worst_host_failed_attempts"] = fact["worst_host_failures"] = worst

@@ -76,6 +76,10 @@ _JOB: dict[str, FieldSpec] = {
     "succeeding_hosts": FieldSpec("int", "hosts that completed at least one frame of the job", group="hosts"),
     "hosts_not_failing": FieldSpec("int", "hosts minus failing_hosts: 0 means every host that ran it is failing",
                                    group="hosts"),
+    "failing_hosts_percent": FieldSpec(
+        "float", "failing_hosts as a percentage of hosts (0 with no host): a broken job's hosts mostly fail it, a "
+        "healthy job's flaky frames fail a few of its many hosts, however large the farm", group="hosts",
+    ),
     "failing_hosts_healthy_elsewhere": FieldSpec(
         "int", "failing_hosts that completed frames of other jobs: a host failing everything (a bad host) does not "
         "count, so two bad hosts cannot make a healthy job look broken", group="hosts",
