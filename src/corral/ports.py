@@ -301,8 +301,9 @@ class IncrementalEvaluator(Evaluator, Protocol):
     the facts that may have changed, and asks which matches stand.
 
     A cycle makes two calls: `due_all`, then `settle` (one round trip when the engine
-    runs in a child process: the isolated evaluator answers `due_all` itself).  `starts` counts the times its memory started empty (a
-    restarted engine child): the caller then sends every candidate again."""
+    runs in a child process: the isolated evaluator answers `due_all` itself).
+    `starts` counts the times its memory started empty (a restarted engine child):
+    the caller then sends every candidate again."""
 
     @property
     def starts(self) -> int:
