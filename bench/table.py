@@ -3,11 +3,12 @@
     python bench/table.py [--sizes 10000,100000,1000000] [--postgres URL]
 
 Each run is `python bench/cycle_bench.py --frames N [--db URL] --json` in its own
-process; the table is printed as Markdown, the raw JSON lines to stderr.  Then two
-columns of dry steady cycles (nothing applied, the backlog planned again each cycle),
-which tables before the committing steady cycle reported as the steady cycle, and two
-of the committing steady cycles with the rule engine in a child process, as `corral run`
-runs it by default (the headline columns are `corral run --no-isolate`).
+process; the table is printed as Markdown, the raw JSON lines to stderr.  The steady
+cycle and `ratio_io` run the rule engine in a child process, as `corral run` does by
+default, each next to the same cycles with the engine in the daemon's process
+(`corral run --no-isolate`, which the cold and dry cycles use too); then two columns
+of dry steady cycles (nothing applied, the backlog planned again each cycle), which
+tables before the committing steady cycle reported as the steady cycle.
 """
 
 from __future__ import annotations
@@ -25,18 +26,19 @@ COLUMNS = (
     ("db", "db"),
     ("cold_cycle_s", "cold cycle (s)"),
     ("steady_cycle_s", "steady cycle (s)"),
+    ("steady_no_isolate_cycle_s", "steady cycle, --no-isolate (s)"),
     ("peak_rss_mb", "peak RSS (MB)"),
     ("cold_floor_s", "cold floor (s)"),
     ("io_floor_s", "io floor (s)"),
+    ("io_floor_no_isolate_s", "io floor, --no-isolate (s)"),
     ("python_floor_s", "python floor (s)"),
     ("rule_eval_s", "rule eval (s)"),
     ("ratio_cold", "ratio_cold"),
     ("ratio_io", "ratio_io"),
+    ("ratio_io_no_isolate", "ratio_io, --no-isolate"),
     ("ratio_python", "ratio_python"),
     ("steady_dry_cycle_s", "dry steady cycle (s)"),
     ("ratio_io_dry", "ratio_io, dry"),
-    ("steady_isolated_cycle_s", "isolated steady cycle (s)"),
-    ("ratio_io_isolated", "ratio_io, isolated"),
 )
 
 

@@ -40,7 +40,6 @@ adapter deals with each hazard in one place:
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import json
 import logging
@@ -53,11 +52,12 @@ import durable_rules_engine as _native  # its C half: asserting and draining act
 from durable import engine as _durable  # the one import of durable_rules in corral (with the line above)
 
 from corral.facts import narrow
-from corral.policy.compiler import MARKER, CompiledKind, admitted_states, compile_kind, engine_can_read, next_flip
-from corral.policy.model import Cmp, Policy
+from corral.policy.compiler import MARKER, CompiledKind, admitted_states, compile_kind, engine_can_read
+from corral.policy.model import Policy
 from corral.policy.reference import Predicate, any_gate, getter, holds, predicate
 from corral.ports import EntityId, Fact
 from corral.states import Kind
+from corral.wakeups import Schedule, Timers, soonest, timers
 
 log = logging.getLogger(__name__)
 _generation = itertools.count(1)
@@ -114,12 +114,11 @@ class _Memory:
     keyer: Callable[[dict[str, Any]], tuple[Any, ...]]
     probes: tuple[tuple[str, Predicate], ...]
     rule_policy: dict[str, str] = field(default_factory=dict)  # engine rule name -> policy name
-    timed: tuple[tuple[Cmp, Callable[[dict[str, Any]], Any]], ...] = ()  # duration probes and their getters
+    timed: Timers = ()  # duration probes and their getters
     handle: int = 0  # the ruleset's handle in the C engine
     key_of: dict[Any, tuple[Any, ...]] = field(default_factory=dict)
     shared: dict[tuple[Any, ...], _Shared] = field(default_factory=dict)
-    wake: dict[Any, float] = field(default_factory=dict)
-    wakeups: list[tuple[float, int, Any]] = field(default_factory=list)
+    schedule: Schedule = field(default_factory=Schedule)  # when each candidate is next due
 
 
 _TRUE, _FALSE = object(), object()  # a bool is an int to a tuple's ==; in a key, it is not
@@ -187,9 +186,9 @@ class RuleEngine:
             rules["seen"] = {"all": [{"m": {MARKER: 1}}, {"never": {MARKER: 2}}], "run": _ignore}
             definitions[name] = rules
             probes = tuple((probe.name, predicate(probe.cond)) for probe in compiled.probes)
-            timed = tuple((p.cond, getter(p.cond.path)) for p in compiled.timed if isinstance(p.cond, Cmp))
             self._memory[kind] = _Memory(
-                name, compiled, any_gate(compiled.gates.values()), _keyer(compiled.paths, probes), probes, rule_policy, timed
+                name, compiled, any_gate(compiled.gates.values()), _keyer(compiled.paths, probes), probes, rule_policy,
+                timers(compiled)
             )
         try:
             self._host.set_rulesets(definitions)
@@ -270,15 +269,8 @@ class RuleEngine:
         memory = self._memory.get(kind)
         if memory is None:
             return set()
-        out: set[Any] = set()
         with self._lock:
-            heap = memory.wakeups
-            while heap and heap[0][0] <= now:
-                at, _, ident = heapq.heappop(heap)
-                if memory.wake.get(ident) == at:
-                    del memory.wake[ident]
-                    out.add(ident)
-        return out
+            return memory.schedule.due(now)
 
     def known(self, kind: Kind) -> set[EntityId]:
         """Ids the engine holds for `kind` (to drop the ones that vanished on a full re-read)."""
@@ -295,20 +287,20 @@ class RuleEngine:
 
     def _put(self, memory: _Memory, entities: Iterable[tuple[Any, dict[str, Any] | None]], now: float | None) -> None:
         """Each entity's current fact (None: gone) into the memory."""
-        gate, key_of, wake = memory.gate, memory.key_of, memory.wake
+        gate, key_of, schedule = memory.gate, memory.key_of, memory.schedule
         for ident, fact in entities:
             # Most entities sent fail every gate and were no candidate before: nothing to
             # do, decided here without a method call (a first cycle sends thousands).
             if fact is not None and gate(fact):
                 self._enter(memory, ident, fact, now)
-            elif ident in key_of or ident in wake:
-                wake.pop(ident, None)
+            elif ident in key_of or ident in schedule:
+                schedule.discard(ident)
                 self._leave(memory, ident)
 
     def _enter(self, memory: _Memory, ident: Any, fact: dict[str, Any], now: float | None) -> None:
         """A fact that passed a gate: (re)join the shared fact of its content."""
         if now is not None:
-            self._schedule(memory, ident, fact, now)
+            memory.schedule.put(ident, soonest(memory.timed, fact, now))
         key = memory.keyer(fact)
         old = memory.key_of.get(ident)
         if old == key:
@@ -356,19 +348,6 @@ class RuleEngine:
         (every member has the same carried fields and probe values, so the same answer)."""
         shared.in_engine = False
         shared.fired = frozenset(name for name in memory.compiled.rules if holds(self.policies[name].when, fact))
-
-    def _schedule(self, memory: _Memory, ident: Any, fact: dict[str, Any], now: float) -> None:
-        """Remember when a time-based probe of this fact may flip next."""
-        soonest: float | None = None
-        for cmp, get in memory.timed:
-            at = next_flip(cmp, get(fact), now)
-            if at is not None and (soonest is None or at < soonest):
-                soonest = at
-        if soonest is None:
-            memory.wake.pop(ident, None)
-        elif memory.wake.get(ident) != soonest:
-            memory.wake[ident] = soonest
-            heapq.heappush(memory.wakeups, (soonest, next(self._seq), ident))
 
     def _result(self, memory: _Memory) -> dict[str, list[Any]]:
         result: dict[str, list[Any]] = {name: [] for name in memory.compiled.rules}

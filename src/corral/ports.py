@@ -304,9 +304,10 @@ class IncrementalEvaluator(Evaluator, Protocol):
     """An evaluator that keeps its working memory between cycles: the daemon sends only
     the facts that may have changed, and asks which matches stand.
 
-    A cycle makes two calls (two round trips when it runs in a child process):
-    `due_all`, then `settle`.  `starts` counts the times its memory started empty (a
-    restarted engine child): the caller then sends every candidate again."""
+    A cycle makes two calls: `due_all`, then `settle` (one round trip when the engine
+    runs in a child process: the isolated evaluator answers `due_all` itself).
+    `starts` counts the times its memory started empty (a restarted engine child):
+    the caller then sends every candidate again."""
 
     @property
     def starts(self) -> int:

@@ -6,9 +6,19 @@ in (see shared/reference/durable-rules-notes.md).  `IsolatedEvaluator` speaks th
 (or, with engine="reference", a `ReferenceEvaluator`) living in a child started with the *spawn* method (a fresh interpreter:
 no inherited threads, locks or database connections).  If the child dies or stops
 answering, the call raises `EngineCrashed`: the cycle that asked is lost (nothing of
-it was applied, since evaluation comes before apply), and the next `evaluate` starts
-a fresh child.  The engine's working memory is rebuilt from the full picture the
-caller passes, so a new child gives the same answers.
+it was applied, since evaluation comes before apply), and the next cycle starts a
+fresh child (`ready`).  The engine's working memory is rebuilt from the full picture
+the caller then passes (`starts` tells it to), so a new child gives the same answers.
+
+What a cycle costs across the pipe is kept small, since the daemon waits for it: one
+round trip (`settle`), carrying only the facts that changed (the caller's doing) and
+answered with only the matches that changed ("step": the child remembers what it last
+answered, the daemon's side keeps the whole answer; a policy held back over its limit
+matches the same thousands of frames cycle after cycle).  Which entities fall due as
+time passes (`due_all`) is answered on the daemon's side, from the facts it sent
+(`corral.wakeups`, the durable engine's own schedule), without asking the child.
+A call carrying only changes refuses a new child (it knows nothing): if the child is
+found gone then, one is started and the cycle is lost, and the next sends everything.
 
 The child ignores SIGINT and SIGTERM (a Ctrl-C or systemd's stop signal goes to the
 whole process group; the daemon finishes its cycle and then closes the child), dies
@@ -30,6 +40,7 @@ import os
 import signal
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -38,6 +49,7 @@ from typing import Any
 from corral.policy.model import Policy
 from corral.ports import EntityId, Fact
 from corral.states import Kind
+from corral.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 _CTX = multiprocessing.get_context("spawn")
@@ -74,9 +86,10 @@ def _child_main(conn: Connection, policies: list[Policy], engine: str, parent: i
     except Exception as err:
         _send(conn, ("error", f"{type(err).__name__}: {err}"))
         return
-    # The calls the daemon makes (`corral.ports.IncrementalEvaluator`), by name over the pipe.
+    # The calls the daemon makes (`corral.ports.IncrementalEvaluator`), by name over the pipe;
+    # a cycle's is "step": `settle`, answered with only what changed since the last answer.
     calls: dict[str, Callable[..., Any]] = {
-        "evaluate": evaluator.evaluate, "settle": evaluator.settle, "due_all": evaluator.due_all,
+        "evaluate": evaluator.evaluate, "step": _Differ(evaluator.settle).step, "due_all": evaluator.due_all,
         "known": evaluator.known, "state_filter": evaluator.state_filter,
     }
     if not _send(conn, ("ready", os.getpid())):
@@ -95,6 +108,43 @@ def _child_main(conn: Connection, policies: list[Policy], engine: str, parent: i
             answer = ("error", f"{type(err).__name__}: {err}")
         if not _send(conn, answer):
             return
+
+
+#: A cycle's answer from the child: per kind, per policy, the ids that joined its matches
+#: and those that left them since the previous answer (kinds and policies that did not
+#: change left out; every policy of a kind named the first time the kind is answered).
+Differences = dict[Kind, dict[str, tuple[list[EntityId], list[EntityId]]]]
+
+
+class _Differ:
+    """The child's side of "step": `settle`, answered with differences.
+
+    Most of a steady cycle's matches are the previous cycle's (a policy held back over
+    its limit matches the same thousands of frames cycle after cycle), so only what
+    changed crosses the pipe; the daemon's side (`IsolatedEvaluator`) keeps the whole
+    answer.  Both start empty with the child."""
+
+    def __init__(self, settle: Callable[..., dict[Kind, dict[str, list[EntityId]]]]) -> None:
+        self._settle = settle
+        self._sent: dict[Kind, dict[str, set[EntityId]]] = {}
+
+    def step(self, changes: Mapping[Kind, Mapping[EntityId, Fact | None]], now: float | None) -> Differences:
+        out: Differences = {}
+        for kind, current in self._settle(changes, now).items():
+            sent = self._sent.setdefault(kind, {})
+            moved: dict[str, tuple[list[EntityId], list[EntityId]]] = {}
+            for name, ids in current.items():
+                new, old = set(ids), sent.get(name)
+                if old is None:
+                    moved[name] = (list(new), [])
+                elif new != old:
+                    moved[name] = (list(new - old), list(old - new))
+                else:
+                    continue
+                sent[name] = new
+            if moved:
+                out[kind] = moved
+        return out
 
 
 def _send(conn: Connection, message: tuple[str, Any]) -> bool:
@@ -133,6 +183,14 @@ class IsolatedEvaluator:
         self.starts = 0
         self.crashes = 0
         self._filters: dict[Kind, frozenset[str] | None] = {}
+        #: The matches as the child last answered them (it sends only what changed), in
+        #: the order they first matched.
+        self._held: dict[Kind, dict[str, dict[EntityId, None]]] = {}
+        #: When each candidate is next due, kept here from the facts sent (the durable
+        #: engine's schedule, `corral.wakeups`): `due_all` is no round trip.  The
+        #: reference evaluator says every held entity is due each cycle: it is asked.
+        self._wakeups = Wakeups(self.policies) if engine == "durable" else None
+        self._at_exit = weakref.finalize(self, lambda: None)
 
     @property
     def pid(self) -> int | None:
@@ -147,7 +205,14 @@ class IsolatedEvaluator:
         proc.start()
         child.close()
         self._proc, self._conn = proc, parent
+        # At interpreter exit multiprocessing joins its children, and this one ignores
+        # SIGTERM: an evaluator nobody closed closes its pipe first, so the child exits.
+        self._at_exit.detach()
+        self._at_exit = weakref.finalize(self, parent.close)
         self.starts += 1
+        self._held.clear()  # a new child knows nothing: its first answer is every match
+        if self._wakeups is not None:
+            self._wakeups.clear()
         status, payload = self._receive(self.start_timeout, "starting")
         if status != "ready":
             self.close()
@@ -196,12 +261,19 @@ class IsolatedEvaluator:
             self.on_death(why)
         return why
 
-    def _call(self, method: str, *args: Any) -> Any:
+    def _call(self, method: str, *args: Any, whole: bool = True) -> Any:
+        """Ask the child; `whole=False`: the call carries only changes, which a new child
+        (knowing nothing) cannot take: if the child is gone, one is started and the
+        call fails (`EngineCrashed`), so the caller sends everything next time."""
+        doing = f"{method} {args[0]}" if args and method != "step" else method
         conn = self._conn if self._conn is not None and self._proc is not None and self._proc.is_alive() else None
         if conn is None:
+            why = self._death(f"idle before {doing}") if self._proc is not None else None
             self._discard()
+            fresh = self.starts == 0
             conn = self._start()
-        doing = f"{method} {args[0]}" if args else method
+            if not whole and not fresh:
+                raise EngineCrashed(why or "the rule engine process had stopped; a new one was started")
         try:
             conn.send((method, args))
         except (OSError, BrokenPipeError) as err:
@@ -213,18 +285,38 @@ class IsolatedEvaluator:
         return payload
 
     def evaluate(self, kind: Kind, facts: Iterable[Fact], now: float | None = None) -> dict[str, list[EntityId]]:
-        result: dict[str, list[EntityId]] = self._call("evaluate", kind, list(facts), now)
+        facts = list(facts)
+        wakeups = self._wakeups
+        result: dict[str, list[EntityId]] = self._call("evaluate", kind, facts, None if wakeups else now)
+        if wakeups is not None:  # the kind's whole picture: its schedule starts again from it
+            wakeups.replace(kind, ((fact["id"], fact) for fact in facts), now)
         return result
 
-    # The incremental calls a cycle makes (two round trips: `due_all`, then `settle`).
-    # A new child starts with an empty memory: `starts` tells the session
-    # (corral.session.Session.refresh) to send it every fact again.
+    # The incremental calls a cycle makes: `due_all`, answered here (`corral.wakeups`),
+    # then `settle`, one round trip carrying the changed facts and answered with the
+    # changed matches.  A new child starts with an empty memory: `starts` tells the
+    # session (corral.session.Session.refresh) to send it every fact again.
     def settle(self, changes: Mapping[Kind, Mapping[EntityId, Fact | None]], now: float | None = None
                ) -> dict[Kind, dict[str, list[EntityId]]]:
-        result: dict[Kind, dict[str, list[EntityId]]] = self._call("settle", dict(changes), now)
-        return result
+        wakeups = self._wakeups
+        # With the schedule kept here, the child is given no time: it schedules nothing.
+        moved: Differences = self._call("step", dict(changes), None if wakeups else now, whole=False)
+        held = self._held
+        for kind, policies in moved.items():
+            mine = held.setdefault(kind, {})
+            for name, (joined, left) in policies.items():
+                ids = mine.setdefault(name, {})
+                for ident in left:
+                    del ids[ident]
+                ids.update(dict.fromkeys(joined))
+        if wakeups is not None:
+            for kind, changed in changes.items():
+                wakeups.note(kind, changed.items(), now)
+        return {kind: {name: list(ids) for name, ids in held.get(kind, {}).items()} for kind in changes}
 
     def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[EntityId]]:
+        if self._wakeups is not None:
+            return {kind: self._wakeups.due(kind, now) for kind in kinds}
         result: dict[Kind, set[EntityId]] = self._call("due_all", list(kinds), now)
         return result
 

@@ -1,0 +1,156 @@
+"""The engine in a child process answers exactly what the engine in the daemon's process
+answers (corral.daemon.isolated), though only the changed facts cross the pipe one way
+and only the changed matches the other, and the schedule of due entities is kept on the
+daemon's side: over random sequences of farms changing cycle after cycle, and across a
+child that dies and is replaced."""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from corral.daemon.isolated import EngineCrashed, IsolatedEvaluator
+from corral.engine import RuleEngine
+from corral.facts import FactBuilder
+from corral.policy.loader import load_texts
+from corral.policy.model import Policy
+from corral.states import Kind
+from strategies import NOW, farms, mutate, policy_sets
+
+#: Durations that fall due between the cycles below (20 s to an hour apart).
+TIMED = """policies:
+  - name: long-running
+    kind: frame
+    when: {state: running, time_in_state: {gte: 7200}}
+    actions: [notify]
+    reason: running for {time_in_state}
+  - name: pending-long
+    kind: job
+    when: {state: pending, time_in_state: {gte: 10800}}
+    actions: [notify]
+    reason: pending for {time_in_state}
+"""
+
+
+def _timed() -> list[Policy]:
+    loaded = load_texts([("timed.yaml", TIMED)])
+    assert not loaded.errors and len(loaded.policies) == 2
+    return loaded.policies
+
+
+def _facts(farm: Any, at: Any) -> dict[Kind, dict[Any, dict[str, Any]]]:
+    builder = FactBuilder(farm, at)
+    return {kind: {f["id"]: f for f in builder.facts(kind)} for kind in Kind}
+
+
+def _as_sets(answer: dict[Kind, dict[str, list[Any]]]) -> dict[Kind, dict[str, set[Any]]]:
+    return {kind: {name: set(ids) for name, ids in by_name.items()} for kind, by_name in answer.items()}
+
+
+def _kill(ev: IsolatedEvaluator) -> None:
+    """SIGKILL the engine child and wait until it is dead (as an out-of-memory kill would)."""
+    proc = ev._proc
+    assert proc is not None and proc.pid is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(10)
+
+
+class _Both:
+    """The same cycles sent to both engines, as `corral.cycle.plan_live` sends them: the
+    facts that changed, those that fell due, and None for those gone."""
+
+    def __init__(self, policies: list[Policy]) -> None:
+        self.here = RuleEngine(policies)
+        self.there = IsolatedEvaluator(policies)
+        self.sent: dict[Kind, dict[Any, dict[str, Any]]] = {kind: {} for kind in Kind}
+
+    def cycle(self, facts: dict[Kind, dict[Any, dict[str, Any]]], now: float, *, everything: bool = False) -> None:
+        self.there.ready()
+        kinds = list(Kind)
+        woken_here, woken_there = self.here.due_all(kinds, now), self.there.due_all(kinds, now)
+        assert woken_there == woken_here
+        changes: dict[Kind, dict[Any, dict[str, Any] | None]] = {}
+        for kind in kinds:
+            before, after = self.sent[kind], facts[kind]
+            moved = {i: f for i, f in after.items() if everything or before.get(i) != f or i in woken_here[kind]}
+            moved.update(dict.fromkeys(i for i in before if i not in after))
+            changes[kind] = moved
+        want = _as_sets(self.here.settle(changes, now))
+        got = _as_sets(self.there.settle(changes, now))
+        assert got == want
+        self.sent = {kind: dict(facts[kind]) for kind in kinds}
+
+    def close(self) -> None:
+        self.there.close()
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@given(farm=farms(), policies=policy_sets(), data=st.data())
+def test_the_isolated_engine_answers_what_the_engine_in_process_answers_cycle_after_cycle(
+        farm: Any, policies: list[Policy], data: Any) -> None:
+    policies = policies + _timed()
+    both = _Both(policies)
+    try:
+        both.cycle(_facts(farm, NOW), NOW.timestamp(), everything=True)
+        at = NOW
+        for _ in range(data.draw(st.integers(2, 5))):
+            if data.draw(st.booleans()):
+                farm = mutate(data.draw, farm)
+            at += timedelta(seconds=data.draw(st.sampled_from([20, 600, 1800, 4000])))
+            facts = _facts(farm, at)
+            if data.draw(st.integers(0, 3)) == 0:  # the child dies between cycles
+                _kill(both.there)
+                both.there.ready()  # a new child: sent every candidate, as the session does
+                assert both.there.starts == both.there.crashes + 1
+                both.here = RuleEngine(policies)  # so is a fresh engine here, to compare
+                both.sent = {kind: {} for kind in Kind}
+                both.cycle(facts, at.timestamp(), everything=True)
+            else:
+                both.cycle(facts, at.timestamp())
+    finally:
+        both.close()
+
+
+def test_a_child_gone_when_a_cycle_sends_its_changes_costs_that_cycle_and_the_next_sends_everything() -> None:
+    policies = _timed()
+    frames = {f"1:{n}": {"id": f"1:{n}", "state": "running", "time_in_state": 7200.0 * n} for n in range(1, 4)}
+    ev = IsolatedEvaluator(policies)
+    try:
+        ev.ready()
+        first = ev.settle({Kind.FRAME: dict(frames)}, NOW.timestamp())
+        assert set(first[Kind.FRAME]["long-running"]) == set(frames)
+        _kill(ev)
+        # Only a change is sent, which a new child (knowing nothing) cannot take.
+        with pytest.raises(EngineCrashed, match="SIGKILL"):
+            ev.settle({Kind.FRAME: {"1:1": None}}, NOW.timestamp())
+        assert ev.crashes == 1 and ev.starts == 2
+        frames.pop("1:1")
+        again = ev.settle({Kind.FRAME: dict(frames)}, NOW.timestamp())
+        assert set(again[Kind.FRAME]["long-running"]) == {"1:2", "1:3"}
+    finally:
+        ev.close()
+
+
+def test_a_duration_falls_due_on_the_daemon_s_side_without_asking_the_child() -> None:
+    policies = _timed()
+    ev = IsolatedEvaluator(policies)
+    try:
+        ev.ready()
+        ev.settle({Kind.FRAME: {"1:1": {"id": "1:1", "state": "running", "time_in_state": 7140.0}}}, 1000.0)
+        asked: list[str] = []
+        real = ev._call
+        ev._call = lambda method, *args, **kw: asked.append(method) or real(method, *args, **kw)  # type: ignore[method-assign]
+        assert ev.due_all([Kind.FRAME], 1059.0) == {Kind.FRAME: set()}
+        assert ev.due_all([Kind.FRAME], 1060.0) == {Kind.FRAME: {"1:1"}}
+        assert asked == []
+        woken = ev.settle({Kind.FRAME: {"1:1": {"id": "1:1", "state": "running", "time_in_state": 7200.0}}}, 1060.0)
+        assert woken[Kind.FRAME]["long-running"] == ["1:1"] and asked == ["step"]
+    finally:
+        ev.close()
