@@ -164,19 +164,26 @@ def make_stream(events: int, stored_frames: int, seed: int) -> list[str]:
 
 
 @contextmanager
-def stores(db: str | None, frames: int, seed: int) -> Iterator[Any]:
-    """A function making a fresh copy of one preloaded store (`frames` frames) per call."""
+def stores(db: str | None, frames: int, seed: int, base: str | None = None) -> Iterator[Any]:
+    """A function making a fresh copy of one preloaded store (`frames` frames) per call.
+
+    `base`: keep the preloaded store for later runs, or reuse it if it is there (a 1M-frame
+    load takes minutes): a SQLite file's path, or without it, the name of a database on
+    `db`'s PostgreSQL server (a template: never written to, never dropped).  Reused, its
+    count of frames must be `frames` (the seed is the caller's to keep the same)."""
     made: list[str] = []
     with tempfile.TemporaryDirectory(prefix="corral-ingest-bench-") as tmp:
         if db is None:
-            base = f"{tmp}/base.db"
-            _generate(f"sqlite:///{base}", frames, seed)
+            path = base or f"{tmp}/base.db"
+            if base is None or not Path(base).exists():
+                _generate(f"sqlite:///{path}", frames, seed)
+            _check_frames(f"sqlite:///{path}", frames)
 
             def copy() -> str:
-                path = f"{tmp}/copy{len(made)}.db"
-                shutil.copy(base, path)
-                made.append(path)
-                return f"sqlite:///{path}"
+                copied = f"{tmp}/copy{len(made)}.db"
+                shutil.copy(path, copied)
+                made.append(copied)
+                return f"sqlite:///{copied}"
 
             yield copy
             return
@@ -186,10 +193,21 @@ def stores(db: str | None, frames: int, seed: int) -> Iterator[Any]:
         from cycle_bench import _postgres_fresh
         from sqlalchemy.engine import make_url
 
-        base_url, base_name = _postgres_fresh(db)
         admin_url = make_url(db).set(drivername="postgresql").render_as_string(hide_password=False)
-        try:
+        if base is None:
+            base_url, base_name = _postgres_fresh(db)
             _generate(base_url, frames, seed)
+        else:
+            base_name = base
+            base_url = make_url(db).set(database=base).render_as_string(hide_password=False)
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                there = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (base,)).fetchone()
+                if not there:
+                    admin.execute(f'CREATE DATABASE "{base}"')
+            if not there:
+                _generate(base_url, frames, seed)
+        _check_frames(base_url, frames)
+        try:
 
             def copy_pg() -> str:
                 name = f"corral_bench_{uuid.uuid4().hex[:8]}"
@@ -200,8 +218,18 @@ def stores(db: str | None, frames: int, seed: int) -> Iterator[Any]:
 
             yield copy_pg
         finally:
-            for name in [*made, base_name]:
+            for name in [*made, *([base_name] if base is None else [])]:
                 _postgres_drop(db, name)
+
+
+def _check_frames(url: str, frames: int) -> None:
+    from corral.store.store import Store
+
+    with Store.open(url) as store, store.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT count(*) FROM frames").scalar_one()
+    if frames and stored != frames:
+        raise SystemExit(f"the preloaded store {url.split('@')[-1]} holds {stored} frames, not {frames}: "
+                         "give its --frames, or another --base")
 
 
 def _generate(url: str, frames: int, seed: int) -> None:

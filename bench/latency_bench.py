@@ -2,6 +2,7 @@
 
     python bench/latency_bench.py [--frames 100000] [--db URL] [--events-per-s 5000] [--duration 60]
                                   [--wake/--no-wake] [--min-gap 0.5] [--interval 30] [--sink/--no-sink] [--json]
+                                  [--both] [--base FILE-OR-DATABASE]
 
 A store of `--frames` frames (the farm of `cycle_bench.py`) gets, before the daemon
 starts, what the injected events need: three jobs some good host completed a frame of,
@@ -22,6 +23,10 @@ seconds, alternating) a batch carries, after its stream events, the events of on
   failure on a third job, `quarantine-worker` is due (the worker is blocked);
 - **the last dependency**: A's one frame starts and completes: `unblock-when-
   dependencies-complete` is due for B.
+
+With `--base FILE` (SQLite) or `--base NAME` (a database on `--db`'s server) the
+preloaded store is kept there, or taken from there when it is there already: every run
+works on a fresh copy of it, so one 1M-frame load (minutes) serves many runs.
 
 Each injection's time is taken when its batch's commit returned.  After the feed, the
 daemon gets one interval more (so late transitions count as late, not as missed), then
@@ -295,11 +300,13 @@ def main() -> None:
     ap.add_argument("--grace", type=float, default=10.0, help="seconds past one interval to wait for late transitions")
     ap.add_argument("--start-timeout", type=float, default=600.0)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--base", help="keep the preloaded store for later runs, or reuse it: a SQLite file's path, or "
+                    "with --db, a database name on that server (a 1M-frame load takes minutes)")
     ap.add_argument("--keep-log", help="write the daemon's log here")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     results = []
-    with stores(args.db, args.frames, args.seed) as fresh:
+    with stores(args.db, args.frames, args.seed, base=args.base) as fresh:
         for wake in ((False, True) if args.both else (args.wake,)):
             with tempfile.TemporaryDirectory(prefix="corral-latency-") as tmp:
                 results.append(run(args, wake, fresh(), Path(tmp)))

@@ -18,7 +18,7 @@ from corral.farm import Farm
 from corral.policy.loader import load_texts
 from corral.policy.model import Policy
 from corral.policyset import PolicySet
-from corral.session import Session
+from corral.session import FULL_READ_EVERY, Session
 from corral.snapshot import load_snapshot_file
 from corral.store import Store
 from strategies import policy_sets
@@ -131,3 +131,46 @@ def test_any_policy_edit_plans_what_a_fresh_session_plans(
     result = run_cycle(store, session, commit=False, now=now)
     assert summary(result.plan) == full_plan_with(store, second, now)
     session.close()
+
+
+def test_cycles_news_brings_do_not_bring_the_whole_read_sooner(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon woken by a busy feed cycles every half second: its whole read (seconds at
+    a big farm, a cycle that reacts to nothing meanwhile) still comes at the pace of its
+    intervals, once FULL_READ_EVERY cycles *and* `full_read_after` seconds have passed."""
+    store.init()
+    store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
+    clock = [1000.0]
+    session = Session(PolicySet(PACK), keep_live=True, full_read_after=600.0, monotonic=lambda: clock[0])
+    reads = _WholeReads(store, monkeypatch)
+    rnd, now = random.Random(3), NIGHT
+    run_cycle(store, session, commit=False, now=now)
+    assert reads.count == 1
+    for _ in range(3 * FULL_READ_EVERY):  # cycles 0.5 s apart: 90 s, far fewer than 600
+        clock[0] += 0.5
+        now += timedelta(seconds=0.5)
+        supervisor_step(store, rnd, now)
+        result = run_cycle(store, session, commit=False, now=now)
+    assert reads.count == 1
+    assert summary(result.plan) == full_plan(store, now)  # the change reads kept it right meanwhile
+    clock[0] += 600.0
+    run_cycle(store, session, commit=False, now=now)
+    assert reads.count == 2  # the interval's pace: read whole once the time has passed too
+    for _ in range(FULL_READ_EVERY):
+        clock[0] += 600.0
+        run_cycle(store, session, commit=False, now=now)
+    assert reads.count == 2  # and never sooner than FULL_READ_EVERY cycles (a slow cycling session)
+    run_cycle(store, session, commit=False, now=now)
+    assert reads.count == 3
+
+
+def test_without_a_time_floor_a_session_reads_whole_every_full_read_every_cycles(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.init()
+    store.load_farm(load_snapshot_file(EXAMPLE), replace=True)
+    session = Session(PolicySet(PACK), keep_live=True)
+    reads = _WholeReads(store, monkeypatch)
+    for _ in range(FULL_READ_EVERY + 1):
+        run_cycle(store, session, commit=False, now=NIGHT)
+    assert reads.count == 1
+    run_cycle(store, session, commit=False, now=NIGHT)
+    assert reads.count == 2

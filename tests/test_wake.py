@@ -193,3 +193,54 @@ def test_a_persons_action_is_news_too(person_url: str, rules: Path) -> None:
     with Store.open(person_url) as store:
         actors = [t.actor for t in store.transitions(job=1)]
     assert actors == ["corral", "user:wrangler", "corral"]
+
+
+#: A feed at full speed, in a process of its own as `corral ingest` is: batches of job
+#: submissions committed back to back, as many as argv[2]; it says "go" once it runs.
+FEED_AT_FULL_SPEED = """
+import sys
+from corral import Corral
+url, batches = sys.argv[1], int(sys.argv[2])
+with Corral.open(url) as corral:
+    for b in range(batches):
+        corral.record_many([{"id": f"f{b}-{n}", "type": "job_submitted",
+                             "job": {"id": 1000 + 100 * b + n, "name": f"fed{b}_{n}", "frames": "1-2"}}
+                            for n in range(100)])
+        if b == 0:
+            print("go", flush=True)
+"""
+
+
+def test_a_feed_writing_batch_after_batch_does_not_starve_the_daemons_writes(
+        tmp_path: Path, sqlite_template: Path, rules: Path) -> None:
+    """SQLite has one write lock and no queue for it.  A feed committing its next batch a
+    moment after the last, and a daemon whose every cycle writes (its change stamp, the
+    transitions, its heartbeat), must take turns: the daemon's cycles go on while the feed
+    runs, instead of its writes waiting whole seconds of batches for a free moment (they
+    did, when SQLite's busy handler, trying every 100 ms, asked for the lock:
+    corral.store.engine.begin_immediate).  Counted in the feed's batches, not in seconds:
+    five cycles, each write of them waiting a batch or two of the feed, end long before
+    the feed's 150 batches do (measured: within the first sixth of them); starved, the
+    daemon ran two or three cycles in all 150."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(sqlite_template, tmp_path / "farm.db")
+    url = f"sqlite:///{tmp_path / 'farm.db'}"
+    load(url, pending_farm(1))
+    daemon = make(url, rules, min_gap=0.05)
+    with Running(daemon) as run:
+        feed = subprocess.Popen([sys.executable, "-c", FEED_AT_FULL_SPEED, url, "150"], stdout=subprocess.PIPE)
+        try:
+            assert feed.stdout is not None and feed.stdout.readline().strip() == b"go"
+            first = len(run.ticks)
+            wait_for(lambda: len(run.ticks) >= first + 5 or feed.poll() is not None, timeout=300,
+                     what="five cycles or the end of the feed")
+            still_feeding = feed.poll() is None
+        finally:
+            feed.kill()
+            feed.wait(20)
+    assert still_feeding, f"the feed ended before the daemon's five cycles: {len(run.ticks) - first} ran beside it"
+    assert all(outcome == "ok" for _s, _e, outcome in run.ticks)
+    assert run.daemon.starts["news"] >= 5

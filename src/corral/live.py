@@ -158,7 +158,7 @@ class LiveFarm:
     def note_log(self, log: ActionLog | None) -> None:
         """Take in the actions logged since the last read (the whole window, the first
         time).  Entries that age out of the window stay until the next whole read of
-        the farm (`corral.cycle.FULL_READ_EVERY`); a cooldown never reaches back further
+        the farm (`corral.session.FULL_READ_EVERY`); a cooldown never reaches back further
         than the window, so they only cost memory."""
         if log is not None:
             self.cooldowns.note(log.actions)

@@ -14,6 +14,8 @@ farm from the database again.
 from __future__ import annotations
 
 import gc
+import math
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -40,7 +42,15 @@ class Session:
     `keep_live`: hold the farm in memory from the first cycle on, even a dry one (the
     daemon and the benchmarks); otherwise a dry run reads the store without writing
     anything, not even the change-tracking counter, and the first committing cycle
-    starts the live farm."""
+    starts the live farm.
+
+    `full_read_after`: seconds (by `monotonic`) that must also have passed since the
+    last whole read before the next one, besides FULL_READ_EVERY cycles.  The daemon
+    gives FULL_READ_EVERY of its intervals (30 min by default), so that cycles news
+    brings forward, a few every second beside a busy feed, do not make the whole read,
+    seconds at 100k frames and tens of seconds at 1M, come round every half minute
+    (docs/benchmarks.md, "Reaction time"); the healing keeps the pace it had before news.
+    None: the count alone (a simulated night, the API)."""
 
     def __init__(
         self,
@@ -49,6 +59,8 @@ class Session:
         engine: str = "durable",
         evaluator_factory: EvaluatorFactory | None = None,
         keep_live: bool = False,
+        full_read_after: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._policy_set = policy_set
         self.engine_name = engine
@@ -58,6 +70,9 @@ class Session:
         #: The farm kept in memory between cycles, and the cooldowns with it.
         self.live: LiveFarm | None = None
         self.cycles_since_full = 0
+        self.full_read_after = full_read_after
+        self._monotonic = monotonic
+        self._full_at = -math.inf  # monotonic() at the last whole read
         #: The evaluator's `starts` when it was last sent every candidate (a restarted
         #: engine child, or a new engine after a swap, knows nothing).
         self._fed_starts = 0
@@ -90,7 +105,7 @@ class Session:
 
     def refresh(self, source: FarmSource, log_since: datetime) -> tuple[LiveFarm, Dirty, Cooldowns | None]:
         """Bring the farm in memory up to date: a whole read the first time (or after
-        rows were deleted, or every FULL_READ_EVERY cycles), else only the changed
+        rows were deleted, or every FULL_READ_EVERY cycles, see `full_read_after`), else only the changed
         rows; and with them the cooldowns, as of the same moment (the log since
         `log_since` with a whole read, else only the actions logged since the last
         read).  Returns the farm, the entities whose facts must be built and sent to
@@ -98,7 +113,7 @@ class Session:
         live = self.live
         engine = self.evaluator
         engine.ready()  # an isolated engine (re)starts here if it has to
-        if live is not None and self.cycles_since_full < FULL_READ_EVERY:
+        if live is not None and not self._whole_read_due():
             changes, mark, log = source.read_changes(live.mark, log_since=log_since, log_after=live.log_after)
             if changes is not None:
                 self.cycles_since_full += 1
@@ -121,8 +136,14 @@ class Session:
         gc.freeze()
         dirty = no_dirt()
         self._feed_all(live, dirty)
-        self.live, self.cycles_since_full = live, 0
+        self.live, self.cycles_since_full, self._full_at = live, 0, self._monotonic()
         return live, dirty, live.cooldowns if log is not None else None
+
+    def _whole_read_due(self) -> bool:
+        """FULL_READ_EVERY cycles since the last whole read, and `full_read_after` seconds."""
+        if self.cycles_since_full < FULL_READ_EVERY:
+            return False
+        return self.full_read_after is None or self._monotonic() - self._full_at >= self.full_read_after
 
     def _feed_all(self, live: LiveFarm, dirty: Dirty) -> None:
         """Mark every entity a policy may match dirty, and every one the engine holds

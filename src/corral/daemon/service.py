@@ -53,7 +53,7 @@ from corral.farms import open_farm
 from corral.policy.model import Policy
 from corral.policyset import PolicySet
 from corral.ports import FarmReader, FarmUnreachable, IncrementalEvaluator
-from corral.session import EvaluatorFactory, Session
+from corral.session import FULL_READ_EVERY, EvaluatorFactory, Session
 from corral.store.engine import describe, first_line
 from corral.store.store import Store, StoreError
 from corral.store.sync import SyncReport
@@ -217,8 +217,9 @@ class Daemon:
         self._policies, self._classes = policies, classes
         if self.session is None:
             engine = "reference" if self.config.engine == "reference" else "durable"
+            # the whole read heals at the pace of FULL_READ_EVERY intervals, however often news brings cycles
             self.session = Session(PolicySet(policies, classes), engine=engine, evaluator_factory=self._evaluator_factory(),
-                                   keep_live=True)
+                                   keep_live=True, full_read_after=FULL_READ_EVERY * self.config.interval)
         else:
             self.session.swap(PolicySet(policies, classes))  # a new engine; the farm in memory stays
         self._schedules_dirty = True

@@ -7,11 +7,18 @@
   and we issue BEGIN ourselves: that is what makes SAVEPOINTs work, and it lets a
   writing transaction take the write lock up front (BEGIN IMMEDIATE) so it never
   fails half-way with "database is locked" when upgrading from a read.
+* A writer waiting for SQLite's write lock asks for it every millisecond
+  (`begin_immediate`), not with SQLite's busy handler, whose waits grow to 100 ms a
+  try: beside a feed that commits batch after batch, a few milliseconds apart, those
+  tries kept missing the moments the lock was free, and the daemon's writes (its
+  change stamp, its cycle, the courier's outbox rows) waited seconds for it.
 """
 
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -22,6 +29,8 @@ from sqlalchemy.pool import StaticPool
 IDLE_IN_TRANSACTION_MS = 60_000
 #: Execution option that marks a connection as about to write (BEGIN IMMEDIATE on SQLite).
 WRITE = "corral_write"
+#: Seconds between two tries of a SQLite writer waiting for the write lock (`begin_immediate`).
+LOCK_POLL = 0.001
 
 _POSTGRES_NAMES = {"postgres", "postgresql", "postgresql+psycopg2", "postgresql+psycopg"}
 
@@ -130,5 +139,44 @@ def _sqlite_events(engine: Engine, *, wal: bool, busy_ms: int) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get(WRITE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if conn.get_execution_options().get(WRITE, False):
+            begin_immediate(conn, busy_ms / 1000)
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def begin_immediate(conn: Connection, timeout: float) -> None:
+    """BEGIN IMMEDIATE on SQLite: the write lock, asked for every `LOCK_POLL` seconds
+    for `timeout` seconds at most, then "database is locked" (as the busy timeout says).
+
+    SQLite has no queue for its write lock: a writer that finds it taken calls the
+    busy handler, which sleeps and tries again, and the built-in one sleeps 1, 2, 5,
+    10 ... then 100 ms a try.  A feed holding the lock for ~0.1 s a batch, with a few
+    milliseconds between its batches, then starves a waiter for seconds: its tries,
+    100 ms apart, fall in step with the batches and keep finding the lock taken
+    (measured: the daemon's change stamp and cycle waited up to 2.3 s; docs/benchmarks.md,
+    "Reaction time").  Python's sqlite3 cannot install a handler of its own, so this
+    turns the handler off for the BEGIN (busy_timeout 0: a try fails at once) and tries
+    every millisecond: a waiter takes the lock within a millisecond or two of its
+    release, before the writer that released it has its next batch ready, and writers
+    take turns.  A try costs microseconds; the handler is back for the statements of
+    the transaction (they never wait for the write lock, which it holds)."""
+    raw: Any = conn.connection.dbapi_connection
+    cursor = raw.cursor()
+    deadline = time.monotonic() + timeout
+    try:
+        cursor.execute("PRAGMA busy_timeout=0")
+        while True:
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as err:
+                busy = (getattr(err, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_BUSY  # extended codes too
+                if not busy or time.monotonic() >= deadline:
+                    break
+            time.sleep(LOCK_POLL)
+        # the last try through SQLAlchemy, so its error is the one every caller expects
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000):d}")
+        cursor.close()

@@ -566,7 +566,7 @@ def read_log(conn: Connection, since: datetime, *, after: int | None = None) -> 
     applying plans beside it (`Corral.run_cycle` of the Python API) can commit a lower id
     after a higher one (PostgreSQL hands ids out before commit): such a row is missed
     until the next whole read of the farm, which reads the window again (at most
-    `corral.cycle.FULL_READ_EVERY` cycles later)."""
+    `corral.session.FULL_READ_EVERY` cycles later; in the daemon, as many intervals)."""
     if after is None:
         # The highest id first: a row appended meanwhile is then read (again) next time.
         top = conn.exec_driver_sql("SELECT max(id) FROM transitions").scalar()
