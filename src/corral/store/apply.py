@@ -68,6 +68,8 @@ def apply_transitions(
     report = ApplyReport()
     undo: list[tuple[Entity, dict[str, Any]]] = []
     routes = outbox.routes(conn)  # the configured sinks: each applied action is queued for them
+    proposals = list(proposals)
+    _lock_in_order(conn, farm, proposals)
     try:
         for p in proposals:
             try:
@@ -108,6 +110,32 @@ def apply_transitions(
             restore_fields(ent, saved)
         raise
     return report
+
+
+def _lock_in_order(conn: Connection, farm: Farm, proposals: list[Proposal]) -> None:
+    """PostgreSQL: lock the rows the proposals will write before writing any, jobs then
+    workers, each in key order, the order the feed's batches lock them
+    (`corral.store.feedbatch`).  Written in the proposals' order instead, a cycle and a
+    feed batch could each hold a row the other waits for: a deadlock that loses one of
+    them.  Every frame or instance action writes its job's row, and no action writes a
+    frame or an instance of another job, so holding the jobs' rows first orders the rest."""
+    if conn.dialect.name != "postgresql" or not proposals:
+        return
+    jobs: set[int] = set()
+    workers: set[str] = set()
+    for p in proposals:
+        if p.kind is Kind.WORKER:
+            workers.add(p.ident)
+            continue
+        job = farm.job_of(p.kind, p.ident)
+        if job is not None:
+            jobs.add(job)
+    if jobs:
+        conn.exec_driver_sql("SELECT id FROM jobs WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE",
+                             {"ids": sorted(jobs)}).fetchall()
+    if workers:
+        conn.exec_driver_sql("SELECT name FROM workers WHERE name = ANY(%(ids)s) ORDER BY name FOR UPDATE",
+                             {"ids": sorted(workers)}).fetchall()
 
 
 def _compare_and_set(conn: Connection, kind: Kind, entity: Entity, version: int, values: dict[str, Any], now: datetime) -> None:

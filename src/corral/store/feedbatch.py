@@ -351,7 +351,8 @@ class _Batch:
             if kind is Kind.FRAME and by is None:
                 if self.pg:
                     sql = (f"SELECT {cols} FROM frames t JOIN unnest(%s::integer[], %s::integer[]) AS k(j, n) "  # noqa: S608
-                           f"ON t.job_id = k.j AND t.number = k.n{lock_sql}")
+                           f"ON t.job_id = k.j AND t.number = k.n{' ORDER BY t.job_id, t.number' if lock_sql else ''}"
+                           f"{lock_sql}")
                     params: Sequence[Any] = ([j for j, _ in chunk], [n for _, n in chunk])
                 else:
                     values = ", ".join("(?, ?)" for _ in chunk)
@@ -359,7 +360,8 @@ class _Batch:
                            "ON t.job_id = k.j AND t.number = k.n")
                     params = [v for key in chunk for v in key]
             elif self.pg:
-                sql = f"SELECT {cols} FROM {spec.name} t WHERE t.{column} = ANY(%s){lock_sql}"  # noqa: S608
+                order = f" ORDER BY t.{column}" if lock_sql else ""  # locked in key order, as every writer locks
+                sql = f"SELECT {cols} FROM {spec.name} t WHERE t.{column} = ANY(%s){order}{lock_sql}"  # noqa: S608
                 params = (chunk,)
             else:
                 sql = f"SELECT {cols} FROM {spec.name} t WHERE t.{column} IN ({', '.join('?' for _ in chunk)})"  # noqa: S608
