@@ -50,6 +50,7 @@ from corral.plan import Plan
 from corral.policy.loader import builtin_dir, load_paths
 from corral.policy.model import Policy
 from corral.policyset import PolicySet, as_policy_set
+from corral.ports import SUPERVISOR
 from corral.session import Session
 from corral.states import Action, Kind
 from corral.store import Done, LogEntry, Proposal, Store, StoreError
@@ -89,7 +90,7 @@ class Corral:
         self,
         store: Store,
         *,
-        actor: str = "supervisor",
+        actor: str = SUPERVISOR,
         clock: Callable[[], datetime] = utcnow,
         policies: PolicySet | Sequence[Policy] | None = None,
     ) -> None:
@@ -99,7 +100,7 @@ class Corral:
         self._session = None if policies is None else Session(as_policy_set(policies))
 
     @classmethod
-    def open(cls, url: str | None = None, *, init: bool = False, actor: str = "supervisor") -> Corral:
+    def open(cls, url: str | None = None, *, init: bool = False, actor: str = SUPERVISOR) -> Corral:
         """Open the store at `url` (default `$CORRAL_DB`, else `sqlite:///corral.db`).
 
         With `init`, create or upgrade its schema first (what `corral db init` does).

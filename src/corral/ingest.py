@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from corral.feed import BadEvent, BadLine, Event, parse_line
+from corral.ports import SUPERVISOR
 
 if TYPE_CHECKING:
     from corral.store.events import EventResult
@@ -158,7 +159,7 @@ def ingest_lines(
     batch: int = 500,
     now: Callable[[], datetime] | None = None,
     on_batch: Callable[[IngestReport], None] | None = None,
-    actor: str = "supervisor",
+    actor: str = SUPERVISOR,
 ) -> IngestReport:
     """Validate and apply a stream of event lines in order, `batch` lines per transaction.
 

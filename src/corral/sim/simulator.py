@@ -53,7 +53,7 @@ from corral.feed import JobSpec as SubmitSpec
 from corral.policy.loader import builtin_dir, load_paths
 from corral.policy.model import Policy
 from corral.policyset import PolicySet
-from corral.ports import Proposal
+from corral.ports import SUPERVISOR, Proposal
 from corral.sim.audit import Decision, audit, healthy_chains
 from corral.sim.books import Host as _Host
 from corral.sim.books import Job as _Job
@@ -73,7 +73,7 @@ BAD_HOST_AT, BROKEN_JOB_AT, FLAKY_AT = 0.1, 0.15, 0.3
 BAD_HOST_EXIT, BROKEN_JOB_EXIT, FLAKY_EXIT = 139, 1, 2
 WRANGLER = "user:wrangler"
 #: Who the farm manager's own changes in the store (releasing dependents) are logged as.
-MANAGER = "supervisor"
+MANAGER = SUPERVISOR
 #: The modes a night is played in.
 BASELINE, CORRAL, ORACLE_MODE = "baseline", "with_corral", "oracle"
 
@@ -135,7 +135,7 @@ class Simulation:
         if policies is not None and store is None:
             raise ValueError("corral's run needs a store to read")
         self.corral = (
-            Corral(store, actor="supervisor", clock=self.at, policies=PolicySet(policies))
+            Corral(store, actor=SUPERVISOR, clock=self.at, policies=PolicySet(policies))
             if store is not None and policies is not None
             else None
         )

@@ -62,6 +62,7 @@ from corral.feed import (
     WorkerDown,
     WorkerUp,
 )
+from corral.ports import SUPERVISOR
 from corral.states import FrameState, Hold, InstanceState, JobState, Kind, WorkerState, derive_job_state
 from corral.store.events import EventRejected, EventResult, _applied_ids, check_submit, submit_rows
 from corral.store.tables import UTCDateTime, as_utc, table
@@ -88,7 +89,7 @@ def apply_batch(
     items: Sequence[tuple[int, Event]],
     *,
     now: Callable[[], datetime] | None = None,
-    actor: str = "supervisor",
+    actor: str = SUPERVISOR,
     record: bool = True,
 ) -> list[EventResult | BadLine]:
     """Apply `(line, event)` pairs in order on `conn` (inside the caller's transaction):
@@ -115,7 +116,7 @@ def apply_one_by_one(
     items: Sequence[tuple[int, Event]],
     *,
     now: Callable[[], datetime] | None = None,
-    actor: str = "supervisor",
+    actor: str = SUPERVISOR,
     record: bool = True,
 ) -> list[EventResult | BadLine]:
     """The events of a batch the database refused, each a batch of one in a savepoint of

@@ -19,7 +19,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from corral.farm import Farm, utcnow
 from corral.outbox import Entry, Route, Status, routes_text
-from corral.ports import ActionLog, ApplyReport, FarmChanges, LastActions, LogEntry, Mark, Proposal
+from corral.ports import SUPERVISOR, ActionLog, ApplyReport, FarmChanges, LastActions, LogEntry, Mark, Proposal
 from corral.states import Kind
 from corral.store import changes, lease, migrate, news, outbox, refusal
 from corral.store.apply import apply_transitions
@@ -325,7 +325,7 @@ class Store:
         events: Sequence[tuple[int, Event]],
         *,
         now: Callable[[], datetime] | None = None,
-        actor: str = "supervisor",
+        actor: str = SUPERVISOR,
         record: bool = True,
     ) -> list[EventResult | BadLine]:
         """Write supervisor events in order, in one transaction, a batch at a time.
