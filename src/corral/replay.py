@@ -97,9 +97,13 @@ class CycleReplay:
     def approximates(self, key: Key) -> str | None:
         """Why a difference on this key may be the reconstruction's, not the policy's."""
         kind, ident = key[1], key[2]
-        job = ident.partition(":" if kind == "frame" else ".")[0] if kind in ("frame", "instance") else ident
-        mine = [f for f in self.approximate if f == ident] if kind == "frame" else (
-            sorted(f for f in self.approximate if f.partition(":")[0] == job) if kind in ("job", "instance") else [])
+        if kind == "frame":
+            job, mine = ident.partition(":")[0], [ident] if ident in self.approximate else []
+        elif kind in ("job", "instance"):  # a job's or instance's facts count its frames
+            job = ident.partition(".")[0]
+            mine = sorted(f for f in self.approximate if f.partition(":")[0] == job)
+        else:
+            return None
         if not mine:
             return None
         what = f"frame {mine[0]}" if len(mine) == 1 else f"{len(mine)} frames of job {job}"
@@ -203,16 +207,15 @@ def _undo_children(farm: Farm, entity: Job | Instance, at: datetime, action: str
     attempt (a frame run) says what they were, and the instances whose state the action's
     table reaches from one state only."""
     job = entity if isinstance(entity, Job) else farm.jobs[entity.job_id]
-    rule = RULES.get((Kind.JOB, Action(action))) if isinstance(entity, Job) else None
-    if rule is not None:
+    rule = RULES.get((Kind.INSTANCE if isinstance(entity, Instance) else Kind.JOB, Action(action)))
+    if rule is not None and isinstance(entity, Job):
         for inst in job.instances.values():
             if inst.state_since != at:
                 continue
             sources = [s for s, to in rule.instances.items() if to == inst.state]
             if len(sources) == 1:
                 inst.state, inst.state_since = InstanceState(sources[0]), None
-    rule_of = RULES.get((Kind.INSTANCE if isinstance(entity, Instance) else Kind.JOB, Action(action)))
-    cuts = rule_of is not None and rule_of.frames.get(FrameState.RUNNING) is not None
+    cuts = rule is not None and rule.frames.get(FrameState.RUNNING) is not None
     for frame in job.frames.values():
         if frame.state_since != at:
             continue

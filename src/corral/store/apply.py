@@ -124,6 +124,8 @@ def _lock_in_order(conn: Connection, farm: Farm, proposals: list[Proposal]) -> N
     jobs: set[int] = set()
     workers: set[str] = set()
     for p in proposals:
+        if not p.applied:  # an audit row writes only the log
+            continue
         if p.kind is Kind.WORKER:
             workers.add(p.ident)
             continue
