@@ -1,6 +1,6 @@
 """Benchmark: the supervisor's event feed at farm speed, against a plain-SQL floor.
 
-    python bench/ingest_bench.py --events 50000 [--db URL] [--frames-stored 1000000] [--batch 500] [--json]
+    python bench/ingest_bench.py --events 50000 [--db URL] [--frames-stored 1000000] [--batch 2000] [--json]
 
 A seeded, realistic stream of `--events` JSON lines: jobs submitted (20 to 200 frames,
 a fifth of them depending on earlier jobs, some submitted blocked; about one job every
@@ -502,7 +502,7 @@ def main() -> None:
     parser.add_argument("--db", help="postgresql://... (fresh databases are made and dropped); default: temp SQLite files")
     parser.add_argument("--frames-stored", type=lambda s: 0 if s == "0" else positive(s), default=0,
                         help="frames in the store before the stream (the farm of cycle_bench.py); default 0")
-    parser.add_argument("--batch", type=positive, default=500, help="lines a transaction (corral ingest --batch)")
+    parser.add_argument("--batch", type=positive, default=2000, help="lines a transaction (corral ingest --batch)")
     parser.add_argument("--single", type=positive, default=2000, help="events for the one-call-per-event API path")
     parser.add_argument("--paths", default="ingest,cli,api_batch,api_single,floor",
                         help="which paths to run (comma-separated)")

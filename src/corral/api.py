@@ -45,7 +45,7 @@ from corral.feed import (
     WorkerUp,
     validate_event,
 )
-from corral.ingest import IngestReport, ingest_lines
+from corral.ingest import DEFAULT_BATCH, IngestReport, ingest_lines
 from corral.plan import Plan
 from corral.policy.loader import builtin_dir, load_paths
 from corral.policy.model import Policy
@@ -292,7 +292,7 @@ class Corral:
         self,
         lines: Iterable[str | None],
         *,
-        batch: int = 500,
+        batch: int = DEFAULT_BATCH,
         on_batch: Callable[[IngestReport], None] | None = None,
     ) -> IngestReport:
         """Apply JSON lines in the `corral ingest` format (docs/ingest.md), in order, `batch` per transaction.

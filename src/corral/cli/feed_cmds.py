@@ -21,7 +21,7 @@ from corral.cli import farm_cmds
 from corral.cli.common import DbOption, JsonOption, console, err_console, print_json
 from corral.cli.farm_cmds import actor, fail, open_store
 from corral.feed import SubmitState, event_json_schema
-from corral.ingest import IngestReport, read_lines
+from corral.ingest import DEFAULT_BATCH, IngestReport, read_lines
 from corral.snapshot import farm_to_snapshot
 from corral.states import Kind
 from corral.untrusted import visible
@@ -126,7 +126,7 @@ def ingest(
         bool, typer.Option("--follow", "-f", help="Keep reading as the file grows (like tail -f) until SIGINT/SIGTERM.")
     ] = False,
     poll: Annotated[float, typer.Option("--poll", min=0.01, help="Seconds between looks at a quiet file or pipe.")] = 1.0,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Lines per transaction (larger: fewer commits).")] = 500,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Lines per transaction (larger: fewer commits).")] = DEFAULT_BATCH,
     schema: Annotated[bool, typer.Option("--schema", help="Print the JSON Schema of one event line and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print every applied event.")] = False,
     as_json: JsonOption = False,

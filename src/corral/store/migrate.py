@@ -21,7 +21,7 @@ MIGRATIONS_DIR = Path(corral.migrations.__file__).parent
 #: before it works.  Written here, not read from the scripts, because reading them
 #: means compiling every migration (a few ms on each start, every CLI command and
 #: a daemon's first cycle); a test holds it to the scripts' own head.
-HEAD = "0009"
+HEAD = "0010"
 #: Serialises concurrent `corral db init` runs on one PostgreSQL database.
 _PG_LOCK = 0x636F7272616C  # "corral"
 

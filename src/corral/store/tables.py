@@ -85,7 +85,6 @@ class FrameRow(SQLModel, table=True):
     __table_args__ = (
         ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
         Index("ix_frames_job_state", "job_id", "state"),
-        Index("ix_frames_updated_at", "updated_at"),
     )
 
     job_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
@@ -112,7 +111,6 @@ class FrameRunRow(SQLModel, table=True):
     __tablename__ = "frame_runs"
     __table_args__ = (
         ForeignKeyConstraint(["job_id", "number"], ["frames.job_id", "frames.number"], ondelete="CASCADE"),
-        Index("ix_frame_runs_host_finished", "host", "finished_at"),
         Index("ix_frame_runs_job", "job_id", "number"),
     )
 
