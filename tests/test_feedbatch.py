@@ -144,6 +144,30 @@ def test_a_batch_writes_what_one_event_at_a_time_writes(store: Store, case: tupl
     assert batched[1] == one_by_one[1]
 
 
+def test_a_job_submitted_and_rendered_in_one_batch_is_stored_as_one_event_at_a_time_stores_it(store: Store) -> None:
+    """The frames a batch submits and then names are inserted once, at the end, as its
+    events leave them: the same rows, versions, runs and job state as events one by one,
+    and the frames it does not name are stored pending."""
+    store.init()
+    stream = [
+        {"id": "s7", "type": "job_submitted", "job": {"id": 7, "name": "shot", "frames": "1-4", "retry_limit": 1}},
+        {"id": "a", "type": "frame_started", "job": 7, "frame": 1, "host": "n1", "instance": "7.a"},
+        {"id": "b", "type": "frame_failed", "job": 7, "frame": 1, "exit_code": 3},
+        {"id": "c", "type": "frame_started", "job": 7, "frame": 2, "host": "n2", "instance": "7.b"},
+        {"id": "d", "type": "frame_completed", "job": 7, "frame": 2},
+        {"id": "e", "type": "frame_started", "job": 7, "frame": 1, "host": "n2", "instance": "7.b"},
+        {"id": "f", "type": "frame_started", "job": 7, "frame": 9, "host": "n2"},  # no such frame: bad, changes nothing
+    ]
+    items = [(n + 1, validate_event(e)) for n, e in enumerate(stream)]
+    one_by_one = play(store, Farm(), [items], apply_one_by_one)
+    batched = play(store, Farm(), [items], apply_batch)
+    assert batched[0] == one_by_one[0]
+    assert batched[1] == one_by_one[1]
+    frames = {(r["number"]): (r["state"], r["version"]) for r in batched[1]["frames"]}
+    assert frames == {1: ("running", 3), 2: ("complete", 2), 3: ("pending", 0), 4: ("pending", 0)}
+    assert [(r["number"], r["state"]) for r in batched[1]["frame_runs"]] == [(1, "failed"), (2, "complete")]
+    assert [r["state"] for r in batched[1]["jobs"]] == ["running"]
+
 def test_a_batch_the_database_refuses_is_applied_again_one_event_at_a_time(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

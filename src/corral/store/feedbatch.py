@@ -20,12 +20,13 @@ This module gives the same rows for a whole batch with a handful of statements:
    states its other frames are in: one query per job per batch (`_Base`), not one
    per event; those frames do not move during the batch (locked, or ours alone);
 4. the rows the batch changed are written once each, one `executemany` per table and
-   kind (INSERT for new instances and hosts, UPDATE by key for the rest), then the
+   kind (INSERT for new instances, hosts and the named frames of jobs the batch
+   submitted, UPDATE by key for the rest), then the
    frame runs and the `applied_events` records.  The database's triggers stamp `rev`
    on every row written (docs/architecture.md, invariant 1), as for any writer.
 
-A submitted job is written at once by `events.submit_job` (in a savepoint of its own:
-a submit is rare and mostly frames to insert); its rows are then read like the rest.
+A submitted job is written at once with `events.submit_rows`' rows, except the frames
+later events of the batch name: those are held like the rest and inserted at the end.
 
 Any database error (a concurrent ingest of the same stream inserted an event id first,
 say) rolls the batch back to its savepoint and it is applied again one event at a time
@@ -318,7 +319,8 @@ class _Batch:
         self.cursor = dbapi.cursor()
         self.now: datetime = utcnow()
         self.rows: dict[Kind, dict[Any, Row | None]] = {kind: {} for kind in TABLES}
-        self.created: dict[Kind, dict[Any, Row]] = {Kind.INSTANCE: {}, Kind.WORKER: {}}
+        #: Rows the batch makes, inserted at the end with the values its events leave them in.
+        self.created: dict[Kind, dict[Any, Row]] = {Kind.INSTANCE: {}, Kind.WORKER: {}, Kind.FRAME: {}}
         self.dirty: dict[Kind, dict[Any, Row]] = {kind: {} for kind in TABLES}
         self.times = _Times(self.dialect)
         #: A frame's state as stored when the batch read it (what `_base` counts past).
@@ -389,7 +391,10 @@ class _Batch:
         if kind is Kind.FRAME:
             self.stored_state[key] = row["state"]
             self.job_frames.setdefault(key[0], []).append(key)
-            self.held.setdefault(key[0], Counter())[row["state"]] += 1
+            held = self.held.get(key[0])
+            if held is None:
+                held = self.held[key[0]] = Counter()
+            held[row["state"]] += 1
         elif kind is Kind.INSTANCE:
             self.job_instances.setdefault(row["job_id"], set()).add(key)
 
@@ -466,7 +471,10 @@ class _Batch:
         jobs = _columns(Kind.JOB, self.dialect)
         jobs.write(self.cursor, jobs.insert_sql, [jobs.insert_params(rows.job, self.times, rev)])
         frames = _columns(Kind.FRAME, self.dialect)
-        params = [frames.insert_params(row, self.times, rev) for row in rows.frames]
+        # The frames later events of the batch name are inserted at the end, once, as
+        # those events leave them (not inserted now and updated then).
+        named = self.named_frames.get(job_id, set())
+        params = [frames.insert_params(row, self.times, rev) for row in rows.frames if row["number"] not in named]
         for start in range(0, len(params), 50_000):
             frames.write(self.cursor, frames.insert_sql, params[start : start + 50_000])
         deps = _table_columns("job_dependencies", ("job_id", "depends_on", "position"), self.dialect)
@@ -476,14 +484,14 @@ class _Batch:
         # Held from here on as if read: SCHEMA's columns of the rows just written.
         # (a stored field `submit_rows` does not set holds the table's default, as inserted)
         self.rows[Kind.JOB][job_id] = {c: rows.job.get(c, jobs.defaults.get(c)) for c in jobs.cols}
-        named = self.named_frames.get(job_id, set())
-        self.job_frames[job_id] = []
-        self.held[job_id] = Counter()
+        self.job_frames[job_id] = []  # none read from the store: `_base` counts all it holds
+        counts = self.held[job_id] = Counter()
         for row in rows.frames:
             if row["number"] in named:
                 key = (job_id, row["number"])
-                held = self.rows[Kind.FRAME][key] = {c: row.get(c, frames.defaults.get(c)) for c in frames.cols}
-                self._remember(Kind.FRAME, key, held)
+                held = {c: row.get(c, frames.defaults.get(c)) for c in frames.written}
+                self.rows[Kind.FRAME][key] = self.created[Kind.FRAME][key] = held
+                counts[str(held["state"])] += 1
         self.job_instances.setdefault(job_id, set())
         return job_id
 
@@ -740,10 +748,10 @@ class _Batch:
     # writing
 
     def _flush(self) -> None:
-        """Each changed row once (new hosts and instances first: frames name them), then
+        """Each changed row once (new rows first: frames name instances, runs name frames), then
         the runs and the applied events' records."""
         rev = self._rev() if any(self.dirty.values()) or any(self.created.values()) or self.runs else None
-        for kind in (Kind.WORKER, Kind.INSTANCE):
+        for kind in (Kind.WORKER, Kind.INSTANCE, Kind.FRAME):
             spec = _columns(kind, self.dialect)
             new = self.created[kind]
             spec.write(self.cursor, spec.insert_sql, [spec.insert_params(row, self.times, rev) for row in new.values()])
