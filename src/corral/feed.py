@@ -307,7 +307,7 @@ def validate_event(data: Any) -> Event:
     kind = data.get("type")
     if kind is None:
         raise BadEvent(f"'type' is missing (one of: {', '.join(EVENT_TYPES)})")
-    if kind not in _MODELS:
+    if not isinstance(kind, str) or kind not in _MODELS:  # a list or an object would not even hash
         raise BadEvent(f"unknown type {kind!r} (one of: {', '.join(EVENT_TYPES)})")
     try:
         return _ADAPTER.validate_python(data)
