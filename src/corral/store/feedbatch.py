@@ -173,7 +173,9 @@ class _Times:
             return value  # psycopg sends an aware datetime as it is
         text = self.out.get(value)
         if text is None:
-            text = self.out[value] = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+            utc = value if value.tzinfo is UTC else as_utc(value)  # naive means UTC, as UTCDateTime reads it
+            assert utc is not None
+            text = self.out[value] = utc.replace(tzinfo=None).isoformat(" ", "microseconds")
         return text
 
     def to_python(self, raw: Any) -> datetime | None:
