@@ -228,7 +228,16 @@ def test_every_row_a_batch_writes_is_read_by_the_daemons_next_incremental_read(s
     corral.ingest(lines({"id": "s1", "type": "job_submitted", "job": {"id": 1, "name": "a", "frames": "1-3"}},
                         {"id": "s2", "type": "job_submitted", "job": {"id": 2, "name": "b", "frames": "1-2"}},
                         {"id": "w1", "type": "worker_up", "host": "n1"}))
+    # On PostgreSQL the mark is the oldest transaction open on the whole server: one open
+    # elsewhere (another test run) holds it back, and the next read takes in again every
+    # row written since (harmless, by design: corral.store.changes).  Exact only without.
+    from corral.store.changes import mark_holder
+
+    with store.engine.connect() as conn:
+        held = mark_holder(conn)
     _, mark, _ = store.read_farm_marked()
+    with store.engine.connect() as conn:
+        held = held or mark_holder(conn)
     report = corral.ingest(lines(
         {"id": "f1", "type": "frame_started", "job": 1, "frame": 2, "host": "n2", "instance": "1.a"},
         {"id": "f2", "type": "frame_failed", "job": 1, "frame": 2, "exit_code": 3},
@@ -239,12 +248,15 @@ def test_every_row_a_batch_writes_is_read_by_the_daemons_next_incremental_read(s
     assert len(report.applied) == 5
     changes, _, _ = store.read_changes(mark)
     assert changes is not None
-    assert sorted(j.id for j in changes.jobs) == [1, 3]
-    assert sorted((f[0], f[1]) for f in changes.frames) == [(1, 2), (3, 7)]
-    assert sorted(i.id for i in changes.instances) == ["1.a", "1.b"]
-    assert sorted(w.name for w in changes.workers) == ["n1", "n2", "n3"]
-    assert [(j, n, run.state, run.exit_code) for j, n, run in changes.runs] == [(1, 2, "failed", 3)]
-    assert changes.depends_on == {3: [2]}
+    read = (sorted(j.id for j in changes.jobs), sorted((f[0], f[1]) for f in changes.frames),
+            sorted(i.id for i in changes.instances), sorted(w.name for w in changes.workers),
+            [(j, n, run.state, run.exit_code) for j, n, run in changes.runs], changes.depends_on)
+    written = ([1, 3], [(1, 2), (3, 7)], ["1.a", "1.b"], ["n1", "n2", "n3"], [(1, 2, "failed", 3)], {3: [2]})
+    if held is None:
+        assert read == written
+    else:  # every row written is read; rows from before may come again
+        assert set(read[0]) >= {1, 3} and set(read[1]) >= {(1, 2), (3, 7)} and set(read[2]) >= {"1.a", "1.b"}
+        assert set(read[3]) >= {"n1", "n2", "n3"} and (1, 2, "failed", 3) in read[4] and read[5][3] == [2]
 
 
 def test_record_many_applies_in_order_and_reports_each_bad_event_by_its_position(store: Store) -> None:
