@@ -152,6 +152,25 @@ BAD = {
 }
 
 
+def test_a_source_that_never_pauses_commits_what_waited_max_wait_seconds(store: Store) -> None:
+    """A pipe fed steadily never goes quiet for `--poll`, so a batch of 2,000 lines could
+    hold its first line for seconds; a line waits at most `max_wait` (a fake clock that
+    moves 0.1 s each time it is read)."""
+    from corral.ingest import ingest_lines
+
+    def run(max_wait: float) -> list[int]:
+        ticks = iter(x / 10 for x in range(10_000))
+        sizes: list[int] = []
+        report = ingest_lines(store, STREAM, batch=2000, max_wait=max_wait, clock=lambda: next(ticks),
+                              on_batch=lambda part: sizes.append(len(part.applied) + len(part.skipped)))
+        assert report.lines == len(STREAM) and not report.bad
+        return sizes
+
+    hurried = run(0.25)
+    assert len(hurried) > 1 and max(hurried) <= 3 and sum(hurried) == len(STREAM)
+    assert run(3600) == [len(STREAM)]  # (replayed: all skipped, in one batch)
+
+
 @pytest.mark.parametrize("batch", [1, 3, 500])
 def test_a_stream_with_bad_lines_loses_none_of_its_good_ones(store: Store, batch: int) -> None:
     bad = list(BAD.items())

@@ -45,7 +45,7 @@ from corral.feed import (
     WorkerUp,
     validate_event,
 )
-from corral.ingest import DEFAULT_BATCH, IngestReport, ingest_lines
+from corral.ingest import DEFAULT_BATCH, DEFAULT_MAX_WAIT, IngestReport, ingest_lines
 from corral.plan import Plan
 from corral.policy.loader import builtin_dir, load_paths
 from corral.policy.model import Policy
@@ -294,6 +294,7 @@ class Corral:
         *,
         batch: int = DEFAULT_BATCH,
         on_batch: Callable[[IngestReport], None] | None = None,
+        max_wait: float = DEFAULT_MAX_WAIT,
     ) -> IngestReport:
         """Apply JSON lines in the `corral ingest` format (docs/ingest.md), in order, `batch` per transaction.
 
@@ -301,7 +302,8 @@ class Corral:
         good lines around them apply; event ids applied before are skipped.  A `None`
         among the lines commits what is pending (a follower's "nothing new yet").
         """
-        return ingest_lines(self.store, lines, batch=batch, now=self.clock, actor=self.actor, on_batch=on_batch)
+        return ingest_lines(self.store, lines, batch=batch, now=self.clock, actor=self.actor, on_batch=on_batch,
+                            max_wait=max_wait)
 
     @staticmethod
     def _id(event_id: str | None) -> str:

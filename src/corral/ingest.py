@@ -36,6 +36,10 @@ IDLE = None
 #: the writer's lock for about a tenth of a second at that rate.  A quiet source commits
 #: what it has after `--poll` seconds, so a small stream never waits for a batch to fill.
 DEFAULT_BATCH = 2000
+#: Seconds a line waits at most for its batch to fill: a source that never pauses (a pipe
+#: fed a few hundred events a second, never quiet for `--poll`) still commits four times
+#: a second, so a policy's reaction is not held back by the batch's size.
+DEFAULT_MAX_WAIT = 0.25
 
 
 def read_lines(
@@ -169,8 +173,11 @@ def ingest_lines(
     now: Callable[[], datetime] | None = None,
     on_batch: Callable[[IngestReport], None] | None = None,
     actor: str = SUPERVISOR,
+    max_wait: float = DEFAULT_MAX_WAIT,
+    clock: Callable[[], float] = time.monotonic,
 ) -> IngestReport:
-    """Validate and apply a stream of event lines in order, `batch` lines per transaction.
+    """Validate and apply a stream of event lines in order, `batch` lines per transaction
+    (or fewer: what came in the `max_wait` seconds since the batch's first line).
 
     A batch is applied at once (`corral.store.feedbatch`): a bad line (invalid, or
     naming an unknown job or frame) is reported with its number and changes nothing;
@@ -182,6 +189,7 @@ def ingest_lines(
     pending: list[tuple[int, Event]] = []
     bad: list[BadLine] = []
     number = 0
+    due = 0.0  # when the batch's first line has waited long enough
 
     def flush() -> None:
         nonlocal pending, bad
@@ -210,11 +218,13 @@ def ingest_lines(
         number += 1
         if not text.strip():
             continue
+        if not pending:
+            due = clock() + max_wait
         try:
             pending.append((number, parse_line(text)))
         except BadEvent as err:
             bad.append(BadLine(number, str(err), _peek_id(text)))
-        if len(pending) >= batch:
+        if len(pending) >= batch or (pending and clock() >= due):
             flush()
     flush()
     total.lines = number

@@ -21,7 +21,7 @@ from corral.cli import farm_cmds
 from corral.cli.common import DbOption, JsonOption, console, err_console, print_json
 from corral.cli.farm_cmds import actor, fail, open_store
 from corral.feed import SubmitState, event_json_schema
-from corral.ingest import DEFAULT_BATCH, IngestReport, read_lines
+from corral.ingest import DEFAULT_BATCH, DEFAULT_MAX_WAIT, IngestReport, read_lines
 from corral.snapshot import farm_to_snapshot
 from corral.states import Kind
 from corral.untrusted import visible
@@ -127,6 +127,9 @@ def ingest(
     ] = False,
     poll: Annotated[float, typer.Option("--poll", min=0.01, help="Seconds between looks at a quiet file or pipe.")] = 1.0,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Lines per transaction (larger: fewer commits).")] = DEFAULT_BATCH,
+    max_wait: Annotated[
+        float, typer.Option("--max-wait", min=0.0, help="Seconds a line waits at most for its batch to fill.")
+    ] = DEFAULT_MAX_WAIT,
     schema: Annotated[bool, typer.Option("--schema", help="Print the JSON Schema of one event line and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print every applied event.")] = False,
     as_json: JsonOption = False,
@@ -160,7 +163,7 @@ def ingest(
             lines = read_lines(
                 stream, follow=follow, path=None if file == "-" else file, poll=poll, stop=lambda: bool(caught)
             )
-            total = corral.ingest(lines, batch=batch, on_batch=report)
+            total = corral.ingest(lines, batch=batch, on_batch=report, max_wait=max_wait)
         finally:
             if stream is not sys.stdin:
                 stream.close()
