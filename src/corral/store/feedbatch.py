@@ -333,8 +333,10 @@ class _Batch:
         self.job_instances: dict[int, set[str]] = {}
         self.bases: dict[int, tuple[frozenset[str], bool]] = {}
         self.named_frames: dict[int, set[int]] = {}
-        self.runs: list[dict[str, Any]] = []
-        self.applied: list[dict[str, Any]] = []
+        #: Rows to append, as the driver takes them (`_RUN_COLS`, `_EVENT_COLS`): thousands
+        #: a batch, so no dict each.
+        self.runs: list[tuple[Any, ...]] = []
+        self.applied: list[tuple[Any, ...]] = []
         self.stamp: int | None = None
 
     # reading
@@ -533,8 +535,8 @@ class _Batch:
                 continue
             if self.record:
                 seen[event.id] = result.job_id
-                self.applied.append({"id": event.id, "type": event.type, "job_id": result.job_id, "at": event.at,
-                                     "applied_at": stamp})
+                to_db = self.times.to_db
+                self.applied.append((event.id, event.type, result.job_id, to_db(event.at), to_db(stamp)))
             out.append(result)
         self._flush()
         return out
@@ -594,6 +596,28 @@ class _Batch:
             row["updated_at"] = self.now
             self.dirty[kind][key] = row
 
+    def move_frame(self, frame: Row, key: tuple[int, int], state: str, at: datetime, host: str | None,
+                   instance: str | None, attempts: int, started: datetime | None, finished: datetime | None,
+                   code: int | None) -> None:
+        """`write` of a frame event's values (the feed's commonest write, two a frame
+        rendered), field by field: the same result without a dict of them each time."""
+        changed = False
+        if (was := frame["state"]) != state:
+            held = self.held[key[0]]
+            held[was] -= 1
+            held[state] += 1
+            frame["state"], changed = state, True
+            if frame["state_since"] != at:
+                frame["state_since"] = at
+        for name, value in (("host", host), ("instance", instance), ("attempts", attempts), ("started_at", started),
+                            ("finished_at", finished), ("exit_code", code)):
+            if frame[name] != value:
+                frame[name], changed = value, True
+        if changed:
+            frame["version"] += 1
+            frame["updated_at"] = self.now
+            self.dirty[Kind.FRAME][key] = frame
+
     @staticmethod
     def state_values(row: Row, state: str, at: datetime) -> dict[str, Any]:
         return {"state": state, "state_since": at if row["state"] != state else row["state_since"]}
@@ -612,7 +636,7 @@ class _Batch:
         want = UP if up else DOWN
         if row is None:
             self._create(Kind.WORKER, host, {"name": host, "state": want, "state_since": at})
-        elif row["state"] != LOCKED:
+        elif row["state"] != LOCKED and row["state"] != want:  # (in its state already: nothing to write)
             self.write(Kind.WORKER, row, host, **self.state_values(row, want, at))
 
     def ensure_instance(self, job_id: int, ident: str, host: str | None, at: datetime, *, run: bool) -> str:
@@ -627,7 +651,7 @@ class _Batch:
             raise EventRejected(f"instance {ident} belongs to job {row['job_id']}, not {job_id}")
         if host is not None and host != row["host"]:
             raise EventRejected(f"instance {ident} runs on {row['host']!r}, not {host!r}")
-        if run and row["state"] != INSTANCE_BLOCKED:
+        if run and row["state"] != INSTANCE_BLOCKED and row["state"] != INSTANCE_RUNNING:
             self.write(Kind.INSTANCE, row, ident, **self.state_values(row, INSTANCE_RUNNING, at))
         return str(row["host"])
 
@@ -679,12 +703,7 @@ class _Batch:
         elif host is None:
             raise EventRejected("give the host (or a known instance) the frame started on")
         self.ensure_worker(host, at, up=True)
-        self.write(
-            Kind.FRAME, frame, (e.job, e.frame),
-            **self.state_values(frame, RUNNING, at),
-            host=host, instance=e.instance, attempts=frame["attempts"] + 1, started_at=at, finished_at=None,
-            exit_code=None,
-        )
+        self.move_frame(frame, (e.job, e.frame), RUNNING, at, host, e.instance, frame["attempts"] + 1, at, None, None)
         change = self.rederive(job, at)
         where = f"{host}/{e.instance}" if e.instance else host
         return EventResult(line, e.id, e.type, False, e.job, f"frame {e.job}:{e.frame} running on {where}", change)
@@ -704,14 +723,10 @@ class _Batch:
             self.ensure_worker(host, at, up=True)
         state = COMPLETE if isinstance(e, FrameCompleted) else FAILED
         started = frame["started_at"] if was_running else None
-        self.write(
-            Kind.FRAME, frame, (e.job, e.frame),
-            **self.state_values(frame, state, at),
-            host=host, instance=instance, attempts=frame["attempts"] if was_running else frame["attempts"] + 1,
-            started_at=started, finished_at=at, exit_code=e.exit_code,
-        )
-        self.runs.append({"job_id": e.job, "number": e.frame, "host": host, "instance": instance, "state": state,
-                          "exit_code": e.exit_code, "started_at": started, "finished_at": at})
+        attempts = frame["attempts"] if was_running else frame["attempts"] + 1
+        self.move_frame(frame, (e.job, e.frame), state, at, host, instance, attempts, started, at, e.exit_code)
+        to_db = self.times.to_db
+        self.runs.append((e.job, e.frame, host, instance, state, e.exit_code, to_db(started), to_db(at)))
         change = self.rederive(job, at)
         code = "" if e.exit_code is None else f" (exit code {e.exit_code})"
         on = f" on {host}" if host else ""
@@ -763,6 +778,8 @@ class _Batch:
             rows = [row for key, row in self.dirty[kind].items() if key not in created]
             spec.write(self.cursor, spec.update_sql, [spec.update_params(row, self.times, rev) for row in rows])
         runs = _table_columns("frame_runs", _RUN_COLS, self.dialect)
-        runs.write(self.cursor, runs.insert_sql, [runs.insert_params(r, self.times, rev) for r in self.runs])
         applied = _table_columns("applied_events", _EVENT_COLS, self.dialect)
-        applied.write(self.cursor, applied.insert_sql, [applied.insert_params(r, self.times, None) for r in self.applied])
+        # (appended as built: columns with no conversion but the timestamps' `to_db`)
+        assert not runs.binders and not applied.binders and runs.written == _RUN_COLS and applied.written == _EVENT_COLS
+        runs.write(self.cursor, runs.insert_sql, [(*r, rev) for r in self.runs] if runs.stamped else self.runs)
+        applied.write(self.cursor, applied.insert_sql, self.applied)
