@@ -78,6 +78,12 @@ RUNNING, COMPLETE, FAILED = FrameState.RUNNING.value, FrameState.COMPLETE.value,
 INSTANCE_RUNNING, INSTANCE_BLOCKED = InstanceState.RUNNING.value, InstanceState.BLOCKED.value
 UP, DOWN, LOCKED = WorkerState.UP.value, WorkerState.DOWN.value, WorkerState.LOCKED.value
 
+#: Event classes tested per event, as tuples: `isinstance` with `A | B` builds the union
+#: each time and tests it slowly (a tenth of reading a batch's rows, 60,000 tests a batch).
+_FRAME_EVENTS = (FrameStarted, FrameCompleted, FrameFailed)
+_FINISHED = (FrameCompleted, FrameFailed)
+_WORKER_EVENTS = (WorkerUp, WorkerDown)
+
 TABLES = {Kind.JOB: "jobs", Kind.FRAME: "frames", Kind.INSTANCE: "instances", Kind.WORKER: "workers"}
 #: Keys a query names at most (SQLite's and psycopg's parameter limits are far above).
 CHUNK = 2000
@@ -412,13 +418,13 @@ class _Batch:
                 if e.job.id is not None:
                     jobs.add(e.job.id)
                 continue
-            if isinstance(e, FrameStarted | FrameCompleted | FrameFailed):
+            if isinstance(e, _FRAME_EVENTS):
                 jobs.add(e.job)
                 frames.add((e.job, e.frame))
                 self.named_frames.setdefault(e.job, set()).add(e.frame)
             elif isinstance(e, InstanceStarted):
                 jobs.add(e.job)
-            if not isinstance(e, WorkerUp | WorkerDown) and e.instance is not None:
+            if not isinstance(e, _WORKER_EVENTS) and e.instance is not None:
                 instances.add(e.instance)
             if e.host is not None:
                 hosts.add(e.host)
@@ -549,7 +555,7 @@ class _Batch:
             return EventResult(line, event.id, event.type, False, job_id, f"job {job_id} submitted {state}")
         if isinstance(event, FrameStarted):
             return self.frame_started(event, at, line)
-        if isinstance(event, FrameCompleted | FrameFailed):
+        if isinstance(event, _FINISHED):
             return self.frame_finished(event, at, line)
         if isinstance(event, InstanceStarted):
             return self.instance_started(event, at, line)
