@@ -21,6 +21,8 @@ def no_controls(text: str) -> str:
     """`text` as it is, or ValueError when it holds a control character: a name (of a job,
     a host, an instance, an event) is written by a program, and one that holds a NUL or
     an escape is a bug in it (PostgreSQL refuses NUL in text outright)."""
+    if text.isascii() and text.isprintable():  # most names: no control character can be in them
+        return text
     found = _CONTROL.search(text)
     if found:
         raise ValueError(f"holds the control character {_escape(found)} at {found.start() + 1}: names are plain text")

@@ -179,9 +179,12 @@ class _Times:
             return value  # psycopg sends an aware datetime as it is
         text = self.out.get(value)
         if text is None:
-            utc = value if value.tzinfo is UTC else as_utc(value)  # naive means UTC, as UTCDateTime reads it
-            assert utc is not None
-            text = self.out[value] = utc.replace(tzinfo=None).isoformat(" ", "microseconds")
+            if value.tzinfo is UTC:  # (the offset, "+00:00", cut off: no naive copy made first)
+                text = self.out[value] = value.isoformat(" ", "microseconds")[:26]
+            else:
+                utc = as_utc(value)  # naive means UTC, as UTCDateTime reads it
+                assert utc is not None
+                text = self.out[value] = utc.replace(tzinfo=None).isoformat(" ", "microseconds")
         return text
 
     def to_python(self, raw: Any) -> datetime | None:
