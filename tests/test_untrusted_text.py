@@ -9,6 +9,8 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from corral.api import Corral
@@ -92,3 +94,16 @@ def test_a_newline_in_a_logged_name_does_not_forge_a_log_line() -> None:
 def test_visible_writes_out_every_control_character_and_leaves_text_alone() -> None:
     assert visible("render01 [b]é\u00e9") == "render01 [b]éé"
     assert visible("a\tb\rc\x00d\x7fe\x9bf") == "a\\tb\\rc\\x00d\\x7fe\\x9bf"
+
+
+@given(st.text(max_size=12))
+def test_a_name_is_refused_exactly_when_it_holds_a_control_character(text: str) -> None:
+    """`no_controls` lets plain ASCII through without its regex: the same answers."""
+    from corral.untrusted import _CONTROL, no_controls
+
+    try:
+        no_controls(text)
+        refused = False
+    except ValueError:
+        refused = True
+    assert refused == bool(_CONTROL.search(text))
