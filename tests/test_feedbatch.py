@@ -168,6 +168,31 @@ def test_a_job_submitted_and_rendered_in_one_batch_is_stored_as_one_event_at_a_t
     assert [(r["number"], r["state"]) for r in batched[1]["frame_runs"]] == [(1, "failed"), (2, "complete")]
     assert [r["state"] for r in batched[1]["jobs"]] == ["running"]
 
+def test_a_job_state_follows_its_instances_within_one_batch(store: Store) -> None:
+    """A job's derived state is remembered between the events of a batch until what it
+    is derived from moves: an instance ending failed moves it (running -> failing),
+    and so does a new instance on a job with nothing running (pending -> running)."""
+    store.init()
+    stream = [
+        {"id": "s", "type": "job_submitted", "job": {"id": 7, "name": "shot", "frames": "1-4"}},
+        {"id": "w", "type": "worker_up", "host": "n1"},
+    ]
+    play(store, Farm(), [[(n + 1, validate_event(e)) for n, e in enumerate(stream)]], apply_batch)
+    batch = [
+        {"id": "a", "type": "worker_up", "host": "n2"},
+        {"id": "b", "type": "instance_started", "instance": "7.a", "job": 7, "host": "n1"},
+        {"id": "c", "type": "worker_up", "host": "n3"},
+        {"id": "d", "type": "instance_ended", "instance": "7.a", "state": "failed"},
+        {"id": "e", "type": "worker_up", "host": "n4"},
+    ]
+    items = [(n + 1, validate_event(e)) for n, e in enumerate(stream + batch)]
+    cut = [items[:2], items[2:]]
+    one_by_one = play(store, Farm(), cut, apply_one_by_one)
+    batched = play(store, Farm(), cut, apply_batch)
+    assert batched == one_by_one
+    changes = [r.job_change for r in batched[0] if isinstance(r, EventResult) and r.job_change]
+    assert changes == [(7, "pending", "running"), (7, "running", "failing")]
+
 def test_a_batch_the_database_refuses_is_applied_again_one_event_at_a_time(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

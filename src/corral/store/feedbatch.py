@@ -341,6 +341,10 @@ class _Batch:
         self.held: dict[int, Counter[str]] = {}
         self.job_instances: dict[int, set[str]] = {}
         self.bases: dict[int, tuple[frozenset[str], bool]] = {}
+        #: A job's state as last derived, until what it is derived from moves (a state its
+        #: frames are in appears or goes, an instance of it changes state): most frame
+        #: events move a frame between states its job's frames are already in.
+        self.derived: dict[int, str] = {}
         self.named_frames: dict[int, set[int]] = {}
         #: Rows to append, as the driver takes them (`_RUN_COLS`, `_EVENT_COLS`): thousands
         #: a batch, so no dict each.
@@ -408,8 +412,10 @@ class _Batch:
             if held is None:
                 held = self.held[key[0]] = Counter()
             held[row["state"]] += 1
+            self.derived.pop(key[0], None)
         elif kind is Kind.INSTANCE:
             self.job_instances.setdefault(row["job_id"], set()).add(key)
+            self.derived.pop(row["job_id"], None)
 
     def _preload(self, items: Sequence[tuple[int, Event]]) -> None:
         jobs: set[int] = set()
@@ -590,12 +596,11 @@ class _Batch:
         return self._one(Kind.INSTANCE, ident)
 
     def write(self, kind: Kind, row: Row, key: Any, **values: Any) -> None:
-        """Write the changed values, version + 1 and updated_at; nothing if none changed."""
+        """Write the changed values, version + 1 and updated_at; nothing if none changed.
+        (A frame's are `move_frame`'s, which keeps the job's counts.)"""
         changed = False
-        if kind is Kind.FRAME and row["state"] != values["state"]:
-            held = self.held[key[0]]
-            held[row["state"]] -= 1
-            held[values["state"]] += 1
+        if kind is Kind.INSTANCE and row["state"] != values["state"]:
+            self.derived.pop(row["job_id"], None)
         for name, value in values.items():
             if row[name] != value:
                 row[name] = value
@@ -615,6 +620,8 @@ class _Batch:
             held = self.held[key[0]]
             held[was] -= 1
             held[state] += 1
+            if not held[was] or held[state] == 1:  # which states the job's frames are in moved
+                self.derived.pop(key[0], None)
             frame["state"], changed = state, True
             if frame["state_since"] != at:
                 frame["state_since"] = at
@@ -639,6 +646,7 @@ class _Batch:
         self.created[kind][key] = full
         if kind is Kind.INSTANCE:
             self.job_instances.setdefault(full["job_id"], set()).add(key)
+            self.derived.pop(full["job_id"], None)
 
     def ensure_worker(self, host: str, at: datetime, *, up: bool) -> None:
         row = self._one(Kind.WORKER, host)
@@ -682,16 +690,19 @@ class _Batch:
     def rederive(self, job: Row, at: datetime) -> tuple[int, str, str] | None:
         """The job's state derived again, from the rows in memory and the job's base."""
         job_id = job["id"]
-        others, retried_frame = self._base(job_id)
-        held = self.held.get(job_id)
-        frame_states = others | {state for state, count in held.items() if count} if held else others
-        instances = self.rows[Kind.INSTANCE]
-        inst_states = {instances[i]["state"] for i in self.job_instances.get(job_id, ())}  # type: ignore[index]
-        retried = job["retries"] > 0 or retried_frame
-        key = (job["hold"], frozenset(frame_states), frozenset(inst_states), retried)
-        new = _DERIVED.get(key)
-        if new is None:  # a few dozen combinations occur: derived once each
-            new = _DERIVED[key] = _VALUE[derive_job_state(_HOLD[key[0]], key[1], key[2], retried)]
+        new = self.derived.get(job_id)
+        if new is None:
+            others, retried_frame = self._base(job_id)
+            held = self.held.get(job_id)
+            frame_states = others | {state for state, count in held.items() if count} if held else others
+            instances = self.rows[Kind.INSTANCE]
+            inst_states = {instances[i]["state"] for i in self.job_instances.get(job_id, ())}  # type: ignore[index]
+            retried = job["retries"] > 0 or retried_frame  # (events never change a job's hold or retries)
+            key = (job["hold"], frozenset(frame_states), frozenset(inst_states), retried)
+            new = _DERIVED.get(key)
+            if new is None:  # a few dozen combinations occur: derived once each
+                new = _DERIVED[key] = _VALUE[derive_job_state(_HOLD[key[0]], key[1], key[2], retried)]
+            self.derived[job_id] = new
         if new == job["state"]:
             job["version"] += 1
             job["updated_at"] = self.now
