@@ -503,7 +503,7 @@ class _Batch:
         # Held from here on as if read: SCHEMA's columns of the rows just written.
         # (a stored field `submit_rows` does not set holds the table's default, as inserted)
         self.rows[Kind.JOB][job_id] = {c: rows.job.get(c, jobs.defaults.get(c)) for c in jobs.cols}
-        self.job_frames[job_id] = []  # none read from the store: `_base` counts all it holds
+        self.job_frames[job_id] = []  # none read from the store: `_base` counts every stored frame of it
         counts = self.held[job_id] = Counter()
         for row in rows.frames:
             if row["number"] in named:
