@@ -428,3 +428,55 @@ def test_counting_run_by_run_gives_the_distinct_frames_and_the_last_failure() ->
     agg.run(1, 2, run("bad", F.FAILED, 45, "1.b"))
     assert agg.job_host_fail[(1, "bad")] == 4 and agg.job_host_fail_frames[(1, "bad")] == 2
     assert agg.job_host_last_fail[(1, "bad")] == ago(30) and agg.job_failed_attempts[1] == 4
+
+
+def only_here_farm() -> Farm:
+    """Job 1 is failed by a and b (nothing else failed anywhere), by c (which completed a
+    frame of job 2) and by 'bad' (which also failed job 2); d failed a frame of it but
+    completed another.  Job 2 is failed only by 'bad'."""
+    farm = Farm()
+    job = Job(id=1, name="broken", state=JobState.FAILING)
+    job.frames = {
+        1: Frame(1, 1, F.FAILED, host="a", runs=[run("a", F.FAILED, 30), run("a", F.FAILED, 20)]),
+        2: Frame(1, 2, F.FAILED, host="b", runs=[run("b", F.FAILED, 25)]),
+        3: Frame(1, 3, F.FAILED, host="c", runs=[run("c", F.FAILED, 22)]),
+        4: Frame(1, 4, F.FAILED, host="bad", runs=[run("bad", F.FAILED, 21)]),
+        5: Frame(1, 5, F.FAILED, host="d", runs=[run("d", F.FAILED, 19)]),
+        6: Frame(1, 6, F.COMPLETE, host="d", runs=[run("d", F.COMPLETE, 10)]),
+        7: Frame(1, 7, F.PENDING),
+    }
+    other = Job(id=2, name="healthy", state=JobState.RUNNING)
+    other.frames = {
+        1: Frame(2, 1, F.FAILED, host="bad", runs=[run("bad", F.FAILED, 40)]),
+        2: Frame(2, 2, F.COMPLETE, host="c", runs=[run("c", F.COMPLETE, 35)]),
+        3: Frame(2, 3, F.PENDING),
+    }
+    farm.jobs = {1: job, 2: other}
+    farm.workers = {name: Worker(name) for name in ("a", "b", "c", "d", "bad")}
+    return farm
+
+
+def test_a_job_counts_the_failing_hosts_that_failed_no_other_job() -> None:
+    b = FactBuilder(only_here_farm(), NOW)
+    job = b.fact(Kind.JOB, "1")
+    assert job["failing_hosts"] == 4  # a, b, c, bad (d completed a frame of it)
+    assert job["failing_hosts_only_here"] == 3  # a (twice: one host), b, c; not 'bad', which failed job 2
+    assert job["failing_hosts_healthy_elsewhere"] == 1  # c alone completed anything anywhere
+    assert b.fact(Kind.JOB, "2")["failing_hosts_only_here"] == 0  # 'bad' failed job 1 too
+
+
+def test_counting_run_by_run_tells_a_host_s_first_failure_of_a_second_job() -> None:
+    """The live farm is told when a host fails a second job: the first job's count of
+    hosts failing only it falls although nothing of that job changed."""
+    agg = Aggregates()
+    agg.run(1, 1, run("a", F.FAILED, 30))
+    agg.run(1, 2, run("a", F.FAILED, 25))
+    agg.run(2, 1, run("a", F.COMPLETE, 22))  # a success elsewhere changes nothing of it
+    assert agg.host_jobs_failed["a"] == 1 and agg.newly_failing_elsewhere == set()
+    agg.run(3, 1, run("a", F.FAILED, 20))
+    assert agg.host_jobs_failed["a"] == 2 and agg.newly_failing_elsewhere == {"a"}
+    agg.newly_failing_elsewhere.clear()
+    agg.run(4, 1, run("a", F.FAILED, 10))
+    assert agg.host_jobs_failed["a"] == 3 and agg.newly_failing_elsewhere == set()  # told once
+    farm = only_here_farm()
+    assert Aggregates.from_farm(farm).host_jobs_failed == {"a": 1, "b": 1, "c": 1, "bad": 2, "d": 1}

@@ -29,7 +29,7 @@ from corral.policyset import PolicySet
 from corral.ports import Mark
 from corral.session import Session
 from corral.snapshot import load_snapshot_file
-from corral.states import FrameState, InstanceState, Kind
+from corral.states import FrameState, InstanceState, JobState, Kind
 from corral.store import Store
 from corral.store.tables import table
 from strategies import policy_sets
@@ -543,3 +543,32 @@ def test_counts_of_the_recent_window_fall_as_time_passes_with_nothing_read(store
         got = summary(run_cycle(store, session, commit=False, now=later).plan)
         assert got == full_plan_with(store, policies, later), later
     assert got == set()
+
+
+def test_a_host_failing_a_second_job_reaches_the_first_job_s_fact(store: Store) -> None:
+    """`failing_hosts_only_here` of job 1 counts 'a' while 'a' has failed nothing else;
+    'a' failing a frame of job 2 changes job 1's fact, though no row of job 1 changed."""
+    job1 = Job(1, "broken", state=JobState.FAILING, submitted_at=NIGHT)
+    job1.frames = {1: Frame(1, 1, FrameState.FAILED, host="a", exit_code=1, finished_at=NIGHT,
+                            runs=[FrameRun("a", None, FrameState.FAILED, 1, NIGHT - timedelta(minutes=3), NIGHT)]),
+                   2: Frame(1, 2, FrameState.PENDING)}
+    job2 = Job(2, "other", state=JobState.RUNNING, submitted_at=NIGHT)
+    job2.frames = {1: Frame(2, 1, FrameState.RUNNING, host="a", started_at=NIGHT, state_since=NIGHT)}
+    store.init()
+    store.load_farm(Farm(jobs={1: job1, 2: job2}, workers={"a": Worker("a")}), replace=True)
+    texts = [("p.yaml", "policies:\n  - name: failed-only-here\n    kind: job\n"
+              "    when: {failing_hosts_only_here: {gte: 1}}\n    actions: [block]\n    reason: only here\n")]
+    loaded = load_texts(texts)
+    assert loaded.errors == []
+    session = Session(PolicySet(loaded.policies), keep_live=True)
+    run_cycle(store, session, commit=False, now=NIGHT)
+    assert current(session, Kind.JOB)["failed-only-here"] == [1]
+    at = NIGHT + timedelta(minutes=1)
+    fr, runs = table("frames"), table("frame_runs")
+    with store.engine.begin() as conn:
+        conn.execute(update(fr).where(fr.c.job_id == 2, fr.c.number == 1).values(
+            state="failed", finished_at=at, state_since=at, exit_code=1, version=fr.c.version + 1))
+        conn.execute(insert(runs).values(job_id=2, number=1, host="a", state="failed", exit_code=1,
+                                         started_at=NIGHT, finished_at=at))
+    run_cycle(store, session, commit=False, now=at)
+    assert current(session, Kind.JOB)["failed-only-here"] == []

@@ -202,10 +202,14 @@ class LiveFarm:
                     dirty[Kind.INSTANCE].update(owner.instances)
                 else:
                     dirty[Kind.INSTANCE].update(i for i, inst in owner.instances.items() if inst.host == host)
-        if self.agg.newly_healthy:  # a host's first success anywhere: the jobs it fails judge it again
-            healthy, self.agg.newly_healthy = self.agg.newly_healthy, set()
-            refs = self.agg.job_host_refs
-            dirty[Kind.JOB].update(j for j, hosts in refs.items() if any(hosts.get(h, 0) > 0 for h in healthy))
+        # A host's first success anywhere, or its first failure of a second job: the jobs it
+        # fails judge it again (failing_hosts_healthy_elsewhere, failing_hosts_only_here).
+        agg = self.agg
+        if agg.newly_healthy or agg.newly_failing_elsewhere:
+            moved_hosts = agg.newly_healthy | agg.newly_failing_elsewhere
+            agg.newly_healthy, agg.newly_failing_elsewhere = set(), set()
+            refs = agg.job_host_refs
+            dirty[Kind.JOB].update(j for j, hosts in refs.items() if any(hosts.get(h, 0) > 0 for h in moved_hosts))
         self.mark = mark
         return self._spread(dirty)
 

@@ -114,6 +114,12 @@ class Aggregates:
         #: Hosts whose first completed attempt anywhere the last `run` calls recorded: every
         #: job they fail is judged again (`LiveFarm.apply` takes and clears it).
         self.newly_healthy: set[str] = set()
+        #: Distinct jobs each host failed a frame of, over its life: a host that failed one
+        #: job and no other speaks against that job (a bad host fails every job it takes).
+        self.host_jobs_failed: Counter[str] = Counter()
+        #: Hosts the last `run` calls saw fail a second job: the job they failed first no
+        #: longer has them failing it alone, and is judged again (`LiveFarm.apply`).
+        self.newly_failing_elsewhere: set[str] = set()
         self.job_host_refs: dict[int, Counter[str]] = defaultdict(Counter)  # runs + running frames per host
         self.running_on_host: Counter[str] = Counter()
         self.host_tail: dict[str, _Tail] = defaultdict(_Tail)
@@ -181,6 +187,7 @@ class Aggregates:
                         per_inst[instance].append(entry)
         agg.seq = seq
         agg.job_host_fail_frames.update((job_id, host) for job_id, _number, host in failed_on)
+        agg.host_jobs_failed.update(host for _job_id, host in job_host_fail)  # one per (job, host) failed
         for times in recent_fail.values():
             times.sort()
             if times[0] < times[-1] - agg._kept:
@@ -265,6 +272,11 @@ class Aggregates:
                 n = counts[pair] + 1
                 counts[pair] = n
                 first = n == 1
+                if first and failed:
+                    jobs = self.host_jobs_failed[host] + 1
+                    self.host_jobs_failed[host] = jobs
+                    if jobs == 2:
+                        self.newly_failing_elsewhere.add(host)
             if ok or failed:
                 self.host_tail[host].add(when, seq, ok, job_id)
                 if self.keep_recent:

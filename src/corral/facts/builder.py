@@ -281,8 +281,8 @@ class FactBuilder:
         agg = self.agg
         hosts = agg.job_hosts(job.id)
         ok, failed, job_id = agg.job_host_ok.get, agg.job_host_fail.get, job.id
-        failed_frames, host_ok = agg.job_host_fail_frames.get, agg.host_ok.get
-        failing = succeeding = worst = worst_frames = healthy = 0
+        failed_frames, host_ok, jobs_failed = agg.job_host_fail_frames.get, agg.host_ok.get, agg.host_jobs_failed.get
+        failing = succeeding = worst = worst_frames = healthy = only_here = 0
         for host in hosts:
             if ok((job_id, host), 0) > 0:
                 succeeding += 1
@@ -294,12 +294,15 @@ class FactBuilder:
                     worst_frames = max(worst_frames, failed_frames((job_id, host), 0))
                     if host_ok(host, 0) > 0:  # it completed none of this job: all elsewhere
                         healthy += 1
+                    if jobs_failed(host, 0) == 1:  # this one: it failed no other job
+                        only_here += 1
         fact["hosts"] = len(hosts)
         fact["failing_hosts"] = failing
         fact["succeeding_hosts"] = succeeding
         fact["hosts_not_failing"] = len(hosts) - failing
         fact["failing_hosts_percent"] = 100.0 * failing / len(hosts) if hosts else 0.0
         fact["failing_hosts_healthy_elsewhere"] = healthy
+        fact["failing_hosts_only_here"] = only_here
         fact["worst_host_failed_frames"] = worst_frames
         fact["worst_host_failed_attempts"] = fact["worst_host_failures"] = worst
 

@@ -84,6 +84,11 @@ _JOB: dict[str, FieldSpec] = {
         "int", "failing_hosts that completed frames of other jobs: a host failing everything (a bad host) does not "
         "count, so two bad hosts cannot make a healthy job look broken", group="hosts",
     ),
+    "failing_hosts_only_here": FieldSpec(
+        "int", "failing_hosts that failed no frame of any other job: a bad host fails every job it takes, a broken "
+        "job is failed by hosts that fail nothing else (known from a host's first failure, before it completes "
+        "anything anywhere)", group="hosts",
+    ),
     "worst_host_failed_frames": FieldSpec(
         "int", "the most distinct frames of the job one host failed while completing none (Qube!'s activation count)",
         group="hosts",
