@@ -598,6 +598,7 @@ class _Batch:
     def write(self, kind: Kind, row: Row, key: Any, **values: Any) -> None:
         """Write the changed values, version + 1 and updated_at; nothing if none changed.
         (A frame's are `move_frame`'s, which keeps the job's counts.)"""
+        assert kind is not Kind.FRAME, "a frame is written by move_frame"
         changed = False
         if kind is Kind.INSTANCE and row["state"] != values["state"]:
             self.derived.pop(row["job_id"], None)
