@@ -515,6 +515,7 @@ def test_a_worker_counts_the_jobs_it_fails_that_other_hosts_complete() -> None:
     worker = FactBuilder(farm, NOW).fact(Kind.WORKER, "h")
     assert worker["consecutive_failures"] == 4 and worker["distinct_jobs_failed"] == 3
     assert worker["distinct_jobs_failed_others_complete"] == 1  # job 2 alone
+    assert worker["frames_completed"] == 2  # jobs 3 and 4, before its failures
     assert FactBuilder(farm, NOW).fact(Kind.WORKER, "x")["distinct_jobs_failed_others_complete"] == 0  # it completed since
     # 'x' completes a frame of job 3: it counts against 'h' now
     farm.jobs[3].frames[3] = Frame(3, 3, F.COMPLETE, host="x", runs=[run("x", F.COMPLETE, 5)])
