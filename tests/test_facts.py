@@ -480,3 +480,62 @@ def test_counting_run_by_run_tells_a_host_s_first_failure_of_a_second_job() -> N
     assert agg.host_jobs_failed["a"] == 3 and agg.newly_failing_elsewhere == set()  # told once
     farm = only_here_farm()
     assert Aggregates.from_farm(farm).host_jobs_failed == {"a": 1, "b": 1, "c": 1, "bad": 2, "d": 1}
+
+
+def others_complete_farm() -> Farm:
+    """'h' completed a frame of job 4, then failed frames of jobs 1, 2 and 3 in a row
+    (job 1 twice).  Job 1 is broken: 'x' failed it too and nobody completed a frame of it.
+    Job 2 is completed by 'x'; job 3 only by 'h' itself, before its failures began."""
+    farm = Farm()
+    broken = Job(id=1, name="broken", state=JobState.FAILING)
+    broken.frames = {
+        1: Frame(1, 1, F.FAILED, host="h", runs=[run("h", F.FAILED, 30), run("h", F.FAILED, 25)]),
+        2: Frame(1, 2, F.FAILED, host="x", runs=[run("x", F.FAILED, 28)]),
+    }
+    healthy = Job(id=2, name="healthy", state=JobState.RUNNING)
+    healthy.frames = {
+        1: Frame(2, 1, F.FAILED, host="h", runs=[run("h", F.FAILED, 20)]),
+        2: Frame(2, 2, F.COMPLETE, host="x", runs=[run("x", F.COMPLETE, 22)]),
+    }
+    own = Job(id=3, name="own", state=JobState.RUNNING)
+    own.frames = {
+        1: Frame(3, 1, F.COMPLETE, host="h", runs=[run("h", F.COMPLETE, 60)]),
+        2: Frame(3, 2, F.FAILED, host="h", runs=[run("h", F.FAILED, 15)]),
+    }
+    earlier = Job(id=4, name="earlier", state=JobState.RUNNING)
+    earlier.frames = {1: Frame(4, 1, F.COMPLETE, host="h", runs=[run("h", F.COMPLETE, 40)])}
+    farm.jobs = {1: broken, 2: healthy, 3: own, 4: earlier}
+    farm.workers = {name: Worker(name) for name in ("h", "x")}
+    return farm
+
+
+def test_a_worker_counts_the_jobs_it_fails_that_other_hosts_complete() -> None:
+    """A broken job, or one only the host itself completed, does not count against it."""
+    farm = others_complete_farm()
+    worker = FactBuilder(farm, NOW).fact(Kind.WORKER, "h")
+    assert worker["consecutive_failures"] == 4 and worker["distinct_jobs_failed"] == 3
+    assert worker["distinct_jobs_failed_others_complete"] == 1  # job 2 alone
+    assert worker["frames_completed"] == 2  # jobs 3 and 4, before its failures
+    assert FactBuilder(farm, NOW).fact(Kind.WORKER, "x")["distinct_jobs_failed_others_complete"] == 0  # it completed since
+    # 'x' completes a frame of job 3: it counts against 'h' now
+    farm.jobs[3].frames[3] = Frame(3, 3, F.COMPLETE, host="x", runs=[run("x", F.COMPLETE, 5)])
+    assert FactBuilder(farm, NOW).fact(Kind.WORKER, "h")["distinct_jobs_failed_others_complete"] == 2
+
+
+def test_counting_run_by_run_tells_a_job_s_first_and_second_completing_hosts() -> None:
+    """The live farm is told when a job gets its first or second host completing a frame:
+    the hosts failing it count it differently although nothing of theirs changed."""
+    agg = Aggregates()
+    agg.run(1, 1, run("h", F.FAILED, 30))
+    assert agg.jobs_failed_others_complete("h") == 0 and agg.newly_completed_elsewhere == set()
+    agg.run(1, 2, run("x", F.COMPLETE, 25))
+    assert agg.newly_completed_elsewhere == {1} and agg.jobs_failed_others_complete("h") == 1
+    agg.newly_completed_elsewhere.clear()
+    agg.run(1, 3, run("x", F.COMPLETE, 20))  # the same host again: nothing new
+    assert agg.newly_completed_elsewhere == set()
+    agg.run(1, 4, run("y", F.COMPLETE, 18))
+    assert agg.newly_completed_elsewhere == {1}  # a second host: "others" moved for the first
+    agg.newly_completed_elsewhere.clear()
+    agg.run(1, 5, run("z", F.COMPLETE, 17))
+    assert agg.newly_completed_elsewhere == set()  # told no more
+    assert Aggregates.from_farm(others_complete_farm()).job_ok_hosts == {2: 1, 3: 1, 4: 1}

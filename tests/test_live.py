@@ -572,3 +572,32 @@ def test_a_host_failing_a_second_job_reaches_the_first_job_s_fact(store: Store) 
                                          started_at=NIGHT, finished_at=at))
     run_cycle(store, session, commit=False, now=at)
     assert current(session, Kind.JOB)["failed-only-here"] == []
+
+
+def test_another_host_completing_a_job_reaches_the_fact_of_the_host_that_failed_it(store: Store) -> None:
+    """`distinct_jobs_failed_others_complete` of 'h' leaves out job 1 while nobody has
+    completed a frame of it; 'x' completing one changes h's fact, though no row of h changed."""
+    before = NIGHT - timedelta(minutes=3)
+    job1 = Job(1, "new", state=JobState.FAILING, submitted_at=NIGHT)
+    job1.frames = {1: Frame(1, 1, FrameState.FAILED, host="h", exit_code=1, finished_at=before,
+                            runs=[FrameRun("h", None, FrameState.FAILED, 1, before - timedelta(minutes=3), before)]),
+                   2: Frame(1, 2, FrameState.RUNNING, host="x", started_at=before, state_since=before)}
+    store.init()
+    store.load_farm(Farm(jobs={1: job1}, workers={"h": Worker("h"), "x": Worker("x")}), replace=True)
+    texts = [("p.yaml", "policies:\n  - name: fails-what-others-complete\n    kind: worker\n"
+              "    when: {distinct_jobs_failed_others_complete: {gte: 1}}\n    actions: [block]\n"
+              "    reason: others complete it\n")]
+    loaded = load_texts(texts)
+    assert loaded.errors == []
+    session = Session(PolicySet(loaded.policies), keep_live=True)
+    run_cycle(store, session, commit=False, now=NIGHT)
+    assert current(session, Kind.WORKER)["fails-what-others-complete"] == []
+    at = NIGHT + timedelta(minutes=1)
+    fr, runs = table("frames"), table("frame_runs")
+    with store.engine.begin() as conn:
+        conn.execute(update(fr).where(fr.c.job_id == 1, fr.c.number == 2).values(
+            state="complete", finished_at=at, state_since=at, exit_code=0, version=fr.c.version + 1))
+        conn.execute(insert(runs).values(job_id=1, number=2, host="x", state="complete", exit_code=0,
+                                         started_at=before, finished_at=at))
+    run_cycle(store, session, commit=False, now=at)
+    assert current(session, Kind.WORKER)["fails-what-others-complete"] == ["h"]

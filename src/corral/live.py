@@ -205,6 +205,13 @@ class LiveFarm:
         # A host's first success anywhere, or its first failure of a second job: the jobs it
         # fails judge it again (failing_hosts_healthy_elsewhere, failing_hosts_only_here).
         agg = self.agg
+        if agg.newly_completed_elsewhere:
+            # A job's first (or second) host to complete a frame of it: the hosts that failed
+            # it judge it again (distinct_jobs_failed_others_complete).
+            jobs, agg.newly_completed_elsewhere = agg.newly_completed_elsewhere, set()
+            refs = agg.job_host_refs
+            for j in jobs:
+                dirty[Kind.WORKER].update(h for h, n in refs.get(j, {}).items() if n > 0)
         if agg.newly_healthy or agg.newly_failing_elsewhere:
             moved_hosts = agg.newly_healthy | agg.newly_failing_elsewhere
             agg.newly_healthy, agg.newly_failing_elsewhere = set(), set()

@@ -74,6 +74,10 @@ class _Tail:
     def distinct_jobs(self) -> int:
         return len({r[2] for r in self.runs})
 
+    def jobs(self) -> set[int]:
+        """The distinct jobs of the failures in a row."""
+        return {r[2] for r in self.runs}
+
 
 _STATE = attrgetter("state")
 
@@ -108,6 +112,13 @@ class Aggregates:
         #: A job's failed attempts by exit code, which `corral.failures` sorts into classes.
         self.job_fail_codes: dict[int, Counter[int | None]] = defaultdict(Counter)
         self.job_host_ok: Counter[tuple[int, str]] = Counter()
+        #: Hosts that completed at least one frame of each job: a job others complete and a
+        #: host fails speaks against the host; a job nobody completes, against the job.
+        self.job_ok_hosts: Counter[int] = Counter()
+        #: Jobs whose first or second host to complete a frame of them the last `run` calls
+        #: recorded: the hosts that failed them are judged again
+        #: (`distinct_jobs_failed_others_complete`; `LiveFarm.apply` takes and clears it).
+        self.newly_completed_elsewhere: set[int] = set()
         #: Completed attempts per host over every job: a host that completes frames
         #: elsewhere is healthy, and its failures on a job speak against the job.
         self.host_ok: Counter[str] = Counter()
@@ -188,6 +199,7 @@ class Aggregates:
         agg.seq = seq
         agg.job_host_fail_frames.update((job_id, host) for job_id, _number, host in failed_on)
         agg.host_jobs_failed.update(host for _job_id, host in job_host_fail)  # one per (job, host) failed
+        agg.job_ok_hosts.update(job_id for job_id, _host in job_host_ok)  # one per (job, host) completing
         for times in recent_fail.values():
             times.sort()
             if times[0] < times[-1] - agg._kept:
@@ -277,6 +289,11 @@ class Aggregates:
                     self.host_jobs_failed[host] = jobs
                     if jobs == 2:
                         self.newly_failing_elsewhere.add(host)
+                elif first:  # its first completed frame of the job
+                    completing = self.job_ok_hosts[job_id] + 1
+                    self.job_ok_hosts[job_id] = completing
+                    if completing <= 2:  # "others complete it" moved for the hosts failing it
+                        self.newly_completed_elsewhere.add(job_id)
             if ok or failed:
                 self.host_tail[host].add(when, seq, ok, job_id)
                 if self.keep_recent:
@@ -292,6 +309,15 @@ class Aggregates:
             else:
                 self.inst_failed[instance] += 1
         return first
+
+    def jobs_failed_others_complete(self, host: str) -> int:
+        """The distinct jobs of the host's failures in a row (since its last completed
+        frame) that some other host completed a frame of."""
+        tail = self.host_tail.get(host)
+        if not tail or not tail.runs:
+            return 0
+        completing, own = self.job_ok_hosts.get, self.job_host_ok.get
+        return sum(1 for job_id in tail.jobs() if completing(job_id, 0) > (1 if own((job_id, host), 0) else 0))
 
     def job_hosts(self, job_id: int) -> list[str]:
         refs = self.job_host_refs.get(job_id)

@@ -127,6 +127,11 @@ _WORKER: dict[str, FieldSpec] = {
     "consecutive_failures": FieldSpec("int", "failed attempts on it since its last completed one (a frame failed "
                                       "twice counts 2)"),
     "distinct_jobs_failed": FieldSpec("int", "different jobs whose frames it failed since its last completed frame"),
+    "frames_completed": FieldSpec("int", "frames it completed over the history the store holds (completed attempts): "
+                                  "0 for a host that has never rendered a frame"),
+    "distinct_jobs_failed_others_complete": FieldSpec(
+        "int", "distinct_jobs_failed that other hosts completed frames of: a broken job every host fails, or a new "
+        "job nobody has completed a frame of yet, does not count against the host"),
     "frames_running": FieldSpec("int", "frames running on it now"),
 }
 
