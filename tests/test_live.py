@@ -564,12 +564,7 @@ def test_a_host_failing_a_second_job_reaches_the_first_job_s_fact(store: Store) 
     run_cycle(store, session, commit=False, now=NIGHT)
     assert current(session, Kind.JOB)["failed-only-here"] == [1]
     at = NIGHT + timedelta(minutes=1)
-    fr, runs = table("frames"), table("frame_runs")
-    with store.engine.begin() as conn:
-        conn.execute(update(fr).where(fr.c.job_id == 2, fr.c.number == 1).values(
-            state="failed", finished_at=at, state_since=at, exit_code=1, version=fr.c.version + 1))
-        conn.execute(insert(runs).values(job_id=2, number=1, host="a", state="failed", exit_code=1,
-                                         started_at=NIGHT, finished_at=at))
+    _finish(store, 2, 1, "a", "failed", NIGHT, at)
     run_cycle(store, session, commit=False, now=at)
     assert current(session, Kind.JOB)["failed-only-here"] == []
 
@@ -593,11 +588,17 @@ def test_another_host_completing_a_job_reaches_the_fact_of_the_host_that_failed_
     run_cycle(store, session, commit=False, now=NIGHT)
     assert current(session, Kind.WORKER)["fails-what-others-complete"] == []
     at = NIGHT + timedelta(minutes=1)
-    fr, runs = table("frames"), table("frame_runs")
-    with store.engine.begin() as conn:
-        conn.execute(update(fr).where(fr.c.job_id == 1, fr.c.number == 2).values(
-            state="complete", finished_at=at, state_since=at, exit_code=0, version=fr.c.version + 1))
-        conn.execute(insert(runs).values(job_id=1, number=2, host="x", state="complete", exit_code=0,
-                                         started_at=before, finished_at=at))
+    _finish(store, 1, 2, "x", "complete", before, at)
     run_cycle(store, session, commit=False, now=at)
     assert current(session, Kind.WORKER)["fails-what-others-complete"] == ["h"]
+
+
+def _finish(store: Store, job_id: int, number: int, host: str, state: str, started: datetime, at: datetime) -> None:
+    """A frame finished as a supervisor writing SQL would record it: its row, and its run."""
+    fr, runs = table("frames"), table("frame_runs")
+    code = 0 if state == "complete" else 1
+    with store.engine.begin() as conn:
+        conn.execute(update(fr).where(fr.c.job_id == job_id, fr.c.number == number).values(
+            state=state, finished_at=at, state_since=at, exit_code=code, version=fr.c.version + 1))
+        conn.execute(insert(runs).values(job_id=job_id, number=number, host=host, state=state, exit_code=code,
+                                         started_at=started, finished_at=at))
