@@ -30,6 +30,7 @@ from corral.feed import (
     SubmitState,
 )
 from corral.states import FrameState, Hold, JobState
+from corral.store.rows import raw_rows
 from corral.store.tables import table
 
 #: Serialises id allocation of concurrent submits on one PostgreSQL database.
@@ -68,18 +69,11 @@ def _applied_ids(conn: Connection, ids: list[str]) -> dict[str, int | None]:
         return {r[0]: r[1] for r in rows}
     # SQLite: on the driver's cursor (SQLAlchemy built and compiled each 500-value IN
     # list anew: a tenth of a batch's reads).
-    dbapi = conn.connection.dbapi_connection
-    assert dbapi is not None
-    cursor = dbapi.cursor()
     found: dict[str, int | None] = {}
-    try:
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            cursor.execute(f"SELECT id, job_id FROM applied_events WHERE id IN ({', '.join('?' * len(chunk))})",  # noqa: S608
-                           chunk)
-            found.update(cursor.fetchall())
-    finally:
-        cursor.close()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        found.update(raw_rows(conn, f"SELECT id, job_id FROM applied_events WHERE id IN ({marks})", chunk))  # noqa: S608
     return found
 
 
