@@ -478,8 +478,11 @@ def test_counting_run_by_run_tells_a_host_s_first_failure_of_a_second_job() -> N
     agg.newly_failing_elsewhere.clear()
     agg.run(4, 1, run("a", F.FAILED, 10))
     assert agg.host_jobs_failed["a"] == 3 and agg.newly_failing_elsewhere == set()  # told once
+    assert agg.host_failed_jobs["a"] == {1, 3, 4}  # the jobs judged again when 'a' moves
     farm = only_here_farm()
-    assert Aggregates.from_farm(farm).host_jobs_failed == {"a": 1, "b": 1, "c": 1, "bad": 2, "d": 1}
+    whole = Aggregates.from_farm(farm)
+    assert whole.host_jobs_failed == {"a": 1, "b": 1, "c": 1, "bad": 2, "d": 1}
+    assert {h: len(jobs) for h, jobs in whole.host_failed_jobs.items()} == whole.host_jobs_failed
 
 
 def others_complete_farm() -> Farm:

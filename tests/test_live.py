@@ -545,6 +545,29 @@ def test_counts_of_the_recent_window_fall_as_time_passes_with_nothing_read(store
     assert got == set()
 
 
+def test_failures_read_by_a_steady_cycle_also_leave_the_window_with_nothing_read(store: Store) -> None:
+    """The same, for failures the daemon read while running (not in its first whole read):
+    an hour after them, with no row changed since, the counts have fallen."""
+    job = Job(1, "shot", state=JobState.RUNNING, submitted_at=NIGHT)
+    job.instances = {"1.h": Instance("1.h", 1, "h", InstanceState.RUNNING)}
+    job.frames = {n: Frame(1, n, FrameState.RUNNING, host="h", instance="1.h", started_at=NIGHT, state_since=NIGHT)
+                  for n in (1, 2)}
+    store.init()
+    store.load_farm(Farm(jobs={1: job}, workers={"h": Worker("h")}), replace=True)
+    policies = load_texts([("p.yaml", WINDOWED)]).policies
+    session = Session(PolicySet(policies), keep_live=True)
+    assert summary(run_cycle(store, session, commit=False, now=NIGHT).plan) == set()
+    at = NIGHT + timedelta(minutes=5)
+    for number in (1, 2):
+        _finish(store, 1, number, "h", "failed", NIGHT, at)
+    got = summary(run_cycle(store, session, commit=False, now=at).plan)
+    assert {t[0] for t in got} == {"quarantine-on-recent-failures", "lock-out-on-recent-failures"}
+    for later in (at + timedelta(minutes=59), at + timedelta(minutes=61), at + timedelta(hours=3)):
+        got = summary(run_cycle(store, session, commit=False, now=later).plan)
+        assert got == full_plan_with(store, policies, later), later
+    assert got == set()
+
+
 def test_a_host_failing_a_second_job_reaches_the_first_job_s_fact(store: Store) -> None:
     """`failing_hosts_only_here` of job 1 counts 'a' while 'a' has failed nothing else;
     'a' failing a frame of job 2 changes job 1's fact, though no row of job 1 changed."""

@@ -215,8 +215,11 @@ class LiveFarm:
         if agg.newly_healthy or agg.newly_failing_elsewhere:
             moved_hosts = agg.newly_healthy | agg.newly_failing_elsewhere
             agg.newly_healthy, agg.newly_failing_elsewhere = set(), set()
-            refs = agg.job_host_refs
-            dirty[Kind.JOB].update(j for j, hosts in refs.items() if any(hosts.get(h, 0) > 0 for h in moved_hosts))
+            # (only the jobs they failed: the facts that read a host's standing elsewhere
+            # count the hosts failing the job and completing none of it)
+            failed_jobs = agg.host_failed_jobs
+            for host in moved_hosts:
+                dirty[Kind.JOB].update(failed_jobs.get(host, ()))
         self.mark = mark
         return self._spread(dirty)
 
