@@ -465,6 +465,57 @@ def test_a_job_counts_the_failing_hosts_that_failed_no_other_job() -> None:
     assert b.fact(Kind.JOB, "2")["failing_hosts_only_here"] == 0  # 'bad' failed job 1 too
 
 
+def turned_bad_farm() -> Farm:
+    """'h' completed a frame of job 3 long ago, then failed job 1, then job 2: a host that
+    turned bad after good work.  'g' completed a frame of job 3 and failed job 1 since."""
+    farm = Farm()
+    new = Job(id=1, name="new_shot", state=JobState.FAILING)
+    new.frames = {1: Frame(1, 1, F.FAILED, host="h", runs=[run("h", F.FAILED, 30)]),
+                  2: Frame(1, 2, F.FAILED, host="g", runs=[run("g", F.FAILED, 30)]),
+                  3: Frame(1, 3, F.PENDING)}
+    other = Job(id=2, name="other_shot", state=JobState.FAILING)
+    other.frames = {1: Frame(2, 1, F.FAILED, host="h", runs=[run("h", F.FAILED, 20)]), 2: Frame(2, 2, F.PENDING)}
+    old = Job(id=3, name="last_week", state=JobState.COMPLETE)
+    old.frames = {1: Frame(3, 1, F.COMPLETE, host="h", runs=[run("h", F.COMPLETE, 10_000)]),
+                  2: Frame(3, 2, F.COMPLETE, host="g", runs=[run("g", F.COMPLETE, 10_000)])}
+    farm.jobs = {1: new, 2: other, 3: old}
+    farm.workers = {name: Worker(name) for name in ("h", "g")}
+    return farm
+
+
+def test_a_host_failing_other_jobs_now_is_not_healthy_elsewhere_whatever_it_completed_before() -> None:
+    """A host that completed frames and now fails every job it takes speaks against none of
+    them: two hosts with a good past that turn bad together cannot get a healthy job blocked."""
+    farm = turned_bad_farm()
+    b = FactBuilder(farm, NOW)
+    assert b.fact(Kind.JOB, "1")["failing_hosts"] == 2
+    assert b.fact(Kind.JOB, "1")["failing_hosts_healthy_elsewhere"] == 1  # g; not h, failing job 2 since
+    assert b.fact(Kind.JOB, "2")["failing_hosts_healthy_elsewhere"] == 0  # h failed job 1 in the same row
+    # Once h completes a frame again, its failures are no longer in a row: healthy elsewhere again.
+    farm.jobs[3].frames[3] = Frame(3, 3, F.COMPLETE, host="h", runs=[run("h", F.COMPLETE, 5)])
+    b = FactBuilder(farm, NOW)
+    assert b.fact(Kind.JOB, "1")["failing_hosts_healthy_elsewhere"] == 2
+
+
+def test_counting_run_by_run_tells_when_a_host_s_failures_in_a_row_reach_another_job() -> None:
+    """The live farm is told (`newly_healthy`) when a host's failures in a row come to span
+    another job, and again when a completed frame ends them: only then, not on every run."""
+    agg = Aggregates()
+    agg.run(3, 1, run("h", F.COMPLETE, 100))
+    agg.newly_healthy.clear()
+    agg.run(1, 1, run("h", F.FAILED, 30))
+    assert agg.newly_healthy == set()  # its first failure of any job: only job 1 (whose row the run is) judges it
+    agg.run(1, 2, run("h", F.FAILED, 28))
+    assert agg.newly_healthy == set()  # still only job 1
+    agg.run(2, 1, run("h", F.FAILED, 20))
+    assert agg.newly_healthy == {"h"}  # now job 2 too: job 1 no longer counts h as healthy elsewhere
+    agg.newly_healthy.clear()
+    agg.run(2, 2, run("h", F.FAILED, 15))
+    assert agg.newly_healthy == set()
+    agg.run(3, 2, run("h", F.COMPLETE, 10))
+    assert agg.newly_healthy == {"h"}
+
+
 def test_counting_run_by_run_tells_a_host_s_first_failure_of_a_second_job() -> None:
     """The live farm is told when a host fails a second job: the first job's count of
     hosts failing only it falls although nothing of that job changed."""

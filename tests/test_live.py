@@ -592,6 +592,41 @@ def test_a_host_failing_a_second_job_reaches_the_first_job_s_fact(store: Store) 
     assert current(session, Kind.JOB)["failed-only-here"] == []
 
 
+def test_a_host_failing_another_job_in_a_row_reaches_the_first_job_s_healthy_count(store: Store) -> None:
+    """`failing_hosts_healthy_elsewhere` of job 1 counts 'h' (it completed a frame of job 3)
+    until 'h' fails job 2 too, and again once it completes a frame (then job 2's counts it
+    too): no row of job 1 changes."""
+    before = NIGHT - timedelta(minutes=30)
+    job1 = Job(1, "new", state=JobState.FAILING, submitted_at=before)
+    job1.frames = {1: Frame(1, 1, FrameState.FAILED, host="h", exit_code=1, finished_at=NIGHT - timedelta(minutes=5),
+                            runs=[FrameRun("h", None, FrameState.FAILED, 1, before, NIGHT - timedelta(minutes=5))]),
+                   2: Frame(1, 2, FrameState.PENDING)}
+    job2 = Job(2, "other", state=JobState.RUNNING, submitted_at=before)
+    job2.frames = {1: Frame(2, 1, FrameState.RUNNING, host="h", started_at=NIGHT, state_since=NIGHT)}
+    job3 = Job(3, "done", state=JobState.RUNNING, submitted_at=before)
+    job3.frames = {1: Frame(3, 1, FrameState.COMPLETE, host="h", exit_code=0, finished_at=before,
+                            runs=[FrameRun("h", None, FrameState.COMPLETE, 0, before - timedelta(minutes=9), before)]),
+                   2: Frame(3, 2, FrameState.RUNNING, host="x", started_at=NIGHT, state_since=NIGHT)}
+    store.init()
+    store.load_farm(Farm(jobs={1: job1, 2: job2, 3: job3}, workers={"h": Worker("h"), "x": Worker("x")}),
+                    replace=True)
+    texts = [("p.yaml", "policies:\n  - name: healthy-host-fails-it\n    kind: job\n"
+              "    when: {failing_hosts_healthy_elsewhere: {gte: 1}}\n    actions: [block]\n    reason: h\n")]
+    loaded = load_texts(texts)
+    assert loaded.errors == []
+    session = Session(PolicySet(loaded.policies), keep_live=True)
+    run_cycle(store, session, commit=False, now=NIGHT)
+    assert current(session, Kind.JOB)["healthy-host-fails-it"] == [1]
+    at = NIGHT + timedelta(minutes=1)
+    _finish(store, 2, 1, "h", "failed", NIGHT, at)
+    run_cycle(store, session, commit=False, now=at)
+    assert current(session, Kind.JOB)["healthy-host-fails-it"] == []
+    later = at + timedelta(minutes=1)
+    _finish(store, 3, 2, "h", "complete", at, later)
+    run_cycle(store, session, commit=False, now=later)
+    assert set(current(session, Kind.JOB)["healthy-host-fails-it"]) == {1, 2}  # job 2 now too
+
+
 def test_another_host_completing_a_job_reaches_the_fact_of_the_host_that_failed_it(store: Store) -> None:
     """`distinct_jobs_failed_others_complete` of 'h' leaves out job 1 while nobody has
     completed a frame of it; 'x' completing one changes h's fact, though no row of h changed."""

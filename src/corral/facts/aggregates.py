@@ -79,6 +79,24 @@ class _Tail:
         """The distinct jobs of the failures in a row."""
         return {r[2] for r in self.runs}
 
+    def fails_other_than(self, job_id: int) -> bool:
+        """Whether a failure in a row is of another job than `job_id` (a host failing
+        everything it takes now, whatever it completed before)."""
+        return any(r[2] != job_id for r in self.runs)
+
+    def shape(self) -> object:
+        """What `fails_other_than` answers for every job at once: None (no failure in a
+        row), the one job they are all of, or SEVERAL."""
+        runs = self.runs
+        if not runs:
+            return None
+        first = runs[0][2]
+        return SEVERAL if any(r[2] != first for r in runs) else first
+
+
+#: `_Tail.shape` of failures in a row of more than one job.
+SEVERAL = object()
+
 
 _STATE = attrgetter("state")
 
@@ -129,8 +147,10 @@ class Aggregates:
         #: Completed attempts per host over every job: a host that completes frames
         #: elsewhere is healthy, and its failures on a job speak against the job.
         self.host_ok: Counter[str] = Counter()
-        #: Hosts whose first completed attempt anywhere the last `run` calls recorded: every
-        #: job they fail is judged again (`LiveFarm.apply` takes and clears it).
+        #: Hosts whose standing elsewhere the last `run` calls moved: their first completed
+        #: attempt anywhere, or their failures in a row coming to span another job than
+        #: one they fail, or no longer (`failing_hosts_healthy_elsewhere`); every job they
+        #: failed is judged again (`LiveFarm.apply` takes and clears it).
         self.newly_healthy: set[str] = set()
         #: Distinct jobs each host failed a frame of, over its life: a host that failed one
         #: job and no other speaks against that job (a bad host fails every job it takes).
@@ -276,6 +296,10 @@ class Aggregates:
         failed = state == FrameState.FAILED
         when = _ts(run.finished_at)
         first = False
+        # A host that completed frames and failed some job: whether its failures in a row
+        # span other jobs may move with this run (see `newly_healthy`).
+        watched = bool(host and (ok or failed) and self.host_ok.get(host, 0) > 0 and host in self.host_failed_jobs)
+        before = self.host_tail[host].shape() if watched and host else None
         if failed:
             self.job_failed_attempts[job_id] += 1
             self.job_fail_codes[job_id][run.exit_code] += 1
@@ -314,7 +338,10 @@ class Aggregates:
                     if completing <= 2:  # "others complete it" moved for the hosts failing it
                         self.newly_completed_elsewhere.add(job_id)
             if ok or failed:
-                self.host_tail[host].add(when, seq, ok, job_id)
+                tail = self.host_tail[host]
+                tail.add(when, seq, ok, job_id)
+                if watched and tail.shape() != before:
+                    self.newly_healthy.add(host)
                 if self.keep_recent:
                     recent = self.host_recent[host]
                     insort(recent, (when, seq, ok))

@@ -284,6 +284,7 @@ class FactBuilder:
         hosts = agg.job_hosts(job.id)
         ok, failed, job_id = agg.job_host_ok.get, agg.job_host_fail.get, job.id
         failed_frames, host_ok, jobs_failed = agg.job_host_fail_frames.get, agg.host_ok.get, agg.host_jobs_failed.get
+        tails = agg.host_tail.get
         failing = succeeding = worst = worst_frames = healthy = only_here = 0
         for host in hosts:
             if ok((job_id, host), 0) > 0:
@@ -294,7 +295,10 @@ class FactBuilder:
                     failing += 1
                     worst = max(worst, n)
                     worst_frames = max(worst_frames, failed_frames((job_id, host), 0))
-                    if host_ok(host, 0) > 0:  # it completed none of this job: all elsewhere
+                    # It completed frames, none of this job (so all elsewhere), and is not
+                    # failing other jobs now: a host that turned bad after weeks of good
+                    # work fails everything it takes, and speaks against no job.
+                    if host_ok(host, 0) > 0 and not ((tail := tails(host)) and tail.fails_other_than(job_id)):
                         healthy += 1
                     if jobs_failed(host, 0) == 1:  # this one: it failed no other job
                         only_here += 1

@@ -81,8 +81,9 @@ _JOB: dict[str, FieldSpec] = {
         "healthy job's flaky frames fail a few of its many hosts, however large the farm", group="hosts",
     ),
     "failing_hosts_healthy_elsewhere": FieldSpec(
-        "int", "failing_hosts that completed frames of other jobs: a host failing everything (a bad host) does not "
-        "count, so two bad hosts cannot make a healthy job look broken", group="hosts",
+        "int", "failing_hosts that completed frames of other jobs and have failed no other job since their last "
+        "completed frame: a host failing everything (a bad host, even one with a long good past) does not count, "
+        "so two bad hosts cannot make a healthy job look broken", group="hosts",
     ),
     "failing_hosts_only_here": FieldSpec(
         "int", "failing_hosts that failed no frame of any other job: a bad host fails every job it takes, a broken "
