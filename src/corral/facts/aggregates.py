@@ -152,12 +152,11 @@ class Aggregates:
         #: one they fail, or no longer (`failing_hosts_healthy_elsewhere`); every job they
         #: failed is judged again (`LiveFarm.apply` takes and clears it).
         self.newly_healthy: set[str] = set()
-        #: Distinct jobs each host failed a frame of, over its life: a host that failed one
-        #: job and no other speaks against that job (a bad host fails every job it takes).
-        self.host_jobs_failed: Counter[str] = Counter()
-        #: The same jobs by name: a host's standing elsewhere moving (`newly_healthy`,
-        #: `newly_failing_elsewhere`) moves only the facts of the jobs it failed, found here
-        #: rather than by a scan of every job's hosts (1 ms a cycle at 100k frames).
+        #: The distinct jobs each host failed a frame of, over its life: a host that failed
+        #: one job and no other speaks against that job (a bad host fails every job it
+        #: takes); and a host's standing elsewhere moving (`newly_healthy`,
+        #: `newly_failing_elsewhere`) moves only the facts of these jobs, found here rather
+        #: than by a scan of every job's hosts (1 ms a cycle at 100k frames).
         self.host_failed_jobs: dict[str, set[int]] = defaultdict(set)
         #: Hosts the last `run` calls saw fail a second job: the job they failed first no
         #: longer has them failing it alone, and is judged again (`LiveFarm.apply`).
@@ -229,7 +228,6 @@ class Aggregates:
                         per_inst[instance].append(entry)
         agg.seq = seq
         agg.job_host_fail_frames.update((job_id, host) for job_id, _number, host in failed_on)
-        agg.host_jobs_failed.update(host for _job_id, host in job_host_fail)  # one per (job, host) failed
         for job_id, host in job_host_fail:
             agg.host_failed_jobs[host].add(job_id)
         agg.job_ok_hosts.update(job_id for job_id, _host in job_host_ok)  # one per (job, host) completing
@@ -298,8 +296,9 @@ class Aggregates:
         first = False
         # A host that completed frames and failed some job: whether its failures in a row
         # span other jobs may move with this run (see `newly_healthy`).
-        watched = bool(host and (ok or failed) and self.host_ok.get(host, 0) > 0 and host in self.host_failed_jobs)
-        before = self.host_tail[host].shape() if watched and host else None
+        watched, before = False, None
+        if host and (ok or failed) and self.host_ok.get(host, 0) > 0 and host in self.host_failed_jobs:
+            watched, before = True, self.host_tail[host].shape()
         if failed:
             self.job_failed_attempts[job_id] += 1
             self.job_fail_codes[job_id][run.exit_code] += 1
@@ -327,10 +326,9 @@ class Aggregates:
                 counts[pair] = n
                 first = n == 1
                 if first and failed:
-                    self.host_failed_jobs[host].add(job_id)
-                    jobs = self.host_jobs_failed[host] + 1
-                    self.host_jobs_failed[host] = jobs
-                    if jobs == 2:
+                    jobs = self.host_failed_jobs[host]
+                    jobs.add(job_id)
+                    if len(jobs) == 2:
                         self.newly_failing_elsewhere.add(host)
                 elif first:  # its first completed frame of the job
                     completing = self.job_ok_hosts[job_id] + 1

@@ -283,7 +283,7 @@ class FactBuilder:
         agg = self.agg
         hosts = agg.job_hosts(job.id)
         ok, failed, job_id = agg.job_host_ok.get, agg.job_host_fail.get, job.id
-        failed_frames, host_ok, jobs_failed = agg.job_host_fail_frames.get, agg.host_ok.get, agg.host_jobs_failed.get
+        failed_frames, host_ok, jobs_failed = agg.job_host_fail_frames.get, agg.host_ok.get, agg.host_failed_jobs.get
         tails = agg.host_tail.get
         failing = succeeding = worst = worst_frames = healthy = only_here = 0
         for host in hosts:
@@ -300,7 +300,7 @@ class FactBuilder:
                     # work fails everything it takes, and speaks against no job.
                     if host_ok(host, 0) > 0 and not ((tail := tails(host)) and tail.fails_other_than(job_id)):
                         healthy += 1
-                    if jobs_failed(host, 0) == 1:  # this one: it failed no other job
+                    if len(jobs_failed(host, ())) == 1:  # this one: it failed no other job
                         only_here += 1
         fact["hosts"] = len(hosts)
         fact["failing_hosts"] = failing
