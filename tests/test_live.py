@@ -79,6 +79,14 @@ def supervisor_step(store: Store, rnd: random.Random, at: datetime, hosts: list[
                     state="running", host=host, started_at=at, state_since=at, version=fr.c.version + 1))
 
 
+def one_policy_session(name: str, kind: str, when: str) -> Session:
+    """A session that keeps its farm in memory, with one policy blocking what `when` (YAML) matches."""
+    loaded = load_texts([("p.yaml", f"policies:\n  - name: {name}\n    kind: {kind}\n    when: {when}\n"
+                                    f"    actions: [block]\n    reason: {name}\n")])
+    assert loaded.errors == [], [str(e) for e in loaded.errors]
+    return Session(PolicySet(loaded.policies), keep_live=True)
+
+
 def current(session: Session, kind: Kind) -> dict[str, list[object]]:
     """The matches the session's engine holds for `kind` (asked with no change)."""
     return session.evaluator.settle({kind: {}})[kind]
@@ -428,11 +436,7 @@ def test_a_frame_starting_reaches_its_host_when_a_policy_counts_running_frames(s
     farm = load_snapshot_file(EXAMPLE)
     store.load_farm(farm, replace=True)
     running = FactBuilder(farm, NIGHT).worker("render01")["frames_running"]
-    texts = [("p.yaml", "policies:\n  - name: busy\n    kind: worker\n"
-              f"    when: {{frames_running: {{gt: {running}}}}}\n    actions: [block]\n    reason: busy\n")]
-    loaded = load_texts(texts)
-    assert loaded.errors == []
-    session = Session(PolicySet(loaded.policies), keep_live=True)
+    session = one_policy_session("busy", "worker", f"{{frames_running: {{gt: {running}}}}}")
     run_cycle(store, session, commit=False, now=NIGHT)
     assert current(session, Kind.WORKER)["busy"] == []
     fr = table("frames")
@@ -579,11 +583,7 @@ def test_a_host_failing_a_second_job_reaches_the_first_job_s_fact(store: Store) 
     job2.frames = {1: Frame(2, 1, FrameState.RUNNING, host="a", started_at=NIGHT, state_since=NIGHT)}
     store.init()
     store.load_farm(Farm(jobs={1: job1, 2: job2}, workers={"a": Worker("a")}), replace=True)
-    texts = [("p.yaml", "policies:\n  - name: failed-only-here\n    kind: job\n"
-              "    when: {failing_hosts_only_here: {gte: 1}}\n    actions: [block]\n    reason: only here\n")]
-    loaded = load_texts(texts)
-    assert loaded.errors == []
-    session = Session(PolicySet(loaded.policies), keep_live=True)
+    session = one_policy_session("failed-only-here", "job", "{failing_hosts_only_here: {gte: 1}}")
     run_cycle(store, session, commit=False, now=NIGHT)
     assert current(session, Kind.JOB)["failed-only-here"] == [1]
     at = NIGHT + timedelta(minutes=1)
@@ -610,11 +610,7 @@ def test_a_host_failing_another_job_in_a_row_reaches_the_first_job_s_healthy_cou
     store.init()
     store.load_farm(Farm(jobs={1: job1, 2: job2, 3: job3}, workers={"h": Worker("h"), "x": Worker("x")}),
                     replace=True)
-    texts = [("p.yaml", "policies:\n  - name: healthy-host-fails-it\n    kind: job\n"
-              "    when: {failing_hosts_healthy_elsewhere: {gte: 1}}\n    actions: [block]\n    reason: h\n")]
-    loaded = load_texts(texts)
-    assert loaded.errors == []
-    session = Session(PolicySet(loaded.policies), keep_live=True)
+    session = one_policy_session("healthy-host-fails-it", "job", "{failing_hosts_healthy_elsewhere: {gte: 1}}")
     run_cycle(store, session, commit=False, now=NIGHT)
     assert current(session, Kind.JOB)["healthy-host-fails-it"] == [1]
     at = NIGHT + timedelta(minutes=1)
@@ -637,12 +633,8 @@ def test_another_host_completing_a_job_reaches_the_fact_of_the_host_that_failed_
                    2: Frame(1, 2, FrameState.RUNNING, host="x", started_at=before, state_since=before)}
     store.init()
     store.load_farm(Farm(jobs={1: job1}, workers={"h": Worker("h"), "x": Worker("x")}), replace=True)
-    texts = [("p.yaml", "policies:\n  - name: fails-what-others-complete\n    kind: worker\n"
-              "    when: {distinct_jobs_failed_others_complete: {gte: 1}}\n    actions: [block]\n"
-              "    reason: others complete it\n")]
-    loaded = load_texts(texts)
-    assert loaded.errors == []
-    session = Session(PolicySet(loaded.policies), keep_live=True)
+    session = one_policy_session("fails-what-others-complete", "worker",
+                                 "{distinct_jobs_failed_others_complete: {gte: 1}}")
     run_cycle(store, session, commit=False, now=NIGHT)
     assert current(session, Kind.WORKER)["fails-what-others-complete"] == []
     at = NIGHT + timedelta(minutes=1)
