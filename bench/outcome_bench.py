@@ -91,6 +91,7 @@ def _run_figures(run: RunReport) -> dict[str, Any]:
         "wasted_core_hours": run.wasted_core_hours,
         "wasted_by_cause": {c: run.wasted_by_cause.get(c, 0.0) for c in CAUSES},
         "frames_rendered": run.frames_rendered,
+        "wasted_per_1000_frames": _per_frame(run),
         "jobs_completed": run.jobs_completed,
         "healthy_chains_finished": len(run.healthy_chains_finished),
         "wrong_actions": run.wrong_actions,
@@ -113,12 +114,28 @@ def one_night(task: tuple[str, int, str, list[str], bool, dict[str, dict[str, An
         "seed": seed,
         "ratio_baseline": ratio(corral.wasted_core_hours, base.wasted_core_hours),
         "ratio_oracle": ratio(corral.wasted_core_hours, oracle.wasted_core_hours),
+        "ratio_baseline_per_frame": _per_frame_ratio(corral, base),
         "healthy_chains_total": corral.healthy_chains_total,
         "healthy_chains_missed": missed,
         "wrong_action_lines": corral.wrong_action_lines,
         "runs": {"baseline": _run_figures(base), "corral": _run_figures(corral), "oracle": _run_figures(oracle)},
         "wall_seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _per_frame(run: RunReport) -> float | None:
+    """Core-hours wasted per 1,000 frames rendered (None: nothing rendered)."""
+    return round(1000 * run.wasted_core_hours / run.frames_rendered, 2) if run.frames_rendered else None
+
+
+def _per_frame_ratio(corral: RunReport, base: RunReport) -> float | None:
+    """`ratio_baseline` per frame rendered: not a target, the figure beside it.  Waste grows
+    with the work a night gets done (a flaky frame fails once wherever it renders), and a
+    manager whose handling stalls the night (Qube!'s blocks jobs, then renders a fifth of the
+    frames) wastes little by rendering little; this says what a rendered frame costs."""
+    if not corral.frames_rendered or not base.frames_rendered:
+        return None
+    return ratio(corral.wasted_core_hours / corral.frames_rendered, base.wasted_core_hours / base.frames_rendered)
 
 
 def _worst(values: list[float | None]) -> float | None:
@@ -152,6 +169,7 @@ def aggregate(nights: list[dict[str, Any]]) -> dict[str, Any]:
         "worst_ratio_baseline": _worst(rb),
         "median_ratio_oracle": _median(ro),
         "worst_ratio_oracle": _worst(ro),
+        "median_ratio_baseline_per_frame": _median([n["ratio_baseline_per_frame"] for n in nights]),
         **{
             f"median_wasted_{who}": round(statistics.median(n["runs"][who]["wasted_core_hours"] for n in nights), 2)
             for who in ("baseline", "corral", "oracle")
@@ -223,6 +241,13 @@ def print_table(result: dict[str, Any], per_seed: bool) -> None:
             f"| {agg['healthy_chains_missed']} {_mark(tg['healthy_chains_missed'])} "
             f"| {agg['wrong_actions_total']} on {agg['seeds_with_wrong_actions']} seed(s): {wrong} {_mark(tg['wrong_actions'])} |"
         )
+    print()
+    print("per frame rendered (not a target; waste grows with the work done): median ratio_baseline_per_frame")
+    for name, agg in result["aggregate"].items():
+        print(f"  {name}: {_fmt(agg['median_ratio_baseline_per_frame'])} (ratio_baseline "
+              f"{_fmt(agg['median_ratio_baseline'])}; frames rendered, median, baseline / corral / oracle: "
+              f"{agg['median_frames_rendered_baseline']:g} / {agg['median_frames_rendered_corral']:g} / "
+              f"{agg['median_frames_rendered_oracle']:g})")
     print()
     print("corral's waste by cause, summed over the seeds (share):")
     for name, agg in result["aggregate"].items():

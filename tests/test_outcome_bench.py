@@ -46,8 +46,12 @@ def test_one_seed_reports_three_runs_ratios_and_targets(capsys: pytest.CaptureFi
         assert set(run["wasted_by_cause"]) == set(bench.CAUSES)
         assert sum(run["wasted_by_cause"].values()) == pytest.approx(run["wasted_core_hours"], abs=0.05)
     assert sum(runs["oracle"]["wrong_actions"].values()) == 0
+    per_frame = {who: run["wasted_core_hours"] / run["frames_rendered"] for who, run in runs.items()}
+    assert runs["corral"]["wasted_per_1000_frames"] == pytest.approx(1000 * per_frame["corral"], abs=0.01)
+    assert night["ratio_baseline_per_frame"] == round(per_frame["corral"] / per_frame["baseline"], 3)
     agg = out["aggregate"]["afanasy"]
     assert agg["median_ratio_oracle"] == night["ratio_oracle"] == agg["worst_ratio_oracle"]
+    assert agg["median_ratio_baseline_per_frame"] == night["ratio_baseline_per_frame"]
     assert agg["targets"]["median_ratio_oracle"] == (night["ratio_oracle"] <= 1.25)
     assert set(agg["targets"]) == set(bench.TARGETS)
     with pytest.raises(SystemExit, match="choose from"):
