@@ -1,7 +1,7 @@
 """Benchmark: does corral earn its keep?  The same simulated nights, three ways, per farm manager.
 
     python bench/outcome_bench.py --seeds 1-20 [--baseline qube,afanasy,deadline] [--night default|large]
-        [--rules PATH ...] [--only-rules] [--set POLICY.PARAM=VALUE ...] [--workers 2] [--per-seed] [--json]
+        [--rules PATH ...] [--only-rules] [--set POLICY.PARAM=VALUE ...] [--history] [--workers 2] [--per-seed] [--json]
 
 For every seed and every farm manager (`corral.sim.managers`, at its documented
 defaults), the night is played with the manager alone (the baseline, with a wrangler's
@@ -11,7 +11,10 @@ wasted core-hours of each, `ratio_baseline` (corral / baseline) and `ratio_oracl
 (corral / oracle), frames and jobs completed, healthy chains finished (chains with no
 broken job), waste by cause, and corral's wrong actions checked against the ground
 truth (`corral.sim.audit`).  Per manager: the median and worst ratios and the targets
-beside them.  docs/demo.md records the table with the command that produced it.
+beside them.  With --history, corral's store holds a day of the hosts' past work before
+the night (`corral.sim.history`: every host, the bad ones too, completed frames, some
+failed one), as a studio's store does; the facts counted over history read it.
+docs/demo.md records the table with the command that produced it.
 """
 
 from __future__ import annotations
@@ -99,13 +102,13 @@ def _run_figures(run: RunReport) -> dict[str, Any]:
     }
 
 
-def one_night(task: tuple[str, int, str, list[str], bool, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+def one_night(task: tuple[str, int, str, list[str], bool, dict[str, dict[str, Any]], bool]) -> dict[str, Any]:
     """Play one seed's night three ways under one manager (in a worker process)."""
-    baseline, seed, night_name, rules, only_rules, sets = task
+    baseline, seed, night_name, rules, only_rules, sets, history = task
     policies = _policies(rules, only_rules, sets)
     night = draw_night(replace(NIGHTS[night_name], seed=seed))
     started = time.perf_counter()
-    corral = play(night, policies=policies, handling=baseline)
+    corral = play(night, policies=policies, handling=baseline, history=history)
     base = play(night, policies=None, handling=baseline)
     oracle = play(night, policies=None, handling=baseline, oracle=True)
     missed = sorted(set(oracle.healthy_chains_finished) - set(corral.healthy_chains_finished))
@@ -219,7 +222,8 @@ def _mark(ok: bool) -> str:
 
 
 def print_table(result: dict[str, Any], per_seed: bool) -> None:
-    print(f"night: {result['night']} ({result['scenario']}); seeds {result['seeds']}; rules: {result['rules']}")
+    past = "; corral's store with a day of the hosts' past work" if result["history"] else ""
+    print(f"night: {result['night']} ({result['scenario']}); seeds {result['seeds']}; rules: {result['rules']}{past}")
     print(f"wall: {result['wall_seconds']} s with {result['workers']} worker process(es)")
     header = (
         "| manager | median ratio_oracle (≤1.25) | worst ratio_oracle (≤1.6) | median ratio_baseline (≤0.5) "
@@ -278,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rules", action="append", default=[], metavar="PATH")
     ap.add_argument("--only-rules", action="store_true")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="POLICY.PARAM=VALUE")
+    ap.add_argument("--history", action="store_true",
+                    help="corral's store holds a day of the hosts' past work first (corral.sim.history)")
     ap.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     ap.add_argument("--per-seed", action="store_true", help="also print a row per seed")
     ap.add_argument("--json", action="store_true")
@@ -289,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--baseline {args.baseline}: choose from {', '.join(HANDLINGS)}")
     sets = parse_sets(args.sets)
     _policies(args.rules, args.only_rules, sets)  # fail here, not in a worker
-    tasks = [(m, s, args.night, args.rules, args.only_rules, sets) for m in managers for s in seeds]
+    tasks = [(m, s, args.night, args.rules, args.only_rules, sets, args.history) for m in managers for s in seeds]
     started = time.perf_counter()
     if args.workers > 1:
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
@@ -301,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "night": args.night,
         "scenario": {k: v for k, v in NIGHTS[args.night].to_dict().items() if k in ("jobs", "hosts", "hours")},
         "seeds": args.seeds,
+        "history": args.history,
         "rules": " + ".join(([] if args.only_rules else ["built-in pack"]) + args.rules)
         + (f" --set {' '.join(args.sets)}" if args.sets else ""),
         "targets": TARGETS,

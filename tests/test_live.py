@@ -623,6 +623,25 @@ def test_a_host_failing_another_job_in_a_row_reaches_the_first_job_s_healthy_cou
     assert set(current(session, Kind.JOB)["healthy-host-fails-it"]) == {1, 2}  # job 2 now too
 
 
+def test_a_host_with_no_completed_frame_for_an_hour_is_judged_again_with_nothing_read(store: Store) -> None:
+    """`time_since_completed` grows with nothing written: the daemon's farm in memory
+    matches the host once its last completed frame is an hour old, as a whole read would."""
+    done, failed = NIGHT - timedelta(minutes=50), NIGHT - timedelta(minutes=40)
+    job = Job(1, "shot", state=JobState.FAILING, submitted_at=done - timedelta(hours=1))
+    job.frames = {1: Frame(1, 1, FrameState.COMPLETE, host="h", exit_code=0, finished_at=done,
+                           runs=[FrameRun("h", None, FrameState.COMPLETE, 0, done - timedelta(minutes=5), done)]),
+                  2: Frame(1, 2, FrameState.FAILED, host="h", exit_code=1, finished_at=failed,
+                           runs=[FrameRun("h", None, FrameState.FAILED, 1, failed - timedelta(minutes=5), failed)])}
+    store.init()
+    store.load_farm(Farm(jobs={1: job}, workers={"h": Worker("h")}), replace=True)
+    session = one_policy_session("quiet-and-failing", "worker",
+                                 "{time_since_completed: {gte: 1h}, consecutive_failures: {gte: 1}}")
+    run_cycle(store, session, commit=False, now=NIGHT)
+    assert current(session, Kind.WORKER)["quiet-and-failing"] == []
+    run_cycle(store, session, commit=False, now=NIGHT + timedelta(minutes=11))
+    assert current(session, Kind.WORKER)["quiet-and-failing"] == ["h"]
+
+
 def test_another_host_completing_a_job_reaches_the_fact_of_the_host_that_failed_it(store: Store) -> None:
     """`distinct_jobs_failed_others_complete` of 'h' leaves out job 1 while nobody has
     completed a frame of it; 'x' completing one changes h's fact, though no row of h changed."""

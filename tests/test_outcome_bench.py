@@ -56,3 +56,12 @@ def test_one_seed_reports_three_runs_ratios_and_targets(capsys: pytest.CaptureFi
     assert set(agg["targets"]) == set(bench.TARGETS)
     with pytest.raises(SystemExit, match="choose from"):
         bench.main(["--seeds", "1", "--baseline", "tractor"])
+
+
+def test_history_plays_corral_on_a_store_with_a_past(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _bench()
+    assert bench.main(["--seeds", "2", "--night", "small", "--baseline", "qube", "--workers", "1", "--history",
+                       "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["history"] is True
+    assert out["nights"][0]["runs"]["corral"]["frames_rendered"] > 0

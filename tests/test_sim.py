@@ -8,8 +8,9 @@ import pytest
 
 from corral.farm import Farm
 from corral.sim import Scenario, Simulation, builtin_policies, compare, draw_night, open_farm, play
-from corral.sim.simulator import instance_id
-from corral.states import Action, FrameState, InstanceState, WorkerState
+from corral.sim.history import FIRST_JOB, previous_day
+from corral.sim.simulator import EPOCH, instance_id
+from corral.states import Action, FrameState, InstanceState, JobState, WorkerState
 from corral.store import Store
 
 SMALL = Scenario(seed=3, jobs=8, hosts=8, hours=2.0, frames=(10, 30), bad_host_share=0.13, broken_job_share=0.13)
@@ -144,3 +145,28 @@ def test_with_corral_the_default_night_wastes_fewer_core_hours() -> None:
     assert w.chains_finished > b.chains_finished
     assert w.actions_by_policy["quarantine-worker"] >= 1
     assert set(w.hosts_locked) == set(result.faults["bad_hosts"])
+
+
+def test_a_night_on_a_store_with_a_past_keeps_it_and_still_locks_only_the_bad_host(tmp_path: Path) -> None:
+    """`--history`: the store holds yesterday's work of every host tonight (the bad one
+    too: it went bad since); the night plays on top, yesterday's jobs stay as they were,
+    and the pack locks the bad host and no other, as on an empty store."""
+    night = draw_night(SMALL)
+    past = previous_day(night, EPOCH)
+    assert past == previous_day(night, EPOCH)  # seeded by the night
+    assert all(job.id >= FIRST_JOB and job.state is JobState.COMPLETE for job in past.jobs.values())
+    rendered = {f.host for job in past.jobs.values() for f in job.frames.values()}
+    assert rendered == {h.name for h in night.hosts}
+    assert any(r.state is FrameState.FAILED for job in past.jobs.values() for f in job.frames.values() for r in f.runs)
+    assert max(f.finished_at for job in past.jobs.values() for f in job.frames.values() if f.finished_at) < EPOCH
+    store = open_farm(None, tmp_path)
+    store.load_farm(past, replace=False)
+    sim = Simulation(night, store, policies=builtin_policies())
+    report = sim.run()
+    farm = store.read_farm()
+    store.close()
+    assert {j: job.state for j, job in farm.jobs.items() if j >= FIRST_JOB} == dict.fromkeys(past.jobs, JobState.COMPLETE)
+    assert {n for n, h in sim.hosts.items() if h.locked} == {h.name for h in night.hosts if h.bad}
+    assert not any(report.wrong_actions.values())
+    with pytest.raises(ValueError, match="only corral's run"):
+        play(night, policies=None, history=True)

@@ -58,6 +58,7 @@ from corral.sim.audit import Decision, audit, healthy_chains
 from corral.sim.books import Host as _Host
 from corral.sim.books import Job as _Job
 from corral.sim.books import Work as _Work
+from corral.sim.history import previous_day
 from corral.sim.managers import Admit, Handling, make_handling
 from corral.sim.oracle import ORACLE_ACTOR, Oracle
 from corral.sim.report import RunReport, Sample
@@ -671,15 +672,20 @@ def play(
     oracle: bool = False,
     label: str = "",
     progress: Progress | None = None,
+    history: bool = False,
 ) -> RunReport:
     """Play `night` and report: with `policies`, on a new store (`url`, else a temporary
-    SQLite file) that corral reads; without, on the simulator's own books."""
+    SQLite file) that corral reads; without, on the simulator's own books.  `history`:
+    the store holds a day of the hosts' past work first (`corral.sim.history`), as a
+    studio's does; only corral reads it (the manager and the oracle judge tonight)."""
     if policies is None:
-        if url is not None:
-            raise ValueError("only corral's run is played on a store: give policies with url")
+        if url is not None or history:
+            raise ValueError("only corral's run is played on a store: give policies with url or history")
         return Simulation(night, None, policies=None, handling=handling, oracle=oracle, label=label).run(progress)
     with tempfile.TemporaryDirectory(prefix="corral-sim-") as tmp:
         store = open_farm(url, Path(tmp))
+        if history:
+            store.load_farm(previous_day(night, EPOCH), replace=False)
         try:
             sim = Simulation(night, store, policies=policies, handling=handling, label=label)
             return sim.run(progress)
