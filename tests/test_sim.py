@@ -159,6 +159,9 @@ def test_a_night_on_a_store_with_a_past_keeps_it_and_still_locks_only_the_bad_ho
     assert rendered == {h.name for h in night.hosts}
     assert any(r.state is FrameState.FAILED for job in past.jobs.values() for f in job.frames.values() for r in f.runs)
     assert max(f.finished_at for job in past.jobs.values() for f in job.frames.values() if f.finished_at) < EPOCH
+    runs = sorted((r.finished_at, r.host, r.state) for job in past.jobs.values() for f in job.frames.values() for r in f.runs)
+    last = {host: state for _, host, state in runs}
+    assert set(last.values()) == {FrameState.COMPLETE}  # no host ends the day failing (a daemon would have acted)
     store = open_farm(None, tmp_path)
     store.load_farm(past, replace=False)
     sim = Simulation(night, store, policies=builtin_policies())

@@ -30,7 +30,8 @@ def previous_day(night: Night, start: datetime, *, jobs: int = 10, frames_per_ho
     """Yesterday on tonight's hosts, ending 12 hours before `start` (outside every window
     a policy counts): `jobs` complete jobs whose frames each host rendered
     `frames_per_host` of, and `failed_share` of those frames failed once on another host
-    first.  Seeded by the night, so a seed's past is the same in every run."""
+    first; each host's last attempt of the day completed.  Seeded by the night, so a
+    seed's past is the same in every run."""
     rng = random.Random(f"history-{night.scenario.seed}")  # noqa: S311 (a simulation, not cryptography)
     hosts = [h.name for h in night.hosts]
     end = start - timedelta(hours=12)
@@ -53,6 +54,18 @@ def previous_day(night: Night, start: datetime, *, jobs: int = 10, frames_per_ho
         job.frames[numbers[job.id]] = Frame(job.id, numbers[job.id], FrameState.COMPLETE, host=host, exit_code=0,
                                             attempts=len(runs), started_at=finished - timedelta(minutes=8),
                                             finished_at=finished, state_since=finished, runs=runs)
+    # Every host's day ends with a completed frame: a host that ended it failing frame
+    # after frame would have been dealt with then (by corral, or by a person), not left
+    # with a streak for tonight's first cycle to find.
+    for n, host in enumerate(hosts):
+        job = old[n % jobs]
+        numbers[job.id] += 1
+        finished = end - timedelta(seconds=n)
+        job.frames[numbers[job.id]] = Frame(job.id, numbers[job.id], FrameState.COMPLETE, host=host, exit_code=0,
+                                            attempts=1, started_at=finished - timedelta(minutes=8),
+                                            finished_at=finished, state_since=finished,
+                                            runs=[FrameRun(host, None, FrameState.COMPLETE, 0,
+                                                           finished - timedelta(minutes=8), finished)])
     for job in old:
         if not job.frames:
             del farm.jobs[job.id]
