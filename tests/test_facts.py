@@ -339,7 +339,7 @@ def test_every_fact_has_exactly_the_fields_the_vocabulary_declares(farm: Farm) -
     builder = FactBuilder(farm, NOW)
     may_be_missing = {"blocked_by", "since_retry", "time_in_state", "age", "host", "instance", "exit_code", "run_time",
                       "state", "host_since_last_failure_on_job", "owner", "layer", "failure_class",
-                      "time_since_completed"}
+                      "failing_for"}
     for kind in Kind:
         declared = set(FIELDS[kind])
         for fact in builder.facts(kind):
@@ -498,14 +498,16 @@ def test_a_host_failing_other_jobs_now_is_not_healthy_elsewhere_whatever_it_comp
     assert b.fact(Kind.JOB, "1")["failing_hosts_healthy_elsewhere"] == 2
 
 
-def test_time_since_completed_counts_from_a_host_s_last_completed_frame_and_is_missing_without_one() -> None:
-    farm = turned_bad_farm()  # h and g completed frames of job 3 10,000 minutes ago
-    farm.jobs[1].frames[3] = Frame(1, 3, F.COMPLETE, host="g", runs=[run("g", F.COMPLETE, 45)])
+def test_failing_for_spans_a_host_s_last_completed_frame_to_its_latest_failure() -> None:
+    farm = turned_bad_farm()  # h and g completed frames of job 3 10,000 minutes ago, then failed
+    farm.jobs[1].frames[3] = Frame(1, 3, F.COMPLETE, host="g", runs=[run("g", F.COMPLETE, 25)])
     farm.workers["new"] = Worker("new")
     b = FactBuilder(farm, NOW)
-    assert b.fact(Kind.WORKER, "h")["time_since_completed"] == 10_000 * 60  # failures since do not move it
-    assert b.fact(Kind.WORKER, "g")["time_since_completed"] == 45 * 60
-    assert "time_since_completed" not in b.fact(Kind.WORKER, "new")  # never: no value, not 0
+    assert b.fact(Kind.WORKER, "h")["failing_for"] == (10_000 - 20) * 60  # to its failure of job 2, 20 min ago
+    assert b.fact(Kind.WORKER, "g")["failing_for"] == 0  # it failed 30 min ago and completed a frame since
+    assert "failing_for" not in b.fact(Kind.WORKER, "new")  # never completed one: no value, not 0
+    # time passing does not move it (a host waiting for work is not failing meanwhile)
+    assert FactBuilder(farm, NOW + timedelta(hours=5)).fact(Kind.WORKER, "h")["failing_for"] == (10_000 - 20) * 60
 
 
 def test_counting_run_by_run_tells_when_a_host_s_failures_in_a_row_reach_another_job() -> None:

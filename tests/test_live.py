@@ -623,23 +623,27 @@ def test_a_host_failing_another_job_in_a_row_reaches_the_first_job_s_healthy_cou
     assert set(current(session, Kind.JOB)["healthy-host-fails-it"]) == {1, 2}  # job 2 now too
 
 
-def test_a_host_with_no_completed_frame_for_an_hour_is_judged_again_with_nothing_read(store: Store) -> None:
-    """`time_since_completed` grows with nothing written: the daemon's farm in memory
-    matches the host once its last completed frame is an hour old, as a whole read would."""
+def test_failing_for_moves_with_the_failures_read_and_not_with_the_clock(store: Store) -> None:
+    """`failing_for` (from a host's last completed frame to its latest failure): a host that
+    failed a frame ten minutes after completing one, then waits for work, is not failing
+    for an hour an hour later; a failure read 70 minutes after that completion makes it so."""
     done, failed = NIGHT - timedelta(minutes=50), NIGHT - timedelta(minutes=40)
     job = Job(1, "shot", state=JobState.FAILING, submitted_at=done - timedelta(hours=1))
     job.frames = {1: Frame(1, 1, FrameState.COMPLETE, host="h", exit_code=0, finished_at=done,
                            runs=[FrameRun("h", None, FrameState.COMPLETE, 0, done - timedelta(minutes=5), done)]),
                   2: Frame(1, 2, FrameState.FAILED, host="h", exit_code=1, finished_at=failed,
-                           runs=[FrameRun("h", None, FrameState.FAILED, 1, failed - timedelta(minutes=5), failed)])}
+                           runs=[FrameRun("h", None, FrameState.FAILED, 1, failed - timedelta(minutes=5), failed)]),
+                  3: Frame(1, 3, FrameState.RUNNING, host="h", started_at=NIGHT, state_since=NIGHT)}
     store.init()
     store.load_farm(Farm(jobs={1: job}, workers={"h": Worker("h")}), replace=True)
-    session = one_policy_session("quiet-and-failing", "worker",
-                                 "{time_since_completed: {gte: 1h}, consecutive_failures: {gte: 1}}")
-    run_cycle(store, session, commit=False, now=NIGHT)
-    assert current(session, Kind.WORKER)["quiet-and-failing"] == []
-    run_cycle(store, session, commit=False, now=NIGHT + timedelta(minutes=11))
-    assert current(session, Kind.WORKER)["quiet-and-failing"] == ["h"]
+    session = one_policy_session("failing-an-hour", "worker", "{failing_for: {gte: 1h}}")
+    for later in (NIGHT, NIGHT + timedelta(minutes=11), NIGHT + timedelta(hours=3)):
+        run_cycle(store, session, commit=False, now=later)
+        assert current(session, Kind.WORKER)["failing-an-hour"] == [], later
+    at = done + timedelta(minutes=70)
+    _finish(store, 1, 3, "h", "failed", NIGHT, at)
+    run_cycle(store, session, commit=False, now=NIGHT + timedelta(hours=3, minutes=1))
+    assert current(session, Kind.WORKER)["failing-an-hour"] == ["h"]
 
 
 def test_another_host_completing_a_job_reaches_the_fact_of_the_host_that_failed_it(store: Store) -> None:

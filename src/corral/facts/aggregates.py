@@ -79,6 +79,14 @@ class _Tail:
         """The distinct jobs of the failures in a row."""
         return {r[2] for r in self.runs}
 
+    def failing_for(self) -> float | None:
+        """Seconds from the latest success to the latest failure after it (0: none after
+        it; None: no success known).  Not the time since the success: a host that failed
+        a few frames and then waited an hour for work has not been failing for an hour."""
+        if self.horizon is None:
+            return None
+        return max(0.0, (self.runs[-1][0] - self.horizon[0]).total_seconds()) if self.runs else 0.0
+
     def fails_other_than(self, job_id: int) -> bool:
         """Whether a failure in a row is of another job than `job_id` (a host failing
         everything it takes now, whatever it completed before)."""

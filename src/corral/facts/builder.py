@@ -103,8 +103,7 @@ FIRST: dict[Kind, dict[str, Getter]] = {
         "distinct_jobs_failed": lambda name, b: (tail.distinct_jobs() if (tail := b.agg.host_tail.get(name)) else 0),
         "distinct_jobs_failed_others_complete": lambda name, b: b.agg.jobs_failed_others_complete(name),
         "frames_completed": lambda name, b: b.agg.host_ok.get(name, 0),
-        "time_since_completed": lambda name, b: None if (tail := b.agg.host_tail.get(name)) is None
-        or tail.horizon is None else _secs(tail.horizon[0], b.now),
+        "failing_for": lambda name, b: None if (tail := b.agg.host_tail.get(name)) is None else tail.failing_for(),
         "frames_running": lambda name, b: b.agg.running_on_host.get(name, 0),
         "state": lambda name, b: None if (worker := b.farm.workers.get(name)) is None else str(worker.state),
         "time_in_state": lambda name, b: None if (worker := b.farm.workers.get(name)) is None

@@ -130,9 +130,10 @@ _WORKER: dict[str, FieldSpec] = {
     "distinct_jobs_failed": FieldSpec("int", "different jobs whose frames it failed since its last completed frame"),
     "frames_completed": FieldSpec("int", "frames it completed over the history the store holds (completed attempts): "
                                   "0 for a host that has never rendered a frame"),
-    "time_since_completed": FieldSpec("duration", "how long since it last completed a frame (missing if it never "
-                                      "did, in the history the store holds): what it did last week does not speak "
-                                      "for it tonight"),
+    "failing_for": FieldSpec("duration", "how long it has failed without completing a frame: from its last completed "
+                             "frame to its latest failed attempt since (0 if none; missing if it never completed a "
+                             "frame, in the history the store holds). What it did last week does not speak for it "
+                             "tonight, and an idle host's count does not grow while it waits for work"),
     "distinct_jobs_failed_others_complete": FieldSpec(
         "int", "distinct_jobs_failed that other hosts completed frames of: a broken job every host fails, or a new "
         "job nobody has completed a frame of yet, does not count against the host"),
