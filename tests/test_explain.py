@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from corral.cli import app
 from corral.cycle import run_cycle
-from corral.explain import explain
-from corral.policy.loader import builtin_dir, load_paths
+from corral.explain import _flips_in, explain
+from corral.policy.loader import builtin_dir, load_paths, load_texts
 from corral.policyset import PolicySet
 from corral.session import Session
 from corral.snapshot import load_snapshot_file
@@ -104,3 +104,21 @@ def test_not_and_any_groups_are_traced() -> None:
     assert (0, "any of:", True) in labels
     assert (1, "dependencies.failed > 0", True) in labels and (1, "dependencies.killed > 0", False) in labels
     assert keep.verdict == "would-act"
+
+
+def test_a_duration_fixed_by_what_happened_is_not_said_to_hold_later_nor_woken_for() -> None:
+    """`failing_for` does not grow with the clock: explain does not promise it will hold
+    ("holds in 1h" would be false), and the engine does not wake to check it again."""
+    from corral.policy.compiler import compile_kind
+
+    policies = load_texts([("p.yaml", "policies:\n  - name: long-failing\n    kind: worker\n"
+                                      "    when: {failing_for: {gte: 1h}}\n    actions: [block]\n    reason: r\n"
+                                      "  - name: long-up\n    kind: worker\n"
+                                      "    when: {time_in_state: {gte: 1h}}\n    actions: [block]\n    reason: r\n")]).policies
+    timed = {p.cond.path for p in compile_kind(Kind.WORKER, list(policies)).timed}  # type: ignore[union-attr]
+    assert timed == {"time_in_state"}
+    fact = {"id": "h", "state": "up", "failing_for": 0.0, "time_in_state": 0.0}
+    long_failing = next(p for p in policies if p.name == "long-failing")
+    long_up = next(p for p in policies if p.name == "long-up")
+    assert _flips_in(long_failing.when, fact, Kind.WORKER) is None  # type: ignore[arg-type]
+    assert _flips_in(long_up.when, fact, Kind.WORKER) == 3600  # type: ignore[arg-type]

@@ -164,8 +164,10 @@ def show(value: Any, ftype: str = "") -> str:
 
 
 def _growing(path: str, fact: Mapping[str, Any], kind: Kind) -> bool:
-    """Duration fields grow with the clock; a frame's run_time only while it runs."""
-    if field_type(kind, path) != "duration":
+    """Duration fields grow with the clock (but those fixed by what happened, such as
+    `failing_for`); a frame's run_time only while it runs."""
+    spec = FIELDS[kind].get(path)
+    if field_type(kind, path) != "duration" or (spec is not None and not spec.grows):
         return False
     if path == "run_time":
         return fact.get("state") == "running"

@@ -34,6 +34,10 @@ class FieldSpec:
     #: entity's row (or its frame counts' row in `Aggregates`), else the costlier pass
     #: that works it out, which a builder makes only when some policy reads the group.
     group: str = "row"
+    #: A duration that grows with the clock (`time_in_state`): a comparison over it can
+    #: change its answer with nothing written, so the engine wakes to check it again.
+    #: False for one fixed by what happened (`failing_for`), which moves only with a row.
+    grows: bool = True
 
 
 def _by_class(what: str, group: str) -> dict[str, FieldSpec]:
@@ -133,7 +137,8 @@ _WORKER: dict[str, FieldSpec] = {
     "failing_for": FieldSpec("duration", "how long it has failed without completing a frame: from its last completed "
                              "frame to its latest failed attempt since (0 if none; missing if it never completed a "
                              "frame, in the history the store holds). What it did last week does not speak for it "
-                             "tonight, and an idle host's count does not grow while it waits for work"),
+                             "tonight, and an idle host's count does not grow while it waits for work",
+                             grows=False),
     "distinct_jobs_failed_others_complete": FieldSpec(
         "int", "distinct_jobs_failed that other hosts completed frames of: a broken job every host fails, or a new "
         "job nobody has completed a frame of yet, does not count against the host"),
@@ -210,7 +215,7 @@ def deprecated(path: str) -> str | None:
 
 def _related(prefix: str, fields: dict[str, FieldSpec], what: str) -> dict[str, FieldSpec]:
     return {
-        f"{prefix}.{name}": FieldSpec(spec.type, f"{what}: {spec.doc}", spec.states, spec.group)
+        f"{prefix}.{name}": FieldSpec(spec.type, f"{what}: {spec.doc}", spec.states, spec.group, spec.grows)
         for name, spec in fields.items()
         if not name.startswith("dependencies.")
     }

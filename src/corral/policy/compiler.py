@@ -71,8 +71,11 @@ class CompiledKind:
 
 
 def _is_duration(kind: Kind, path: str) -> bool:
+    """A duration that grows with the clock (`FieldSpec.grows`): its comparisons are
+    probes, re-checked when due, and stay out of the gates.  One fixed by what happened
+    (`failing_for`) is an ordinary field of the engine's fact."""
     spec = FIELDS[kind].get(path)
-    return spec is not None and spec.type == "duration"
+    return spec is not None and spec.type == "duration" and spec.grows
 
 
 def gate_of(kind: Kind, when: Cond) -> tuple[Cmp, ...]:
