@@ -79,6 +79,12 @@ def supervisor_step(store: Store, rnd: random.Random, at: datetime, hosts: list[
                     state="running", host=host, started_at=at, state_since=at, version=fr.c.version + 1))
 
 
+def matches_after_cycle(store: Store, session: Session, now: datetime, kind: Kind, policy: str) -> set[object]:
+    """A dry cycle at `now`, then what `policy` matches of `kind` in the session's engine."""
+    run_cycle(store, session, commit=False, now=now)
+    return set(current(session, kind)[policy])
+
+
 def one_policy_session(name: str, kind: str, when: str) -> Session:
     """A session that keeps its farm in memory, with one policy blocking what `when` (YAML) matches."""
     loaded = load_texts([("p.yaml", f"policies:\n  - name: {name}\n    kind: {kind}\n    when: {when}\n"
@@ -437,15 +443,13 @@ def test_a_frame_starting_reaches_its_host_when_a_policy_counts_running_frames(s
     store.load_farm(farm, replace=True)
     running = FactBuilder(farm, NIGHT).worker("render01")["frames_running"]
     session = one_policy_session("busy", "worker", f"{{frames_running: {{gt: {running}}}}}")
-    run_cycle(store, session, commit=False, now=NIGHT)
-    assert current(session, Kind.WORKER)["busy"] == []
+    assert matches_after_cycle(store, session, NIGHT, Kind.WORKER, "busy") == set()
     fr = table("frames")
     with store.engine.begin() as conn:
         conn.execute(update(fr).where(fr.c.job_id == 101, fr.c.number == 28).values(
             state="running", host="render01", instance="101.1", started_at=NIGHT, state_since=NIGHT,
             version=fr.c.version + 1))
-    run_cycle(store, session, commit=False, now=NIGHT + timedelta(minutes=1))
-    assert current(session, Kind.WORKER)["busy"] == ["render01"]
+    assert matches_after_cycle(store, session, NIGHT + timedelta(minutes=1), Kind.WORKER, "busy") == {"render01"}
 
 
 def test_reasons_cite_related_and_time_fields_the_same_as_a_full_read(store: Store) -> None:
@@ -589,12 +593,10 @@ def test_a_host_failing_a_second_job_reaches_the_first_job_s_fact(store: Store) 
     store.init()
     store.load_farm(Farm(jobs={1: job1, 2: job2}, workers={"a": Worker("a")}), replace=True)
     session = one_policy_session("failed-only-here", "job", "{failing_hosts_only_here: {gte: 1}}")
-    run_cycle(store, session, commit=False, now=NIGHT)
-    assert current(session, Kind.JOB)["failed-only-here"] == [1]
+    assert matches_after_cycle(store, session, NIGHT, Kind.JOB, "failed-only-here") == {1}
     at = NIGHT + timedelta(minutes=1)
     _finish(store, 2, 1, "a", "failed", NIGHT, at)
-    run_cycle(store, session, commit=False, now=at)
-    assert current(session, Kind.JOB)["failed-only-here"] == []
+    assert matches_after_cycle(store, session, at, Kind.JOB, "failed-only-here") == set()
 
 
 def test_a_host_failing_another_job_in_a_row_reaches_the_first_job_s_healthy_count(store: Store) -> None:
@@ -616,16 +618,13 @@ def test_a_host_failing_another_job_in_a_row_reaches_the_first_job_s_healthy_cou
     store.load_farm(Farm(jobs={1: job1, 2: job2, 3: job3}, workers={"h": Worker("h"), "x": Worker("x")}),
                     replace=True)
     session = one_policy_session("healthy-host-fails-it", "job", "{failing_hosts_healthy_elsewhere: {gte: 1}}")
-    run_cycle(store, session, commit=False, now=NIGHT)
-    assert current(session, Kind.JOB)["healthy-host-fails-it"] == [1]
+    assert matches_after_cycle(store, session, NIGHT, Kind.JOB, "healthy-host-fails-it") == {1}
     at = NIGHT + timedelta(minutes=1)
     _finish(store, 2, 1, "h", "failed", NIGHT, at)
-    run_cycle(store, session, commit=False, now=at)
-    assert current(session, Kind.JOB)["healthy-host-fails-it"] == []
+    assert matches_after_cycle(store, session, at, Kind.JOB, "healthy-host-fails-it") == set()
     later = at + timedelta(minutes=1)
     _finish(store, 3, 2, "h", "complete", at, later)
-    run_cycle(store, session, commit=False, now=later)
-    assert set(current(session, Kind.JOB)["healthy-host-fails-it"]) == {1, 2}  # job 2 now too
+    assert matches_after_cycle(store, session, later, Kind.JOB, "healthy-host-fails-it") == {1, 2}  # job 2 now too
 
 
 def test_failing_for_moves_with_the_failures_read_and_not_with_the_clock(store: Store) -> None:
@@ -643,12 +642,11 @@ def test_failing_for_moves_with_the_failures_read_and_not_with_the_clock(store: 
     store.load_farm(Farm(jobs={1: job}, workers={"h": Worker("h")}), replace=True)
     session = one_policy_session("failing-an-hour", "worker", "{failing_for: {gte: 1h}}")
     for later in (NIGHT, NIGHT + timedelta(minutes=11), NIGHT + timedelta(hours=3)):
-        run_cycle(store, session, commit=False, now=later)
-        assert current(session, Kind.WORKER)["failing-an-hour"] == [], later
+        assert matches_after_cycle(store, session, later, Kind.WORKER, "failing-an-hour") == set(), later
     at = done + timedelta(minutes=70)
     _finish(store, 1, 3, "h", "failed", NIGHT, at)
-    run_cycle(store, session, commit=False, now=NIGHT + timedelta(hours=3, minutes=1))
-    assert current(session, Kind.WORKER)["failing-an-hour"] == ["h"]
+    later = NIGHT + timedelta(hours=3, minutes=1)
+    assert matches_after_cycle(store, session, later, Kind.WORKER, "failing-an-hour") == {"h"}
 
 
 def test_another_host_completing_a_job_reaches_the_fact_of_the_host_that_failed_it(store: Store) -> None:
@@ -663,12 +661,10 @@ def test_another_host_completing_a_job_reaches_the_fact_of_the_host_that_failed_
     store.load_farm(Farm(jobs={1: job1}, workers={"h": Worker("h"), "x": Worker("x")}), replace=True)
     session = one_policy_session("fails-what-others-complete", "worker",
                                  "{distinct_jobs_failed_others_complete: {gte: 1}}")
-    run_cycle(store, session, commit=False, now=NIGHT)
-    assert current(session, Kind.WORKER)["fails-what-others-complete"] == []
+    assert matches_after_cycle(store, session, NIGHT, Kind.WORKER, "fails-what-others-complete") == set()
     at = NIGHT + timedelta(minutes=1)
     _finish(store, 1, 2, "x", "complete", before, at)
-    run_cycle(store, session, commit=False, now=at)
-    assert current(session, Kind.WORKER)["fails-what-others-complete"] == ["h"]
+    assert matches_after_cycle(store, session, at, Kind.WORKER, "fails-what-others-complete") == {"h"}
 
 
 def _finish(store: Store, job_id: int, number: int, host: str, state: str, started: datetime, at: datetime) -> None:

@@ -67,10 +67,10 @@ class CompiledKind:
     @property
     def timed(self) -> list[Probe]:
         """Probes over durations: they can flip as time passes."""
-        return [p for p in self.probes if isinstance(p.cond, Cmp) and _is_duration(self.kind, p.cond.path)]
+        return [p for p in self.probes if isinstance(p.cond, Cmp) and _grows_with_time(self.kind, p.cond.path)]
 
 
-def _is_duration(kind: Kind, path: str) -> bool:
+def _grows_with_time(kind: Kind, path: str) -> bool:
     """A duration that grows with the clock (`FieldSpec.grows`): its comparisons are
     probes, re-checked when due, and stay out of the gates.  One fixed by what happened
     (`failing_for`) is an ordinary field of the engine's fact."""
@@ -81,7 +81,7 @@ def _is_duration(kind: Kind, path: str) -> bool:
 def gate_of(kind: Kind, when: Cond) -> tuple[Cmp, ...]:
     """The top-level comparisons of a condition that do not depend on time: every match passes them."""
     items = when.items if isinstance(when, All) else (when,)
-    return tuple(c for c in items if isinstance(c, Cmp) and not _is_duration(kind, c.path))
+    return tuple(c for c in items if isinstance(c, Cmp) and not _grows_with_time(kind, c.path))
 
 
 def admitted_states(gates: Iterable[tuple[Cmp, ...]]) -> frozenset[str] | None:
@@ -231,7 +231,7 @@ class _Compiler:
 
     def cmp(self, cmp: Cmp, negated: bool) -> dict[str, Any]:
         path, value = cmp.path, cmp.value
-        if _needs_probe(cmp, negated) or _is_duration(self.kind, cmp.path):
+        if _needs_probe(cmp, negated) or _grows_with_time(self.kind, cmp.path):
             return {self.probe(cmp): not negated}
         self.out.paths.add(path)  # a probed field stays out of the engine's fact: its probe stands for it
         if cmp.op == "exists":
