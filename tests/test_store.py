@@ -139,6 +139,33 @@ def test_block_writes_every_touched_row_and_bumps_their_versions(store: Store) -
     )
 
 
+def test_the_applier_stores_each_value_as_sqlalchemy_would(store: Store) -> None:
+    """The applier writes on the driver's cursor: its rows must be the ones SQLAlchemy's
+    column types would have written (SQLite's timestamp text, a boolean, an enum's value),
+    or readers that compare or parse them (history by time, the feed) would disagree."""
+    store.load_farm(snap(FARM), replace=True)
+    farm = store.read_farm()
+    at = NOW.replace(microsecond=7).astimezone(timezone(timedelta(hours=2)))  # an offset, microseconds
+    store.apply_transitions(farm, [Proposal(Kind.JOB, "12", Action.BLOCK, policy="p", reason="r")], now=at,
+                            actor="corral", cycle_id="c1")
+    jobs, log = table("jobs"), table("transitions")
+    with store.engine.begin() as conn:
+        raw_job = conn.execute(text("SELECT state, state_since, updated_at, version FROM jobs WHERE id = 12")).one()
+        raw_log = conn.execute(text("SELECT at, kind, action, applied, cycle_id FROM transitions")).one()
+        # the same values through SQLAlchemy, into a row of their own
+        conn.execute(update(jobs).where(jobs.c.id == 13).values(state_since=at, updated_at=at))
+        conn.execute(insert(log).values(at=at, kind=Kind.JOB.value, entity_id="x", action="block", from_state="a",
+                                        to_state="b", actor="t", applied=True))
+        by_sqlalchemy_job = conn.execute(text("SELECT state_since, updated_at FROM jobs WHERE id = 13")).one()
+        by_sqlalchemy_log = conn.execute(text("SELECT at, applied FROM transitions WHERE entity_id = 'x'")).one()
+    assert raw_job.state == "blocked" and raw_job.version == 1
+    assert (raw_job.state_since, raw_job.updated_at) == tuple(by_sqlalchemy_job)
+    assert (raw_log.at, raw_log.applied) == tuple(by_sqlalchemy_log)
+    assert (raw_log.kind, raw_log.action, raw_log.cycle_id) == ("job", "block", "c1")
+    (t,) = [t for t in store.transitions() if t.entity_id == "12"]
+    assert t.at == at and t.at.tzinfo is UTC
+
+
 def test_a_frame_action_that_moves_its_job_logs_the_knock_on_change(store: Store) -> None:
     store.load_farm(snap(FARM), replace=True)
     farm = store.read_farm()

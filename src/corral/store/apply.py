@@ -18,19 +18,19 @@ already applied (`_Undo`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
 from corral.effects import Outcome, apply_action
-from corral.farm import Entity, Farm, restore_fields, saved_fields
+from corral.farm import Entity, Farm, key_columns, restore_fields, saved_fields
+from corral.outbox import Route, routes_from_text
 from corral.ports import ApplyReport, Done, Proposal, Refusal
 from corral.states import IllegalAction, Kind
 from corral.store import outbox
-from corral.store.rows import TABLES, key_of, values_of
+from corral.store.rows import TABLES, WRITABLE, key_of, plain
 from corral.store.tables import table
 
 
@@ -64,13 +64,22 @@ def apply_transitions(
     actor: str,
     cycle_id: str | None = None,
 ) -> ApplyReport:
-    """Apply `proposals` in order on `conn` (already in a transaction) and on `farm`."""
+    """Apply `proposals` in order on `conn` (already in a transaction) and on `farm`.
+
+    The statements go to the driver's cursor, made once per dialect (`_statements`):
+    through SQLAlchemy's statement building and compilation, one transition of a
+    daemon's cycle cost about 2 ms (1-2 ms of a 10k-frame steady cycle's 3 when nothing
+    is due, four times that when something is; docs/benchmarks.md)."""
     report = ApplyReport()
     undo: list[tuple[Entity, dict[str, Any]]] = []
-    routes = outbox.routes(conn)  # the configured sinks: each applied action is queued for them
-    proposals = list(proposals)
-    _lock_in_order(conn, farm, proposals)
+    sql = _statements(conn.dialect)
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor()
     try:
+        routes = _routes(cursor, sql)  # the configured sinks: each applied action is queued for them
+        proposals = list(proposals)
+        _lock_in_order(conn, farm, proposals)
         for p in proposals:
             try:
                 out, after = _simulate(farm, p, now, actor)
@@ -80,26 +89,24 @@ def apply_transitions(
             done = Done(p, out.ident, out.from_state, out.to_state, tuple(_label(k, e) for k, e, _, _ in after), out.job_change)
             log = _log_rows(p, done, farm.job_of(p.kind, p.ident), now, actor, cycle_id)
             if not p.applied:
-                conn.execute(insert(table("transitions")), log)
+                sql.log(cursor, log)
                 report.audited.append(done)
                 continue
-            savepoint = conn.begin_nested()
+            cursor.execute(f"SAVEPOINT {_SAVEPOINT}")
             try:
                 for kind, ent, version, values in after:
-                    _compare_and_set(conn, kind, ent, version, values, now)
+                    sql.compare_and_set(cursor, kind, ent, version, values, now)
                 if routes and p.deliver:
-                    transitions = table("transitions")
-                    logged = conn.execute(insert(transitions).returning(transitions.c.id), log[:1]).scalar()
-                    if log[1:]:
-                        conn.execute(insert(transitions), log[1:])
+                    logged = sql.log(cursor, log)
                     outbox.enqueue(conn, routes, farm, p, done, logged, now=now, actor=actor, cycle_id=cycle_id)
                 else:
-                    conn.execute(insert(table("transitions")), log)
+                    sql.log(cursor, log)
             except _Stale as err:
-                savepoint.rollback()
+                cursor.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+                cursor.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
                 report.refused.append(Refusal(p, f"refused: {err}; the farm moved on, nothing was changed", True))
                 continue
-            savepoint.commit()
+            cursor.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
             for _kind, ent, version, values in after:
                 undo.append((ent, saved_fields(ent)))
                 restore_fields(ent, values)
@@ -109,7 +116,101 @@ def apply_transitions(
         for ent, saved in reversed(undo):
             restore_fields(ent, saved)
         raise
+    finally:
+        cursor.close()
     return report
+
+
+#: Each proposal's writes are one savepoint: a stale row undoes them all, and only them.
+_SAVEPOINT = "corral_proposal"
+
+#: The log's columns, in the order `_Statements.log` binds them.
+_LOG_COLUMNS = ("at", "kind", "entity_id", "job_id", "action", "from_state", "to_state", "actor", "policy",
+                "reason", "cycle_id", "applied")
+
+
+def _routes(cursor: Any, sql: _Statements) -> tuple[Route, ...]:
+    cursor.execute(sql.routes, (outbox.ROUTES_SETTING,))
+    row = cursor.fetchone()
+    return routes_from_text(row[0] if row else None)
+
+
+class _Statements:
+    """The applier's statements for one dialect, on the driver's own placeholders, and the
+    conversions SQLAlchemy's column types would make (a timestamp to SQLite's naive
+    UTC text, as `UTCDateTime` stores it)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.pg = dialect.name == "postgresql"
+        mark = "%s" if self.pg else "?"
+        self.cas: dict[Kind, str] = {}
+        self.keys = {kind: key_columns(kind) for kind in Kind}
+        self.converters: dict[Kind, list[tuple[int, Callable[[Any], Any]]]] = {}
+        for kind in Kind:
+            t = table(TABLES[kind])
+            sets = ", ".join(f"{c} = {mark}" for c in WRITABLE[kind])
+            keys = " AND ".join(f"{k} = {mark}" for k in key_columns(kind))
+            self.cas[kind] = (f"UPDATE {TABLES[kind]} SET {sets}, version = version + 1, "  # noqa: S608 - fixed names
+                              f"updated_at = {mark} WHERE {keys} AND version = {mark}")
+            self.converters[kind] = self._converters(t, WRITABLE[kind], dialect)
+        t = table("transitions")
+        self.log_converters = self._converters(t, _LOG_COLUMNS, dialect)
+        self.log_sql = (f"INSERT INTO transitions ({', '.join(_LOG_COLUMNS)}) "  # noqa: S608 - fixed names
+                        f"VALUES ({', '.join(mark for _ in _LOG_COLUMNS)})")
+        self.routes = f"SELECT value FROM settings WHERE key = {mark}"  # noqa: S608 - fixed names
+        self.now_param: Callable[[Any], Any] = self._converter(t.c["at"].type, dialect) or (lambda value: value)
+
+    @classmethod
+    def _converters(cls, t: Any, names: Iterable[str], dialect: Dialect) -> list[tuple[int, Callable[[Any], Any]]]:
+        return [(i, convert) for i, c in enumerate(names) if (convert := cls._converter(t.c[c].type, dialect))]
+
+    @staticmethod
+    def _converter(column_type: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """What SQLAlchemy does to a value bound to a column of this type (None: nothing);
+        for `UTCDateTime`, its own conversion and then the dialect's (SQLite's text)."""
+        processor: Callable[[Any], Any] | None = column_type._cached_bind_processor(dialect)
+        return processor
+
+    def compare_and_set(self, cursor: Any, kind: Kind, entity: Entity, version: int, values: dict[str, Any],
+                        now: datetime) -> None:
+        """Write the row with `values` only if its version is still `version`, or raise `_Stale`."""
+        params = [plain(values[name]) for name in WRITABLE[kind]]
+        for i, convert in self.converters[kind]:
+            params[i] = convert(params[i])
+        params.append(self.now_param(now))
+        params.extend(getattr(entity, name) for name in self.keys[kind])
+        params.append(version)
+        cursor.execute(self.cas[kind], params)
+        if cursor.rowcount != 1:
+            raise _Stale(_label(kind, entity))
+
+    def log(self, cursor: Any, rows: list[dict[str, Any]]) -> int | None:
+        """Append the log rows; the id of the first (which the outbox refers to)."""
+        first: int | None = None
+        for row in rows:
+            params = [row[c] for c in _LOG_COLUMNS]
+            for i, convert in self.log_converters:
+                params[i] = convert(params[i])
+            if first is None and self.pg:
+                cursor.execute(self.log_sql + " RETURNING id", params)
+                first = int(cursor.fetchone()[0])
+                continue
+            cursor.execute(self.log_sql, params)
+            if first is None:
+                first = int(cursor.lastrowid)
+        return first
+
+
+_MADE: dict[tuple[str, str], _Statements] = {}
+
+
+def _statements(dialect: Dialect) -> _Statements:
+    """Made once per dialect and driver (an engine each, in tests: not kept per engine)."""
+    key = (dialect.name, dialect.driver)
+    made = _MADE.get(key)
+    if made is None:
+        made = _MADE[key] = _Statements(dialect)
+    return made
 
 
 def _lock_in_order(conn: Connection, farm: Farm, proposals: list[Proposal]) -> None:
@@ -138,14 +239,6 @@ def _lock_in_order(conn: Connection, farm: Farm, proposals: list[Proposal]) -> N
     if workers:
         conn.exec_driver_sql("SELECT name FROM workers WHERE name = ANY(%(ids)s) ORDER BY name FOR UPDATE",
                              {"ids": sorted(workers)}).fetchall()
-
-
-def _compare_and_set(conn: Connection, kind: Kind, entity: Entity, version: int, values: dict[str, Any], now: datetime) -> None:
-    t = table(TABLES[kind])
-    where = and_(*(t.c[name] == value for name, value in key_of(kind, entity).items()), t.c.version == version)
-    stmt = update(t).where(where).values(**values_of(kind, values), version=t.c.version + 1, updated_at=now)
-    if conn.execute(stmt).rowcount != 1:
-        raise _Stale(_label(kind, entity))
 
 
 def _log_rows(
