@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from corral.daemon.isolated import EngineCrashed, IsolatedEvaluator
 from corral.engine import RuleEngine
+from corral.evaluate import make_evaluator
 from corral.facts import FactBuilder
 from corral.policy.loader import load_texts
 from corral.policy.model import Policy
@@ -105,6 +106,13 @@ def test_the_isolated_engine_answers_what_the_engine_in_process_answers_cycle_af
                 farm = mutate(data.draw, farm)
             at += timedelta(seconds=data.draw(st.sampled_from([20, 600, 1800, 4000])))
             facts = _facts(farm, at)
+            if data.draw(st.integers(0, 3)) == 0:  # a whole picture of one kind between cycles (a dry run's)
+                kind = data.draw(st.sampled_from(list(Kind)))
+                whole = list(facts[kind].values())
+                stamp = at.timestamp()
+                assert (_as_sets({kind: both.there.evaluate(kind, whole, stamp)})
+                        == _as_sets({kind: both.here.evaluate(kind, whole, stamp)}))
+                both.sent[kind] = dict(facts[kind])
             if data.draw(st.integers(0, 3)) == 0:  # the child dies between cycles
                 _kill(both.there)
                 both.there.ready()  # a new child: sent every candidate, as the session does
@@ -152,5 +160,28 @@ def test_a_duration_falls_due_on_the_daemon_s_side_without_asking_the_child() ->
         assert asked == []
         woken = ev.settle({Kind.FRAME: {"1:1": {"id": "1:1", "state": "running", "time_in_state": 7200.0}}}, 1060.0)
         assert woken[Kind.FRAME]["long-running"] == ["1:1"] and asked == ["step"]
+    finally:
+        ev.close()
+
+
+@pytest.mark.parametrize("engine", ["durable", "reference"])
+def test_a_whole_picture_between_steps_answers_as_the_engine_in_process_does(engine: str) -> None:
+    """`evaluate` (a dry run's whole picture of a kind) between steps: the durable engine
+    takes it as its memory of the kind (outside a step, so the next step's answer must
+    be the kind's matches as they are then, not the ones held before with the step's
+    changes on top); the reference evaluator keeps its memory.  The child answers as
+    the same engine in the daemon's process does."""
+    policies = _timed()
+    frames = {f"1:{n}": {"id": f"1:{n}", "state": "running", "time_in_state": 7200.0 * n} for n in range(1, 4)}
+    ev, here = IsolatedEvaluator(policies, engine=engine), make_evaluator(policies, engine)
+    try:
+        ev.ready()
+        for evaluator in (ev, here):
+            evaluator.settle({Kind.FRAME: dict(frames)}, NOW.timestamp())
+        done = {"id": "1:1", "state": "complete", "time_in_state": 0.0}
+        assert ev.evaluate(Kind.FRAME, [done])["long-running"] == here.evaluate(Kind.FRAME, [done])["long-running"] == []
+        after = _as_sets(ev.settle({Kind.FRAME: {}}, NOW.timestamp()))
+        assert after == _as_sets(here.settle({Kind.FRAME: {}}, NOW.timestamp()))
+        assert after[Kind.FRAME]["long-running"] == (set() if engine == "durable" else set(frames))
     finally:
         ev.close()

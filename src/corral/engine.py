@@ -147,6 +147,15 @@ def _ignore(c: Any) -> None:
     return None
 
 
+_NONE: frozenset[str] = frozenset()
+
+
+def _fired(memory: _Memory, ident: Any) -> frozenset[str]:
+    """The policies whose rules the entity's fact fires (none: not a candidate)."""
+    key = memory.key_of.get(ident)
+    return _NONE if key is None else memory.shared[key].fired
+
+
 def _assert_native(handle: int, payload: str) -> tuple[int, int]:
     """`Ruleset.assert_fact` without its Python layer: (result code, state handle).
 
@@ -239,6 +248,36 @@ class RuleEngine:
         for kind, changed in changes.items():
             self.update(kind, changed, now)
         return {kind: self.current(kind) for kind in changes}
+
+    def settle_moved(self, changes: Mapping[Kind, Mapping[EntityId, Fact | None]], now: float | None = None
+                     ) -> dict[Kind, dict[str, tuple[list[EntityId], list[EntityId]]]]:
+        """`settle`, answered with what moved: per kind and policy, the ids among `changes`
+        that joined its matches and those that left them (policies and kinds with none
+        left out).  Only an entity whose fact was sent can start or stop matching (a
+        policy reads one entity's fact, and a shared fact's rules fired once, when it was
+        asserted), so this costs what the changes do, where `current` and a comparison
+        with the last answer cost every match held (the engine child's answer,
+        `corral.daemon.isolated`: 17,000 held matches at 1M frames, 4 ms a cycle)."""
+        out: dict[Kind, dict[str, tuple[list[EntityId], list[EntityId]]]] = {}
+        for kind, changed in changes.items():
+            memory = self._memory.get(kind)
+            if memory is None:
+                continue
+            with self._lock:
+                before = {ident: _fired(memory, ident) for ident in changed}
+                self._put(memory, changed.items(), now)
+                moved: dict[str, tuple[list[EntityId], list[EntityId]]] = {}
+                for ident, was in before.items():
+                    fired = _fired(memory, ident)
+                    if fired == was:
+                        continue
+                    for name in fired - was:
+                        moved.setdefault(name, ([], []))[0].append(ident)
+                    for name in was - fired:
+                        moved.setdefault(name, ([], []))[1].append(ident)
+            if moved:
+                out[kind] = moved
+        return out
 
     def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[EntityId]]:
         """`due` of each kind, in one call (see `settle`)."""

@@ -33,7 +33,9 @@ class ReferenceEvaluator:
         self.policies = list(policies)
         self._held: dict[Kind, dict[Any, dict[str, Any]]] = {kind: {} for kind in Kind}
 
-    def evaluate(self, kind: Kind, facts: Iterable[Fact]) -> dict[str, list[EntityId]]:
+    def evaluate(self, kind: Kind, facts: Iterable[Fact], now: float | None = None) -> dict[str, list[EntityId]]:
+        """`now` as the durable engine takes it (an engine child passes it on): nothing
+        here is scheduled, so it is not needed."""
         facts = list(facts)
         return {p.name: matching(p, facts) for p in self.policies if p.kind is kind}
 

@@ -88,8 +88,9 @@ def _child_main(conn: Connection, policies: list[Policy], engine: str, parent: i
         return
     # The calls the daemon makes (`corral.ports.IncrementalEvaluator`), by name over the pipe;
     # a cycle's is "step": `settle`, answered with only what changed since the last answer.
+    differ = _Differ(evaluator)
     calls: dict[str, Callable[..., Any]] = {
-        "evaluate": evaluator.evaluate, "step": _Differ(evaluator.settle).step, "due_all": evaluator.due_all,
+        "evaluate": differ.evaluate, "step": differ.step, "due_all": evaluator.due_all,
         "known": evaluator.known, "state_filter": evaluator.state_filter,
     }
     if not _send(conn, ("ready", os.getpid())):
@@ -122,15 +123,40 @@ class _Differ:
     Most of a steady cycle's matches are the previous cycle's (a policy held back over
     its limit matches the same thousands of frames cycle after cycle), so only what
     changed crosses the pipe; the daemon's side (`IsolatedEvaluator`) keeps the whole
-    answer.  Both start empty with the child."""
+    answer.  Both start empty with the child.  The durable engine tells what moved
+    itself, at the cost of the changes (`RuleEngine.settle_moved`); another evaluator's
+    whole answer is compared with the last one sent.  The first answer of a kind names
+    every policy of it, matching or not (the daemon's side then answers as `settle`
+    does)."""
 
-    def __init__(self, settle: Callable[..., dict[Kind, dict[str, list[EntityId]]]]) -> None:
-        self._settle = settle
+    def __init__(self, evaluator: Any) -> None:
+        self._evaluator = evaluator
+        self._moved: Callable[..., Differences] | None = getattr(evaluator, "settle_moved", None)
         self._sent: dict[Kind, dict[str, set[EntityId]]] = {}
+        self._named: set[Kind] = set()
 
     def step(self, changes: Mapping[Kind, Mapping[EntityId, Fact | None]], now: float | None) -> Differences:
+        if self._moved is None:
+            return self._compared(self._evaluator.settle(changes, now))
+        out = self._moved(changes, now)
+        for kind in changes:
+            if kind not in self._named:
+                self._named.add(kind)
+                out[kind] = {name: (list(ids), []) for name, ids in self._evaluator.current(kind).items()}
+        return out
+
+    def evaluate(self, kind: Kind, facts: Iterable[Fact], now: float | None = None) -> dict[str, list[EntityId]]:
+        """A whole picture of the kind (`evaluate`) replaces the engine's memory of it
+        outside any step: the next step answers the kind whole again (the daemon's side
+        forgets what it held of it, `IsolatedEvaluator.evaluate`)."""
+        self._sent.pop(kind, None)
+        self._named.discard(kind)
+        answer: dict[str, list[EntityId]] = self._evaluator.evaluate(kind, facts, now)
+        return answer
+
+    def _compared(self, answer: dict[Kind, dict[str, list[EntityId]]]) -> Differences:
         out: Differences = {}
-        for kind, current in self._settle(changes, now).items():
+        for kind, current in answer.items():
             sent = self._sent.setdefault(kind, {})
             moved: dict[str, tuple[list[EntityId], list[EntityId]]] = {}
             for name, ids in current.items():
@@ -288,6 +314,7 @@ class IsolatedEvaluator:
         facts = list(facts)
         wakeups = self._wakeups
         result: dict[str, list[EntityId]] = self._call("evaluate", kind, facts, None if wakeups else now)
+        self._held.pop(kind, None)  # the child answers the kind whole at its next step
         if wakeups is not None:  # the kind's whole picture: its schedule starts again from it
             wakeups.replace(kind, ((fact["id"], fact) for fact in facts), now)
         return result
