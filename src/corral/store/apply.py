@@ -66,10 +66,12 @@ def apply_transitions(
 ) -> ApplyReport:
     """Apply `proposals` in order on `conn` (already in a transaction) and on `farm`.
 
-    The statements go to the driver's cursor, made once per dialect (`_statements`):
-    through SQLAlchemy's statement building and compilation, one transition of a
-    daemon's cycle cost about 2 ms (1-2 ms of a 10k-frame steady cycle's 3 when nothing
-    is due, four times that when something is; docs/benchmarks.md)."""
+    The statements go to the driver's cursor, made once per dialect (`_statements`), and
+    stay compiled in the driver's cache: built and compiled by SQLAlchemy each time, the
+    one or two transitions a steady cycle applies cost 5-8 ms on a 10k-frame farm (where
+    a cycle with nothing due takes 3), on the cursor 2-2.5 ms, most of it SQLite's
+    commit (docs/benchmarks.md, "Fixed costs out of the steady cycle").  The outbox's rows
+    (with sinks configured) are still written through SQLAlchemy."""
     report = ApplyReport()
     undo: list[tuple[Entity, dict[str, Any]]] = []
     sql = _statements(conn.dialect)
