@@ -167,52 +167,75 @@ def change_one_percent(store: Any, frames: int, seed: int, at: datetime) -> None
 
 
 def python_floor(facts: dict[str, list[dict[str, Any]]]) -> float:
-    """The built-in pack's conditions written by hand, over the same facts, screened as
-    corral screens them: each entity ruled out by its state first (one lookup: the
-    states some condition of its kind admits), then its conditions, cheapest field
-    first, the first that fails ending them."""
-    instance_states = {"pending", "running", "failed"}
-    job_states = {"running", "failing", "retrying", "failed", "blocked", "pending"}
+    """The built-in pack's conditions written by hand (`floor_matches`), over the same
+    facts: its time."""
     t0 = time.perf_counter()
-    hits = 0
+    floor_matches(facts)
+    return time.perf_counter() - t0
+
+
+#: The instance, job and frame states the pack's conditions admit (corral's screens rule
+#: every other entity out on its state alone).
+_INSTANCE_STATES = frozenset({"pending", "running", "failed"})
+_JOB_STATES = frozenset({"running", "failing", "retrying", "failed", "blocked", "pending"})
+_ACTIVE = ("running", "failing", "retrying")
+
+
+def floor_matches(facts: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    """The built-in pack's conditions (rules/*.yaml, their default parameters) written by
+    hand, screened as corral screens them: each entity ruled out by its state first (one
+    lookup: the states some condition of its kind admits), then its conditions, cheapest
+    field first, the first that fails ending them.  Returns the matches per policy, which
+    tests/test_cycle_bench.py holds to the reference evaluator's on a generated farm: a
+    pack change that this floor does not follow fails there (the floor had fallen behind
+    issue 22's conditions, and `ratio_python` measured corral against less work)."""
+    failing_instances = locked_out = blocked_jobs = retried_jobs = unblocked = kept_blocked = 0
+    retried_frames = quarantined = 0
     for f in facts["instance"]:
-        if f["state"] not in instance_states:
+        if f["state"] not in _INSTANCE_STATES or f["job"]["state"] in ("blocked", "killed"):
             continue
         if f["consecutive_failures"] >= 5:
-            hits += 1
-        if f["host_failures_on_job"] > 5 and f["host_successes_on_job"] == 0 and f["other_hosts_succeeding"] > 0:
-            hits += 1
+            failing_instances += 1
+        if f["host_failed_frames_on_job"] > 5 and f["host_successes_on_job"] == 0 and f["other_hosts_succeeding"] > 0:
+            locked_out += 1
     for f in facts["job"]:
         s = f["state"]
-        if s not in job_states:
+        if s not in _JOB_STATES:
             continue
-        if s in ("running", "failing", "retrying"):
-            if (f["failing_hosts"] >= 2 and f["hosts_not_failing"] == 0 and f["succeeding_hosts"] == 0
-                    and f["frames_complete"] == 0 and f["frames_failed"] >= 5):
-                hits += 1
+        if s in _ACTIVE:
+            if (f["frames_complete"] == 0 and f["succeeding_hosts"] == 0 and f["worst_host_failed_frames"] > 0
+                    and f["failing_hosts_percent"] >= 50
+                    and (f["failing_hosts_healthy_elsewhere"] >= 4 or f["failing_hosts_only_here"] >= 4
+                         or (f["failing_hosts_healthy_elsewhere"] >= 2 and f["hosts_not_failing"] == 0
+                             and f["worst_host_failed_attempts"] > 2))):
+                blocked_jobs += 1
         elif s == "failed":
             if f["retries_left"] > 0 and f.get("time_in_state", -1) >= 300:
-                hits += 1
+                retried_jobs += 1
         elif s == "blocked":
-            d = f["dependencies"]
-            if d["all_complete"] and f.get("blocked_by") in (None, "keep-dependents-blocked"):
-                hits += 1
+            if f["dependencies"]["all_complete"] and f.get("blocked_by") in (None, "keep-dependents-blocked"):
+                unblocked += 1
         elif not f["suspended"] and f["frames_running"] == 0 and f["frames_complete"] == 0:  # pending
             d = f["dependencies"]
             if d["failed"] > 0 or d["killed"] > 0:
-                hits += 1
+                kept_blocked += 1
     for f in facts["frame"]:
         if f["state"] != "failed":
             continue
-        if f["retries_left"] > 0 and f.get("time_in_state", -1) >= 120 and f["job"]["state"] in ("running", "failing",
-                                                                                                  "retrying"):
-            hits += 1
+        if (f["retries_left"] > 0 and f.get("time_in_state", -1) >= 120 and f["job"]["state"] in _ACTIVE
+                and f.get("failure_class") != "user_kill"):
+            retried_frames += 1
     for f in facts["worker"]:
-        if f.get("state") != "up":
+        if f.get("state") != "up" or f["consecutive_failures"] < 3:
             continue
-        if f["distinct_jobs_failed"] >= 3 and f["consecutive_failures"] >= 3:
-            hits += 1
-    return time.perf_counter() - t0
+        quiet = f.get("failing_for")
+        if f["distinct_jobs_failed_others_complete"] >= 3 or (
+                (quiet is None or quiet >= 3600) and f["distinct_jobs_failed"] >= 3):
+            quarantined += 1
+    return {"block-failing-instance": failing_instances, "lock-host-out-of-job": locked_out,
+            "block-job-when-all-hosts-fail": blocked_jobs, "retry-failed-jobs": retried_jobs,
+            "unblock-when-dependencies-complete": unblocked, "keep-dependents-blocked": kept_blocked,
+            "retry-failed-frames": retried_frames, "quarantine-worker": quarantined}
 
 
 def python_floor_before(facts: dict[str, list[dict[str, Any]]]) -> float:
