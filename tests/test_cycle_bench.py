@@ -3,15 +3,12 @@ what the pack matches, or `ratio_python` measures corral against less work than 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from bench_scripts import load_bench
 from corral.evaluate import ReferenceEvaluator
 from corral.facts import FactBuilder
 from corral.policy.loader import builtin_dir, load_paths
@@ -19,19 +16,7 @@ from corral.policytest.reader import read_test_file
 from corral.states import Kind
 from strategies import NOW, farms
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "cycle_bench.py"
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cycle_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cycle_bench"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-CYCLE_BENCH = _bench()
+CYCLE_BENCH = load_bench("cycle_bench")
 PACK = load_paths([builtin_dir()]).policies
 
 

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "outcome_bench.py"
+from bench_scripts import load_bench
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("outcome_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["outcome_bench"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("outcome_bench")
 
 
 def test_seeds_are_ranges_or_lists_and_bad_ones_say_how_to_write_them() -> None:

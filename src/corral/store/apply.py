@@ -152,15 +152,14 @@ class _Statements:
             t = table(TABLES[kind])
             sets = ", ".join(f"{c} = {mark}" for c in WRITABLE[kind])
             keys = " AND ".join(f"{k} = {mark}" for k in key_columns(kind))
-            self.cas[kind] = (f"UPDATE {TABLES[kind]} SET {sets}, version = version + 1, "  # noqa: S608 - fixed names
-                              f"updated_at = {mark} WHERE {keys} AND version = {mark}")
-            self.converters[kind] = self._converters(t, WRITABLE[kind], dialect)
+            self.cas[kind] = (f"UPDATE {TABLES[kind]} SET {sets}, updated_at = {mark}, "  # noqa: S608 - fixed names
+                              f"version = version + 1 WHERE {keys} AND version = {mark}")
+            self.converters[kind] = self._converters(t, (*WRITABLE[kind], "updated_at"), dialect)
         t = table("transitions")
         self.log_converters = self._converters(t, _LOG_COLUMNS, dialect)
         self.log_sql = (f"INSERT INTO transitions ({', '.join(_LOG_COLUMNS)}) "  # noqa: S608 - fixed names
                         f"VALUES ({', '.join(mark for _ in _LOG_COLUMNS)})")
         self.routes = f"SELECT value FROM settings WHERE key = {mark}"  # noqa: S608 - fixed names
-        self.now_param: Callable[[Any], Any] = self._converter(t.c["at"].type, dialect) or (lambda value: value)
 
     @classmethod
     def _converters(cls, t: Any, names: Iterable[str], dialect: Dialect) -> list[tuple[int, Callable[[Any], Any]]]:
@@ -177,9 +176,9 @@ class _Statements:
                         now: datetime) -> None:
         """Write the row with `values` only if its version is still `version`, or raise `_Stale`."""
         params = [plain(values[name]) for name in WRITABLE[kind]]
+        params.append(now)  # updated_at
         for i, convert in self.converters[kind]:
             params[i] = convert(params[i])
-        params.append(self.now_param(now))
         params.extend(getattr(entity, name) for name in self.keys[kind])
         params.append(version)
         cursor.execute(self.cas[kind], params)
