@@ -230,7 +230,13 @@ def test_a_standby_takes_over_within_two_intervals_however_the_leader_stops(
         else:
             _freeze_outside_a_write(a, store_url)
         stopped = time.monotonic()
-        wait_for(log_has(log_b, "2 applied"), 15, what="the standby to take over")
+        try:
+            wait_for(log_has(log_b, "2 applied"), 15, what="the standby to take over")
+        except AssertionError as err:  # say what stood in the way (a lock the frozen leader holds?)
+            lock = _sqlite_write_lock_is_free(store_url) if store_url.startswith("sqlite") else "n/a"
+            raise AssertionError(f"{err}; SQLite's write lock free now: {lock}; the leader's threads stopped: "
+                                 f"{_all_threads_stopped(a.pid)}; the standby's log ends: {log_b.read_text()[-600:]}"
+                                 ) from None
         took = time.monotonic() - stopped
         print(f"takeover after {how}: {took:.2f} s")
         assert took < 3 + 3, f"took {took:.1f} s: the bound is a lease (2 s) and an interval (1 s), and a tick"
@@ -263,15 +269,33 @@ def _sqlite_write_lock_is_free(url: str) -> bool:
         conn.close()
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of the process is stopped (state T in /proc)."""
+    for status in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            state = status.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # the thread ended meanwhile
+        if state not in ("T", "t"):
+            return False
+    return True
+
+
 def _freeze_outside_a_write(proc: subprocess.Popen[bytes], url: str) -> None:
     """SIGSTOP the leader, on SQLite at a moment it holds no write transaction.
 
     A process frozen inside a write holds SQLite's file lock, as any writer would, and no
     other process can write until it is thawed or killed (docs/production.md says so): no
     lease can fix that on a local file.  The chance is the share of a tick spent writing
-    (a few per cent here), so this thaws and freezes again until the lock is free."""
+    (a few per cent here), so this thaws and freezes again until the lock is free.  The
+    lock is looked at only once every thread of the leader has stopped: a thread still in
+    the kernel when the signal is sent (waiting for the disk, or preempted in the middle
+    of taking the lock, on a busy machine) finishes its system call first, and can take
+    the lock after a look that found it free (CI saw this twice: the standby then waited
+    for the lock until the test killed the leader)."""
     for _ in range(50):
         proc.send_signal(signal.SIGSTOP)
+        wait_for(lambda: _all_threads_stopped(proc.pid), 5, step=0.005, what="the leader's threads to stop")
         if not url.startswith("sqlite") or _sqlite_write_lock_is_free(url):
             return
         proc.send_signal(signal.SIGCONT)
