@@ -151,7 +151,7 @@ class _Statements:
         for kind in Kind:
             t = table(TABLES[kind])
             sets = ", ".join(f"{c} = {mark}" for c in WRITABLE[kind])
-            keys = " AND ".join(f"{k} = {mark}" for k in key_columns(kind))
+            keys = " AND ".join(f"{k} = {mark}" for k in self.keys[kind])
             self.cas[kind] = (f"UPDATE {TABLES[kind]} SET {sets}, updated_at = {mark}, "  # noqa: S608 - fixed names
                               f"version = version + 1 WHERE {keys} AND version = {mark}")
             self.converters[kind] = self._converters(t, (*WRITABLE[kind], "updated_at"), dialect)
@@ -161,16 +161,12 @@ class _Statements:
                         f"VALUES ({', '.join(mark for _ in _LOG_COLUMNS)})")
         self.routes = f"SELECT value FROM settings WHERE key = {mark}"  # noqa: S608 - fixed names
 
-    @classmethod
-    def _converters(cls, t: Any, names: Iterable[str], dialect: Dialect) -> list[tuple[int, Callable[[Any], Any]]]:
-        return [(i, convert) for i, c in enumerate(names) if (convert := cls._converter(t.c[c].type, dialect))]
-
     @staticmethod
-    def _converter(column_type: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
-        """What SQLAlchemy does to a value bound to a column of this type (None: nothing);
-        for `UTCDateTime`, its own conversion and then the dialect's (SQLite's text)."""
-        processor: Callable[[Any], Any] | None = column_type._cached_bind_processor(dialect)
-        return processor
+    def _converters(t: Any, names: Iterable[str], dialect: Dialect) -> list[tuple[int, Callable[[Any], Any]]]:
+        """Per column (by position in `names`), what SQLAlchemy does to a value bound to it,
+        where it does something: for `UTCDateTime`, its own conversion and then the
+        dialect's (SQLite's text)."""
+        return [(i, convert) for i, c in enumerate(names) if (convert := t.c[c].type._cached_bind_processor(dialect))]
 
     def compare_and_set(self, cursor: Any, kind: Kind, entity: Entity, version: int, values: dict[str, Any],
                         now: datetime) -> None:
