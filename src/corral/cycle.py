@@ -80,29 +80,34 @@ def plan_live(
     stamp = now.timestamp()
     kinds = policy_set.kinds
     woken = engine.due_all(kinds, stamp)
-    changes: dict[Kind, dict[EntityId, Fact | None]] = {}
-    for kind in kinds:
-        allowed, screen = engine.state_filter(kind), policy_set.screens[kind]
-        changed: dict[EntityId, Fact | None] = {}
-        dropped: list[EntityId] = []
-        find = farm.lookup(kind)
-        for ident in dirty[kind] | woken[kind]:
-            entity = find(ident)
-            # Not a candidate: gone, in a state no policy acts on, or its first stage
-            # already fails every gate.
-            fact = None
-            if entity is not None and (allowed is None or entity.state in allowed):
-                fact = narrow_builder.candidate(kind, entity, screen)
-            if fact is None:
-                dropped.append(ident)
-            else:
-                changed[ident] = fact
-        # Those the engine held as candidates must be forgotten: it tells them from the
-        # rest itself (asking it which it holds copied every id it held, each cycle).
-        changed.update(dict.fromkeys(dropped))
-        changes[kind] = changed
+    filters = {kind: engine.state_filter(kind) for kind in kinds}
+
+    def changes() -> Iterator[tuple[Kind, dict[EntityId, Fact | None]]]:
+        """Each kind's changed facts, yielded as soon as built: an engine in a child process
+        takes one kind in while the next is built."""
+        for kind in kinds:
+            allowed, screen = filters[kind], policy_set.screens[kind]
+            changed: dict[EntityId, Fact | None] = {}
+            dropped: list[EntityId] = []
+            find = farm.lookup(kind)
+            for ident in dirty[kind] | woken[kind]:
+                entity = find(ident)
+                # Not a candidate: gone, in a state no policy acts on, or its first stage
+                # already fails every gate.
+                fact = None
+                if entity is not None and (allowed is None or entity.state in allowed):
+                    fact = narrow_builder.candidate(kind, entity, screen)
+                if fact is None:
+                    dropped.append(ident)
+                else:
+                    changed[ident] = fact
+            # Those the engine held as candidates must be forgotten: it tells them from the
+            # rest itself (asking it which it holds copied every id it held, each cycle).
+            changed.update(dict.fromkeys(dropped))
+            yield kind, changed
+
     found: list[Found] = []
-    for kind, current in engine.settle(changes, stamp).items():  # every kind in one call
+    for kind, current in engine.settle(changes(), stamp).items():  # every kind in one call
         for name, ids in current.items():
             policy = by_name.get(name)
             if policy is not None and (due is None or name in due):

@@ -55,7 +55,7 @@ from corral.facts import narrow
 from corral.policy.compiler import MARKER, CompiledKind, admitted_states, compile_kind, engine_can_read
 from corral.policy.model import Policy
 from corral.policy.reference import Predicate, any_gate, getter, holds, predicate
-from corral.ports import EntityId, Fact
+from corral.ports import Changes, EntityId, Fact, change_parts
 from corral.states import Kind
 from corral.wakeups import Schedule, Timers, soonest, timers
 
@@ -240,14 +240,15 @@ class RuleEngine:
         with self._lock:
             self._put(memory, changed.items(), now)
 
-    def settle(self, changes: Mapping[Kind, Mapping[EntityId, Fact | None]], now: float | None = None
-               ) -> dict[Kind, dict[str, list[EntityId]]]:
+    def settle(self, changes: Changes, now: float | None = None) -> dict[Kind, dict[str, list[EntityId]]]:
         """`update` each kind's changed facts, then `current` of each: what a cycle asks
         of the engine, in one call (one round trip when the engine runs in a child
         process, `corral.daemon.isolated`)."""
-        for kind, changed in changes.items():
+        kinds = []
+        for kind, changed in change_parts(changes):
             self.update(kind, changed, now)
-        return {kind: self.current(kind) for kind in changes}
+            kinds.append(kind)
+        return {kind: self.current(kind) for kind in kinds}
 
     def settle_moved(self, changes: Mapping[Kind, Mapping[EntityId, Fact | None]], now: float | None = None
                      ) -> dict[Kind, dict[str, tuple[list[EntityId], list[EntityId]]]]:

@@ -15,7 +15,7 @@ from corral.facts import FactBuilder
 from corral.policy.compiler import admitted_states, gate_of
 from corral.policy.model import Policy
 from corral.policy.reference import matching
-from corral.ports import EntityId, Evaluator, Fact, IncrementalEvaluator
+from corral.ports import Changes, EntityId, Evaluator, Fact, IncrementalEvaluator, change_parts
 from corral.states import Kind
 
 
@@ -56,16 +56,17 @@ class ReferenceEvaluator:
     def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[EntityId]]:
         return {kind: set(self._held[kind]) for kind in kinds}
 
-    def settle(self, changes: Mapping[Kind, Mapping[EntityId, Fact | None]], now: float | None = None
-               ) -> dict[Kind, dict[str, list[EntityId]]]:
-        for kind, changed in changes.items():
+    def settle(self, changes: Changes, now: float | None = None) -> dict[Kind, dict[str, list[EntityId]]]:
+        kinds = []
+        for kind, changed in change_parts(changes):
             held = self._held[kind]
             for ident, fact in changed.items():
                 if fact is None:
                     held.pop(ident, None)
                 else:
                     held[ident] = fact
-        return {kind: self.evaluate(kind, self._held[kind].values()) for kind in changes}
+            kinds.append(kind)
+        return {kind: self.evaluate(kind, self._held[kind].values()) for kind in kinds}
 
     def close(self) -> None:
         """Nothing to release."""

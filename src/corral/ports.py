@@ -40,6 +40,16 @@ EntityId = int | str
 #: A fact: the fields a policy can test (`corral.facts.vocabulary`), nested for the
 #: related entities it shows (`job.*`, `worker.*`, `dependencies.*`).
 Fact = dict[str, Any]
+#: What a cycle hands an incremental evaluator: per kind, the facts that may have changed
+#: (None: no longer a candidate), as a mapping or as (kind, changes) pairs.  Pairs may
+#: come from a generator: an engine in another process starts on one kind while the
+#: caller builds the next (`corral.daemon.isolated`).
+Changes = Mapping[Kind, Mapping[EntityId, Fact | None]] | Iterable[tuple[Kind, Mapping[EntityId, Fact | None]]]
+
+
+def change_parts(changes: Changes) -> Iterable[tuple[Kind, Mapping[EntityId, Fact | None]]]:
+    """`changes` as (kind, changes) pairs, in the order given."""
+    return changes.items() if isinstance(changes, Mapping) else changes
 
 # --- what a farm source hands over ----------------------------------------------------
 
@@ -305,7 +315,8 @@ class IncrementalEvaluator(Evaluator, Protocol):
     the facts that may have changed, and asks which matches stand.
 
     A cycle makes two calls: `due_all`, then `settle` (one round trip when the engine
-    runs in a child process: the isolated evaluator answers `due_all` itself).
+    runs in a child process: the isolated evaluator answers `due_all` itself, and sends
+    each kind's changes as the caller's generator yields them).
     `starts` counts the times its memory started empty (a restarted engine child):
     the caller then sends every candidate again."""
 
@@ -332,10 +343,9 @@ class IncrementalEvaluator(Evaluator, Protocol):
         their facts must be built and sent again."""
         ...
 
-    def settle(self, changes: Mapping[Kind, Mapping[EntityId, Fact | None]], now: float | None = None
-               ) -> dict[Kind, dict[str, list[EntityId]]]:
+    def settle(self, changes: Changes, now: float | None = None) -> dict[Kind, dict[str, list[EntityId]]]:
         """Take in each kind's changed facts (None: no longer a candidate) and answer
-        with the matches that stand, per kind and policy name."""
+        with the matches that stand, per kind given and policy name."""
         ...
 
     def close(self) -> None:

@@ -12,9 +12,12 @@ the caller then passes (`starts` tells it to), so a new child gives the same ans
 
 What a cycle costs across the pipe is kept small, since the daemon waits for it: one
 round trip (`settle`), carrying only the facts that changed (the caller's doing) and
-answered with only the matches that changed ("step": the child remembers what it last
+answered with only the matches that changed ("settled": the child remembers what it last
 answered, the daemon's side keeps the whole answer; a policy held back over its limit
-matches the same thousands of frames cycle after cycle).  Which entities fall due as
+matches the same thousands of frames cycle after cycle).  Each kind's changes go as
+soon as the caller has built them ("part", not answered), so the child takes in the
+jobs' facts while the daemon builds the frames', and the daemon waits only for the
+last kind and the answer.  Which entities fall due as
 time passes (`due_all`) is answered on the daemon's side, from the facts it sent
 (`corral.wakeups`, the durable engine's own schedule), without asking the child.
 A call carrying only changes refuses a new child (it knows nothing): if the child is
@@ -41,13 +44,13 @@ import signal
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from corral.policy.model import Policy
-from corral.ports import EntityId, Fact
+from corral.ports import Changes, EntityId, Fact, change_parts
 from corral.states import Kind
 from corral.wakeups import Wakeups
 
@@ -87,26 +90,38 @@ def _child_main(conn: Connection, policies: list[Policy], engine: str, parent: i
         _send(conn, ("error", f"{type(err).__name__}: {err}"))
         return
     # The calls the daemon makes (`corral.ports.IncrementalEvaluator`), by name over the pipe;
-    # a cycle's is "step": `settle`, answered with only what changed since the last answer.
+    # a cycle's are "part", one per kind and not answered, then "settled": `settle`,
+    # answered with only what changed since the last answer.
     differ = _Differ(evaluator)
     calls: dict[str, Callable[..., Any]] = {
-        "evaluate": differ.evaluate, "step": differ.step, "due_all": evaluator.due_all,
+        "evaluate": differ.evaluate, "settled": differ.settled, "due_all": evaluator.due_all,
         "known": evaluator.known, "state_filter": evaluator.state_filter,
     }
     if not _send(conn, ("ready", os.getpid())):
         return
+    failed: str | None = None  # a part that failed, told in the next answer
     while True:
         try:
             method, args = conn.recv()
         except (EOFError, OSError):
             return  # the daemon went away
+        if method == "part":
+            if failed is None:
+                try:
+                    differ.part(*args)
+                except Exception as err:
+                    failed = f"{type(err).__name__}: {err}"
+            continue
         call = calls.get(method)
         try:
+            if failed is not None:
+                raise RuntimeError(failed)
             if call is None:
                 raise ValueError(f"unknown engine call {method!r}")
             answer: tuple[str, Any] = ("ok", call(*args))
         except Exception as err:
             answer = ("error", f"{type(err).__name__}: {err}")
+        failed = None
         if not _send(conn, answer):
             return
 
@@ -118,7 +133,7 @@ Differences = dict[Kind, dict[str, tuple[list[EntityId], list[EntityId]]]]
 
 
 class _Differ:
-    """The child's side of "step": `settle`, answered with differences.
+    """The child's side of `settle` ("part" per kind, then "settled"), answered with differences.
 
     Most of a steady cycle's matches are the previous cycle's (a policy held back over
     its limit matches the same thousands of frames cycle after cycle), so only what
@@ -134,16 +149,47 @@ class _Differ:
         self._moved: Callable[..., Differences] | None = getattr(evaluator, "settle_moved", None)
         self._sent: dict[Kind, dict[str, set[EntityId]]] = {}
         self._named: set[Kind] = set()
+        #: This cycle's parts so far: the kinds, in order, with their changes (kept only
+        #: for an evaluator that answers whole) and, per kind and policy, the ids that
+        #: joined and left its matches.
+        self._parts: dict[Kind, dict[EntityId, Fact | None]] = {}
+        self._moves: dict[Kind, dict[str, tuple[set[EntityId], set[EntityId]]]] = {}
+        self._now: float | None = None
 
-    def step(self, changes: Mapping[Kind, Mapping[EntityId, Fact | None]], now: float | None) -> Differences:
+    def part(self, kind: Kind, changed: dict[EntityId, Fact | None], now: float | None) -> None:
+        """Take in one kind's changes (answered with the others at `settled`)."""
+        self._now = now
         if self._moved is None:
-            return self._compared(self._evaluator.settle(changes, now))
-        out = self._moved(changes, now)
-        for kind in changes:
+            self._parts.setdefault(kind, {}).update(changed)
+            return
+        self._parts.setdefault(kind, {})
+        for name, (joined, left) in self._moved({kind: changed}, now).get(kind, {}).items():
+            into, out = self._moves.setdefault(kind, {}).setdefault(name, (set(), set()))
+            for ident in joined:  # a kind sent twice in one cycle: moves that undo each other cancel
+                if ident in out:
+                    out.discard(ident)
+                else:
+                    into.add(ident)
+            for ident in left:
+                if ident in into:
+                    into.discard(ident)
+                else:
+                    out.add(ident)
+
+    def settled(self) -> Differences:
+        """What moved in this cycle's parts; every policy of a kind answered the first time."""
+        parts, moves = self._parts, self._moves
+        self._parts, self._moves = {}, {}
+        if self._moved is None:
+            return self._compared(self._evaluator.settle(parts, self._now))
+        out: Differences = {kind: {name: (list(joined), list(left)) for name, (joined, left) in names.items()
+                                   if joined or left}
+                            for kind, names in moves.items()}
+        for kind in parts:
             if kind not in self._named:
                 self._named.add(kind)
                 out[kind] = {name: (list(ids), []) for name, ids in self._evaluator.current(kind).items()}
-        return out
+        return {kind: names for kind, names in out.items() if names}
 
     def evaluate(self, kind: Kind, facts: Iterable[Fact], now: float | None = None) -> dict[str, list[EntityId]]:
         """A whole picture of the kind (`evaluate`) replaces the engine's memory of it
@@ -287,11 +333,12 @@ class IsolatedEvaluator:
             self.on_death(why)
         return why
 
-    def _call(self, method: str, *args: Any, whole: bool = True) -> Any:
-        """Ask the child; `whole=False`: the call carries only changes, which a new child
-        (knowing nothing) cannot take: if the child is gone, one is started and the
-        call fails (`EngineCrashed`), so the caller sends everything next time."""
-        doing = f"{method} {args[0]}" if args and method != "step" else method
+    def _post(self, method: str, *args: Any, whole: bool = True) -> str:
+        """Send a call to the child (what it is doing, for a report); `whole=False`: the
+        call carries only changes, which a new child (knowing nothing) cannot take: if
+        the child is gone, one is started and the call fails (`EngineCrashed`), so the
+        caller sends everything next time."""
+        doing = f"{method} {args[0]}" if args and method not in ("part", "settled") else "settle"
         conn = self._conn if self._conn is not None and self._proc is not None and self._proc.is_alive() else None
         if conn is None:
             why = self._death(f"idle before {doing}") if self._proc is not None else None
@@ -304,6 +351,11 @@ class IsolatedEvaluator:
             conn.send((method, args))
         except (OSError, BrokenPipeError) as err:
             raise EngineCrashed(self._death(doing)) from err
+        return doing
+
+    def _call(self, method: str, *args: Any, whole: bool = True) -> Any:
+        """Ask the child and wait for its answer (see `_post`)."""
+        doing = self._post(method, *args, whole=whole)
         status, payload = self._receive(self.timeout, doing)
         if status != "ok":
             self._discard()  # its working memory may be half-updated: the next cycle starts afresh
@@ -320,14 +372,21 @@ class IsolatedEvaluator:
         return result
 
     # The incremental calls a cycle makes: `due_all`, answered here (`corral.wakeups`),
-    # then `settle`, one round trip carrying the changed facts and answered with the
-    # changed matches.  A new child starts with an empty memory: `starts` tells the
-    # session (corral.session.Session.refresh) to send it every fact again.
-    def settle(self, changes: Mapping[Kind, Mapping[EntityId, Fact | None]], now: float | None = None
-               ) -> dict[Kind, dict[str, list[EntityId]]]:
+    # then `settle`, one round trip carrying the changed facts, a kind at a time as the
+    # caller yields them, and answered with the changed matches.  A new child starts
+    # with an empty memory: `starts` tells the session (corral.session.Session.refresh)
+    # to send it every fact again.
+    def settle(self, changes: Changes, now: float | None = None) -> dict[Kind, dict[str, list[EntityId]]]:
         wakeups = self._wakeups
         # With the schedule kept here, the child is given no time: it schedules nothing.
-        moved: Differences = self._call("step", dict(changes), None if wakeups else now, whole=False)
+        told = None if wakeups else now
+        kinds: list[Kind] = []
+        for kind, changed in change_parts(changes):
+            self._post("part", kind, changed if type(changed) is dict else dict(changed), told, whole=False)
+            kinds.append(kind)
+            if wakeups is not None:  # (while the child takes the part in)
+                wakeups.note(kind, changed.items(), now)
+        moved: Differences = self._call("settled", whole=False)
         held = self._held
         for kind, policies in moved.items():
             mine = held.setdefault(kind, {})
@@ -336,10 +395,7 @@ class IsolatedEvaluator:
                 for ident in left:
                     del ids[ident]
                 ids.update(dict.fromkeys(joined))
-        if wakeups is not None:
-            for kind, changed in changes.items():
-                wakeups.note(kind, changed.items(), now)
-        return {kind: {name: list(ids) for name, ids in held.get(kind, {}).items()} for kind in changes}
+        return {kind: {name: list(ids) for name, ids in held.get(kind, {}).items()} for kind in kinds}
 
     def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[EntityId]]:
         if self._wakeups is not None:
