@@ -220,3 +220,27 @@ def test_a_kind_the_child_cannot_take_in_fails_the_cycle_with_its_error_and_the_
             "long-running": ["1:1"]}}
     finally:
         ev.close()
+
+
+def test_a_cycle_that_fails_between_two_kinds_is_told_with_the_next_one() -> None:
+    """The caller's building of a later kind fails after an earlier kind went to the child
+    (and into the engine's memory): the next cycle's answer includes what that kind
+    moved, so the daemon's side holds what the engine in process would."""
+    policies = _timed()
+    frames = {f"1:{n}": {"id": f"1:{n}", "state": "running", "time_in_state": 7200.0 * n} for n in range(1, 4)}
+    ev, here = IsolatedEvaluator(policies), RuleEngine(policies)
+
+    def failing() -> Any:
+        yield Kind.FRAME, dict(frames)
+        raise RuntimeError("a fact could not be built")
+
+    try:
+        ev.ready()
+        for evaluator in (ev, here):
+            with pytest.raises(RuntimeError, match="could not be built"):
+                evaluator.settle(failing(), NOW.timestamp())
+        after = _as_sets(ev.settle({Kind.FRAME: {}}, NOW.timestamp()))
+        assert after == _as_sets(here.settle({Kind.FRAME: {}}, NOW.timestamp()))
+        assert after[Kind.FRAME]["long-running"] == set(frames)
+    finally:
+        ev.close()

@@ -151,7 +151,9 @@ class _Differ:
         self._named: set[Kind] = set()
         #: This cycle's parts so far: the kinds, in order, with their changes (kept only
         #: for an evaluator that answers whole) and, per kind and policy, the ids that
-        #: joined and left its matches.
+        #: joined and left its matches.  A cycle whose caller failed between two parts
+        #: never asks for its answer: its moves are then told with the next cycle's,
+        #: which is right, since the engine's memory took them in.
         self._parts: dict[Kind, dict[EntityId, Fact | None]] = {}
         self._moves: dict[Kind, dict[str, tuple[set[EntityId], set[EntityId]]]] = {}
         self._now: float | None = None
