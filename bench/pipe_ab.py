@@ -6,8 +6,10 @@ fifth session of 2026-12-03) and sent only once every kind is built (before it).
 
 Why paired: on this machine the same floor moves by a third from one run to the next, so
 two runs, one per version, compare the machine more than the code.  Here both ways run
-in one process on one farm, round after round (odd rounds the old way, even the new),
-the 1% change and the io floor before each cycle as `cycle_bench.py` makes them; the
+in one process on one farm, round after round (new, old, old, new, new...: the io floor
+is read lean first every other round, and warmer pages the other, so each way gets as
+many of both), the 1% change and the io floor before each cycle as `cycle_bench.py`
+makes them; the
 old way is the new code with the cycle's kinds all built before the first is sent (the
 caller's generator drained first), which is what the child was sent before, in one
 message.  Prints, per way, the median cycle, the median io floor and the median of each
@@ -64,7 +66,7 @@ def run(url: str, frames: int, seed: int, rounds: int) -> dict[str, dict[str, fl
     try:
         cycle.run_cycle(store, session, commit=True, now=bench.NOW)  # the whole read, and the backlog acted on
         for r in range(1, rounds + 1):
-            way = WAYS[r % 2]
+            way = WAYS[(r // 2) % 2]  # ABBA...: each way gets as many odd rounds as even ones
             for engine in engines:
                 engine.at_once = way == WAYS[1]
             later = bench.NOW + timedelta(seconds=30 * r)
