@@ -4,6 +4,7 @@ gone silent), with a standby taking over within two intervals (corral.daemon.lea
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -49,10 +50,46 @@ def test_a_daemon_that_lost_its_lease_writes_nothing(store: Store) -> None:
         store.give_up_lease("a", lease.token or 0)  # as if it ran out, and...
         with Store.open(store.url.render_as_string(hide_password=False)) as other:
             assert other.take_lease("b", 30) is not None  # ...another daemon took it
-        with pytest.raises(LeaseLost):
+        with pytest.raises(LeaseLost, match="another daemon took it: b"):
             store.set_setting("k", "two")
         assert not lease.check()
         assert store.get_setting("k") == "one"
+    finally:
+        lease.release()
+
+
+def test_a_lease_that_ran_out_is_not_reported_as_taken_by_another_daemon(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """A leader whose lease ran out (its machine stood still past the lease's time: seen
+    live, a VM paused for 9 s) says so, and does not send the wrangler looking for a
+    second daemon; one whose lease another daemon took names it.  Both the write's fence
+    and the heartbeat tell it."""
+    store.init()
+    lease = Lease(store, "a", ttl=2)
+    try:
+        assert lease.acquire()
+        store.give_up_lease("a", lease.token or 0)  # its time over, and nobody took it
+        with pytest.raises(LeaseLost, match=r"ran out before this daemon renewed it.*no other daemon holds it"):
+            store.set_setting("k", "one")
+        with caplog.at_level(logging.ERROR, logger="corral.daemon.leader"):
+            assert not lease.check()
+        assert "ran out before this daemon renewed it" in caplog.text and "another daemon took" not in caplog.text
+
+        caplog.clear()
+        assert lease.acquire()
+        store.give_up_lease("a", lease.token or 0)  # the heartbeat finds it ran out
+        with caplog.at_level(logging.ERROR, logger="corral.daemon.leader"):
+            wait_for(lambda: not lease.check(), 5, what="the heartbeat to find the lease run out")
+        assert "ran out before this daemon renewed it" in caplog.text
+
+        caplog.clear()
+        assert lease.acquire()
+        store.give_up_lease("a", lease.token or 0)
+        with Store.open(store.url.render_as_string(hide_password=False)) as other:
+            assert other.take_lease("b", 30) is not None
+        with caplog.at_level(logging.ERROR, logger="corral.daemon.leader"):
+            wait_for(lambda: not lease.check(), 5, what="the heartbeat to find the lease taken")
+        assert "another daemon took it: b" in caplog.text
     finally:
         lease.release()
 

@@ -75,6 +75,7 @@ class Lease:
         self.token: int | None = None
         self._renewed = 0.0  # time.monotonic() of the last renewal that succeeded
         self._lost = threading.Event()
+        self._lost_why = "another daemon took it"  # (set with `_lost`, from the lease as read then)
         self._stop = threading.Event()  # the current lease's heartbeat stops when it is set
         self._lock = threading.Lock()
         # Every write of this store needs the lease from now on: a daemon that does not
@@ -110,7 +111,7 @@ class Lease:
         if not self.held:
             return False
         if self._lost.is_set() or time.monotonic() - self._renewed > self.ttl:
-            why = "another daemon took it" if self._lost.is_set() else f"not renewed for {self.ttl:g}s"
+            why = self._lost_why if self._lost.is_set() else f"not renewed for {self.ttl:g}s"
             log.error("lost the daemon lease (%s): standing by; this daemon acts again once it holds the lease", why)
             self._let_go()
             return False
@@ -139,8 +140,15 @@ class Lease:
             raise LeaseLost(f"this daemon could not prove it holds the store's lease ({err}); nothing was "
                             "written") from None
         if not renewed:
+            if token is None:
+                raise LeaseLost("this daemon does not hold the store's lease (it stands by); nothing was written")
+            try:
+                why = lease.lost_why(lease.read(conn), self.holder, token)
+            except Exception:  # (the transaction is lost anyway: say what is known)
+                why = "it could not be renewed"
+            self._lost_why = why
             self._lost.set()
-            raise LeaseLost("this daemon no longer holds the store's lease: another daemon leads; nothing was written")
+            raise LeaseLost(f"this daemon no longer holds the store's lease: {why}; nothing was written")
         self._renewed = time.monotonic()
 
     # --- the heartbeat ------------------------------------------------------------------
@@ -160,13 +168,22 @@ class Lease:
             except Exception as err:  # the database is away, or the row busy: `check` gives up once ttl has passed
                 log.warning("could not renew the daemon lease: %s", self.store.masked(first_line(err)))
                 continue
+            why = "" if renewed else self._why_lost(token)  # (read before the lock: acquire waits for none)
             with self._lock:
                 if stop.is_set() or self.token != token:
                     return  # let go meanwhile: a later lease is not this thread's to judge
                 if not renewed:
+                    self._lost_why = why
                     self._lost.set()
                     return
                 self._renewed = time.monotonic()
+
+    def _why_lost(self, token: int) -> str:
+        """`lease.lost_why` from the lease as it stands now (a read, only when a renewal failed)."""
+        try:
+            return lease.lost_why(self.store.lease_state(), self.holder, token)
+        except Exception as err:  # the database went away meanwhile: say what is known
+            return f"it could not be renewed, and could not be read ({self.store.masked(first_line(err))})"
 
     def _let_go(self) -> None:
         self._stop.set()

@@ -102,6 +102,21 @@ class LeaseState:
         return self.holder is not None and self.expires is not None and self.expires > self.now
 
 
+def lost_why(state: LeaseState, holder: str, token: int) -> str:
+    """Why `holder`'s lease `token` could not be renewed, from the lease as read right
+    after, in words for the log: a wrangler who reads "another daemon took it" goes
+    looking for a second daemon, which is not there when the lease only ran out (the
+    process or its machine was paused past the lease's time)."""
+    if state.holder == holder and state.token == token:
+        return ("it ran out before this daemon renewed it (the process or its machine stood still, or the "
+                "database did not answer, for longer than the lease); no other daemon holds it")
+    if state.alive:
+        if state.holder == holder:
+            return "it ran out and this daemon took it again under a new token"
+        return f"another daemon took it: {state.holder}"
+    return f"it ran out, and {state.holder or 'another daemon'} held it since"
+
+
 def read(conn: Connection) -> LeaseState:
     row = conn.exec_driver_sql(_sql(conn, "SELECT holder, token, since, expires, NOW FROM daemon_lease WHERE id = 1")).one()
     return LeaseState(row[0], int(row[1]), row[2], row[3], float(row[4]))
