@@ -81,8 +81,12 @@ def renew(conn: Connection, holder: str, token: int, ttl: float) -> bool:
 
 
 def give_up(conn: Connection, holder: str, token: int) -> None:
-    """End the lease now (a standby may take it on its next tick)."""
-    _update(conn, "UPDATE daemon_lease SET expires = NOW - 1 WHERE id = 1 AND holder = :p AND token = :p", (holder, token))
+    """End the lease now (a standby may take it on its next tick).  It ends a millisecond
+    ago, not a second (as it did): `corral daemon-status` shows the end as when the
+    daemon let it go, and both clocks are finer than that (SQLite's `now` to the
+    millisecond, so a take in the same millisecond still finds it over)."""
+    _update(conn, "UPDATE daemon_lease SET expires = NOW - 0.001 WHERE id = 1 AND holder = :p AND token = :p",
+            (holder, token))
 
 
 @dataclass(frozen=True)
