@@ -9,11 +9,11 @@ two runs, one per version, compare the machine more than the code.  Here both wa
 in one process on one farm, round after round (new, old, old, new, new...: the io floor
 is read lean first every other round, and warmer pages the other, so each way gets as
 many of both), the 1% change and the io floor before each cycle as `cycle_bench.py`
-makes them; the
-old way is the new code with the cycle's kinds all built before the first is sent (the
-caller's generator drained first), which is what the child was sent before, in one
-message.  Prints, per way, the median cycle, the median io floor and the median of each
-cycle over its own floor.
+makes them.  The old way is the new code with the cycle's kinds all built before the
+first is sent (the caller's generator drained first): what the child was sent before,
+though as a message per kind and not one, so the pair measures the overlap, not the
+number of messages.  Prints, per way, the median cycle, the median io floor and the
+median of each cycle over its own floor.
 """
 
 from __future__ import annotations
@@ -90,9 +90,11 @@ def run(url: str, frames: int, seed: int, rounds: int) -> dict[str, dict[str, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=bench.positive, default=100_000)
-    parser.add_argument("--rounds", type=bench.positive, default=120)
+    parser.add_argument("--rounds", type=bench.positive, default=120, help="a multiple of 4 (the turns are ABBA)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
+    if args.rounds % 4:
+        parser.error(f"--rounds {args.rounds}: give a multiple of 4, so that each way has as many turns of each kind")
     with bench.scratch_store(None) as url:
         result = run(url, args.frames, args.seed, args.rounds)
     new, old = result[WAYS[0]], result[WAYS[1]]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,7 @@ from corral.facts import FactBuilder
 from corral.policy.loader import load_texts
 from corral.policy.model import Policy
 from corral.states import Kind
+from engine_faults import SegfaultOnce
 from strategies import NOW, farms, mutate, policy_sets
 
 #: Durations that fall due between the cycles below (20 s to an hour apart).
@@ -167,23 +170,26 @@ def test_a_duration_falls_due_on_the_daemon_s_side_without_asking_the_child() ->
     try:
         ev.ready()
         ev.settle({Kind.FRAME: {"1:1": {"id": "1:1", "state": "running", "time_in_state": 7140.0}}}, 1000.0)
-        asked: list[str] = []
-        real = ev._call
+        asked: list[str] = []  # what was waited for
+        sent: list[str] = []  # what went to the child
+        real, post = ev._call, ev._post
         ev._call = lambda method, *args, **kw: asked.append(method) or real(method, *args, **kw)  # type: ignore[method-assign]
+        ev._post = lambda method, *args, **kw: sent.append(method) or post(method, *args, **kw)  # type: ignore[method-assign]
         assert ev.due_all([Kind.FRAME], 1059.0) == {Kind.FRAME: set()}
         assert ev.due_all([Kind.FRAME], 1060.0) == {Kind.FRAME: {"1:1"}}
-        assert asked == []
+        assert asked == sent == []
         woken = ev.settle({Kind.FRAME: {"1:1": {"id": "1:1", "state": "running", "time_in_state": 7200.0}}}, 1060.0)
-        assert woken[Kind.FRAME]["long-running"] == ["1:1"] and asked == ["settled"]
+        assert woken[Kind.FRAME]["long-running"] == ["1:1"]
+        assert sent == ["part", "settled"] and asked == ["settled"]  # one answer a cycle
     finally:
         ev.close()
 
 
 @pytest.mark.parametrize("engine", ["durable", "reference"])
-def test_a_whole_picture_between_steps_answers_as_the_engine_in_process_does(engine: str) -> None:
-    """`evaluate` (a dry run's whole picture of a kind) between steps: the durable engine
-    takes it as its memory of the kind (outside a step, so the next step's answer must
-    be the kind's matches as they are then, not the ones held before with the step's
+def test_a_whole_picture_between_cycles_answers_as_the_engine_in_process_does(engine: str) -> None:
+    """`evaluate` (a dry run's whole picture of a kind) between cycles: the durable engine
+    takes it as its memory of the kind (outside a cycle, so the next cycle's answer must
+    be the kind's matches as they are then, not the ones held before with the cycle's
     changes on top); the reference evaluator keeps its memory.  The child answers as
     the same engine in the daemon's process does."""
     policies = _timed()
@@ -222,10 +228,11 @@ def test_a_kind_the_child_cannot_take_in_fails_the_cycle_with_its_error_and_the_
         ev.close()
 
 
-def test_a_cycle_that_fails_between_two_kinds_is_told_with_the_next_one() -> None:
+def test_a_cycle_that_fails_between_two_kinds_costs_a_new_child_that_is_sent_everything() -> None:
     """The caller's building of a later kind fails after an earlier kind went to the child
-    (and into the engine's memory): the next cycle's answer includes what that kind
-    moved, so the daemon's side holds what the engine in process would."""
+    (and into its memory): nobody will ask for that cycle's answer, so the child is
+    stopped, and the next cycle's new one, sent everything, answers what the engine in
+    process answers."""
     policies = _timed()
     frames = {f"1:{n}": {"id": f"1:{n}", "state": "running", "time_in_state": 7200.0 * n} for n in range(1, 4)}
     ev, here = IsolatedEvaluator(policies), RuleEngine(policies)
@@ -239,8 +246,31 @@ def test_a_cycle_that_fails_between_two_kinds_is_told_with_the_next_one() -> Non
         for evaluator in (ev, here):
             with pytest.raises(RuntimeError, match="could not be built"):
                 evaluator.settle(failing(), NOW.timestamp())
-        after = _as_sets(ev.settle({Kind.FRAME: {}}, NOW.timestamp()))
-        assert after == _as_sets(here.settle({Kind.FRAME: {}}, NOW.timestamp()))
+        ev.ready()
+        assert ev.starts == 2 and ev.crashes == 0  # stopped on purpose: not counted as a crash
+        after = _as_sets(ev.settle({Kind.FRAME: dict(frames)}, NOW.timestamp()))
+        assert after == _as_sets(here.settle({Kind.FRAME: dict(frames)}, NOW.timestamp()))
         assert after[Kind.FRAME]["long-running"] == set(frames)
+    finally:
+        ev.close()
+
+
+def test_a_child_that_hangs_while_a_cycle_is_sent_costs_that_cycle_not_the_daemon(tmp_path: Path) -> None:
+    """Kinds go to the child while it may be busy with the last one: one that hangs stops
+    reading, and a kind bigger than the pipe holds would wait for ever to be sent.  The
+    watchdog stops the child after `timeout`; the cycle is lost with that said."""
+    fault = tmp_path / "hang"
+    ev = SegfaultOnce(_timed(), fault, hang=True, timeout=2)
+    big = {f"{j}:{n}": {"id": f"{j}:{n}", "state": "running", "time_in_state": 10.0, "pad": "x" * 100}
+           for j in range(1, 21) for n in range(1, 1001)}  # about 3 MB: more than the pipe holds
+    try:
+        ev.ready()
+        fault.touch()  # the child hangs on the next message it receives: the first part
+        t0 = time.monotonic()
+        with pytest.raises(EngineCrashed, match="did not take in a cycle's facts within 2s"):
+            ev.settle(iter([(Kind.JOB, {}), (Kind.FRAME, big)]), NOW.timestamp())
+        assert time.monotonic() - t0 < 10
+        ev.ready()
+        assert ev.starts == 2 and ev.settle({Kind.FRAME: {}}, NOW.timestamp()) == {Kind.FRAME: {"long-running": []}}
     finally:
         ev.close()

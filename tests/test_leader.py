@@ -22,6 +22,7 @@ import pytest
 from corral.daemon.leader import LeaderError, Lease, LeaseLost
 from corral.daemon.service import Daemon, DaemonConfig
 from corral.store import Store
+from corral.store import lease as lease_mod
 from daemon_helpers import corral, kill_group, load, log_has, pending_farm, stop, wait_for, write_rules
 
 
@@ -58,6 +59,21 @@ def test_a_daemon_that_lost_its_lease_writes_nothing(store: Store) -> None:
         assert store.get_setting("k") == "one"
     finally:
         lease.release()
+
+
+@pytest.mark.parametrize(("holder", "token", "expires", "says"), [
+    ("a", 7, 99.0, "ran out before this daemon renewed it"),  # still ours, run out: nobody took it
+    ("b", 8, 200.0, "another daemon took it: b"),
+    ("a", 8, 200.0, "ran out and this daemon took it again under a new token"),
+    ("b", 8, 99.0, "it ran out, and b held it since"),
+    (None, 7, None, "it ran out, and another daemon held it since"),
+])
+def test_why_a_lease_was_lost_is_read_from_the_lease_as_it_stands(
+        holder: str | None, token: int, expires: float | None, says: str) -> None:
+    """Daemon "a" held token 7 and could not renew it; the lease read right after (the
+    database's clock at 100) says why."""
+    state = lease_mod.LeaseState(holder=holder, token=token, since=0.0, expires=expires, now=100.0)
+    assert says in lease_mod.lost_why(state, "a", 7)
 
 
 def test_a_lease_that_ran_out_is_not_reported_as_taken_by_another_daemon(

@@ -42,6 +42,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -151,9 +152,8 @@ class _Differ:
         self._named: set[Kind] = set()
         #: This cycle's parts so far: the kinds, in order, with their changes (kept only
         #: for an evaluator that answers whole) and, per kind and policy, the ids that
-        #: joined and left its matches.  A cycle whose caller failed between two parts
-        #: never asks for its answer: its moves are then told with the next cycle's,
-        #: which is right, since the engine's memory took them in.
+        #: joined and left its matches.  (A cycle that fails between two parts never asks
+        #: for its answer: the daemon then stops this child, see `IsolatedEvaluator.settle`.)
         self._parts: dict[Kind, dict[EntityId, Fact | None]] = {}
         self._moves: dict[Kind, dict[str, tuple[set[EntityId], set[EntityId]]]] = {}
         self._now: float | None = None
@@ -195,7 +195,7 @@ class _Differ:
 
     def evaluate(self, kind: Kind, facts: Iterable[Fact], now: float | None = None) -> dict[str, list[EntityId]]:
         """A whole picture of the kind (`evaluate`) replaces the engine's memory of it
-        outside any step: the next step answers the kind whole again (the daemon's side
+        outside any cycle's `settle`: the next one answers the kind whole again (the daemon's side
         forgets what it held of it, `IsolatedEvaluator.evaluate`)."""
         self._sent.pop(kind, None)
         self._named.discard(kind)
@@ -254,6 +254,7 @@ class IsolatedEvaluator:
         self.child_main: Callable[[Connection, list[Policy], str, int], None] = _child_main
         self._proc: BaseProcess | None = None
         self._conn: Connection | None = None
+        self._hung = False  # the watchdog stopped the child (`settle`)
         self.starts = 0
         self.crashes = 0
         self._filters: dict[Kind, frozenset[str] | None] = {}
@@ -318,6 +319,10 @@ class IsolatedEvaluator:
             proc.join(1.0)
             code = proc.exitcode
         self._discard()
+        if self._hung:
+            self._hung = False
+            return self._lost(f"the rule engine did not take in a cycle's facts within {self.timeout:g}s while "
+                              f"{doing}; it was stopped")
         if code is not None and code < 0:
             try:
                 name = signal.Signals(-code).name
@@ -340,7 +345,7 @@ class IsolatedEvaluator:
         call carries only changes, which a new child (knowing nothing) cannot take: if
         the child is gone, one is started and the call fails (`EngineCrashed`), so the
         caller sends everything next time."""
-        doing = f"{method} {args[0]}" if args and method not in ("part", "settled") else "settle"
+        doing = "settle" if method in ("part", "settled") else f"{method} {args[0]}" if args else method
         conn = self._conn if self._conn is not None and self._proc is not None and self._proc.is_alive() else None
         if conn is None:
             why = self._death(f"idle before {doing}") if self._proc is not None else None
@@ -368,7 +373,7 @@ class IsolatedEvaluator:
         facts = list(facts)
         wakeups = self._wakeups
         result: dict[str, list[EntityId]] = self._call("evaluate", kind, facts, None if wakeups else now)
-        self._held.pop(kind, None)  # the child answers the kind whole at its next step
+        self._held.pop(kind, None)  # the child answers the kind whole at its next settle
         if wakeups is not None:  # the kind's whole picture: its schedule starts again from it
             wakeups.replace(kind, ((fact["id"], fact) for fact in facts), now)
         return result
@@ -383,12 +388,30 @@ class IsolatedEvaluator:
         # With the schedule kept here, the child is given no time: it schedules nothing.
         told = None if wakeups else now
         kinds: list[Kind] = []
-        for kind, changed in change_parts(changes):
-            self._post("part", kind, changed if type(changed) is dict else dict(changed), told, whole=False)
-            kinds.append(kind)
-            if wakeups is not None:  # (while the child takes the part in)
-                wakeups.note(kind, changed.items(), now)
-        moved: Differences = self._call("settled", whole=False)
+        # A part goes to a child that may still be busy with the last one: a child that
+        # hangs stops reading, and a send bigger than the pipe holds would wait for ever
+        # (the answer's own wait is bounded, the sends are not), so a watchdog stops it.
+        watchdog = threading.Timer(self.timeout, self._stop_hung)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            for kind, changed in change_parts(changes):
+                self._post("part", kind, changed if type(changed) is dict else dict(changed), told, whole=False)
+                kinds.append(kind)
+                if wakeups is not None:  # (while the child takes the part in)
+                    wakeups.note(kind, changed.items(), now)
+            moved: Differences = self._call("settled", whole=False)
+        except EngineCrashed:
+            raise
+        except BaseException:
+            # The caller failed between two kinds: the child took in part of a cycle
+            # whose answer nobody will ask for.  Stop it: the next cycle starts a new one
+            # and sends it everything, as after any lost cycle.
+            if kinds:
+                self._discard()
+            raise
+        finally:
+            watchdog.cancel()
         held = self._held
         for kind, policies in moved.items():
             mine = held.setdefault(kind, {})
@@ -398,6 +421,14 @@ class IsolatedEvaluator:
                     del ids[ident]
                 ids.update(dict.fromkeys(joined))
         return {kind: {name: list(ids) for name, ids in held.get(kind, {}).items()} for kind in kinds}
+
+    def _stop_hung(self) -> None:
+        """The watchdog's: kill a child that has not taken in a cycle within `timeout` (the
+        send blocked on it then fails, and the cycle is lost with this said)."""
+        proc = self._proc
+        if proc is not None and proc.is_alive():
+            self._hung = True
+            proc.kill()
 
     def due_all(self, kinds: Iterable[Kind], now: float) -> dict[Kind, set[EntityId]]:
         if self._wakeups is not None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from sqlalchemy.engine import Connection
@@ -75,7 +76,7 @@ class Lease:
         self.token: int | None = None
         self._renewed = 0.0  # time.monotonic() of the last renewal that succeeded
         self._lost = threading.Event()
-        self._lost_why = "another daemon took it"  # (set with `_lost`, from the lease as read then)
+        self._lost_why = ""  # why, set with `_lost` (from the lease as read then)
         self._stop = threading.Event()  # the current lease's heartbeat stops when it is set
         self._lock = threading.Lock()
         # Every write of this store needs the lease from now on: a daemon that does not
@@ -142,12 +143,11 @@ class Lease:
         if not renewed:
             if token is None:
                 raise LeaseLost("this daemon does not hold the store's lease (it stands by); nothing was written")
-            try:
-                why = lease.lost_why(lease.read(conn), self.holder, token)
-            except Exception:  # (the transaction is lost anyway: say what is known)
-                why = "it could not be renewed"
-            self._lost_why = why
-            self._lost.set()
+            why = self._why_lost(token, lambda: lease.read(conn))
+            with self._lock:  # (a writer on another thread: only the lease it checked is lost)
+                if self.token == token:
+                    self._lost_why = why
+                    self._lost.set()
             raise LeaseLost(f"this daemon no longer holds the store's lease: {why}; nothing was written")
         self._renewed = time.monotonic()
 
@@ -168,7 +168,9 @@ class Lease:
             except Exception as err:  # the database is away, or the row busy: `check` gives up once ttl has passed
                 log.warning("could not renew the daemon lease: %s", self.store.masked(first_line(err)))
                 continue
-            why = "" if renewed else self._why_lost(token)  # (read before the lock: acquire waits for none)
+            if stop.is_set():
+                return
+            why = "" if renewed else self._why_lost(token, self.store.lease_state)  # (read outside the lock)
             with self._lock:
                 if stop.is_set() or self.token != token:
                     return  # let go meanwhile: a later lease is not this thread's to judge
@@ -178,10 +180,10 @@ class Lease:
                     return
                 self._renewed = time.monotonic()
 
-    def _why_lost(self, token: int) -> str:
-        """`lease.lost_why` from the lease as it stands now (a read, only when a renewal failed)."""
+    def _why_lost(self, token: int, read: Callable[[], lease.LeaseState]) -> str:
+        """`lease.lost_why` from the lease as `read` finds it now (only when a renewal failed)."""
         try:
-            return lease.lost_why(self.store.lease_state(), self.holder, token)
+            return lease.lost_why(read(), self.holder, token)
         except Exception as err:  # the database went away meanwhile: say what is known
             return f"it could not be renewed, and could not be read ({self.store.masked(first_line(err))})"
 
