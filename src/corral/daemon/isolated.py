@@ -221,6 +221,64 @@ class _Differ:
         return out
 
 
+class _Watchdog:
+    """Calls `on_expiry` when armed for longer than the time it was armed for.
+
+    A thread armed and disarmed around each cycle's sends, living until `close` (the
+    evaluator's, which a later cycle may follow: arming starts a thread again): a
+    `threading.Timer` a cycle starts a thread each time (150 µs here, on a 3 ms cycle).
+    The thread sleeps until the deadline it last saw; a later deadline is only later, so
+    arming wakes it only when it sleeps with none."""
+
+    def __init__(self, on_expiry: Callable[[], None]) -> None:
+        self._on_expiry = on_expiry
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._idle = False  # the thread waits with no deadline: arming must wake it
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float) -> None:
+        with self._cond:
+            self._deadline = time.monotonic() + seconds
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="corral-engine-watchdog", daemon=True)
+                self._idle = False
+                self._thread.start()
+            elif self._idle:
+                self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._deadline = None
+
+    def close(self) -> None:
+        """End the thread (it finds itself no longer the watchdog's and returns)."""
+        with self._cond:
+            self._thread, self._deadline = None, None
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        me = threading.current_thread()
+        with self._cond:
+            while self._thread is me:
+                deadline = self._deadline
+                if deadline is None:
+                    self._idle = True
+                    self._cond.wait()
+                    self._idle = False
+                    continue
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self._deadline = None
+                self._cond.release()
+                try:
+                    self._on_expiry()
+                finally:
+                    self._cond.acquire()
+
+
 def _send(conn: Connection, message: tuple[str, Any]) -> bool:
     """Send to the daemon; False (and nothing written anywhere) when it has gone."""
     try:
@@ -255,6 +313,7 @@ class IsolatedEvaluator:
         self._proc: BaseProcess | None = None
         self._conn: Connection | None = None
         self._hung = False  # the watchdog stopped the child (`settle`)
+        self._watchdog = _Watchdog(self._stop_hung)
         self.starts = 0
         self.crashes = 0
         self._filters: dict[Kind, frozenset[str] | None] = {}
@@ -391,9 +450,7 @@ class IsolatedEvaluator:
         # A part goes to a child that may still be busy with the last one: a child that
         # hangs stops reading, and a send bigger than the pipe holds would wait for ever
         # (the answer's own wait is bounded, the sends are not), so a watchdog stops it.
-        watchdog = threading.Timer(self.timeout, self._stop_hung)
-        watchdog.daemon = True
-        watchdog.start()
+        self._watchdog.arm(self.timeout)
         try:
             for kind, changed in change_parts(changes):
                 self._post("part", kind, changed if type(changed) is dict else dict(changed), told, whole=False)
@@ -411,7 +468,7 @@ class IsolatedEvaluator:
                 self._discard()
             raise
         finally:
-            watchdog.cancel()
+            self._watchdog.disarm()
         held = self._held
         for kind, policies in moved.items():
             mine = held.setdefault(kind, {})
@@ -470,6 +527,7 @@ class IsolatedEvaluator:
 
     def close(self) -> None:
         """Stop the child (closing the pipe makes it exit; killed if it lingers)."""
+        self._watchdog.close()
         conn, proc = self._conn, self._proc
         self._conn = self._proc = None
         if conn is not None:
