@@ -274,3 +274,21 @@ def test_a_child_that_hangs_while_a_cycle_is_sent_costs_that_cycle_not_the_daemo
         assert ev.starts == 2 and ev.settle({Kind.FRAME: {}}, NOW.timestamp()) == {Kind.FRAME: {"long-running": []}}
     finally:
         ev.close()
+
+
+def test_a_child_that_dies_between_two_kinds_costs_that_cycle_and_says_of_what(tmp_path: Path) -> None:
+    """The child segfaults on the cycle's first kind; the daemon, sending the next, finds
+    it dead: the cycle is lost with the signal named, and the next child answers afresh."""
+    fault = tmp_path / "segv"
+    ev = SegfaultOnce(_timed(), fault, timeout=10)
+    running = {"1:1": {"id": "1:1", "state": "running", "time_in_state": 7200.0}}
+    try:
+        ev.ready()
+        fault.touch()
+        with pytest.raises(EngineCrashed, match="died of SIGSEGV while settle"):
+            ev.settle(iter([(Kind.JOB, {}), (Kind.FRAME, running)]), NOW.timestamp())
+        assert ev.crashes == 1
+        ev.ready()
+        assert ev.settle({Kind.FRAME: running}, NOW.timestamp()) == {Kind.FRAME: {"long-running": ["1:1"]}}
+    finally:
+        ev.close()
