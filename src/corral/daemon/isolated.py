@@ -5,7 +5,8 @@ in (see shared/reference/durable-rules-notes.md).  `IsolatedEvaluator` speaks th
 `IncrementalEvaluator` port in the daemon and forwards every call to a `RuleEngine`
 (or, with engine="reference", a `ReferenceEvaluator`) living in a child started with the *spawn* method (a fresh interpreter:
 no inherited threads, locks or database connections).  If the child dies or stops
-answering, the call raises `EngineCrashed`: the cycle that asked is lost (nothing of
+answering (or taking in what a cycle sends: a watchdog stops it after `timeout`), the
+call raises `EngineCrashed`: the cycle that asked is lost (nothing of
 it was applied, since evaluation comes before apply), and the next cycle starts a
 fresh child (`ready`).  The engine's working memory is rebuilt from the full picture
 the caller then passes (`starts` tells it to), so a new child gives the same answers.
