@@ -282,11 +282,18 @@ def test_a_child_that_dies_between_two_kinds_costs_that_cycle_and_says_of_what(t
     fault = tmp_path / "segv"
     ev = SegfaultOnce(_timed(), fault, timeout=10)
     running = {"1:1": {"id": "1:1", "state": "running", "time_in_state": 7200.0}}
+
+    def parts() -> Any:
+        yield Kind.JOB, {}
+        assert ev._proc is not None
+        ev._proc.join(10)  # dead before the next kind goes (else the send may find it first)
+        yield Kind.FRAME, running
+
     try:
         ev.ready()
         fault.touch()
         with pytest.raises(EngineCrashed, match="died of SIGSEGV while settle"):
-            ev.settle(iter([(Kind.JOB, {}), (Kind.FRAME, running)]), NOW.timestamp())
+            ev.settle(parts(), NOW.timestamp())
         assert ev.crashes == 1
         ev.ready()
         assert ev.settle({Kind.FRAME: running}, NOW.timestamp()) == {Kind.FRAME: {"long-running": ["1:1"]}}

@@ -314,6 +314,7 @@ class IsolatedEvaluator:
         self._proc: BaseProcess | None = None
         self._conn: Connection | None = None
         self._hung = False  # the watchdog stopped the child (`settle`)
+        self._sending = False  # between a cycle's first part and its answer (`settle`)
         self._watchdog = _Watchdog(self._stop_hung)
         self.starts = 0
         self.crashes = 0
@@ -408,7 +409,8 @@ class IsolatedEvaluator:
         doing = "settle" if method in ("part", "settled") else f"{method} {args[0]}" if args else method
         conn = self._conn if self._conn is not None and self._proc is not None and self._proc.is_alive() else None
         if conn is None:
-            why = self._death(f"idle before {doing}") if self._proc is not None else None
+            # (found dead between two kinds of a cycle: it died taking the first in)
+            why = self._death(doing if self._sending else f"idle before {doing}") if self._proc is not None else None
             self._discard()
             fresh = self.starts == 0
             conn = self._start()
@@ -455,6 +457,7 @@ class IsolatedEvaluator:
         try:
             for kind, changed in change_parts(changes):
                 self._post("part", kind, changed if type(changed) is dict else dict(changed), told, whole=False)
+                self._sending = True
                 kinds.append(kind)
                 if wakeups is not None:  # (while the child takes the part in)
                     wakeups.note(kind, changed.items(), now)
@@ -469,6 +472,7 @@ class IsolatedEvaluator:
                 self._discard()
             raise
         finally:
+            self._sending = False
             self._watchdog.disarm()
         held = self._held
         for kind, policies in moved.items():
