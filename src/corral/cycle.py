@@ -80,6 +80,8 @@ def plan_live(
     stamp = now.timestamp()
     kinds = policy_set.kinds
     woken = engine.due_all(kinds, stamp)
+    # Asked before the first kind is sent: an isolated engine's first answer is a round trip,
+    # which between two kinds would wait for the child to take the first one in.
     filters = {kind: engine.state_filter(kind) for kind in kinds}
 
     def changes() -> Iterator[tuple[Kind, dict[EntityId, Fact | None]]]:
